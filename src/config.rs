@@ -1,0 +1,374 @@
+//! `center.yaml`: every section and key, with defaults.
+//!
+//! Unknown keys are errors (a typo must not silently fall back to a
+//! default), and every error names the key it is about.
+
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A key is unknown, missing or of the wrong type.
+    #[error("{path}: key `{key}`: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Dotted key path, e.g. `websocket.listen_port`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range or inconsistent with another.
+    #[error("key `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key path.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The WebSocket (protoo) listener.
+    pub websocket: WebSocketConfig,
+    /// The gRPC listener.
+    #[serde(default)]
+    pub grpc: GrpcConfig,
+    /// Room-service settings.
+    #[serde(default)]
+    pub center: CenterSection,
+}
+
+/// `websocket:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Address to listen on.
+    pub listen_ip: IpAddr,
+    /// Port to listen on (0 picks a free one).
+    pub listen_port: u16,
+    /// PEM certificate chain; with `key_path`, enables wss.
+    #[serde(default)]
+    pub cert_path: PathBuf,
+    /// PEM private key.
+    #[serde(default)]
+    pub key_path: PathBuf,
+    /// Development only: when no certificate is configured, serve wss with a
+    /// self-signed certificate generated at start-up.
+    #[serde(default)]
+    pub self_signed: bool,
+    /// Largest message accepted from a peer, in bytes; larger closes the
+    /// session with 1009.
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: usize,
+    /// Items queued per session before it counts as a slow consumer.
+    #[serde(default = "default_outbound_queue")]
+    pub outbound_queue: usize,
+    /// Seconds between the center's pings.
+    #[serde(default = "default_ping_interval")]
+    pub ping_interval_secs: u64,
+    /// Seconds a peer may stay silent after a ping before it is dropped.
+    #[serde(default = "default_pong_timeout")]
+    pub pong_timeout_secs: u64,
+    /// Seconds for the TLS handshake and the HTTP upgrade request.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_secs: u64,
+    /// Most concurrent sessions (0: no limit); beyond, HTTP 503.
+    #[serde(default)]
+    pub max_sessions: usize,
+}
+
+/// `grpc:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Serve gRPC at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Address to listen on.
+    #[serde(default = "loopback")]
+    pub listen_ip: IpAddr,
+    /// Port to listen on (0 picks a free one).
+    #[serde(default = "default_grpc_port")]
+    pub listen_port: u16,
+    /// PEM certificate chain; with `key_path`, enables TLS.
+    #[serde(default)]
+    pub cert_path: PathBuf,
+    /// PEM private key.
+    #[serde(default)]
+    pub key_path: PathBuf,
+    /// Items queued per `PeerSession` stream before it counts as a slow consumer.
+    #[serde(default = "default_outbound_queue")]
+    pub outbound_queue: usize,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen_ip: loopback(),
+            listen_port: default_grpc_port(),
+            cert_path: PathBuf::new(),
+            key_path: PathBuf::new(),
+            outbound_queue: default_outbound_queue(),
+        }
+    }
+}
+
+/// `center:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CenterSection {
+    /// Seconds to wait for an MSU's answer to `invite` (then logged).
+    #[serde(default = "default_invite_timeout")]
+    pub invite_timeout_secs: u64,
+    /// Events buffered per event-feed watcher before it is told it lagged.
+    #[serde(default = "default_feed_capacity")]
+    pub event_feed_capacity: usize,
+    /// Most rooms one session may put users into (0: no limit).
+    #[serde(default)]
+    pub max_rooms_per_session: usize,
+    /// Most users one session may carry (0: no limit).
+    #[serde(default)]
+    pub max_users_per_session: usize,
+    /// Seconds to finish in-flight work on SIGTERM/SIGINT before exiting.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for CenterSection {
+    fn default() -> Self {
+        Self {
+            invite_timeout_secs: default_invite_timeout(),
+            event_feed_capacity: default_feed_capacity(),
+            max_rooms_per_session: 0,
+            max_users_per_session: 0,
+            shutdown_grace_secs: default_grace(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn loopback() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+fn default_grpc_port() -> u16 {
+    9444
+}
+fn default_max_message_size() -> usize {
+    1 << 20
+}
+fn default_outbound_queue() -> usize {
+    1024
+}
+fn default_ping_interval() -> u64 {
+    30
+}
+fn default_pong_timeout() -> u64 {
+    20
+}
+fn default_handshake_timeout() -> u64 {
+    10
+}
+fn default_invite_timeout() -> u64 {
+    10
+}
+fn default_feed_capacity() -> usize {
+    4096
+}
+fn default_grace() -> u64 {
+    10
+}
+
+impl WebSocketConfig {
+    /// The listen address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.listen_ip, self.listen_port)
+    }
+    /// Ping interval.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_secs)
+    }
+    /// Pong timeout.
+    pub fn pong_timeout(&self) -> Duration {
+        Duration::from_secs(self.pong_timeout_secs)
+    }
+    /// Handshake timeout.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+}
+
+impl GrpcConfig {
+    /// The listen address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.listen_ip, self.listen_port)
+    }
+}
+
+impl Config {
+    /// Reads and checks `path`; relative certificate paths resolve against
+    /// the file's folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { key, message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                key,
+                message,
+            },
+            other => other,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut config.websocket.cert_path,
+            &mut config.websocket.key_path,
+            &mut config.grpc.cert_path,
+            &mut config.grpc.key_path,
+        ] {
+            if !p.as_os_str().is_empty() && p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and checks YAML text (paths are left as written).
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let config: Self =
+            serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
+                path: PathBuf::new(),
+                key: match e.path().to_string() {
+                    p if p == "." => "(top level)".to_owned(),
+                    p => p,
+                },
+                message: e.into_inner().to_string(),
+            })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let ws = &self.websocket;
+        if ws.cert_path.as_os_str().is_empty() != ws.key_path.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "websocket.cert_path",
+                reason: "cert_path and key_path must both be set (wss) or both be empty (ws)"
+                    .into(),
+            });
+        }
+        let g = &self.grpc;
+        if g.cert_path.as_os_str().is_empty() != g.key_path.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "grpc.cert_path",
+                reason: "cert_path and key_path must both be set (TLS) or both be empty".into(),
+            });
+        }
+        for (key, value) in [
+            ("websocket.max_message_size", ws.max_message_size),
+            ("websocket.outbound_queue", ws.outbound_queue),
+            ("grpc.outbound_queue", g.outbound_queue),
+            (
+                "center.event_feed_capacity",
+                self.center.event_feed_capacity,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be greater than 0".into(),
+                });
+            }
+        }
+        for (key, value) in [
+            ("websocket.ping_interval_secs", ws.ping_interval_secs),
+            ("websocket.pong_timeout_secs", ws.pong_timeout_secs),
+            (
+                "websocket.handshake_timeout_secs",
+                ws.handshake_timeout_secs,
+            ),
+            (
+                "center.invite_timeout_secs",
+                self.center.invite_timeout_secs,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be at least 1 second".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "websocket:\n  listen_ip: \"0.0.0.0\"\n  listen_port: 9443\n  cert_path: \"\"\n  key_path: \"\"\n";
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.websocket.listen_port, 9443);
+        assert_eq!(c.websocket.max_message_size, 1 << 20);
+        assert_eq!(c.websocket.ping_interval_secs, 30);
+        assert_eq!(c.grpc.listen_port, 9444);
+        assert_eq!(c.center.invite_timeout_secs, 10);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let bad_port = MINIMAL.replace("9443", "\"abc\"");
+        let e = Config::parse(&bad_port).unwrap_err().to_string();
+        assert!(e.contains("websocket.listen_port"), "{e}");
+        let unknown = format!("{MINIMAL}  listen_prot: 1\n");
+        let e = Config::parse(&unknown).unwrap_err().to_string();
+        assert!(e.contains("listen_prot"), "{e}");
+        let half_tls = MINIMAL.replace("cert_path: \"\"", "cert_path: \"a.pem\"");
+        let e = Config::parse(&half_tls).unwrap_err().to_string();
+        assert!(e.contains("websocket.cert_path"), "{e}");
+        let e = Config::parse("grpc: {}\n").unwrap_err().to_string();
+        assert!(e.contains("websocket"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_file() {
+        let dir = std::env::temp_dir().join(format!("pilot-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.yaml");
+        std::fs::write(
+            &file,
+            MINIMAL
+                .replace("cert_path: \"\"", "cert_path: \"c.pem\"")
+                .replace("key_path: \"\"", "key_path: \"/abs/k.pem\""),
+        )
+        .unwrap();
+        let c = Config::load(&file).unwrap();
+        assert_eq!(c.websocket.cert_path, dir.join("c.pem"));
+        assert_eq!(c.websocket.key_path, PathBuf::from("/abs/k.pem"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,94 @@
+//! The errors a peer can see, each with a stable protoo code and gRPC status.
+//!
+//! Mapped once here: [`CenterError::protoo_code`] for WebSocket peers and the
+//! `From<CenterError> for tonic::Status` impl for gRPC callers.
+
+/// A failure of a room-service operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CenterError {
+    /// A field is missing, empty or of the wrong type. `reason` is the exact
+    /// protoo `errorReason` (e.g. "Invalid roomId or userId").
+    #[error("{reason}")]
+    InvalidArgument {
+        /// The offending field (proto name), for gRPC callers.
+        field: &'static str,
+        /// Human reason.
+        reason: String,
+    },
+    /// The room does not exist.
+    #[error("room not found: {0}")]
+    RoomNotFound(String),
+    /// The user is not in the room.
+    #[error("user not found: {0}")]
+    UserNotFound(String),
+    /// The protoo method is not known.
+    #[error("Unknown method: {0}")]
+    UnknownMethod(String),
+    /// The peer may not do this.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The peer sends faster than its limit.
+    #[error("rate limited")]
+    RateLimited,
+    /// A configured limit is reached (rooms or users per session).
+    #[error("limit reached: {0}")]
+    LimitReached(String),
+    /// The center is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+    /// A bug or an impossible state; logged.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl CenterError {
+    /// An [`CenterError::InvalidArgument`] for `field` with `reason`.
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// The protoo `errorCode`.
+    pub fn protoo_code(&self) -> u16 {
+        match self {
+            Self::InvalidArgument { .. } => 400,
+            Self::Forbidden(_) => 403,
+            Self::RoomNotFound(_) | Self::UserNotFound(_) | Self::UnknownMethod(_) => 404,
+            Self::RateLimited | Self::LimitReached(_) => 429,
+            Self::ShuttingDown => 503,
+            Self::Internal(_) => 500,
+        }
+    }
+}
+
+impl From<CenterError> for tonic::Status {
+    fn from(e: CenterError) -> Self {
+        use tonic::Status;
+        match &e {
+            CenterError::InvalidArgument { field, reason } => {
+                Status::invalid_argument(format!("{field}: {reason}"))
+            }
+            CenterError::RoomNotFound(_) | CenterError::UserNotFound(_) => {
+                Status::not_found(e.to_string())
+            }
+            CenterError::UnknownMethod(_) => Status::unimplemented(e.to_string()),
+            CenterError::Forbidden(_) => Status::permission_denied(e.to_string()),
+            CenterError::RateLimited | CenterError::LimitReached(_) => {
+                Status::resource_exhausted(e.to_string())
+            }
+            CenterError::ShuttingDown => Status::unavailable(e.to_string()),
+            CenterError::Internal(_) => Status::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<&CenterError> for crate::proto::Error {
+    fn from(e: &CenterError) -> Self {
+        Self {
+            code: u32::from(e.protoo_code()),
+            reason: e.to_string(),
+        }
+    }
+}

@@ -1,0 +1,572 @@
+//! The protoo wire format: parsing and writing JSON frames. No I/O.
+//!
+//! A frame is one JSON object; its kind is chosen by which of `request`,
+//! `response` or `notification` is literally `true`. Everything a peer sent
+//! that the center passes on (`data`, ids) is kept as [`RawValue`] slices of
+//! the frame text, so values keep their exact bytes and JSON types.
+
+use serde::Deserialize;
+use serde::de::{MapAccess, Visitor};
+use serde_json::value::RawValue;
+use std::fmt;
+
+/// A parsed protoo frame, borrowing from the frame text.
+#[derive(Debug)]
+pub enum Message<'a> {
+    /// A request: the peer expects a response with the same `id`.
+    Request {
+        /// The request id, an integer or a string, echoed verbatim.
+        id: &'a RawValue,
+        /// Method name.
+        method: String,
+        /// Request data (`{}` when absent).
+        data: &'a RawValue,
+    },
+    /// A response to a request the center sent (e.g. `invite`).
+    Response {
+        /// The id of the request it answers.
+        id: &'a RawValue,
+        /// Whether the request succeeded.
+        ok: bool,
+        /// `errorCode` when not ok.
+        error_code: Option<i64>,
+        /// `errorReason` when not ok.
+        error_reason: Option<String>,
+    },
+    /// A one-way notification.
+    Notification {
+        /// Method name.
+        method: String,
+        /// Notification data (`{}` when absent).
+        data: &'a RawValue,
+    },
+}
+
+/// Why a frame could not be used. Only [`FrameError::BadRequest`] is answered
+/// (it has a request id to answer to); the others are counted and logged.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// Not valid JSON (or nested deeper than the parser allows).
+    #[error("invalid JSON: {0}")]
+    InvalidJson(String),
+    /// Valid JSON, but not an object, or an object of no protoo kind.
+    #[error("not a protoo message")]
+    NotProtoo,
+    /// A request that cannot be served; answer with 400 and this reason,
+    /// echoing the id as received (`null` when absent).
+    #[error("{reason}")]
+    BadRequest {
+        /// The id as received, if any.
+        id: Option<Box<RawValue>>,
+        /// The `errorReason` to send.
+        reason: &'static str,
+    },
+}
+
+const EMPTY_OBJECT: &str = "{}";
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    request: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    response: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    notification: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    method: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    ok: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "errorCode")]
+    error_code: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "errorReason")]
+    error_reason: Option<&'a RawValue>,
+}
+
+fn is_true(v: Option<&RawValue>) -> bool {
+    v.is_some_and(|v| v.get() == "true")
+}
+
+/// True when `raw` is a JSON string or an integer (no fraction, no exponent).
+pub fn is_valid_id(raw: &RawValue) -> bool {
+    let s = raw.get();
+    match s.as_bytes().first() {
+        Some(b'"') => true,
+        Some(b'-' | b'0'..=b'9') => !s.contains(['.', 'e', 'E']),
+        _ => false,
+    }
+}
+
+fn empty_object() -> &'static RawValue {
+    // A constant that is valid JSON; parsing it cannot fail.
+    static EMPTY: std::sync::OnceLock<Box<RawValue>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| RawValue::from_string(EMPTY_OBJECT.to_owned()).unwrap_or_default())
+}
+
+fn string_of(raw: Option<&RawValue>) -> Option<String> {
+    raw.and_then(|r| serde_json::from_str::<String>(r.get()).ok())
+}
+
+/// Deepest nesting of arrays and objects accepted in a frame. Raw values
+/// are forwarded to peers whose parsers recurse (the SFU's among them), so
+/// the center refuses what could overflow their stacks.
+pub const MAX_DEPTH: usize = 64;
+
+/// True when `text` nests arrays/objects deeper than `limit`. A linear scan
+/// that skips string contents; `text` is validated as JSON separately.
+fn nests_deeper_than(text: &str, limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Parses one text frame.
+pub fn parse(text: &str) -> Result<Message<'_>, FrameError> {
+    if nests_deeper_than(text, MAX_DEPTH) {
+        return Err(FrameError::InvalidJson(format!(
+            "nested deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
+        if e.is_data() {
+            // Valid JSON of the wrong shape (array, number, ...), or fields of
+            // an unexpected shape: not a protoo frame.
+            FrameError::NotProtoo
+        } else {
+            FrameError::InvalidJson(e.to_string())
+        }
+    })?;
+    let data: &RawValue = match env.data {
+        Some(d) => d,
+        None => empty_object(),
+    };
+    if is_true(env.request) {
+        let id = match env.id {
+            Some(id) if is_valid_id(id) => id,
+            other => {
+                return Err(FrameError::BadRequest {
+                    id: other.map(ToOwned::to_owned),
+                    reason: "Invalid id",
+                });
+            }
+        };
+        let Some(method) = string_of(env.method) else {
+            return Err(FrameError::BadRequest {
+                id: Some(id.to_owned()),
+                reason: "Invalid method",
+            });
+        };
+        Ok(Message::Request { id, method, data })
+    } else if is_true(env.response) {
+        let id = env.id.ok_or(FrameError::NotProtoo)?;
+        Ok(Message::Response {
+            id,
+            ok: is_true(env.ok),
+            error_code: env
+                .error_code
+                .and_then(|r| serde_json::from_str::<i64>(r.get()).ok()),
+            error_reason: string_of(env.error_reason),
+        })
+    } else if is_true(env.notification) {
+        let method = string_of(env.method).ok_or(FrameError::NotProtoo)?;
+        Ok(Message::Notification { method, data })
+    } else {
+        Err(FrameError::NotProtoo)
+    }
+}
+
+/// A JSON object as its `(key, raw value)` pairs, in the order sent.
+///
+/// The translation layer takes the fields it knows and keeps the rest as raw
+/// JSON text, which is how unknown fields survive the trip through protobuf.
+#[derive(Debug, Default)]
+pub struct RawObject<'a>(pub Vec<(String, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = RawObject<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((k, v)) = map.next_entry::<String, &'de RawValue>()? {
+                    fields.push((k, v));
+                }
+                Ok(RawObject(fields))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+impl<'a> RawObject<'a> {
+    /// Parses `raw` as an object; `None` when it is not one.
+    pub fn parse(raw: &'a RawValue) -> Option<Self> {
+        serde_json::from_str(raw.get()).ok()
+    }
+
+    /// Removes and returns the field `key`.
+    pub fn take(&mut self, key: &str) -> Option<&'a RawValue> {
+        let pos = self.0.iter().position(|(k, _)| k == key)?;
+        Some(self.0.swap_remove(pos).1)
+    }
+
+    /// Removes `key` when it is a JSON string and returns it. A field of
+    /// another type is left in place (so it travels on as an unknown field).
+    pub fn take_str(&mut self, key: &str) -> Option<String> {
+        let pos = self.0.iter().position(|(k, _)| k == key)?;
+        let s = serde_json::from_str::<String>(self.0[pos].1.get()).ok()?;
+        self.0.swap_remove(pos);
+        Some(s)
+    }
+
+    /// Removes `key` when it is a JSON integer and returns it.
+    pub fn take_i64(&mut self, key: &str) -> Option<i64> {
+        let pos = self.0.iter().position(|(k, _)| k == key)?;
+        let n = serde_json::from_str::<i64>(self.0[pos].1.get()).ok()?;
+        self.0.swap_remove(pos);
+        Some(n)
+    }
+
+    /// What is left: key -> raw JSON text.
+    pub fn into_extra(self) -> std::collections::HashMap<String, String> {
+        self.0
+            .into_iter()
+            .map(|(k, v)| (k, v.get().to_owned()))
+            .collect()
+    }
+}
+
+/// Writes one JSON object field by field, straight into a byte buffer.
+///
+/// Raw pieces (`raw`) must be valid JSON text: every such piece comes from a
+/// parsed frame or was checked at the gRPC edge.
+pub struct ObjectWriter {
+    buf: Vec<u8>,
+    first: bool,
+}
+
+impl ObjectWriter {
+    /// Starts an object with room for `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(capacity);
+        buf.push(b'{');
+        Self { buf, first: true }
+    }
+
+    fn key(&mut self, key: &str) {
+        if !self.first {
+            self.buf.push(b',');
+        }
+        self.first = false;
+        write_json_str(&mut self.buf, key);
+        self.buf.push(b':');
+    }
+
+    /// A string field.
+    pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
+        self.key(key);
+        write_json_str(&mut self.buf, value);
+        self
+    }
+
+    /// A field whose value is raw JSON text; `{}` when `raw` is empty.
+    pub fn raw(&mut self, key: &str, raw: &str) -> &mut Self {
+        self.key(key);
+        self.buf
+            .extend_from_slice(if raw.is_empty() { EMPTY_OBJECT } else { raw }.as_bytes());
+        self
+    }
+
+    /// A boolean field.
+    pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
+        self.key(key);
+        self.buf
+            .extend_from_slice(if value { b"true" } else { b"false" });
+        self
+    }
+
+    /// An integer field.
+    pub fn int(&mut self, key: &str, value: i64) -> &mut Self {
+        self.key(key);
+        self.buf.extend_from_slice(value.to_string().as_bytes());
+        self
+    }
+
+    /// A field whose value is written by `f` (an array or nested object).
+    pub fn with(&mut self, key: &str, f: impl FnOnce(&mut Vec<u8>)) -> &mut Self {
+        self.key(key);
+        f(&mut self.buf);
+        self
+    }
+
+    /// Unknown fields carried as raw JSON text.
+    pub fn extra<'e>(
+        &mut self,
+        extra: impl IntoIterator<Item = (&'e String, &'e String)>,
+    ) -> &mut Self {
+        for (k, v) in extra {
+            self.raw(k, v);
+        }
+        self
+    }
+
+    /// Closes the object and returns its bytes.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.buf.push(b'}');
+        self.buf
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn write_json_str(buf: &mut Vec<u8>, s: &str) {
+    // Writing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, s);
+}
+
+fn into_string(bytes: Vec<u8>) -> String {
+    // Every writer here emits UTF-8 (serde_json output and valid raw JSON).
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// `{"response":true,"id":ID,"ok":true,"data":DATA}`; `data` is raw JSON.
+pub fn ok_response(id: &RawValue, data: &[u8]) -> String {
+    let mut w = ObjectWriter::with_capacity(48 + data.len());
+    w.bool("response", true)
+        .raw("id", id.get())
+        .bool("ok", true);
+    w.with("data", |b| {
+        b.extend_from_slice(if data.is_empty() {
+            EMPTY_OBJECT.as_bytes()
+        } else {
+            data
+        })
+    });
+    into_string(w.finish())
+}
+
+/// `{"response":true,"id":ID,"ok":false,"errorCode":CODE,"errorReason":REASON}`;
+/// `id` is `null` when the request had none.
+pub fn error_response(id: Option<&RawValue>, code: u16, reason: &str) -> String {
+    let mut w = ObjectWriter::with_capacity(80 + reason.len());
+    w.bool("response", true)
+        .raw("id", id.map_or("null", RawValue::get))
+        .bool("ok", false)
+        .int("errorCode", i64::from(code))
+        .str("errorReason", reason);
+    into_string(w.finish())
+}
+
+/// `{"notification":true,"method":METHOD,"data":DATA}`; `data` is raw JSON.
+pub fn notification(method: &str, data: &[u8]) -> String {
+    let mut w = ObjectWriter::with_capacity(40 + data.len());
+    w.bool("notification", true).str("method", method);
+    w.with("data", |b| b.extend_from_slice(data));
+    into_string(w.finish())
+}
+
+/// `{"request":true,"id":ID,"method":METHOD,"data":DATA}`; `data` is raw JSON.
+pub fn request(id: u64, method: &str, data: &[u8]) -> String {
+    let mut w = ObjectWriter::with_capacity(48 + data.len());
+    w.bool("request", true)
+        .with("id", |b| b.extend_from_slice(id.to_string().as_bytes()))
+        .str("method", method);
+    w.with("data", |b| b.extend_from_slice(data));
+    into_string(w.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn request_with_integer_and_string_ids() {
+        let Message::Request { id, method, data } =
+            parse(r#"{"request":true,"id":12,"method":"echo","data":{"a":1}}"#).unwrap()
+        else {
+            panic!("not a request")
+        };
+        assert_eq!(
+            (id.get(), method.as_str(), data.get()),
+            ("12", "echo", r#"{"a":1}"#)
+        );
+        let Message::Request { id, .. } =
+            parse(r#"{"request":true,"id":"x-1","method":"echo"}"#).unwrap()
+        else {
+            panic!("not a request")
+        };
+        assert_eq!(id.get(), r#""x-1""#);
+    }
+
+    #[test]
+    fn data_defaults_to_empty_object() {
+        let Message::Notification { data, .. } =
+            parse(r#"{"notification":true,"method":"push"}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(data.get(), "{}");
+    }
+
+    #[test]
+    fn bad_ids_are_bad_requests_echoing_the_id() {
+        for (frame, echoed) in [
+            (r#"{"request":true,"method":"echo"}"#, None),
+            // null reads as "no id"; both are echoed as null.
+            (r#"{"request":true,"id":null,"method":"echo"}"#, None),
+            (r#"{"request":true,"id":1.5,"method":"echo"}"#, Some("1.5")),
+            (
+                r#"{"request":true,"id":{"a":1},"method":"echo"}"#,
+                Some(r#"{"a":1}"#),
+            ),
+            (r#"{"request":true,"id":[1],"method":"echo"}"#, Some("[1]")),
+        ] {
+            match parse(frame) {
+                Err(FrameError::BadRequest { id, reason }) => {
+                    assert_eq!(reason, "Invalid id");
+                    assert_eq!(id.as_deref().map(RawValue::get), echoed, "{frame}");
+                }
+                other => panic!("{frame}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn huge_integer_ids_are_kept_verbatim() {
+        let Message::Request { id, .. } =
+            parse(r#"{"request":true,"id":123456789012345678901234567890,"method":"echo"}"#)
+                .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(id.get(), "123456789012345678901234567890");
+    }
+
+    #[test]
+    fn junk_is_rejected_without_panicking() {
+        for junk in [
+            "",
+            "nul",
+            "[]",
+            "1",
+            "\"s\"",
+            "{}",
+            r#"{"request":1,"id":1,"method":"x"}"#,
+            r#"{"notification":true}"#,
+            r#"{"notification":true,"method":5}"#,
+            r#"{"response":true}"#,
+            &"[".repeat(10_000),
+        ] {
+            assert!(parse(junk).is_err(), "{junk:.40}");
+        }
+        let deep = format!(
+            "{{\"request\":true,\"id\":1,\"method\":\"echo\",\"data\":{}{}}}",
+            "[".repeat(5000),
+            "]".repeat(5000)
+        );
+        let r = parse(&deep);
+        assert!(matches!(r, Err(FrameError::InvalidJson(_))), "{r:?}");
+    }
+
+    #[test]
+    fn nesting_limit_ignores_brackets_in_strings() {
+        let ok = format!(
+            "{{\"a\":\"{}\",\"b\":{}{}}}",
+            "[{".repeat(100),
+            "[".repeat(60),
+            "]".repeat(60)
+        );
+        assert!(!nests_deeper_than(&ok, MAX_DEPTH));
+        let escaped = r#"{"a":"\\\"[[[[","b":[]}"#;
+        assert!(!nests_deeper_than(escaped, 2));
+        assert!(nests_deeper_than(
+            &format!("{}{}", "[".repeat(65), "]".repeat(65)),
+            MAX_DEPTH
+        ));
+    }
+
+    #[test]
+    fn responses_from_peers() {
+        let Message::Response {
+            id,
+            ok,
+            error_code,
+            error_reason,
+        } = parse(r#"{"response":true,"id":7,"ok":false,"errorCode":500,"errorReason":"no"}"#)
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (id.get(), ok, error_code, error_reason.as_deref()),
+            ("7", false, Some(500), Some("no"))
+        );
+    }
+
+    #[test]
+    fn writers_produce_exact_shapes() {
+        let id = RawValue::from_string("\"abc\"".into()).unwrap();
+        let ok: Value = serde_json::from_str(&ok_response(&id, br#"{"x":1}"#)).unwrap();
+        assert_eq!(
+            ok,
+            serde_json::json!({"response":true,"id":"abc","ok":true,"data":{"x":1}})
+        );
+        let err: Value =
+            serde_json::from_str(&error_response(None, 404, "Unknown method: x")).unwrap();
+        assert_eq!(
+            err,
+            serde_json::json!({"response":true,"id":null,"ok":false,"errorCode":404,"errorReason":"Unknown method: x"})
+        );
+        let n: Value =
+            serde_json::from_str(&notification("newUser", br#"{"a":"\u00e9"}"#)).unwrap();
+        assert_eq!(n["data"]["a"], "é");
+        let r: Value = serde_json::from_str(&request(9, "invite", br#"{"roomId":"r"}"#)).unwrap();
+        assert_eq!(
+            r,
+            serde_json::json!({"request":true,"id":9,"method":"invite","data":{"roomId":"r"}})
+        );
+    }
+
+    #[test]
+    fn raw_object_takes_typed_fields_and_keeps_the_rest() {
+        let raw =
+            RawValue::from_string(r#"{"roomId":"r","userName":5,"n":1,"x":{"y":[1,"2"]}}"#.into())
+                .unwrap();
+        let mut o = RawObject::parse(&raw).unwrap();
+        assert_eq!(o.take_str("roomId").as_deref(), Some("r"));
+        assert_eq!(o.take_str("userName"), None);
+        assert_eq!(o.take_i64("n"), Some(1));
+        let extra = o.into_extra();
+        assert_eq!(extra["userName"], "5");
+        assert_eq!(extra["x"], r#"{"y":[1,"2"]}"#);
+    }
+}

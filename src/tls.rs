@@ -1,0 +1,105 @@
+//! Certificates for wss and gRPC TLS: PEM files, or a self-signed pair for
+//! development. One crypto provider (ring) for the whole process.
+
+use std::path::Path;
+use std::sync::Arc;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A certificate chain and its key, PEM-encoded.
+#[derive(Clone)]
+pub struct PemPair {
+    /// Certificate chain, PEM.
+    pub cert_pem: Vec<u8>,
+    /// Private key, PEM.
+    pub key_pem: Vec<u8>,
+}
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The PEM text holds no usable certificate or key.
+    #[error("{what}: {reason}")]
+    Pem {
+        /// Which input.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// rustls refused the pair.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The self-signed certificate could not be made.
+    #[error("self-signed certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+impl PemPair {
+    /// Reads a PEM certificate chain and key.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| TlsError::Read {
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        Ok(Self {
+            cert_pem: read(cert_path)?,
+            key_pem: read(key_path)?,
+        })
+    }
+
+    /// A fresh self-signed certificate for `names` (e.g. "localhost").
+    pub fn self_signed(names: &[&str]) -> Result<Self, TlsError> {
+        let names: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
+        let ck = rcgen::generate_simple_self_signed(names)?;
+        Ok(Self {
+            cert_pem: ck.cert.pem().into_bytes(),
+            key_pem: ck.signing_key.serialize_pem().into_bytes(),
+        })
+    }
+
+    /// The DER certificates of the chain.
+    pub fn certs(&self) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+        let certs = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::Pem {
+                what: "certificate",
+                reason: e.to_string(),
+            })?;
+        if certs.is_empty() {
+            return Err(TlsError::Pem {
+                what: "certificate",
+                reason: "no CERTIFICATE block found".into(),
+            });
+        }
+        Ok(certs)
+    }
+
+    /// A rustls server configuration serving this pair.
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(|e| TlsError::Pem {
+            what: "private key",
+            reason: e.to_string(),
+        })?;
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(self.certs()?, key)?;
+        Ok(Arc::new(config))
+    }
+}
+
+/// The process's one crypto provider.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}

@@ -1,0 +1,410 @@
+//! Translation between protoo JSON and the room service's protobuf messages.
+//!
+//! Inbound, known fields of the expected JSON type become typed proto fields;
+//! everything else is kept as raw JSON text in `extra` maps and `*_json`
+//! fields. Outbound, the same pieces are written back verbatim. So a payload
+//! keeps every field and every JSON type (an `av_type` of `2` stays `2`) on
+//! its way through the center, while the fields the real SFU parses strictly
+//! (`roomId`, `userId`, `userName`, `pusherId`) always leave as strings.
+
+use crate::center::Delivery;
+use crate::error::CenterError;
+use crate::proto::{self, Command, command, peer_event, reply};
+use crate::protoo::{self, ObjectWriter, RawObject};
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Fields whose type the real SFU checks: always written from the typed
+/// proto field, never overridden by an unknown field of the same name.
+const STRICT: &[&str] = &[
+    "roomId", "userId", "userName", "pusherId", "pushers", "users",
+];
+
+/// The command for a protoo request (`echo`, `register`, `join`).
+pub fn request_command(method: &str, data: &RawValue) -> Result<Command, CenterError> {
+    let kind = match method {
+        "echo" => command::Kind::Echo(proto::EchoRequest {
+            data_json: data.get().to_owned(),
+        }),
+        "register" => {
+            let mut o = object(data, "id", "Invalid id")?;
+            let msu_id = o
+                .take_str("id")
+                .ok_or_else(|| CenterError::invalid("msu_id", "Invalid id"))?;
+            command::Kind::RegisterMsu(proto::RegisterMsuRequest { msu_id })
+        }
+        "join" => {
+            const REASON: &str = "Invalid roomId or userId";
+            let mut o = object(data, "room_id", REASON)?;
+            let room_id = o
+                .take_str("roomId")
+                .ok_or_else(|| CenterError::invalid("room_id", REASON))?;
+            let user_id = o
+                .take_str("userId")
+                .ok_or_else(|| CenterError::invalid("user_id", REASON))?;
+            let user_name = user_name(&mut o);
+            // `audience` defaults to false when it is not a boolean.
+            let audience = o.take("audience").is_some_and(|v| v.get() == "true");
+            command::Kind::Join(proto::JoinRequest {
+                room_id,
+                user_id,
+                user_name,
+                audience,
+                extra: o.into_extra(),
+            })
+        }
+        other => return Err(CenterError::UnknownMethod(other.to_owned())),
+    };
+    Ok(Command { kind: Some(kind) })
+}
+
+/// The command for a protoo notification. Errors mean "ignore it" (PROTOCOL.md
+/// §4: a notification without a string `roomId` is ignored).
+pub fn notification_command(method: &str, data: &RawValue) -> Result<Command, CenterError> {
+    let kind = match method {
+        "push" => {
+            let (room_id, user_id, mut o) = room_and_user(data, "userId")?;
+            let publishers = match o.take("publishers") {
+                Some(raw) => publishers(raw)?,
+                None => Vec::new(),
+            };
+            command::Kind::Push(proto::PushRequest {
+                room_id,
+                user_id,
+                user_name: user_name(&mut o),
+                publishers,
+                extra: o.into_extra(),
+            })
+        }
+        "pullRemoteStream" => {
+            let (room_id, pusher_user_id, mut o) = room_and_user(data, "pusher_user_id")?;
+            let push_info = o.take("pushInfo").and_then(|raw| publisher(raw).ok());
+            command::Kind::PullRemoteStream(proto::PullRemoteStreamRequest {
+                room_id,
+                pusher_user_id,
+                udp_ip: o.take_str("udp_ip").unwrap_or_default(),
+                udp_port: o.take_i64("udp_port").unwrap_or_default(),
+                media_type: o.take_str("mediaType").unwrap_or_default(),
+                push_info,
+                // Forwarded verbatim: the pusher's SFU gets exactly what was sent.
+                payload_json: data.get().to_owned(),
+            })
+        }
+        "userDisconnect" => {
+            let (room_id, user_id, o) = room_and_user(data, "userId")?;
+            command::Kind::UserDisconnect(proto::UserDisconnectRequest {
+                room_id,
+                user_id,
+                extra: o.into_extra(),
+            })
+        }
+        "userLeave" => {
+            let (room_id, user_id, o) = room_and_user(data, "userId")?;
+            command::Kind::UserLeave(proto::UserLeaveRequest {
+                room_id,
+                user_id,
+                extra: o.into_extra(),
+            })
+        }
+        "textMessage" => {
+            let (room_id, mut o) = room(data)?;
+            command::Kind::TextMessage(proto::TextMessageRequest {
+                room_id,
+                user_id: o.take_str("userId").unwrap_or_default(),
+                user_name: user_name(&mut o),
+                // A non-string message stays in `extra` and travels as sent.
+                message: o.take_str("message").unwrap_or_default(),
+                extra: o.into_extra(),
+            })
+        }
+        "userReConnect" => {
+            let (room_id, user_id, mut o) = room_and_user(data, "userId")?;
+            command::Kind::UserReconnect(proto::UserReConnectRequest {
+                room_id,
+                user_id,
+                user_name: user_name(&mut o),
+                extra: o.into_extra(),
+            })
+        }
+        other => return Err(CenterError::UnknownMethod(other.to_owned())),
+    };
+    Ok(Command { kind: Some(kind) })
+}
+
+fn object<'a>(
+    data: &'a RawValue,
+    field: &'static str,
+    reason: &str,
+) -> Result<RawObject<'a>, CenterError> {
+    RawObject::parse(data).ok_or_else(|| CenterError::invalid(field, reason))
+}
+
+fn room(data: &RawValue) -> Result<(String, RawObject<'_>), CenterError> {
+    let mut o = object(data, "room_id", "Invalid roomId")?;
+    let room_id = o
+        .take_str("roomId")
+        .ok_or_else(|| CenterError::invalid("room_id", "Invalid roomId"))?;
+    Ok((room_id, o))
+}
+
+fn room_and_user<'a>(
+    data: &'a RawValue,
+    user_key: &'static str,
+) -> Result<(String, String, RawObject<'a>), CenterError> {
+    let (room_id, mut o) = room(data)?;
+    let user_id = o
+        .take_str(user_key)
+        .ok_or_else(|| CenterError::invalid("user_id", format!("Invalid {user_key}")))?;
+    Ok((room_id, user_id, o))
+}
+
+/// `userName` when it is a string; any other value is dropped (the SFU
+/// rejects a message whose `userName` is not a string).
+fn user_name(o: &mut RawObject<'_>) -> String {
+    let name = o.take_str("userName");
+    if name.is_none() {
+        o.take("userName");
+    }
+    name.unwrap_or_default()
+}
+
+fn publishers(raw: &RawValue) -> Result<Vec<proto::Publisher>, CenterError> {
+    let entries: Vec<&RawValue> = serde_json::from_str(raw.get())
+        .map_err(|_| CenterError::invalid("publishers", "publishers must be an array"))?;
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match publisher(entry) {
+            Ok(p) => out.push(p),
+            Err(e) => tracing::debug!(error = %e, "publisher entry skipped"),
+        }
+    }
+    Ok(out)
+}
+
+fn publisher(raw: &RawValue) -> Result<proto::Publisher, CenterError> {
+    const REASON: &str = "publisher needs a string pusherId";
+    let mut o = object(raw, "pusher_id", REASON)?;
+    let pusher_id = o
+        .take_str("pusherId")
+        .ok_or_else(|| CenterError::invalid("pusher_id", REASON))?;
+    let rtp_param_json = o
+        .take("rtpParam")
+        .map(|r| r.get().to_owned())
+        .unwrap_or_default();
+    Ok(proto::Publisher {
+        pusher_id,
+        rtp_param_json,
+        extra: o.into_extra(),
+    })
+}
+
+// ----- outbound ------------------------------------------------------------
+
+fn write_extra(w: &mut ObjectWriter, extra: &HashMap<String, String>) {
+    w.extra(extra.iter().filter(|(k, _)| !STRICT.contains(&k.as_str())));
+}
+
+fn write_publishers(buf: &mut Vec<u8>, pushers: &[proto::Publisher]) {
+    buf.push(b'[');
+    for (i, p) in pushers.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        buf.extend_from_slice(&publisher_json(p));
+    }
+    buf.push(b']');
+}
+
+fn publisher_json(p: &proto::Publisher) -> Vec<u8> {
+    let mut w = ObjectWriter::with_capacity(64 + p.rtp_param_json.len());
+    w.str("pusherId", &p.pusher_id);
+    if !p.rtp_param_json.is_empty() {
+        w.raw("rtpParam", &p.rtp_param_json);
+    }
+    write_extra(&mut w, &p.extra);
+    w.finish()
+}
+
+/// The `data` of the response to a request, raw JSON.
+pub fn reply_data(reply: &proto::Reply) -> Vec<u8> {
+    match &reply.kind {
+        Some(reply::Kind::Echo(e)) => {
+            let mut w = ObjectWriter::with_capacity(16 + e.data_json.len());
+            w.raw("echo", &e.data_json);
+            w.finish()
+        }
+        Some(reply::Kind::RegisterMsu(r)) => {
+            let mut w = ObjectWriter::with_capacity(48 + r.msu_id.len());
+            w.bool("registered", r.registered).str("msuId", &r.msu_id);
+            w.finish()
+        }
+        Some(reply::Kind::Join(j)) => {
+            let mut w = ObjectWriter::with_capacity(128 + 256 * j.users.len());
+            w.int("code", 0)
+                .str("message", "join success")
+                .str("roomId", &j.room_id)
+                .with("users", |buf| {
+                    buf.push(b'[');
+                    for (i, u) in j.users.iter().enumerate() {
+                        if i > 0 {
+                            buf.push(b',');
+                        }
+                        let mut uw = ObjectWriter::with_capacity(64);
+                        uw.str("userId", &u.user_id)
+                            .str("userName", &u.user_name)
+                            .with("pushers", |b| write_publishers(b, &u.pushers));
+                        buf.extend_from_slice(&uw.finish());
+                    }
+                    buf.push(b']');
+                });
+            w.finish()
+        }
+        Some(reply::Kind::Ack(_)) | None => b"{}".to_vec(),
+    }
+}
+
+/// The protoo method and `data` of a room event.
+pub fn event_data(event: &proto::PeerEvent) -> (&'static str, Vec<u8>) {
+    let mut w = ObjectWriter::with_capacity(128);
+    let method = match &event.kind {
+        Some(peer_event::Kind::NewUser(e)) => {
+            w.str("roomId", &e.room_id)
+                .str("userId", &e.user_id)
+                .str("userName", &e.user_name);
+            write_extra(&mut w, &e.extra);
+            "newUser"
+        }
+        Some(peer_event::Kind::NewPusher(e)) => {
+            w.str("roomId", &e.room_id)
+                .str("userId", &e.user_id)
+                .str("userName", &e.user_name)
+                .with("pushers", |b| write_publishers(b, &e.pushers));
+            write_extra(&mut w, &e.extra);
+            "newPusher"
+        }
+        Some(peer_event::Kind::PullRemoteStream(e)) => {
+            if !e.payload_json.is_empty() {
+                return ("pullRemoteStream", e.payload_json.as_bytes().to_vec());
+            }
+            w.str("roomId", &e.room_id)
+                .str("pusher_user_id", &e.pusher_user_id)
+                .str("udp_ip", &e.udp_ip)
+                .int("udp_port", e.udp_port)
+                .str("mediaType", &e.media_type);
+            if let Some(p) = &e.push_info {
+                w.with("pushInfo", |b| b.extend_from_slice(&publisher_json(p)));
+            }
+            "pullRemoteStream"
+        }
+        Some(peer_event::Kind::UserDisconnected(e)) => {
+            w.str("roomId", &e.room_id).str("userId", &e.user_id);
+            write_extra(&mut w, &e.extra);
+            "userDisconnect"
+        }
+        Some(peer_event::Kind::UserLeft(e)) => {
+            w.str("roomId", &e.room_id).str("userId", &e.user_id);
+            write_extra(&mut w, &e.extra);
+            "userLeave"
+        }
+        Some(peer_event::Kind::TextMessage(e)) => {
+            w.str("roomId", &e.room_id)
+                .str("userId", &e.user_id)
+                .str("userName", &e.user_name);
+            if !e.extra.contains_key("message") {
+                w.str("message", &e.message);
+            }
+            write_extra(&mut w, &e.extra);
+            "textMessage"
+        }
+        Some(peer_event::Kind::UserReconnected(e)) => {
+            w.str("roomId", &e.room_id)
+                .str("userId", &e.user_id)
+                .str("userName", &e.user_name);
+            write_extra(&mut w, &e.extra);
+            "userReConnect"
+        }
+        // Never built by the center; written as an empty notification.
+        None => "unknown",
+    };
+    (method, w.finish())
+}
+
+/// The protoo notification text of a delivery, made once and shared by
+/// every WebSocket session it goes to.
+pub fn delivery_text(delivery: &Delivery) -> Utf8Bytes {
+    delivery
+        .json
+        .get_or_init(|| {
+            let (method, data) = event_data(&delivery.event);
+            Utf8Bytes::from(protoo::notification(method, &data))
+        })
+        .clone()
+}
+
+/// The `invite` request for an MSU.
+pub fn invite_request(id: u64, room_id: &str) -> String {
+    let mut w = ObjectWriter::with_capacity(32 + room_id.len());
+    w.str("roomId", room_id);
+    protoo::request(id, "invite", &w.finish())
+}
+
+// ----- gRPC edge checks ---------------------------------------------------
+
+fn check_json(field: &'static str, text: &str, allow_empty: bool) -> Result<(), CenterError> {
+    if text.is_empty() && allow_empty {
+        return Ok(());
+    }
+    serde_json::from_str::<&RawValue>(text)
+        .map(|_| ())
+        .map_err(|e| CenterError::invalid(field, format!("{field} is not valid JSON: {e}")))
+}
+
+fn check_extra(field: &'static str, extra: &HashMap<String, String>) -> Result<(), CenterError> {
+    extra.values().try_for_each(|v| check_json(field, v, false))
+}
+
+fn check_publisher(p: &proto::Publisher) -> Result<(), CenterError> {
+    check_json("rtp_param_json", &p.rtp_param_json, true)?;
+    check_extra("publisher.extra", &p.extra)
+}
+
+/// Checks the raw JSON texts in a command from a gRPC peer, so that what the
+/// center later writes to WebSocket peers is always valid JSON.
+pub fn check_command(cmd: &Command) -> Result<(), CenterError> {
+    match &cmd.kind {
+        None => Err(CenterError::invalid("command", "empty command")),
+        Some(command::Kind::Echo(e)) => check_json("data_json", &e.data_json, true),
+        Some(command::Kind::RegisterMsu(_)) => Ok(()),
+        Some(command::Kind::Join(j)) => check_extra("extra", &j.extra),
+        Some(command::Kind::Push(p)) => {
+            p.publishers.iter().try_for_each(check_publisher)?;
+            check_extra("extra", &p.extra)
+        }
+        Some(command::Kind::PullRemoteStream(p)) => {
+            if let Some(info) = &p.push_info {
+                check_publisher(info)?;
+            }
+            if !p.payload_json.is_empty() && RawObject::parse(&raw(&p.payload_json)?).is_none() {
+                return Err(CenterError::invalid(
+                    "payload_json",
+                    "payload_json must be a JSON object",
+                ));
+            }
+            Ok(())
+        }
+        Some(command::Kind::UserDisconnect(u)) => check_extra("extra", &u.extra),
+        Some(command::Kind::UserLeave(u)) => check_extra("extra", &u.extra),
+        Some(command::Kind::TextMessage(t)) => check_extra("extra", &t.extra),
+        Some(command::Kind::UserReconnect(u)) => check_extra("extra", &u.extra),
+    }
+}
+
+fn raw(text: &str) -> Result<Box<RawValue>, CenterError> {
+    RawValue::from_string(text.to_owned()).map_err(|e| {
+        CenterError::invalid(
+            "payload_json",
+            format!("payload_json is not valid JSON: {e}"),
+        )
+    })
+}

@@ -1,0 +1,215 @@
+//! The WebSocket front end: accept, TLS, the HTTP upgrade, then one
+//! [`session`] per connection.
+//!
+//! The accept loop logs and carries on after errors; a peer that fails its
+//! TLS or HTTP handshake is logged at debug and dropped.
+
+pub mod handshake;
+pub mod session;
+
+use crate::center::Center;
+use crate::config::WebSocketConfig;
+use crate::proto::Transport;
+use handshake::{Parsed, Refusal, Rejection};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig as WsProtocolConfig};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+/// The WebSocket path peers connect to.
+pub const PATH: &str = "/pilot/center";
+
+/// Everything a connection needs; shared by all of them.
+pub struct Gateway {
+    center: Center,
+    config: WebSocketConfig,
+    invite_timeout: std::time::Duration,
+    tls: Option<TlsAcceptor>,
+    /// Sessions past the upgrade, for `max_sessions`.
+    active: AtomicUsize,
+}
+
+impl Gateway {
+    /// A gateway to `center`; wss when `tls` is given.
+    pub fn new(
+        center: Center,
+        config: WebSocketConfig,
+        invite_timeout: std::time::Duration,
+        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    ) -> Self {
+        Self {
+            center,
+            config,
+            invite_timeout,
+            tls: tls.map(TlsAcceptor::from),
+            active: AtomicUsize::new(0),
+        }
+    }
+
+    fn protocol_config(&self) -> WsProtocolConfig {
+        // Small buffers: tungstenite's defaults (128 KiB read, 128 KiB write)
+        // would cost far more per idle session than the session itself.
+        WsProtocolConfig::default()
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(16 * 1024)
+            .max_message_size(Some(self.config.max_message_size))
+            .max_frame_size(Some(self.config.max_message_size))
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown` is cancelled. Every
+/// connection task is spawned on `tracker`, so the caller can wait for them.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let gateway = gateway.clone();
+                let shutdown = shutdown.clone();
+                tracker.spawn(async move { gateway.connection(tcp, peer, shutdown).await });
+            }
+            Err(e) => {
+                // E.g. out of file descriptors: keep serving the others.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracing::info!("websocket listener stopped");
+}
+
+impl Gateway {
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        shutdown: CancellationToken,
+    ) {
+        // Signaling is latency-bound and made of small messages.
+        let _ = tcp.set_nodelay(true);
+        let timeout = self.config.handshake_timeout();
+        match &self.tls {
+            Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => self.upgrade(tls, peer, Transport::Wss, shutdown).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer.addr = %peer, error = %e, "TLS handshake failed")
+                }
+                Err(_) => tracing::debug!(peer.addr = %peer, "TLS handshake timed out"),
+            },
+            None => self.upgrade(tcp, peer, Transport::Ws, shutdown).await,
+        }
+    }
+
+    async fn upgrade<S>(
+        &self,
+        mut stream: S,
+        peer: SocketAddr,
+        transport: Transport,
+        shutdown: CancellationToken,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let head =
+            tokio::time::timeout(self.config.handshake_timeout(), read_head(&mut stream)).await;
+        let (head_len, request, buf) = match head {
+            Ok(Ok(Ok((head_len, request, buf)))) => (head_len, request, buf),
+            Ok(Ok(Err(Rejection::Refuse(refusal)))) => {
+                return refuse(&mut stream, peer, refusal).await;
+            }
+            Ok(Ok(Err(Rejection::HeadTooLarge))) => {
+                return tracing::debug!(peer.addr = %peer, "request head too large: dropped");
+            }
+            Ok(Err(e)) => {
+                return tracing::debug!(peer.addr = %peer, error = %e, "read failed before upgrade");
+            }
+            Err(_) => return tracing::debug!(peer.addr = %peer, "upgrade request timed out"),
+        };
+        if shutdown.is_cancelled() {
+            return refuse(&mut stream, peer, Refusal::Unavailable("shutting down")).await;
+        }
+        let max = self.config.max_sessions;
+        if max > 0 && self.active.load(Ordering::Relaxed) >= max {
+            return refuse(&mut stream, peer, Refusal::Unavailable("too many sessions")).await;
+        }
+        // The whole 101 in one write (one TLS record): the SFU's reader
+        // mishandles a head split across reads.
+        let response = handshake::switching_protocols(&request);
+        if let Err(e) = async {
+            stream.write_all(&response).await?;
+            stream.flush().await
+        }
+        .await
+        {
+            return tracing::debug!(peer.addr = %peer, error = %e, "write of 101 failed");
+        }
+        let leftover = buf[head_len..].to_vec();
+        let ws = WebSocketStream::from_partially_read(
+            stream,
+            leftover,
+            Role::Server,
+            Some(self.protocol_config()),
+        )
+        .await;
+        self.active.fetch_add(1, Ordering::Relaxed);
+        let span =
+            tracing::info_span!("session", peer.addr = %peer, transport = transport.as_str_name());
+        session::run(
+            ws,
+            session::Settings {
+                center: &self.center,
+                peer,
+                transport,
+                queue: self.config.outbound_queue,
+                ping_interval: self.config.ping_interval(),
+                pong_timeout: self.config.pong_timeout(),
+                invite_timeout: self.invite_timeout,
+            },
+            shutdown,
+        )
+        .instrument(span)
+        .await;
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, peer: SocketAddr, refusal: Refusal) {
+    tracing::debug!(peer.addr = %peer, status = refusal.status().0, "upgrade refused");
+    let _ = stream.write_all(&refusal.response()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Reads until the request head is complete (or refused). Returns the head
+/// length, the request and every byte read (frames may follow the head).
+async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> std::io::Result<Result<(usize, handshake::UpgradeRequest, Vec<u8>), Rejection>> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match handshake::parse_request(&buf, PATH) {
+            Ok(Parsed::Partial) => continue,
+            Ok(Parsed::Upgrade { head_len, request }) => return Ok(Ok((head_len, request, buf))),
+            Err(rejection) => return Ok(Err(rejection)),
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! One WebSocket session: a reader and a writer over the split stream,
+//! driven from one task, and the session's bounded outbound queue.
+//!
+//! The reader never waits on anything but the socket: it runs commands on
+//! the center (which never blocks) and queues responses with `try_send`, so
+//! pings are answered (tungstenite flushes the pong on its next read) however
+//! busy the room or full the queue. The writer owns the sink: it sends what
+//! is queued, pings, and expires unanswered `invite`s.
+
+use crate::center::{Center, Outbound, PeerInfo, SessionHandle};
+use crate::proto::Transport;
+use crate::protoo::{self, Message as Protoo};
+use crate::translate;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+
+/// What a session needs from its gateway.
+pub struct Settings<'a> {
+    /// The room service.
+    pub center: &'a Center,
+    /// Peer address.
+    pub peer: SocketAddr,
+    /// ws or wss.
+    pub transport: Transport,
+    /// Capacity of the outbound queue.
+    pub queue: usize,
+    /// Time between pings.
+    pub ping_interval: Duration,
+    /// Silence after a ping before the peer is dropped.
+    pub pong_timeout: Duration,
+    /// Time an MSU has to answer `invite`.
+    pub invite_timeout: Duration,
+}
+
+/// An item of the session's outbound queue.
+#[derive(Debug)]
+pub enum WsOut {
+    /// From the center: an event or an `invite`.
+    Center(Outbound),
+    /// A response made by this session's reader.
+    Text(Utf8Bytes),
+}
+
+impl From<Outbound> for WsOut {
+    fn from(o: Outbound) -> Self {
+        Self::Center(o)
+    }
+}
+
+/// How a session ended.
+#[derive(Debug)]
+enum End {
+    /// The peer sent a close frame or ended the stream.
+    PeerClosed,
+    /// We close with this code and reason.
+    Close(CloseCode, &'static str),
+    /// The center is shutting down: flush, then close with 1001.
+    Shutdown,
+    /// The connection is unusable (I/O error, keepalive timeout): just drop it.
+    Gone(&'static str),
+}
+
+/// `invite` requests sent and not answered yet: id -> (room, deadline).
+#[derive(Default)]
+struct Invites {
+    next_id: AtomicU64,
+    pending: Mutex<HashMap<u64, (String, Instant)>>,
+}
+
+impl Invites {
+    fn start(&self, room_id: String, deadline: Instant) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        self.pending.lock().insert(id, (room_id, deadline));
+        id
+    }
+
+    fn answer(&self, id: u64) -> Option<String> {
+        self.pending.lock().remove(&id).map(|(room, _)| room)
+    }
+
+    fn expire(&self, now: Instant) -> Vec<String> {
+        let mut pending = self.pending.lock();
+        let expired: Vec<u64> = pending
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        expired
+            .into_iter()
+            .filter_map(|id| pending.remove(&id).map(|(room, _)| room))
+            .collect()
+    }
+}
+
+/// State shared by the reader and the writer of one session.
+struct Ctx {
+    handle: SessionHandle,
+    tx: mpsc::Sender<WsOut>,
+    invites: Invites,
+    started: Instant,
+    /// Milliseconds since `started` of the last frame from the peer.
+    last_in_ms: AtomicU64,
+}
+
+impl Ctx {
+    fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_in_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn heard_since(&self, t: Instant) -> bool {
+        let since = u64::try_from(t.duration_since(self.started).as_millis()).unwrap_or(0);
+        self.last_in_ms.load(Ordering::Relaxed) >= since
+    }
+
+    /// Queues a response; a full queue makes this a slow consumer.
+    fn send_text(&self, text: String) {
+        match self.tx.try_send(WsOut::Text(Utf8Bytes::from(text))) {
+            Ok(()) => self.handle.note_outbound(),
+            Err(mpsc::error::TrySendError::Full(_)) => self.handle.overflow().cancel(),
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+/// Runs a session until the peer leaves, the connection fails, it falls
+/// behind, or `shutdown` is cancelled; then closes it and cleans up.
+pub async fn run<S>(ws: WebSocketStream<S>, settings: Settings<'_>, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (tx, mut rx) = mpsc::channel::<WsOut>(settings.queue);
+    let peer = PeerInfo {
+        addr: settings.peer.to_string(),
+        transport: settings.transport,
+    };
+    let handle = settings.center.open_session(peer, tx.clone());
+    let session_id = handle.id();
+    tracing::info!(session.id = session_id, "session opened");
+    let ctx = Ctx {
+        handle,
+        tx,
+        invites: Invites::default(),
+        started: Instant::now(),
+        last_in_ms: AtomicU64::new(0),
+    };
+    let (mut sink, mut stream) = ws.split();
+
+    let end = {
+        let reader = read_loop(&mut stream, &ctx);
+        let writer = write_loop(&mut sink, &mut rx, &ctx, &settings);
+        tokio::pin!(reader, writer);
+        tokio::select! {
+            end = &mut reader => end,
+            end = &mut writer => end,
+            () = ctx.handle.overflow().cancelled() => End::Close(CloseCode::Policy, "slow consumer"),
+            () = shutdown.cancelled() => End::Shutdown,
+        }
+    };
+    let reason = finish(end, &mut sink, &mut stream, &mut rx).await;
+    tracing::info!(session.id = session_id, reason, "session closed");
+    ctx.handle.close(reason);
+}
+
+/// Sends the close frame (or flushes the peer's close reply) with bounded waits.
+async fn finish<S>(
+    end: End,
+    sink: &mut SplitSink<WebSocketStream<S>, Message>,
+    stream: &mut SplitStream<WebSocketStream<S>>,
+    rx: &mut mpsc::Receiver<WsOut>,
+) -> &'static str
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    const WAIT: Duration = Duration::from_secs(2);
+    let (code, reason) = match end {
+        End::PeerClosed => {
+            // tungstenite queued the close reply; push it out.
+            let _ = tokio::time::timeout(WAIT, sink.flush()).await;
+            return "peer closed";
+        }
+        End::Gone(why) => return why,
+        End::Close(code, reason) => (code, reason),
+        End::Shutdown => {
+            // Deliver what is already queued (responses in flight) first.
+            let _ = tokio::time::timeout(WAIT, async {
+                while let Ok(item) = rx.try_recv() {
+                    if let Some(msg) = encode_simple(item) {
+                        sink.feed(msg).await?;
+                    }
+                }
+                sink.flush().await
+            })
+            .await;
+            (CloseCode::Away, "going away")
+        }
+    };
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    if matches!(
+        tokio::time::timeout(WAIT, sink.send(Message::Close(Some(frame)))).await,
+        Ok(Ok(()))
+    ) {
+        // Give the peer a moment to answer the close handshake.
+        let _ = tokio::time::timeout(WAIT, async {
+            while let Some(Ok(_)) = stream.next().await {}
+        })
+        .await;
+    }
+    reason
+}
+
+/// Encodes a queued item that needs no session state (not an `invite`).
+fn encode_simple(item: WsOut) -> Option<Message> {
+    match item {
+        WsOut::Text(t) => Some(Message::Text(t)),
+        WsOut::Center(Outbound::Event(d)) => Some(Message::Text(translate::delivery_text(&d))),
+        WsOut::Center(Outbound::Invite { .. }) => None,
+    }
+}
+
+async fn read_loop<S>(stream: &mut SplitStream<WebSocketStream<S>>, ctx: &Ctx) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    while let Some(frame) = stream.next().await {
+        ctx.touch();
+        match frame {
+            Ok(Message::Text(text)) => {
+                ctx.handle.note_inbound();
+                on_text(ctx, &text);
+            }
+            Ok(Message::Binary(b)) => tracing::debug!(len = b.len(), "binary frame ignored"),
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+            Ok(Message::Close(_)) => return End::PeerClosed,
+            Err(e) => return read_error(e),
+        }
+    }
+    End::PeerClosed
+}
+
+fn read_error(e: WsError) -> End {
+    match e {
+        WsError::Capacity(e) => {
+            tracing::info!(error = %e, "message too big");
+            End::Close(CloseCode::Size, "message too big")
+        }
+        WsError::Utf8(_) => End::Close(CloseCode::Invalid, "invalid UTF-8"),
+        WsError::Protocol(e) => {
+            tracing::debug!(error = %e, "protocol error");
+            End::Close(CloseCode::Protocol, "protocol error")
+        }
+        WsError::ConnectionClosed | WsError::AlreadyClosed => End::PeerClosed,
+        e => {
+            tracing::debug!(error = %e, "read failed");
+            End::Gone("connection lost")
+        }
+    }
+}
+
+/// Handles one text frame: a request gets exactly one response; a
+/// notification gets none; junk is logged and counted, never fatal.
+fn on_text(ctx: &Ctx, text: &str) {
+    match protoo::parse(text) {
+        Ok(Protoo::Request { id, method, data }) => {
+            let span = tracing::debug_span!("request", method = %method);
+            let _enter = span.enter();
+            tracing::debug!(data = data.get(), "request");
+            let result =
+                translate::request_command(&method, data).and_then(|cmd| ctx.handle.execute(cmd));
+            let response = match result {
+                Ok(reply) => protoo::ok_response(id, &translate::reply_data(&reply)),
+                Err(e) => {
+                    tracing::debug!(code = e.protoo_code(), error = %e, "request failed");
+                    protoo::error_response(Some(id), e.protoo_code(), &e.to_string())
+                }
+            };
+            ctx.send_text(response);
+        }
+        Ok(Protoo::Notification { method, data }) => {
+            tracing::debug!(method = %method, data = data.get(), "notification");
+            let result = translate::notification_command(&method, data)
+                .and_then(|cmd| ctx.handle.execute(cmd));
+            if let Err(e) = result {
+                tracing::debug!(method = %method, error = %e, "notification ignored");
+            }
+        }
+        Ok(Protoo::Response {
+            id,
+            ok,
+            error_code,
+            error_reason,
+        }) => {
+            let room = serde_json::from_str::<u64>(id.get())
+                .ok()
+                .and_then(|id| ctx.invites.answer(id));
+            match room {
+                Some(room) => ctx.handle.invite_answered(
+                    &room,
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "{} {}",
+                            error_code.unwrap_or(0),
+                            error_reason.unwrap_or_default()
+                        ))
+                    },
+                ),
+                None => tracing::debug!(id = id.get(), "response to no pending request"),
+            }
+        }
+        Err(protoo::FrameError::BadRequest { id, reason }) => {
+            ctx.send_text(protoo::error_response(id.as_deref(), 400, reason));
+        }
+        Err(e) => tracing::debug!(error = %e, len = text.len(), "frame ignored"),
+    }
+}
+
+async fn write_loop<S>(
+    sink: &mut SplitSink<WebSocketStream<S>, Message>,
+    rx: &mut mpsc::Receiver<WsOut>,
+    ctx: &Ctx,
+    settings: &Settings<'_>,
+) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Items written before one flush: batches fan-out bursts into few writes.
+    const BATCH: usize = 64;
+    let second = Duration::from_secs(1);
+    let mut tick = tokio::time::interval_at(Instant::now() + second, second);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_ping = Instant::now() + settings.ping_interval;
+    let mut awaiting_since: Option<Instant> = None;
+    let encode = |item: WsOut| match item {
+        WsOut::Center(Outbound::Invite { room_id }) => {
+            let id = ctx
+                .invites
+                .start(room_id.clone(), Instant::now() + settings.invite_timeout);
+            tracing::debug!(room.id = %room_id, id, "invite sent");
+            Message::Text(Utf8Bytes::from(translate::invite_request(id, &room_id)))
+        }
+        other => {
+            encode_simple(other).unwrap_or_else(|| Message::Text(Utf8Bytes::from_static("{}")))
+        }
+    };
+    loop {
+        tokio::select! {
+            item = rx.recv() => {
+                let Some(item) = item else { return End::Gone("queue closed") };
+                let result = async {
+                    sink.feed(encode(item)).await?;
+                    for _ in 1..BATCH {
+                        match rx.try_recv() {
+                            Ok(item) => sink.feed(encode(item)).await?,
+                            Err(_) => break,
+                        }
+                    }
+                    sink.flush().await
+                }
+                .await;
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "write failed");
+                    return End::Gone("write failed");
+                }
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                if let Some(since) = awaiting_since {
+                    if ctx.heard_since(since) {
+                        awaiting_since = None;
+                    } else if now.duration_since(since) >= settings.pong_timeout {
+                        tracing::info!("peer silent after ping: dropped");
+                        return End::Gone("ping timeout");
+                    }
+                }
+                if now >= next_ping {
+                    next_ping = now + settings.ping_interval;
+                    awaiting_since.get_or_insert(now);
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        return End::Gone("write failed");
+                    }
+                }
+                for room in ctx.invites.expire(now) {
+                    tracing::warn!(room.id = %room, "invite not answered in time");
+                }
+            }
+        }
+    }
+}

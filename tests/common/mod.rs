@@ -1,0 +1,273 @@
+//! Test helpers: start the real server on port 0 and talk to it over real
+//! sockets with a real WebSocket client.
+#![allow(dead_code)]
+
+pub mod sfu;
+
+use futures_util::{SinkExt, StreamExt};
+use pilot_center::config::Config;
+use pilot_center::server::Server;
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Message, http::HeaderValue};
+
+/// How long a test waits for something that should happen.
+pub const WAIT: Duration = Duration::from_secs(5);
+/// How long a test watches for something that should not happen.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// A configuration for tests: both listeners on 127.0.0.1:0; `extra` YAML is
+/// appended under `websocket:` (indent two spaces).
+pub fn config(tls: bool, extra_ws: &str) -> Config {
+    let yaml = format!(
+        "websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n  self_signed: {tls}\n{extra_ws}\ngrpc:\n  listen_ip: 127.0.0.1\n  listen_port: 0\ncenter:\n  invite_timeout_secs: 1\n"
+    );
+    Config::parse(&yaml).expect("test config")
+}
+
+/// Starts a plain-ws server.
+pub async fn start() -> Server {
+    Server::start(&config(false, ""))
+        .await
+        .expect("server starts")
+}
+
+/// Starts a server over TLS (self-signed).
+pub async fn start_tls() -> Server {
+    Server::start(&config(true, ""))
+        .await
+        .expect("server starts")
+}
+
+/// Accepts any certificate, as the real SFU does.
+#[derive(Debug)]
+pub struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS connector that trusts any certificate.
+pub fn insecure_connector() -> tokio_rustls::TlsConnector {
+    let provider = pilot_center::tls::provider();
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// Any byte stream a test client runs over (TCP or TLS).
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+type Ws = WebSocketStream<Box<dyn Io>>;
+
+/// A protoo peer over a real WebSocket connection.
+pub struct Peer {
+    pub ws: Ws,
+    /// Messages received while waiting for something else.
+    pending: VecDeque<Value>,
+    next_id: u64,
+}
+
+impl Peer {
+    /// Connects to the server's WebSocket listener, offering `protoo`.
+    pub async fn connect(server: &Server) -> Peer {
+        Self::connect_url(&server.ws_url()).await
+    }
+
+    /// Connects to `url` (ws or wss, any certificate accepted).
+    pub async fn connect_url(url: &str) -> Peer {
+        let mut request = url.into_client_request().expect("request");
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("protoo"));
+        let uri = request.uri().clone();
+        let host = uri.host().expect("host").to_owned();
+        let port = uri.port_u16().expect("port");
+        let tcp = TcpStream::connect((host.as_str(), port))
+            .await
+            .expect("tcp connect");
+        let stream: Box<dyn Io> = if uri.scheme_str() == Some("wss") {
+            let tls = insecure_connector()
+                .connect(ServerName::try_from("localhost").expect("name"), tcp)
+                .await
+                .expect("tls connect");
+            Box::new(tls)
+        } else {
+            Box::new(tcp)
+        };
+        let (ws, response) = tokio_tungstenite::client_async(request, stream)
+            .await
+            .expect("upgrade");
+        assert_eq!(
+            response
+                .headers()
+                .get("Sec-WebSocket-Protocol")
+                .map(|v| v.to_str().unwrap()),
+            Some("protoo"),
+            "the center selects protoo when offered"
+        );
+        Peer {
+            ws,
+            pending: VecDeque::new(),
+            next_id: 1,
+        }
+    }
+
+    /// Sends raw text.
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws
+            .send(Message::Text(text.into().into()))
+            .await
+            .expect("send");
+    }
+
+    /// Sends a notification.
+    pub async fn notify(&mut self, method: &str, data: Value) {
+        let msg = json!({"notification": true, "method": method, "data": data});
+        self.send_text(msg.to_string()).await;
+    }
+
+    /// Sends a request and returns its response (other messages are kept).
+    pub async fn request(&mut self, method: &str, data: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.request_with_id(json!(id), method, data).await
+    }
+
+    /// Sends a request with the given id and returns the response to it.
+    pub async fn request_with_id(&mut self, id: Value, method: &str, data: Value) -> Value {
+        let msg = json!({"request": true, "id": id, "method": method, "data": data});
+        self.send_text(msg.to_string()).await;
+        self.response_to(&id).await
+    }
+
+    /// Waits for the response with this id.
+    pub async fn response_to(&mut self, id: &Value) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let msg = self
+                .read_until(deadline)
+                .await
+                .unwrap_or_else(|| panic!("no response to {id}"));
+            if msg["response"] == json!(true) && &msg["id"] == id {
+                return msg;
+            }
+            self.pending.push_back(msg);
+        }
+    }
+
+    async fn read_until(&mut self, deadline: tokio::time::Instant) -> Option<Value> {
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
+            match frame.expect("read") {
+                Message::Text(t) => {
+                    return Some(serde_json::from_str(&t).expect("center sends JSON"));
+                }
+                Message::Close(_) => return None,
+                _ => {}
+            }
+        }
+    }
+
+    /// The next message (pending first), or None within `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Value> {
+        if let Some(m) = self.pending.pop_front() {
+            return Some(m);
+        }
+        self.read_until(tokio::time::Instant::now() + wait).await
+    }
+
+    /// The next notification of `method`; fails on any other message first.
+    pub async fn expect(&mut self, method: &str) -> Value {
+        let msg = self
+            .next_within(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no {method} arrived"));
+        assert_eq!(msg["method"], json!(method), "expected {method}, got {msg}");
+        assert_eq!(msg["notification"], json!(true), "{msg}");
+        msg["data"].clone()
+    }
+
+    /// Asserts that nothing arrives for a short while.
+    pub async fn expect_silence(&mut self) {
+        if let Some(msg) = self.next_within(QUIET).await {
+            panic!("unexpected message: {msg}");
+        }
+    }
+
+    /// Joins a user; returns the response data.
+    pub async fn join(&mut self, room: &str, user: &str, name: &str) -> Value {
+        let r = self
+            .request(
+                "join",
+                json!({"roomId": room, "userId": user, "userName": name}),
+            )
+            .await;
+        assert_eq!(r["ok"], json!(true), "{r}");
+        r["data"].clone()
+    }
+}
+
+/// A realistic `rtpParam` with unknown nested fields and mixed JSON types.
+pub fn rtp_param(ssrc: u64) -> Value {
+    json!({
+        "av_type": "video", "codec": "H264",
+        "fmtp_param": "profile-level-id=42e01f;level-asymmetry-allowed=1;packetization-mode=1;",
+        "rtcp_features": ["nack", "pli", "transport-cc"], "channel": 0, "ssrc": ssrc,
+        "payload_type": 96, "clock_rate": 90000, "rtx_ssrc": ssrc + 1, "rtx_payload_type": 97,
+        "use_nack": true, "key_request": false, "mid_ext_id": 1, "tcc_ext_id": 3,
+        "x_vendor": {"simulcast": [{"rid": "h", "bitrate": 1.5e6}, {"rid": "l", "scale": 0.25}], "note": null}
+    })
+}
