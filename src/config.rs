@@ -175,7 +175,7 @@ fn default_max_message_size() -> usize {
     1 << 20
 }
 fn default_outbound_queue() -> usize {
-    1024
+    4096
 }
 fn default_ping_interval() -> u64 {
     30
