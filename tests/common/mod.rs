@@ -26,10 +26,25 @@ pub const QUIET: Duration = Duration::from_millis(300);
 /// A configuration for tests: both listeners on 127.0.0.1:0; `extra` YAML is
 /// appended under `websocket:` (indent two spaces).
 pub fn config(tls: bool, extra_ws: &str) -> Config {
+    config_sections(tls, extra_ws, "", "")
+}
+
+/// Like [`config`], with extra keys for each section (two-space indented lines).
+pub fn config_sections(tls: bool, ws: &str, grpc: &str, center: &str) -> Config {
     let yaml = format!(
-        "websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n  self_signed: {tls}\n{extra_ws}\ngrpc:\n  listen_ip: 127.0.0.1\n  listen_port: 0\ncenter:\n  invite_timeout_secs: 1\n"
+        "websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n  self_signed: {tls}\n{ws}\ngrpc:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n{grpc}\ncenter:\n  invite_timeout_secs: 1\n{center}\n"
     );
     Config::parse(&yaml).expect("test config")
+}
+
+/// A gRPC client of the server.
+pub async fn grpc(
+    server: &Server,
+) -> pilot_center::proto::room_service_client::RoomServiceClient<tonic::transport::Channel> {
+    let addr = server.grpc_addr().expect("grpc enabled");
+    pilot_center::proto::room_service_client::RoomServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("grpc connect")
 }
 
 /// Starts a plain-ws server.
@@ -116,6 +131,11 @@ pub struct Peer {
     /// Messages received while waiting for something else.
     pending: VecDeque<Value>,
     next_id: u64,
+    /// When set, `invite` requests are kept in `invites` instead of being
+    /// returned by `expect`/`next_within` (an MSU that does not answer).
+    pub collect_invites: bool,
+    /// `invite` requests collected.
+    pub invites: Vec<Value>,
 }
 
 impl Peer {
@@ -160,6 +180,8 @@ impl Peer {
             ws,
             pending: VecDeque::new(),
             next_id: 1,
+            collect_invites: false,
+            invites: Vec::new(),
         }
     }
 
@@ -213,7 +235,15 @@ impl Peer {
                 .ok()??;
             match frame.expect("read") {
                 Message::Text(t) => {
-                    return Some(serde_json::from_str(&t).expect("center sends JSON"));
+                    let v: Value = serde_json::from_str(&t).expect("center sends JSON");
+                    if self.collect_invites
+                        && v["method"] == json!("invite")
+                        && v["request"] == json!(true)
+                    {
+                        self.invites.push(v);
+                        continue;
+                    }
+                    return Some(v);
                 }
                 Message::Close(_) => return None,
                 _ => {}

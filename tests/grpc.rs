@@ -1,0 +1,671 @@
+//! The gRPC surface with the tonic-generated client, beside WebSocket peers.
+
+mod common;
+
+use common::{Peer, WAIT, rtp_param};
+use pilot_center::proto::{
+    self, CenterMessage, EventKind, PeerMessage, center_message, command, command_result,
+    peer_event, peer_message, watch_events_response::Event,
+};
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Streaming};
+
+/// A peer on the `PeerSession` stream.
+struct GrpcPeer {
+    tx: mpsc::Sender<PeerMessage>,
+    rx: Streaming<CenterMessage>,
+    pending: VecDeque<CenterMessage>,
+    next_id: u64,
+}
+
+impl GrpcPeer {
+    async fn open(server: &pilot_center::server::Server) -> GrpcPeer {
+        let mut client = common::grpc(server).await;
+        let (tx, rx) = mpsc::channel(64);
+        let stream = client
+            .peer_session(ReceiverStream::new(rx))
+            .await
+            .expect("PeerSession")
+            .into_inner();
+        GrpcPeer {
+            tx,
+            rx: stream,
+            pending: VecDeque::new(),
+            next_id: 1,
+        }
+    }
+
+    async fn next(&mut self) -> Option<CenterMessage> {
+        if let Some(m) = self.pending.pop_front() {
+            return Some(m);
+        }
+        tokio::time::timeout(WAIT, self.rx.next())
+            .await
+            .ok()?
+            .map(|r| r.expect("stream ok"))
+    }
+
+    async fn run(&mut self, kind: command::Kind) -> command_result::Outcome {
+        let id = self.next_id;
+        self.next_id += 1;
+        let msg = PeerMessage {
+            kind: Some(peer_message::Kind::Command(proto::PeerCommand {
+                id,
+                command: Some(proto::Command { kind: Some(kind) }),
+            })),
+        };
+        self.tx.send(msg).await.expect("send");
+        loop {
+            let m = self.next().await.expect("a result");
+            if let Some(center_message::Kind::Result(r)) = &m.kind
+                && r.id == id
+            {
+                return r.outcome.clone().expect("outcome");
+            }
+            self.pending.push_back(m);
+        }
+    }
+
+    async fn event(&mut self) -> peer_event::Kind {
+        match self.next().await.expect("an event").kind {
+            Some(center_message::Kind::Event(e)) => e.kind.expect("kind"),
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+}
+
+fn join(room: &str, user: &str, name: &str) -> command::Kind {
+    command::Kind::Join(proto::JoinRequest {
+        room_id: room.into(),
+        user_id: user.into(),
+        user_name: name.into(),
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn a_grpc_peer_and_a_websocket_sfu_share_a_room() {
+    let server = common::start().await;
+    let mut g = GrpcPeer::open(&server).await;
+    let mut w = Peer::connect(&server).await;
+
+    let command_result::Outcome::Reply(r) = g.run(join("r", "g1", "Grace")).await else {
+        panic!("join failed")
+    };
+    assert!(matches!(r.kind, Some(proto::reply::Kind::Join(ref j)) if j.users.is_empty()));
+    let d = w.join("r", "w1", "Walt").await;
+    assert_eq!(d["users"][0]["userId"], json!("g1"));
+    let peer_event::Kind::NewUser(nu) = g.event().await else {
+        panic!()
+    };
+    assert_eq!((nu.user_id.as_str(), nu.user_name.as_str()), ("w1", "Walt"));
+
+    // gRPC push -> WebSocket newPusher, rtpParam verbatim.
+    let rtp = rtp_param(99).to_string();
+    let push = command::Kind::Push(proto::PushRequest {
+        room_id: "r".into(),
+        user_id: "g1".into(),
+        user_name: "Grace".into(),
+        publishers: vec![proto::Publisher {
+            pusher_id: "gv".into(),
+            rtp_param_json: rtp.clone(),
+            extra: [("x_tag".to_owned(), "[1,\"a\"]".to_owned())].into(),
+        }],
+        extra: Default::default(),
+    });
+    assert!(matches!(
+        g.run(push).await,
+        command_result::Outcome::Reply(_)
+    ));
+    let np = w.expect("newPusher").await;
+    assert_eq!(
+        np["pushers"],
+        json!([{"pusherId": "gv", "rtpParam": rtp_param(99), "x_tag": [1, "a"]}])
+    );
+    // Invalid JSON from a gRPC peer is refused, never forwarded.
+    let bad = command::Kind::Push(proto::PushRequest {
+        room_id: "r".into(),
+        user_id: "g1".into(),
+        publishers: vec![proto::Publisher {
+            pusher_id: "p".into(),
+            rtp_param_json: "{oops".into(),
+            extra: Default::default(),
+        }],
+        ..Default::default()
+    });
+    let command_result::Outcome::Error(e) = g.run(bad).await else {
+        panic!("accepted invalid JSON")
+    };
+    assert_eq!(e.code, 400);
+    assert!(e.reason.contains("rtp_param_json"), "{}", e.reason);
+
+    // WebSocket pull -> the gRPC peer, payload verbatim.
+    let pull = json!({"roomId": "r", "pusher_user_id": "g1", "udp_ip": "1.2.3.4", "udp_port": 5000, "mediaType": "video", "pushInfo": {"pusherId": "gv", "rtpParam": rtp_param(99)}, "x": 1});
+    w.notify("pullRemoteStream", pull.clone()).await;
+    let peer_event::Kind::PullRemoteStream(p) = g.event().await else {
+        panic!()
+    };
+    assert_eq!((p.udp_port, p.media_type.as_str()), (5000, "video"));
+    assert_eq!(
+        serde_json::from_str::<Value>(&p.payload_json).unwrap(),
+        pull
+    );
+
+    // Chat both ways.
+    let text = command::Kind::TextMessage(proto::TextMessageRequest {
+        room_id: "r".into(),
+        user_id: "g1".into(),
+        user_name: "Grace".into(),
+        message: "from grpc".into(),
+        extra: Default::default(),
+    });
+    g.run(text).await;
+    assert_eq!(
+        w.expect("textMessage").await,
+        json!({"roomId": "r", "userId": "g1", "userName": "Grace", "message": "from grpc"})
+    );
+    w.notify(
+        "textMessage",
+        json!({"roomId": "r", "userId": "w1", "userName": "Walt", "message": "from ws"}),
+    )
+    .await;
+    let peer_event::Kind::TextMessage(t) = g.event().await else {
+        panic!()
+    };
+    assert_eq!(t.message, "from ws");
+
+    // Echo and an unknown-room pull answer with results.
+    let command_result::Outcome::Reply(r) = g
+        .run(command::Kind::Echo(proto::EchoRequest {
+            data_json: "{\"a\":1}".into(),
+        }))
+        .await
+    else {
+        panic!()
+    };
+    assert!(matches!(r.kind, Some(proto::reply::Kind::Echo(ref e)) if e.data_json == "{\"a\":1}"));
+    let command_result::Outcome::Error(e) = g
+        .run(command::Kind::PullRemoteStream(
+            proto::PullRemoteStreamRequest {
+                room_id: "nope".into(),
+                pusher_user_id: "x".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!(e.code, 404);
+
+    // The stream ends: the same clean-up as a dropped socket.
+    drop(g);
+    assert_eq!(
+        w.expect("userDisconnect").await,
+        json!({"roomId": "r", "userId": "g1"})
+    );
+    let room = server.center().get_room("r").unwrap();
+    assert_eq!(room.users.len(), 1);
+}
+
+#[tokio::test]
+async fn a_grpc_msu_gets_and_answers_invites() {
+    let server = common::start().await;
+    let mut m = GrpcPeer::open(&server).await;
+    let command_result::Outcome::Reply(r) = m
+        .run(command::Kind::RegisterMsu(proto::RegisterMsuRequest {
+            msu_id: "gm".into(),
+        }))
+        .await
+    else {
+        panic!()
+    };
+    assert!(
+        matches!(r.kind, Some(proto::reply::Kind::RegisterMsu(ref x)) if x.registered && x.msu_id == "gm")
+    );
+    let mut w = Peer::connect(&server).await;
+    w.join("r", "u", "U").await;
+    let Some(center_message::Kind::Invite(inv)) = m.next().await.unwrap().kind else {
+        panic!("no invite")
+    };
+    assert_eq!(inv.room_id, "r");
+    m.tx.send(PeerMessage {
+        kind: Some(peer_message::Kind::InviteAnswer(proto::InviteAnswer {
+            id: inv.id,
+            ok: true,
+            error: None,
+        })),
+    })
+    .await
+    .unwrap();
+    let msus = common::grpc(&server)
+        .await
+        .list_msus(proto::ListMsusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .msus;
+    assert_eq!(msus[0].room_ids, vec!["r".to_owned()]);
+}
+
+#[tokio::test]
+async fn operator_rpcs_over_websocket_state() {
+    let server = common::start().await;
+    let mut client = common::grpc(&server).await;
+    let (mut a, mut b) = (Peer::connect(&server).await, Peer::connect(&server).await);
+    a.collect_invites = true;
+    a.request("register", json!({"id": "m1"})).await;
+    a.join("r", "a1", "Ann").await;
+    a.join("r", "a2", "Abe").await;
+    b.join("r", "b1", "Bo").await;
+    a.expect("newUser").await;
+    a.notify("push", json!({"roomId": "r", "userId": "a1", "publishers": [{"pusherId": "v", "rtpParam": {"ssrc": 1, "av_type": 2}}]})).await;
+    b.expect("newPusher").await;
+    b.join("s", "b2", "Bo2").await;
+
+    let rooms = client
+        .list_rooms(proto::ListRoomsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .rooms;
+    assert_eq!(
+        rooms
+            .iter()
+            .map(|r| (
+                r.room_id.as_str(),
+                r.user_count,
+                r.session_count,
+                r.msu_id.as_str()
+            ))
+            .collect::<Vec<_>>(),
+        vec![("r", 3, 2, "m1"), ("s", 1, 1, "m1")]
+    );
+
+    let room = client
+        .get_room(proto::GetRoomRequest {
+            room_id: "r".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .room
+        .unwrap();
+    assert_eq!(room.msu_id, "m1");
+    let a1 = &room.users[0];
+    assert_eq!((a1.user_id.as_str(), a1.user_name.as_str()), ("a1", "Ann"));
+    assert_eq!(
+        serde_json::from_str::<Value>(&a1.pushers[0].rtp_param_json).unwrap(),
+        json!({"ssrc": 1, "av_type": 2})
+    );
+    assert_ne!(a1.session_id, room.users[2].session_id);
+
+    let sessions = client
+        .list_sessions(proto::ListSessionsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert_eq!(sessions.len(), 2);
+    let sa = sessions
+        .iter()
+        .find(|s| s.msu_ids == vec!["m1".to_owned()])
+        .unwrap();
+    assert_eq!(
+        (sa.transport, sa.user_count),
+        (proto::Transport::Ws as i32, 2)
+    );
+    assert!(sa.messages_in >= 4 && sa.messages_out >= 4, "{sa:?}");
+    assert!(sa.peer_addr.starts_with("127.0.0.1:"));
+
+    let msus = client
+        .list_msus(proto::ListMsusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .msus;
+    assert_eq!(
+        (
+            msus[0].msu_id.as_str(),
+            msus[0].room_ids.clone(),
+            msus[0].session_id
+        ),
+        ("m1", vec!["r".to_owned(), "s".to_owned()], sa.session_id)
+    );
+
+    // Text as the system and as a user: every session of the room gets it.
+    client
+        .send_text_message(proto::SendTextMessageRequest {
+            room_id: "r".into(),
+            message: "maintenance at 5".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        a.expect("textMessage").await,
+        json!({"roomId": "r", "userId": "", "userName": "system", "message": "maintenance at 5"})
+    );
+    assert_eq!(b.expect("textMessage").await["userName"], json!("system"));
+    client
+        .send_text_message(proto::SendTextMessageRequest {
+            room_id: "r".into(),
+            user_id: "a1".into(),
+            message: "hi".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(b.expect("textMessage").await["userName"], json!("Ann"));
+    a.expect("textMessage").await;
+
+    // Kick: the room's other sessions and the user's own get userLeave.
+    let n = client
+        .remove_user(proto::RemoveUserRequest {
+            room_id: "r".into(),
+            user_id: "b1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(n.sessions_notified, 2);
+    assert_eq!(
+        a.expect("userLeave").await,
+        json!({"roomId": "r", "userId": "b1"})
+    );
+    assert_eq!(
+        b.expect("userLeave").await,
+        json!({"roomId": "r", "userId": "b1"})
+    );
+
+    // Close: every session gets userLeave for each user; the room is gone.
+    let n = client
+        .close_room(proto::CloseRoomRequest {
+            room_id: "r".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(n.users_removed, 2);
+    assert_eq!(a.expect("userLeave").await["userId"], json!("a1"));
+    assert_eq!(a.expect("userLeave").await["userId"], json!("a2"));
+    b.expect_silence().await;
+    assert_eq!(
+        client
+            .get_room(proto::GetRoomRequest {
+                room_id: "r".into()
+            })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+
+    // Clear status codes.
+    let e = client
+        .remove_user(proto::RemoveUserRequest {
+            room_id: "s".into(),
+            user_id: "ghost".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = client
+        .get_room(proto::GetRoomRequest {
+            room_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("room_id"), "{}", e.message());
+    let e = client
+        .send_text_message(proto::SendTextMessageRequest {
+            room_id: "s".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("message"));
+}
+
+fn kinds(events: &[proto::WatchEventsResponse]) -> Vec<EventKind> {
+    events.iter().map(|e| e.kind()).collect()
+}
+
+async fn take(
+    stream: &mut Streaming<proto::WatchEventsResponse>,
+    n: usize,
+) -> Vec<proto::WatchEventsResponse> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let e = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("event in time")
+            .expect("stream open")
+            .expect("ok");
+        out.push(e);
+    }
+    out
+}
+
+#[tokio::test]
+async fn watch_events_sees_a_scripted_scenario_in_order() {
+    let server = common::start().await;
+    let mut client = common::grpc(&server).await;
+    let mut all = client
+        .watch_events(proto::WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut room_only = client
+        .watch_events(proto::WatchEventsRequest {
+            room_ids: vec!["r".into()],
+            kinds: vec![
+                EventKind::UserJoined as i32,
+                EventKind::UserDisconnected as i32,
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let mut a = Peer::connect(&server).await;
+    a.collect_invites = true;
+    a.request("register", json!({"id": "m"})).await;
+    a.join("r", "a1", "A").await;
+    let mut b = Peer::connect(&server).await;
+    b.join("r", "b1", "B").await;
+    a.expect("newUser").await;
+    a.notify(
+        "push",
+        json!({"roomId": "r", "userId": "a1", "publishers": [{"pusherId": "p", "rtpParam": {}}]}),
+    )
+    .await;
+    b.expect("newPusher").await;
+    b.notify("pullRemoteStream", json!({"roomId": "r", "pusher_user_id": "a1", "udp_ip": "1.1.1.1", "udp_port": 1, "mediaType": "video", "pushInfo": {"pusherId": "p"}})).await;
+    a.expect("pullRemoteStream").await;
+    b.notify(
+        "textMessage",
+        json!({"roomId": "r", "userId": "b1", "message": "m"}),
+    )
+    .await;
+    a.expect("textMessage").await;
+    a.notify("userDisconnect", json!({"roomId": "r", "userId": "a1"}))
+        .await;
+    b.expect("userDisconnect").await;
+    a.notify(
+        "userReConnect",
+        json!({"roomId": "r", "userId": "a1", "userName": "A"}),
+    )
+    .await;
+    b.expect("userReConnect").await;
+    b.notify("userLeave", json!({"roomId": "r", "userId": "b1"}))
+        .await;
+    a.expect("userLeave").await;
+    drop(b);
+    a.ws.close(None).await.unwrap();
+
+    use EventKind as K;
+    let expected = vec![
+        K::SessionOpened,
+        K::MsuRegistered,
+        K::RoomCreated,
+        K::UserJoined,
+        K::MsuInvited,
+        K::SessionOpened,
+        K::UserJoined,
+        K::MsuInvited,
+        K::PusherAdded,
+        K::PullForwarded,
+        K::TextMessage,
+        K::UserDisconnected,
+        K::UserReconnected,
+        K::UserLeft,
+        K::SessionClosed,
+        // A's close: a1 disconnected and removed, the room closed, the MSU lost.
+        K::UserDisconnected,
+        K::UserLeft,
+        K::RoomClosed,
+        K::MsuLost,
+        K::SessionClosed,
+    ];
+    let events = take(&mut all, expected.len()).await;
+    assert_eq!(kinds(&events), expected);
+    for pair in events.windows(2) {
+        assert_eq!(pair[1].seq, pair[0].seq + 1, "gap-free sequence numbers");
+    }
+    assert!(events.iter().all(|e| e.time.is_some()));
+    let Some(Event::UserReconnected(r)) = &events[12].event else {
+        panic!()
+    };
+    assert_eq!(r.user_id, "a1");
+
+    let filtered = take(&mut room_only, 4).await;
+    assert_eq!(
+        kinds(&filtered),
+        vec![
+            K::UserJoined,
+            K::UserJoined,
+            K::UserDisconnected,
+            K::UserDisconnected
+        ]
+    );
+    assert!(filtered.iter().all(|e| e.room_id == "r"));
+}
+
+#[tokio::test]
+async fn a_slow_watcher_is_told_it_lagged_while_a_fast_one_keeps_up() {
+    let server = pilot_center::server::Server::start(&common::config_sections(
+        false,
+        "",
+        "  outbound_queue: 8\n",
+        "  event_feed_capacity: 1024\n",
+    ))
+    .await
+    .unwrap();
+    let mut client = common::grpc(&server).await;
+    let mut slow = client
+        .watch_events(proto::WatchEventsRequest {
+            kinds: vec![EventKind::TextMessage as i32],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut fast = client
+        .watch_events(proto::WatchEventsRequest {
+            kinds: vec![EventKind::TextMessage as i32],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut a = Peer::connect(&server).await;
+    a.join("r", "a", "A").await;
+    // Enough bytes (about 10 MB) to get past every buffer between the
+    // center and the slow watcher (HTTP/2 windows, send buffers, queues).
+    const N: usize = 40_000;
+    let pad = "x".repeat(200);
+    let seen_by_fast = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen_counter = seen_by_fast.clone();
+    let reader = tokio::spawn(async move {
+        let mut seen = 0;
+        let mut last = 0;
+        while seen < N {
+            let e = tokio::time::timeout(WAIT, fast.next())
+                .await
+                .expect("in time")
+                .unwrap()
+                .unwrap();
+            assert!(
+                !matches!(e.event, Some(Event::Lagged(_))),
+                "the fast watcher lagged"
+            );
+            assert!(e.seq > last);
+            last = e.seq;
+            seen += 1;
+            seen_counter.store(seen, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    // Bursts of 200 the fast watcher drains before the next; the slow one reads nothing.
+    for i in 0..N {
+        a.notify(
+            "textMessage",
+            json!({"roomId": "r", "userId": "a", "message": format!("{i}{pad}")}),
+        )
+        .await;
+        if i % 200 == 199 {
+            while seen_by_fast.load(std::sync::atomic::Ordering::Relaxed) < i + 1 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+    }
+    reader.await.unwrap();
+    // The slow watcher now reads: somewhere in its stream is a lag marker.
+    let mut skipped = 0;
+    let mut got = 0;
+    while got + skipped < N as u64 {
+        match tokio::time::timeout(WAIT, slow.next())
+            .await
+            .expect("in time")
+            .unwrap()
+            .unwrap()
+            .event
+        {
+            Some(Event::Lagged(l)) => skipped += l.skipped,
+            _ => got += 1,
+        }
+    }
+    assert!(skipped > 0, "no lag marker");
+    assert!(got < N as u64);
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    let server = common::start().await;
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr().unwrap()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for service in ["", "pilot.v1.RoomService"] {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving
+        );
+    }
+}
