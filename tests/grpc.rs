@@ -1,5 +1,7 @@
 //! The gRPC surface with the tonic-generated client, beside WebSocket peers.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 mod common;
 
 use common::{Peer, WAIT, rtp_param};

@@ -1,5 +1,7 @@
 //! PROTOCOL.md §2–§6 against the real server over real WebSocket clients.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 mod common;
 
 use common::{Peer, QUIET, WAIT, rtp_param};

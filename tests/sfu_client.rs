@@ -1,6 +1,8 @@
 //! The real RTCPilot SFU's client, played byte for byte (PROTOCOL.md §7),
 //! against the real server over wss.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 mod common;
 
 use common::sfu::{Sfu, parse_101_like_sfu, upgrade_request};
