@@ -12,15 +12,15 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A key is unknown, missing or of the wrong type.
-    #[error("{path}: key `{key}`: {message}")]
+    #[error("{}: key `{key}`: {message}", path.display())]
     Parse {
         /// The file.
         path: PathBuf,
@@ -226,9 +226,9 @@ impl Config {
     /// Reads and checks `path`; relative certificate paths resolve against
     /// the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let mut config = Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { key, message, .. } => ConfigError::Parse {
@@ -255,15 +255,22 @@ impl Config {
     /// Parses and checks YAML text (paths are left as written).
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let de = serde_yaml::Deserializer::from_str(text);
-        let config: Self =
-            serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
+        let config: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = match e.path().to_string() {
+                p if p == "." => "(top level)".to_owned(),
+                p => p,
+            };
+            let message = e.into_inner().to_string();
+            // The YAML error may already start with the key: say it once.
+            let message = message
+                .strip_prefix(&format!("{key}: "))
+                .map_or_else(|| message.clone(), str::to_owned);
+            ConfigError::Parse {
                 path: PathBuf::new(),
-                key: match e.path().to_string() {
-                    p if p == "." => "(top level)".to_owned(),
-                    p => p,
-                },
-                message: e.into_inner().to_string(),
-            })?;
+                key,
+                message,
+            }
+        })?;
         config.check()?;
         Ok(config)
     }

@@ -38,7 +38,18 @@ fn parse_level(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match start() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line an operator can act on, with every cause.
+            eprintln!("pilot-center: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn start() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let _log = telemetry::init(&LogOptions {
         level: cli.log_level.clone(),

@@ -20,24 +20,24 @@ use tokio_util::task::TaskTracker;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A listener could not be bound.
-    #[error("cannot listen on {addr} ({what}): {source}{hint}")]
+    #[error("cannot listen on {addr} ({what}): {error}{hint}")]
     Bind {
         /// Which listener.
         what: &'static str,
         /// The address.
         addr: SocketAddr,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
         /// Extra advice (e.g. the port is in use).
         hint: &'static str,
     },
     /// TLS could not be set up.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Tls {
         /// Which listener.
         what: &'static str,
         /// Why.
-        source: TlsError,
+        error: TlsError,
     },
     /// The gRPC server failed to start.
     #[error("gRPC: {0}")]
@@ -57,15 +57,15 @@ pub struct Server {
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::Bind {
+        .map_err(|error| StartError::Bind {
             what,
             addr,
-            hint: if source.kind() == std::io::ErrorKind::AddrInUse {
+            hint: if error.kind() == std::io::ErrorKind::AddrInUse {
                 " (is another center already running?)"
             } else {
                 ""
             },
-            source,
+            error,
         })
 }
 
@@ -75,7 +75,7 @@ fn pem_pair(
     key: &std::path::Path,
     self_signed: bool,
 ) -> Result<Option<PemPair>, StartError> {
-    let tls = |source| StartError::Tls { what, source };
+    let tls = |error| StartError::Tls { what, error };
     if !cert.as_os_str().is_empty() {
         return PemPair::load(cert, key).map(Some).map_err(tls);
     }
@@ -106,19 +106,17 @@ impl Server {
             .as_ref()
             .map(PemPair::server_config)
             .transpose()
-            .map_err(|source| StartError::Tls {
+            .map_err(|error| StartError::Tls {
                 what: "websocket",
-                source,
+                error,
             })?;
         let ws_listener = bind("websocket", ws.addr()).await?;
-        let ws_addr = ws_listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                what: "websocket",
-                addr: ws.addr(),
-                source,
-                hint: "",
-            })?;
+        let ws_addr = ws_listener.local_addr().map_err(|error| StartError::Bind {
+            what: "websocket",
+            addr: ws.addr(),
+            error,
+            hint: "",
+        })?;
         let gateway = Arc::new(Gateway::new(
             center.clone(),
             ws.clone(),
@@ -136,10 +134,10 @@ impl Server {
         let grpc_addr = if config.grpc.enabled {
             let g = &config.grpc;
             let listener = bind("grpc", g.addr()).await?;
-            let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            let addr = listener.local_addr().map_err(|error| StartError::Bind {
                 what: "grpc",
                 addr: g.addr(),
-                source,
+                error,
                 hint: "",
             })?;
             let pem = pem_pair("grpc", &g.cert_path, &g.key_path, false)?;
@@ -159,7 +157,7 @@ impl Server {
                 .build_v1()
                 .map_err(|e| StartError::Tls {
                     what: "reflection",
-                    source: TlsError::Pem {
+                    error: TlsError::Pem {
                         what: "descriptor",
                         reason: e.to_string(),
                     },
@@ -170,7 +168,7 @@ impl Server {
                 .build_v1alpha()
                 .map_err(|e| StartError::Tls {
                     what: "reflection",
-                    source: TlsError::Pem {
+                    error: TlsError::Pem {
                         what: "descriptor",
                         reason: e.to_string(),
                     },

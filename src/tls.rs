@@ -20,12 +20,12 @@ pub struct PemPair {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         /// The file.
         path: String,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The PEM text holds no usable certificate or key.
     #[error("{what}: {reason}")]
@@ -47,9 +47,9 @@ impl PemPair {
     /// Reads a PEM certificate chain and key.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
         let read = |p: &Path| {
-            std::fs::read(p).map_err(|source| TlsError::Read {
+            std::fs::read(p).map_err(|error| TlsError::Read {
                 path: p.display().to_string(),
-                source,
+                error,
             })
         };
         Ok(Self {
