@@ -51,6 +51,102 @@ pub struct Config {
     /// Room-service settings.
     #[serde(default)]
     pub center: CenterSection,
+    /// The HTTP admin listener (`/metrics`, `/healthz`, `/readyz`).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Per-session rate limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Authentication (off by default).
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// `admin:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve the admin listener.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Address (keep it on loopback or a private network).
+    #[serde(default = "loopback")]
+    pub listen_ip: IpAddr,
+    /// Port (0 picks a free one).
+    #[serde(default = "default_admin_port")]
+    pub listen_port: u16,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen_ip: loopback(),
+            listen_port: default_admin_port(),
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The listen address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.listen_ip, self.listen_port)
+    }
+}
+
+/// `limits:` section: a token bucket per session (WebSocket and gRPC).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Sustained messages per second per session (0: no limit). Excess
+    /// requests get 429 "rate limited"; excess notifications are dropped.
+    #[serde(default = "default_rate")]
+    pub messages_per_sec: u32,
+    /// Messages a session may send in a burst.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+    /// Consecutive refused messages after which the session is closed (1008).
+    #[serde(default = "default_close_after")]
+    pub close_after_violations: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            messages_per_sec: default_rate(),
+            burst: default_burst(),
+            close_after_violations: default_close_after(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The settings of one session's rate gate.
+    pub fn rate(&self) -> crate::limits::RateSettings {
+        crate::limits::RateSettings {
+            per_second: self.messages_per_sec,
+            burst: self.burst,
+            close_after: self.close_after_violations,
+        }
+    }
+}
+
+/// `auth:` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Require a token from every WebSocket peer and gRPC caller.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Shared secret for HS256 tokens (also used by `pilot-center token`).
+    #[serde(default)]
+    pub hs256_secret: String,
+    /// PEM public key (RSA or EC) for RS256/ES256 tokens.
+    #[serde(default)]
+    pub public_key_path: PathBuf,
+    /// Also require an admin token for gRPC reflection and health.
+    #[serde(default)]
+    pub protect_grpc_reflection: bool,
 }
 
 /// `websocket:` section.
@@ -195,6 +291,18 @@ fn default_feed_capacity() -> usize {
 fn default_grace() -> u64 {
     10
 }
+fn default_admin_port() -> u16 {
+    9445
+}
+fn default_rate() -> u32 {
+    1000
+}
+fn default_burst() -> u32 {
+    2000
+}
+fn default_close_after() -> u32 {
+    1000
+}
 
 impl WebSocketConfig {
     /// The listen address.
@@ -244,6 +352,7 @@ impl Config {
             &mut config.websocket.key_path,
             &mut config.grpc.cert_path,
             &mut config.grpc.key_path,
+            &mut config.auth.public_key_path,
         ] {
             if !p.as_os_str().is_empty() && p.is_relative() {
                 *p = base.join(&*p);
@@ -282,6 +391,13 @@ impl Config {
                 key: "websocket.cert_path",
                 reason: "cert_path and key_path must both be set (wss) or both be empty (ws)"
                     .into(),
+            });
+        }
+        let a = &self.auth;
+        if a.enabled && a.hs256_secret.is_empty() && a.public_key_path.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "auth.enabled",
+                reason: "auth needs hs256_secret or public_key_path".into(),
             });
         }
         let g = &self.grpc;

@@ -2,8 +2,11 @@
 //! and health. Every RPC converts types and calls [`Center`]; no room rules
 //! live here.
 
+use crate::auth::{Authenticator, Grant, Role, bearer};
 use crate::center::{Center, EventFilter, Outbound, PeerInfo, SessionHandle, lagged};
 use crate::error::CenterError;
+use crate::limits::{RateGate, RateSettings, Verdict};
+use crate::metrics::{CodeLabel, KindLabel, method_label};
 use crate::proto::room_service_server::{RoomService, RoomServiceServer};
 use crate::proto::{
     self, CenterMessage, PeerMessage, Transport, center_message, command_result, peer_message,
@@ -12,6 +15,7 @@ use crate::translate;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
@@ -27,6 +31,66 @@ pub struct GrpcSettings {
     pub queue: usize,
     /// Time an MSU has to answer `invite`.
     pub invite_timeout: Duration,
+    /// Per-stream rate limit for `PeerSession`.
+    pub rate: RateSettings,
+}
+
+/// Checks the bearer token of every call (when auth is on) and attaches the
+/// caller's [`Grant`] to the request; with `admin_only`, non-admins are refused.
+#[derive(Clone)]
+pub struct AuthInterceptor {
+    auth: Option<Arc<Authenticator>>,
+    admin_only: bool,
+}
+
+impl AuthInterceptor {
+    /// An interceptor for `auth` (`None`: authentication off).
+    pub fn new(auth: Option<Arc<Authenticator>>, admin_only: bool) -> Self {
+        Self { auth, admin_only }
+    }
+}
+
+impl tonic::service::Interceptor for AuthInterceptor {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let grant = match &self.auth {
+            None => Grant::unrestricted(),
+            Some(auth) => {
+                let token = request
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(bearer)
+                    .ok_or_else(|| {
+                        Status::unauthenticated("missing bearer token (authorization metadata)")
+                    })?;
+                auth.verify(token)
+                    .map_err(|e| Status::unauthenticated(e.to_string()))?
+            }
+        };
+        if self.admin_only && grant.role != Role::Admin {
+            return Err(Status::permission_denied("an admin token is required"));
+        }
+        request.extensions_mut().insert(grant);
+        Ok(request)
+    }
+}
+
+/// The caller's grant, attached by [`AuthInterceptor`].
+fn grant_of<T>(request: &Request<T>) -> Result<Grant, Status> {
+    request
+        .extensions()
+        .get::<Grant>()
+        .cloned()
+        .ok_or_else(|| Status::permission_denied("no credentials"))
+}
+
+fn require_admin<T>(request: &Request<T>) -> Result<(), Status> {
+    match grant_of(request)?.role {
+        Role::Admin => Ok(()),
+        role => Err(Status::permission_denied(
+            format!("{role:?} tokens may not call operator RPCs").to_lowercase(),
+        )),
+    }
 }
 
 /// The tonic service: one per server, over the shared [`Center`].
@@ -47,9 +111,13 @@ impl RoomServiceImpl {
         }
     }
 
-    /// The tonic server wrapper.
-    pub fn into_server(self) -> RoomServiceServer<Self> {
-        RoomServiceServer::new(self)
+    /// The tonic server wrapper, behind the auth interceptor.
+    pub fn into_server(
+        self,
+        auth: Option<Arc<Authenticator>>,
+    ) -> tonic::service::interceptor::InterceptedService<RoomServiceServer<Self>, AuthInterceptor>
+    {
+        RoomServiceServer::with_interceptor(self, AuthInterceptor::new(auth, false))
     }
 }
 
@@ -83,6 +151,12 @@ impl RoomService for RoomServiceImpl {
         &self,
         request: Request<Streaming<PeerMessage>>,
     ) -> Result<Response<Self::PeerSessionStream>, Status> {
+        let grant = grant_of(&request)?;
+        if grant.role == Role::Client {
+            return Err(Status::permission_denied(
+                "client tokens may not open a PeerSession (sfu or msu)",
+            ));
+        }
         let addr = request
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
@@ -94,6 +168,7 @@ impl RoomService for RoomServiceImpl {
                 addr: addr.clone(),
                 transport: Transport::Grpc,
             },
+            grant,
             center_tx.clone(),
         );
         let span = tracing::info_span!("session", peer.addr = %addr, transport = "grpc", session.id = handle.id());
@@ -103,6 +178,7 @@ impl RoomService for RoomServiceImpl {
             settings: self.settings.clone(),
             invites: HashMap::new(),
             next_invite: 0,
+            gate: RateGate::new(self.settings.rate),
         };
         let shutdown = self.shutdown.clone();
         tokio::spawn(tracing::Instrument::instrument(
@@ -114,8 +190,9 @@ impl RoomService for RoomServiceImpl {
 
     async fn list_rooms(
         &self,
-        _: Request<proto::ListRoomsRequest>,
+        request: Request<proto::ListRoomsRequest>,
     ) -> Result<Response<proto::ListRoomsResponse>, Status> {
+        require_admin(&request)?;
         Ok(Response::new(proto::ListRoomsResponse {
             rooms: self.center.list_rooms(),
         }))
@@ -125,6 +202,7 @@ impl RoomService for RoomServiceImpl {
         &self,
         request: Request<proto::GetRoomRequest>,
     ) -> Result<Response<proto::GetRoomResponse>, Status> {
+        require_admin(&request)?;
         let room = self
             .center
             .get_room(&request.get_ref().room_id)
@@ -134,8 +212,9 @@ impl RoomService for RoomServiceImpl {
 
     async fn list_sessions(
         &self,
-        _: Request<proto::ListSessionsRequest>,
+        request: Request<proto::ListSessionsRequest>,
     ) -> Result<Response<proto::ListSessionsResponse>, Status> {
+        require_admin(&request)?;
         Ok(Response::new(proto::ListSessionsResponse {
             sessions: self.center.list_sessions(),
         }))
@@ -143,8 +222,9 @@ impl RoomService for RoomServiceImpl {
 
     async fn list_msus(
         &self,
-        _: Request<proto::ListMsusRequest>,
+        request: Request<proto::ListMsusRequest>,
     ) -> Result<Response<proto::ListMsusResponse>, Status> {
+        require_admin(&request)?;
         Ok(Response::new(proto::ListMsusResponse {
             msus: self.center.list_msus(),
         }))
@@ -154,6 +234,7 @@ impl RoomService for RoomServiceImpl {
         &self,
         request: Request<proto::RemoveUserRequest>,
     ) -> Result<Response<proto::RemoveUserResponse>, Status> {
+        require_admin(&request)?;
         let r = request.get_ref();
         let sessions_notified = self
             .center
@@ -168,6 +249,7 @@ impl RoomService for RoomServiceImpl {
         &self,
         request: Request<proto::CloseRoomRequest>,
     ) -> Result<Response<proto::CloseRoomResponse>, Status> {
+        require_admin(&request)?;
         let users_removed = self
             .center
             .close_room(&request.get_ref().room_id)
@@ -179,6 +261,7 @@ impl RoomService for RoomServiceImpl {
         &self,
         request: Request<proto::SendTextMessageRequest>,
     ) -> Result<Response<proto::SendTextMessageResponse>, Status> {
+        require_admin(&request)?;
         let r = request.get_ref();
         let sessions_reached = self
             .center
@@ -193,10 +276,12 @@ impl RoomService for RoomServiceImpl {
         &self,
         request: Request<proto::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        require_admin(&request)?;
         let filter = EventFilter::new(request.get_ref());
         let feed = self.center.subscribe();
         let (tx, rx) = mpsc::channel(self.settings.queue);
-        tokio::spawn(watch(feed, filter, tx, self.shutdown.clone()));
+        let metrics = self.center.clone();
+        tokio::spawn(watch(feed, filter, tx, self.shutdown.clone(), metrics));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -208,6 +293,7 @@ async fn watch(
     filter: EventFilter,
     tx: mpsc::Sender<Result<proto::WatchEventsResponse, Status>>,
     shutdown: CancellationToken,
+    center: Center,
 ) {
     loop {
         let item = tokio::select! {
@@ -223,6 +309,7 @@ async fn watch(
             Ok(_) => continue,
             Err(broadcast::error::RecvError::Lagged(skipped)) => {
                 tracing::debug!(skipped, "event watcher lagged");
+                center.metrics().feed_skipped.inc_by(skipped);
                 lagged(skipped)
             }
             Err(broadcast::error::RecvError::Closed) => return,
@@ -241,6 +328,7 @@ struct PeerStream {
     /// `invite` ids sent and not answered: id -> (room, deadline).
     invites: HashMap<u64, (String, Instant)>,
     next_invite: u64,
+    gate: RateGate,
 }
 
 impl PeerStream {
@@ -259,7 +347,11 @@ impl PeerStream {
                 msg = inbound.next() => match msg {
                     Some(Ok(msg)) => {
                         self.handle.note_inbound();
-                        self.on_message(msg);
+                        if self.on_message(msg) == Verdict::Close {
+                            self.handle.metrics().rate_limit_closes.inc();
+                            let _ = out.try_send(Err(Status::resource_exhausted("rate limit exceeded")));
+                            break "rate limit exceeded";
+                        }
                     }
                     Some(Err(status)) => {
                         tracing::debug!(%status, "peer stream failed");
@@ -280,6 +372,7 @@ impl PeerStream {
                     }
                 }
                 () = self.handle.overflow().cancelled() => {
+                    self.handle.metrics().slow_consumers.inc();
                     let _ = out.try_send(Err(Status::resource_exhausted("slow consumer")));
                     break "slow consumer";
                 }
@@ -302,15 +395,41 @@ impl PeerStream {
         self.handle.close(reason);
     }
 
-    fn on_message(&mut self, msg: PeerMessage) {
+    /// Handles one message; [`Verdict::Close`] ends the stream.
+    fn on_message(&mut self, msg: PeerMessage) -> Verdict {
         match msg.kind {
             Some(peer_message::Kind::Command(c)) => {
+                let metrics = self.handle.metrics();
                 let command = c.command.unwrap_or_default();
-                let result =
-                    translate::check_command(&command).and_then(|()| self.handle.execute(command));
+                let method = command
+                    .kind
+                    .as_ref()
+                    .map_or("other", translate::command_method);
+                metrics
+                    .messages_in
+                    .get_or_create(&method_label(method))
+                    .inc();
+                let verdict = self.gate.check();
+                let result = if verdict == Verdict::Pass {
+                    translate::check_command(&command).and_then(|()| self.handle.execute(command))
+                } else {
+                    metrics
+                        .rate_limited
+                        .get_or_create(&KindLabel { kind: "request" })
+                        .inc();
+                    Err(CenterError::RateLimited)
+                };
                 let outcome = match result {
                     Ok(reply) => command_result::Outcome::Reply(reply),
-                    Err(e) => command_result::Outcome::Error((&e).into()),
+                    Err(e) => {
+                        metrics
+                            .errors
+                            .get_or_create(&CodeLabel {
+                                code: e.protoo_code(),
+                            })
+                            .inc();
+                        command_result::Outcome::Error((&e).into())
+                    }
                 };
                 let result = proto::CommandResult {
                     id: c.id,
@@ -321,6 +440,7 @@ impl PeerStream {
                     Err(mpsc::error::TrySendError::Full(_)) => self.handle.overflow().cancel(),
                     Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
+                return verdict;
             }
             Some(peer_message::Kind::InviteAnswer(a)) => match self.invites.remove(&a.id) {
                 Some((room, _)) => self.handle.invite_answered(
@@ -338,9 +458,20 @@ impl PeerStream {
             },
             None => tracing::debug!("empty peer message ignored"),
         }
+        Verdict::Pass
     }
 
     fn encode(&mut self, item: GrpcOut) -> CenterMessage {
+        let method = match &item {
+            GrpcOut::Result(_) => "response",
+            GrpcOut::Center(Outbound::Event(d)) => translate::event_method(&d.event),
+            GrpcOut::Center(Outbound::Invite { .. }) => "invite",
+        };
+        self.handle
+            .metrics()
+            .messages_out
+            .get_or_create(&method_label(method))
+            .inc();
         let kind = match item {
             GrpcOut::Result(r) => center_message::Kind::Result(r),
             GrpcOut::Center(Outbound::Event(d)) => center_message::Kind::Event(d.event.clone()),

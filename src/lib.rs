@@ -13,14 +13,22 @@
 //!   ([`transport::handshake`]), one task pair per session, bounded queues.
 //! - [`grpc`]: the gRPC front end: the same room service over tonic, with
 //!   reflection and health.
+//! - [`auth`]: JWT tokens and what each role may do; [`limits`]: per-session
+//!   rate limits. Both enforced the same way for both front ends.
+//! - [`admin`]: the HTTP admin listener (`/metrics`, `/healthz`, `/readyz`);
+//!   [`metrics`]: the Prometheus registry.
 //! - [`config`]: `center.yaml`. [`tls`]: certificates. [`server`]: wiring of
 //!   listeners and graceful shutdown. [`telemetry`]: logging.
 //! - `main.rs`: the command line, nothing else.
 
+pub mod admin;
+pub mod auth;
 pub mod center;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod limits;
+pub mod metrics;
 pub mod protoo;
 pub mod server;
 pub mod telemetry;

@@ -2,19 +2,29 @@
 
 use anyhow::Context as _;
 use clap::Parser;
+use pilot_center::auth::{self, Claims, Role};
 use pilot_center::config::Config;
 use pilot_center::server::Server;
 use pilot_center::telemetry::{self, LogOptions};
 use std::path::PathBuf;
 use std::time::Duration;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Pilot Center: signaling center for WebRTC media servers (protoo over
 /// WebSocket, and gRPC).
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
     /// Configuration file (YAML), e.g. center.yaml.
-    config: PathBuf,
+    #[arg(required = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
     /// More detail in the logs (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -30,6 +40,50 @@ struct Cli {
     /// Log one JSON object per line.
     #[arg(long)]
     log_json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Mint an HS256 token with the configured `auth.hs256_secret`.
+    Token {
+        /// What the holder may do.
+        #[arg(long, value_enum)]
+        role: Role,
+        /// A room the holder may touch (repeat; `*` for all).
+        #[arg(long = "room", default_value = "*")]
+        rooms: Vec<String>,
+        /// Lifetime, e.g. 30m, 24h, 7d.
+        #[arg(long, default_value = "24h")]
+        ttl: humantime::Duration,
+        /// Subject (who holds it).
+        #[arg(long, default_value = "operator")]
+        sub: String,
+        /// The configuration holding the secret.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn mint(command: Command) -> anyhow::Result<()> {
+    let Command::Token {
+        role,
+        rooms,
+        ttl,
+        sub,
+        config,
+    } = command;
+    let config = Config::load(&config).context("bad configuration")?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("clock before 1970")?;
+    let claims = Claims {
+        sub,
+        role,
+        rooms,
+        exp: (now + *ttl).as_secs(),
+    };
+    println!("{}", auth::mint(&config.auth.hs256_secret, &claims)?);
+    Ok(())
 }
 
 fn parse_level(s: &str) -> Result<String, String> {
@@ -51,6 +105,10 @@ fn main() -> std::process::ExitCode {
 
 fn start() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(command) = cli.command {
+        return mint(command);
+    }
+    let config_path = cli.config.context("a configuration file is required")?;
     let _log = telemetry::init(&LogOptions {
         level: cli.log_level.clone(),
         verbose: cli.verbose,
@@ -58,7 +116,7 @@ fn start() -> anyhow::Result<()> {
         no_console: cli.no_console,
         json: cli.log_json,
     })?;
-    let config = Config::load(&cli.config).context("bad configuration")?;
+    let config = Config::load(&config_path).context("bad configuration")?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
     runtime.block_on(run(config))
 }

@@ -4,17 +4,21 @@
 //! One shutdown path: a [`CancellationToken`] reaches every accept loop,
 //! session and stream; a [`TaskTracker`] tells when they have all finished.
 
+use crate::admin::{self, AdminState};
+use crate::auth::{self, AuthError, AuthSettings, Authenticator};
 use crate::center::{Center, CenterConfig};
 use crate::config::Config;
-use crate::grpc::{GrpcSettings, RoomServiceImpl};
+use crate::grpc::{AuthInterceptor, GrpcSettings, RoomServiceImpl};
 use crate::tls::{PemPair, TlsError};
-use crate::transport::{self, Gateway};
+use crate::transport::{self, Gateway, GatewayOptions};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::service::interceptor::InterceptedService;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +46,12 @@ pub enum StartError {
     /// The gRPC server failed to start.
     #[error("gRPC: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// The reflection service could not be built.
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// Authentication could not be set up.
+    #[error("auth: {0}")]
+    Auth(#[from] AuthError),
 }
 
 /// A running center: both listeners and the room service.
@@ -50,23 +60,111 @@ pub struct Server {
     ws_addr: SocketAddr,
     ws_tls: bool,
     grpc_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+    admin_task: Option<tokio::task::JoinHandle<()>>,
+    /// Stops the listeners, sessions and streams.
     shutdown: CancellationToken,
+    /// Stops the admin listener (last).
+    admin_stop: CancellationToken,
+    ready: Arc<AtomicBool>,
     tracker: TaskTracker,
 }
 
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|error| StartError::Bind {
-            what,
-            addr,
-            hint: if error.kind() == std::io::ErrorKind::AddrInUse {
-                " (is another center already running?)"
-            } else {
-                ""
-            },
-            error,
-        })
+/// Binds `addr`; returns the listener and the address it got (port 0 picks one).
+async fn bind(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), StartError> {
+    let fail = |error: std::io::Error| StartError::Bind {
+        what,
+        addr,
+        hint: if error.kind() == std::io::ErrorKind::AddrInUse {
+            " (is another center already running?)"
+        } else {
+            ""
+        },
+        error,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(fail)?;
+    let local = listener.local_addr().map_err(fail)?;
+    Ok((listener, local))
+}
+
+fn authenticator(config: &Config) -> Result<Option<Arc<Authenticator>>, StartError> {
+    let a = &config.auth;
+    if !a.enabled {
+        return Ok(None);
+    }
+    let public_key_pem = if a.public_key_path.as_os_str().is_empty() {
+        None
+    } else {
+        Some(auth::read_key(&a.public_key_path)?)
+    };
+    let settings = AuthSettings {
+        hs256_secret: a.hs256_secret.clone(),
+        public_key_pem,
+    };
+    Ok(Some(Arc::new(Authenticator::new(&settings)?)))
+}
+
+async fn start_grpc(
+    config: &Config,
+    center: &Center,
+    auth: Option<Arc<Authenticator>>,
+    invite_timeout: Duration,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<SocketAddr, StartError> {
+    let g = &config.grpc;
+    let (listener, addr) = bind("grpc", g.addr()).await?;
+    let pem = pem_pair("grpc", &g.cert_path, &g.key_path, false)?;
+    let service = RoomServiceImpl::new(
+        center.clone(),
+        GrpcSettings {
+            queue: g.outbound_queue,
+            invite_timeout,
+            rate: config.limits.rate(),
+        },
+        shutdown.clone(),
+    );
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<crate::proto::room_service_server::RoomServiceServer<RoomServiceImpl>>()
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    // Reflection and health stay open unless the operator protects them.
+    let guard = (config.auth.protect_grpc_reflection && auth.is_some()).then(|| auth.clone());
+    let open = AuthInterceptor::new(guard.clone().flatten(), guard.is_some());
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(pem) = &pem {
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(&pem.cert_pem, &pem.key_pem),
+        ))?;
+    }
+    let router = builder
+        .add_service(service.into_server(auth))
+        .add_service(InterceptedService::new(health_service, open.clone()))
+        .add_service(InterceptedService::new(reflection_v1, open.clone()))
+        .add_service(InterceptedService::new(reflection_v1alpha, open));
+    let stop = shutdown.clone();
+    tracker.spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+        tracing::info!("grpc listener stopped");
+    });
+    tracing::info!(addr = %addr, tls = pem.is_some(), "grpc listening");
+    Ok(addr)
 }
 
 fn pem_pair(
@@ -97,8 +195,11 @@ impl Server {
             max_users_per_session: config.center.max_users_per_session,
         });
         let shutdown = CancellationToken::new();
+        let admin_stop = CancellationToken::new();
+        let ready = Arc::new(AtomicBool::new(false));
         let tracker = TaskTracker::new();
         let invite_timeout = Duration::from_secs(config.center.invite_timeout_secs);
+        let auth = authenticator(config)?;
 
         let ws = &config.websocket;
         let ws_pem = pem_pair("websocket", &ws.cert_path, &ws.key_path, ws.self_signed)?;
@@ -110,18 +211,16 @@ impl Server {
                 what: "websocket",
                 error,
             })?;
-        let ws_listener = bind("websocket", ws.addr()).await?;
-        let ws_addr = ws_listener.local_addr().map_err(|error| StartError::Bind {
-            what: "websocket",
-            addr: ws.addr(),
-            error,
-            hint: "",
-        })?;
+        let (ws_listener, ws_addr) = bind("websocket", ws.addr()).await?;
         let gateway = Arc::new(Gateway::new(
             center.clone(),
             ws.clone(),
-            invite_timeout,
-            ws_tls.clone(),
+            GatewayOptions {
+                invite_timeout,
+                tls: ws_tls.clone(),
+                auth: auth.clone(),
+                rate: config.limits.rate(),
+            },
         ));
         tracker.spawn(transport::serve(
             ws_listener,
@@ -129,84 +228,49 @@ impl Server {
             shutdown.clone(),
             tracker.clone(),
         ));
-        tracing::info!(addr = %ws_addr, tls = ws_tls.is_some(), path = transport::PATH, "websocket listening");
+        tracing::info!(addr = %ws_addr, tls = ws_tls.is_some(), path = transport::PATH, auth = auth.is_some(), "websocket listening");
 
         let grpc_addr = if config.grpc.enabled {
-            let g = &config.grpc;
-            let listener = bind("grpc", g.addr()).await?;
-            let addr = listener.local_addr().map_err(|error| StartError::Bind {
-                what: "grpc",
-                addr: g.addr(),
-                error,
-                hint: "",
-            })?;
-            let pem = pem_pair("grpc", &g.cert_path, &g.key_path, false)?;
-            let service = RoomServiceImpl::new(
-                center.clone(),
-                GrpcSettings {
-                    queue: g.outbound_queue,
+            Some(
+                start_grpc(
+                    config,
+                    &center,
+                    auth.clone(),
                     invite_timeout,
-                },
-                shutdown.clone(),
-            );
-            let (health, health_service) = tonic_health::server::health_reporter();
-            health.set_serving::<crate::proto::room_service_server::RoomServiceServer<RoomServiceImpl>>().await;
-            let reflection_v1 = tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .build_v1()
-                .map_err(|e| StartError::Tls {
-                    what: "reflection",
-                    error: TlsError::Pem {
-                        what: "descriptor",
-                        reason: e.to_string(),
-                    },
-                })?;
-            let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .build_v1alpha()
-                .map_err(|e| StartError::Tls {
-                    what: "reflection",
-                    error: TlsError::Pem {
-                        what: "descriptor",
-                        reason: e.to_string(),
-                    },
-                })?;
-            let mut builder = tonic::transport::Server::builder();
-            if let Some(pem) = &pem {
-                builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(
-                    tonic::transport::Identity::from_pem(&pem.cert_pem, &pem.key_pem),
-                ))?;
-            }
-            let router = builder
-                .add_service(service.into_server())
-                .add_service(health_service)
-                .add_service(reflection_v1)
-                .add_service(reflection_v1alpha);
-            let stop = shutdown.clone();
-            tracker.spawn(async move {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-                if let Err(e) = router
-                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                    .await
-                {
-                    tracing::error!(error = %e, "gRPC server failed");
-                }
-                tracing::info!("grpc listener stopped");
-            });
-            tracing::info!(addr = %addr, tls = pem.is_some(), "grpc listening");
-            Some(addr)
+                    &shutdown,
+                    &tracker,
+                )
+                .await?,
+            )
         } else {
             None
         };
+
+        let admin = if config.admin.enabled {
+            let (listener, addr) = bind("admin", config.admin.addr()).await?;
+            let state = AdminState {
+                center: center.clone(),
+                ready: ready.clone(),
+            };
+            let task = tokio::spawn(admin::serve(listener, state, admin_stop.clone()));
+            tracing::info!(addr = %addr, "admin listening (/metrics, /healthz, /readyz)");
+            Some((addr, task))
+        } else {
+            None
+        };
+        let (admin_addr, admin_task) = admin.unzip();
         tracker.close();
+        ready.store(true, Ordering::Relaxed);
         Ok(Self {
             center,
             ws_addr,
             ws_tls: ws_tls.is_some(),
             grpc_addr,
+            admin_addr,
+            admin_task,
             shutdown,
+            admin_stop,
+            ready,
             tracker,
         })
     }
@@ -232,18 +296,30 @@ impl Server {
         self.grpc_addr
     }
 
-    /// The token that stops everything; cancel it to begin shutting down.
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+    /// Where the admin listener is bound, when enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Whether `/readyz` reports ready.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
     }
 
     /// Stops accepting, closes sessions with 1001 and streams with
-    /// `UNAVAILABLE`, and waits up to `grace` for them. Returns whether
-    /// everything finished in time.
+    /// `UNAVAILABLE`, and waits up to `grace` for them; `/readyz` reports
+    /// unready meanwhile. Returns whether everything finished in time.
     pub async fn shutdown(self, grace: Duration) -> bool {
+        self.ready.store(false, Ordering::Relaxed);
         self.shutdown.cancel();
-        tokio::time::timeout(grace, self.tracker.wait())
+        let in_time = tokio::time::timeout(grace, self.tracker.wait())
             .await
-            .is_ok()
+            .is_ok();
+        // The admin listener closes last, so `/readyz` answers while draining.
+        self.admin_stop.cancel();
+        if let Some(task) = self.admin_task {
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        }
+        in_time
     }
 }

@@ -264,16 +264,44 @@ pub fn reply_data(reply: &proto::Reply) -> Vec<u8> {
     }
 }
 
-/// The protoo method and `data` of a room event.
-pub fn event_data(event: &proto::PeerEvent) -> (&'static str, Vec<u8>) {
+/// The protoo method of a command.
+pub fn command_method(kind: &command::Kind) -> &'static str {
+    match kind {
+        command::Kind::Echo(_) => "echo",
+        command::Kind::RegisterMsu(_) => "register",
+        command::Kind::Join(_) => "join",
+        command::Kind::Push(_) => "push",
+        command::Kind::PullRemoteStream(_) => "pullRemoteStream",
+        command::Kind::UserDisconnect(_) => "userDisconnect",
+        command::Kind::UserLeave(_) => "userLeave",
+        command::Kind::TextMessage(_) => "textMessage",
+        command::Kind::UserReconnect(_) => "userReConnect",
+    }
+}
+
+/// The protoo method of a room event.
+pub fn event_method(event: &proto::PeerEvent) -> &'static str {
+    match &event.kind {
+        Some(peer_event::Kind::NewUser(_)) => "newUser",
+        Some(peer_event::Kind::NewPusher(_)) => "newPusher",
+        Some(peer_event::Kind::PullRemoteStream(_)) => "pullRemoteStream",
+        Some(peer_event::Kind::UserDisconnected(_)) => "userDisconnect",
+        Some(peer_event::Kind::UserLeft(_)) => "userLeave",
+        Some(peer_event::Kind::TextMessage(_)) => "textMessage",
+        Some(peer_event::Kind::UserReconnected(_)) => "userReConnect",
+        None => "unknown",
+    }
+}
+
+/// The protoo `data` of a room event.
+pub fn event_data(event: &proto::PeerEvent) -> Vec<u8> {
     let mut w = ObjectWriter::with_capacity(128);
-    let method = match &event.kind {
+    match &event.kind {
         Some(peer_event::Kind::NewUser(e)) => {
             w.str("roomId", &e.room_id)
                 .str("userId", &e.user_id)
                 .str("userName", &e.user_name);
             write_extra(&mut w, &e.extra);
-            "newUser"
         }
         Some(peer_event::Kind::NewPusher(e)) => {
             w.str("roomId", &e.room_id)
@@ -281,11 +309,10 @@ pub fn event_data(event: &proto::PeerEvent) -> (&'static str, Vec<u8>) {
                 .str("userName", &e.user_name)
                 .with("pushers", |b| write_publishers(b, &e.pushers));
             write_extra(&mut w, &e.extra);
-            "newPusher"
         }
         Some(peer_event::Kind::PullRemoteStream(e)) => {
             if !e.payload_json.is_empty() {
-                return ("pullRemoteStream", e.payload_json.as_bytes().to_vec());
+                return e.payload_json.as_bytes().to_vec();
             }
             w.str("roomId", &e.room_id)
                 .str("pusher_user_id", &e.pusher_user_id)
@@ -295,17 +322,14 @@ pub fn event_data(event: &proto::PeerEvent) -> (&'static str, Vec<u8>) {
             if let Some(p) = &e.push_info {
                 w.with("pushInfo", |b| b.extend_from_slice(&publisher_json(p)));
             }
-            "pullRemoteStream"
         }
         Some(peer_event::Kind::UserDisconnected(e)) => {
             w.str("roomId", &e.room_id).str("userId", &e.user_id);
             write_extra(&mut w, &e.extra);
-            "userDisconnect"
         }
         Some(peer_event::Kind::UserLeft(e)) => {
             w.str("roomId", &e.room_id).str("userId", &e.user_id);
             write_extra(&mut w, &e.extra);
-            "userLeave"
         }
         Some(peer_event::Kind::TextMessage(e)) => {
             w.str("roomId", &e.room_id)
@@ -315,19 +339,17 @@ pub fn event_data(event: &proto::PeerEvent) -> (&'static str, Vec<u8>) {
                 w.str("message", &e.message);
             }
             write_extra(&mut w, &e.extra);
-            "textMessage"
         }
         Some(peer_event::Kind::UserReconnected(e)) => {
             w.str("roomId", &e.room_id)
                 .str("userId", &e.user_id)
                 .str("userName", &e.user_name);
             write_extra(&mut w, &e.extra);
-            "userReConnect"
         }
         // Never built by the center; written as an empty notification.
-        None => "unknown",
-    };
-    (method, w.finish())
+        None => {}
+    }
+    w.finish()
 }
 
 /// The protoo notification text of a delivery, made once and shared by
@@ -336,8 +358,8 @@ pub fn delivery_text(delivery: &Delivery) -> Utf8Bytes {
     delivery
         .json
         .get_or_init(|| {
-            let (method, data) = event_data(&delivery.event);
-            Utf8Bytes::from(protoo::notification(method, &data))
+            let data = event_data(&delivery.event);
+            Utf8Bytes::from(protoo::notification(event_method(&delivery.event), &data))
         })
         .clone()
 }

@@ -559,7 +559,7 @@ async fn wss_with_certificate_files() {
     let pair = pilot_center::tls::PemPair::self_signed(&["localhost"]).unwrap();
     std::fs::write(dir.join("c.pem"), &pair.cert_pem).unwrap();
     std::fs::write(dir.join("k.pem"), &pair.key_pem).unwrap();
-    let yaml = "websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n  cert_path: c.pem\n  key_path: k.pem\ngrpc:\n  enabled: false\n";
+    let yaml = "websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n  cert_path: c.pem\n  key_path: k.pem\ngrpc:\n  enabled: false\nadmin:\n  enabled: false\n";
     std::fs::write(dir.join("center.yaml"), yaml).unwrap();
     let config = pilot_center::config::Config::load(&dir.join("center.yaml")).unwrap();
     let server = pilot_center::server::Server::start(&config).await.unwrap();

@@ -14,7 +14,9 @@ mod state;
 
 pub use feed::{EventFilter, lagged};
 
+use crate::auth::Grant;
 use crate::error::CenterError;
+use crate::metrics::{Metrics, StateGauges};
 use crate::proto::{self, Command, Reply, Transport, command};
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -69,6 +71,8 @@ pub enum OutletError {
 pub trait Outlet: Send + Sync + 'static {
     /// Queues `item` without waiting.
     fn try_deliver(&self, item: Outbound) -> Result<(), OutletError>;
+    /// Items queued and not yet taken by the session.
+    fn depth(&self) -> usize;
 }
 
 impl<T: From<Outbound> + Send + 'static> Outlet for tokio::sync::mpsc::Sender<T> {
@@ -78,6 +82,10 @@ impl<T: From<Outbound> + Send + 'static> Outlet for tokio::sync::mpsc::Sender<T>
             TrySendError::Full(_) => OutletError::Full,
             TrySendError::Closed(_) => OutletError::Closed,
         })
+    }
+
+    fn depth(&self) -> usize {
+        self.max_capacity() - self.capacity()
     }
 }
 
@@ -135,6 +143,7 @@ struct Inner {
     /// behind gets `Lagged(n)`. Senders never wait.
     feed: broadcast::Sender<Arc<proto::WatchEventsResponse>>,
     next_session: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Default for Center {
@@ -147,20 +156,32 @@ impl Center {
     /// An empty center.
     pub fn new(config: CenterConfig) -> Self {
         let (feed, _) = broadcast::channel(config.feed_capacity.max(16));
+        let metrics = Arc::new(Metrics::new());
         Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::new(config, feed.clone())),
                 feed,
                 next_session: AtomicU64::new(1),
+                metrics,
             }),
         }
+    }
+
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The state gauges for `/metrics`.
+    pub fn state_gauges(&self) -> StateGauges {
+        self.inner.state.lock().state_gauges()
     }
 
     /// Opens a session whose outbound items go to `outlet`.
     ///
     /// The returned handle closes the session (with its clean-up) when it is
     /// dropped, so a session task that ends in any way leaves no state behind.
-    pub fn open_session(&self, peer: PeerInfo, outlet: impl Outlet) -> SessionHandle {
+    pub fn open_session(&self, peer: PeerInfo, grant: Grant, outlet: impl Outlet) -> SessionHandle {
         let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
         let stats = Arc::new(SessionStats::default());
         let overflow = CancellationToken::new();
@@ -176,6 +197,7 @@ impl Center {
             id,
             stats,
             overflow,
+            grant,
             close_reason: None,
         }
     }
@@ -241,6 +263,7 @@ pub struct SessionHandle {
     id: SessionId,
     stats: Arc<SessionStats>,
     overflow: CancellationToken,
+    grant: Grant,
     close_reason: Option<String>,
 }
 
@@ -248,6 +271,16 @@ impl SessionHandle {
     /// This session's id.
     pub fn id(&self) -> SessionId {
         self.id
+    }
+
+    /// What this session's peer may do.
+    pub fn grant(&self) -> &Grant {
+        &self.grant
+    }
+
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.center.inner.metrics
     }
 
     /// This session's counters.
@@ -276,6 +309,9 @@ impl SessionHandle {
 
     /// Runs one command from this session's peer.
     pub fn execute(&self, command: Command) -> Result<Reply, CenterError> {
+        self.grant
+            .permits(&command)
+            .map_err(CenterError::Forbidden)?;
         let kind = command
             .kind
             .ok_or_else(|| CenterError::invalid("command", "empty command"))?;

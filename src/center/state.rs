@@ -4,6 +4,7 @@
 use super::{CenterConfig, Outlet, timestamp};
 use super::{Delivery, Outbound, OutletError, PeerInfo, SessionId, SessionStats};
 use crate::error::CenterError;
+use crate::metrics::StateGauges;
 use crate::proto::{self, EventKind, peer_event, watch_events_response::Event};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -224,6 +225,36 @@ impl State {
             msus: HashMap::new(),
             feed,
             seq: 0,
+        }
+    }
+
+    pub(super) fn state_gauges(&self) -> StateGauges {
+        let mut by_transport: Vec<(&'static str, i64)> = Vec::new();
+        let (mut depth, mut depth_max) = (0i64, 0i64);
+        for s in self.sessions.values() {
+            let name = match s.peer.transport {
+                proto::Transport::Ws => "ws",
+                proto::Transport::Wss => "wss",
+                proto::Transport::Grpc => "grpc",
+                proto::Transport::Unspecified => "other",
+            };
+            match by_transport.iter_mut().find(|(k, _)| *k == name) {
+                Some((_, n)) => *n += 1,
+                None => by_transport.push((name, 1)),
+            }
+            let d = i64::try_from(s.outlet.depth()).unwrap_or(i64::MAX);
+            depth = depth.saturating_add(d);
+            depth_max = depth_max.max(d);
+        }
+        let (_, rooms, users, msus) = self.counts();
+        let n = |x: usize| i64::try_from(x).unwrap_or(i64::MAX);
+        StateGauges {
+            sessions: by_transport,
+            rooms: n(rooms),
+            users: n(users),
+            msus: n(msus),
+            queue_depth: depth,
+            queue_depth_max: depth_max,
         }
     }
 

@@ -7,8 +7,10 @@
 pub mod handshake;
 pub mod session;
 
+use crate::auth::{Authenticator, Grant};
 use crate::center::Center;
 use crate::config::WebSocketConfig;
+use crate::limits::RateSettings;
 use crate::proto::Transport;
 use handshake::{Parsed, Refusal, Rejection};
 use std::net::SocketAddr;
@@ -32,25 +34,51 @@ pub struct Gateway {
     config: WebSocketConfig,
     invite_timeout: std::time::Duration,
     tls: Option<TlsAcceptor>,
+    /// Token verifier; `None` when authentication is off.
+    auth: Option<Arc<Authenticator>>,
+    rate: RateSettings,
     /// Sessions past the upgrade, for `max_sessions`.
     active: AtomicUsize,
 }
 
+/// The gateway's settings beyond the `websocket:` section.
+pub struct GatewayOptions {
+    /// Time an MSU has to answer `invite`.
+    pub invite_timeout: std::time::Duration,
+    /// wss when set.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// Token verifier; `None` when authentication is off.
+    pub auth: Option<Arc<Authenticator>>,
+    /// Per-session rate limit.
+    pub rate: RateSettings,
+}
+
 impl Gateway {
-    /// A gateway to `center`; wss when `tls` is given.
-    pub fn new(
-        center: Center,
-        config: WebSocketConfig,
-        invite_timeout: std::time::Duration,
-        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
-    ) -> Self {
+    /// A gateway to `center`.
+    pub fn new(center: Center, config: WebSocketConfig, options: GatewayOptions) -> Self {
         Self {
             center,
             config,
-            invite_timeout,
-            tls: tls.map(TlsAcceptor::from),
+            invite_timeout: options.invite_timeout,
+            tls: options.tls.map(TlsAcceptor::from),
+            auth: options.auth,
+            rate: options.rate,
             active: AtomicUsize::new(0),
         }
+    }
+
+    /// The grant of an upgrade request, or why it is refused.
+    fn authorize(&self, request: &handshake::UpgradeRequest) -> Result<Grant, Refusal> {
+        let Some(auth) = &self.auth else {
+            return Ok(Grant::unrestricted());
+        };
+        let token =
+            Authenticator::token_of(request.authorization.as_deref(), request.query.as_deref())
+                .ok_or(Refusal::Unauthorized)?;
+        auth.verify(token).map_err(|e| {
+            tracing::info!(error = %e, "token refused");
+            Refusal::Unauthorized
+        })
     }
 
     fn protocol_config(&self) -> WsProtocolConfig {
@@ -129,7 +157,7 @@ impl Gateway {
         let (head_len, request, buf) = match head {
             Ok(Ok(Ok((head_len, request, buf)))) => (head_len, request, buf),
             Ok(Ok(Err(Rejection::Refuse(refusal)))) => {
-                return refuse(&mut stream, peer, refusal).await;
+                return self.refuse(&mut stream, peer, refusal).await;
             }
             Ok(Ok(Err(Rejection::HeadTooLarge))) => {
                 return tracing::debug!(peer.addr = %peer, "request head too large: dropped");
@@ -140,12 +168,20 @@ impl Gateway {
             Err(_) => return tracing::debug!(peer.addr = %peer, "upgrade request timed out"),
         };
         if shutdown.is_cancelled() {
-            return refuse(&mut stream, peer, Refusal::Unavailable("shutting down")).await;
+            return self
+                .refuse(&mut stream, peer, Refusal::Unavailable("shutting down"))
+                .await;
         }
         let max = self.config.max_sessions;
         if max > 0 && self.active.load(Ordering::Relaxed) >= max {
-            return refuse(&mut stream, peer, Refusal::Unavailable("too many sessions")).await;
+            return self
+                .refuse(&mut stream, peer, Refusal::Unavailable("too many sessions"))
+                .await;
         }
+        let grant = match self.authorize(&request) {
+            Ok(grant) => grant,
+            Err(refusal) => return self.refuse(&mut stream, peer, refusal).await,
+        };
         // The whole 101 in one write (one TLS record): the SFU's reader
         // mishandles a head split across reads.
         let response = handshake::switching_protocols(&request);
@@ -178,6 +214,8 @@ impl Gateway {
                 ping_interval: self.config.ping_interval(),
                 pong_timeout: self.config.pong_timeout(),
                 invite_timeout: self.invite_timeout,
+                grant,
+                rate: self.rate,
             },
             shutdown,
         )
@@ -187,10 +225,23 @@ impl Gateway {
     }
 }
 
-async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, peer: SocketAddr, refusal: Refusal) {
-    tracing::debug!(peer.addr = %peer, status = refusal.status().0, "upgrade refused");
-    let _ = stream.write_all(&refusal.response()).await;
-    let _ = stream.shutdown().await;
+impl Gateway {
+    async fn refuse<S: AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+        peer: SocketAddr,
+        refusal: Refusal,
+    ) {
+        let code = refusal.status().0;
+        tracing::debug!(peer.addr = %peer, status = code, "upgrade refused");
+        self.center
+            .metrics()
+            .refused
+            .get_or_create(&crate::metrics::CodeLabel { code })
+            .inc();
+        let _ = stream.write_all(&refusal.response()).await;
+        let _ = stream.shutdown().await;
+    }
 }
 
 /// Reads until the request head is complete (or refused). Returns the head

@@ -7,7 +7,10 @@
 //! busy the room or full the queue. The writer owns the sink: it sends what
 //! is queued, pings, and expires unanswered `invite`s.
 
+use crate::auth::Grant;
 use crate::center::{Center, Outbound, PeerInfo, SessionHandle};
+use crate::limits::{RateGate, RateSettings, Verdict};
+use crate::metrics::{CodeLabel, KindLabel, method_label};
 use crate::proto::Transport;
 use crate::protoo::{self, Message as Protoo};
 use crate::translate;
@@ -43,6 +46,10 @@ pub struct Settings<'a> {
     pub pong_timeout: Duration,
     /// Time an MSU has to answer `invite`.
     pub invite_timeout: Duration,
+    /// What the peer may do (from its token).
+    pub grant: Grant,
+    /// The peer's rate limit.
+    pub rate: RateSettings,
 }
 
 /// An item of the session's outbound queue.
@@ -59,6 +66,9 @@ impl From<Outbound> for WsOut {
         Self::Center(o)
     }
 }
+
+const SLOW_CONSUMER: &str = "slow consumer";
+const RATE_LIMITED: &str = "rate limit exceeded";
 
 /// How a session ended.
 #[derive(Debug)]
@@ -147,7 +157,9 @@ where
         addr: settings.peer.to_string(),
         transport: settings.transport,
     };
-    let handle = settings.center.open_session(peer, tx.clone());
+    let handle = settings
+        .center
+        .open_session(peer, settings.grant.clone(), tx.clone());
     let session_id = handle.id();
     tracing::info!(session.id = session_id, "session opened");
     let ctx = Ctx {
@@ -160,15 +172,21 @@ where
     let (mut sink, mut stream) = ws.split();
 
     let end = {
-        let reader = read_loop(&mut stream, &ctx);
+        let reader = read_loop(&mut stream, &ctx, RateGate::new(settings.rate));
         let writer = write_loop(&mut sink, &mut rx, &ctx, &settings);
         tokio::pin!(reader, writer);
         tokio::select! {
             end = &mut reader => end,
             end = &mut writer => end,
-            () = ctx.handle.overflow().cancelled() => End::Close(CloseCode::Policy, "slow consumer"),
+            () = ctx.handle.overflow().cancelled() => End::Close(CloseCode::Policy, SLOW_CONSUMER),
             () = shutdown.cancelled() => End::Shutdown,
         }
+    };
+    let metrics = ctx.handle.metrics();
+    match &end {
+        End::Close(_, SLOW_CONSUMER) => metrics.slow_consumers.inc(),
+        End::Close(_, RATE_LIMITED) => metrics.rate_limit_closes.inc(),
+        _ => 0,
     };
     let reason = finish(end, &mut sink, &mut stream, &mut rx).await;
     tracing::info!(session.id = session_id, reason, "session closed");
@@ -234,7 +252,11 @@ fn encode_simple(item: WsOut) -> Option<Message> {
     }
 }
 
-async fn read_loop<S>(stream: &mut SplitStream<WebSocketStream<S>>, ctx: &Ctx) -> End
+async fn read_loop<S>(
+    stream: &mut SplitStream<WebSocketStream<S>>,
+    ctx: &Ctx,
+    mut gate: RateGate,
+) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -243,9 +265,15 @@ where
         match frame {
             Ok(Message::Text(text)) => {
                 ctx.handle.note_inbound();
-                on_text(ctx, &text);
+                if on_text(ctx, &text, &mut gate) == Verdict::Close {
+                    tracing::info!("rate limit exceeded again and again: closing");
+                    return End::Close(CloseCode::Policy, RATE_LIMITED);
+                }
             }
-            Ok(Message::Binary(b)) => tracing::debug!(len = b.len(), "binary frame ignored"),
+            Ok(Message::Binary(b)) => {
+                ctx.handle.metrics().bad_frames.inc();
+                tracing::debug!(len = b.len(), "binary frame ignored");
+            }
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
             Ok(Message::Close(_)) => return End::PeerClosed,
             Err(e) => return read_error(e),
@@ -274,31 +302,71 @@ fn read_error(e: WsError) -> End {
 }
 
 /// Handles one text frame: a request gets exactly one response; a
-/// notification gets none; junk is logged and counted, never fatal.
-fn on_text(ctx: &Ctx, text: &str) {
+/// notification gets none; junk is logged and counted, never fatal. Returns
+/// the rate gate's verdict ([`Verdict::Close`] ends the session).
+fn on_text(ctx: &Ctx, text: &str, gate: &mut RateGate) -> Verdict {
+    let metrics = ctx.handle.metrics();
+    let respond_error = |id: Option<&serde_json::value::RawValue>, code: u16, reason: &str| {
+        metrics.errors.get_or_create(&CodeLabel { code }).inc();
+        ctx.send_text(protoo::error_response(id, code, reason));
+    };
     match protoo::parse(text) {
         Ok(Protoo::Request { id, method, data }) => {
+            metrics
+                .messages_in
+                .get_or_create(&method_label(&method))
+                .inc();
+            let verdict = gate.check();
+            if verdict != Verdict::Pass {
+                metrics
+                    .rate_limited
+                    .get_or_create(&KindLabel { kind: "request" })
+                    .inc();
+                respond_error(Some(id), 429, "rate limited");
+                return verdict;
+            }
             let span = tracing::debug_span!("request", method = %method);
             let _enter = span.enter();
             tracing::debug!(data = data.get(), "request");
+            let started = std::time::Instant::now();
             let result =
                 translate::request_command(&method, data).and_then(|cmd| ctx.handle.execute(cmd));
-            let response = match result {
-                Ok(reply) => protoo::ok_response(id, &translate::reply_data(&reply)),
+            metrics
+                .request_seconds
+                .get_or_create(&method_label(&method))
+                .observe(started.elapsed().as_secs_f64());
+            match result {
+                Ok(reply) => ctx.send_text(protoo::ok_response(id, &translate::reply_data(&reply))),
                 Err(e) => {
                     tracing::debug!(code = e.protoo_code(), error = %e, "request failed");
-                    protoo::error_response(Some(id), e.protoo_code(), &e.to_string())
+                    respond_error(Some(id), e.protoo_code(), &e.to_string());
                 }
-            };
-            ctx.send_text(response);
+            }
+            verdict
         }
         Ok(Protoo::Notification { method, data }) => {
+            metrics
+                .messages_in
+                .get_or_create(&method_label(&method))
+                .inc();
+            let verdict = gate.check();
+            if verdict != Verdict::Pass {
+                metrics
+                    .rate_limited
+                    .get_or_create(&KindLabel {
+                        kind: "notification",
+                    })
+                    .inc();
+                tracing::debug!(method = %method, "notification dropped: rate limited");
+                return verdict;
+            }
             tracing::debug!(method = %method, data = data.get(), "notification");
             let result = translate::notification_command(&method, data)
                 .and_then(|cmd| ctx.handle.execute(cmd));
             if let Err(e) = result {
                 tracing::debug!(method = %method, error = %e, "notification ignored");
             }
+            verdict
         }
         Ok(Protoo::Response {
             id,
@@ -306,6 +374,10 @@ fn on_text(ctx: &Ctx, text: &str) {
             error_code,
             error_reason,
         }) => {
+            metrics
+                .messages_in
+                .get_or_create(&method_label("response"))
+                .inc();
             let room = serde_json::from_str::<u64>(id.get())
                 .ok()
                 .and_then(|id| ctx.invites.answer(id));
@@ -324,11 +396,17 @@ fn on_text(ctx: &Ctx, text: &str) {
                 ),
                 None => tracing::debug!(id = id.get(), "response to no pending request"),
             }
+            Verdict::Pass
         }
         Err(protoo::FrameError::BadRequest { id, reason }) => {
-            ctx.send_text(protoo::error_response(id.as_deref(), 400, reason));
+            respond_error(id.as_deref(), 400, reason);
+            gate.check()
         }
-        Err(e) => tracing::debug!(error = %e, len = text.len(), "frame ignored"),
+        Err(e) => {
+            metrics.bad_frames.inc();
+            tracing::debug!(error = %e, len = text.len(), "frame ignored");
+            gate.check()
+        }
     }
 }
 
@@ -348,7 +426,7 @@ where
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_ping = Instant::now() + settings.ping_interval;
     let mut awaiting_since: Option<Instant> = None;
-    let encode = |item: WsOut| match item {
+    let encode_item = |item: WsOut| match item {
         WsOut::Center(Outbound::Invite { room_id }) => {
             let id = ctx
                 .invites
@@ -359,6 +437,19 @@ where
         other => {
             encode_simple(other).unwrap_or_else(|| Message::Text(Utf8Bytes::from_static("{}")))
         }
+    };
+    let metrics = ctx.handle.metrics();
+    let encode = |item: WsOut| {
+        let method = match &item {
+            WsOut::Text(_) => "response",
+            WsOut::Center(Outbound::Event(d)) => translate::event_method(&d.event),
+            WsOut::Center(Outbound::Invite { .. }) => "invite",
+        };
+        metrics
+            .messages_out
+            .get_or_create(&method_label(method))
+            .inc();
+        encode_item(item)
     };
     loop {
         tokio::select! {

@@ -31,8 +31,21 @@ pub fn config(tls: bool, extra_ws: &str) -> Config {
 
 /// Like [`config`], with extra keys for each section (two-space indented lines).
 pub fn config_sections(tls: bool, ws: &str, grpc: &str, center: &str) -> Config {
+    config_full(tls, ws, grpc, center, "  messages_per_sec: 0\n", "")
+}
+
+/// Every section: extra keys for `websocket`, `grpc`, `center`, `limits`
+/// and `auth`. Admin listens on 127.0.0.1:0.
+pub fn config_full(
+    tls: bool,
+    ws: &str,
+    grpc: &str,
+    center: &str,
+    limits: &str,
+    auth: &str,
+) -> Config {
     let yaml = format!(
-        "websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n  self_signed: {tls}\n{ws}\ngrpc:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n{grpc}\ncenter:\n  invite_timeout_secs: 1\n{center}\n"
+        "websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n  self_signed: {tls}\n{ws}\ngrpc:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n{grpc}\ncenter:\n  invite_timeout_secs: 1\n{center}\nadmin:\n  listen_ip: 127.0.0.1\n  listen_port: 0\nlimits:\n{limits}\nauth:\n{auth}\n"
     );
     Config::parse(&yaml).expect("test config")
 }

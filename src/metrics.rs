@@ -1,0 +1,244 @@
+//! Prometheus metrics. Counters are bumped where things happen; gauges of
+//! state (sessions, rooms, users, MSUs, queue depths) are read from the
+//! center when `/metrics` is scraped, so they can never drift.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Label: a protoo method (unknown names are folded into `other`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    /// The method.
+    pub method: &'static str,
+}
+
+/// Label: a protoo error code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// The code.
+    pub code: u16,
+}
+
+/// Label: a transport or a kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// The kind.
+    pub kind: &'static str,
+}
+
+/// Every metric of the process.
+pub struct Metrics {
+    registry: Registry,
+    /// Messages received from peers, by method.
+    pub messages_in: Family<MethodLabel, Counter>,
+    /// Messages queued to peers, by method.
+    pub messages_out: Family<MethodLabel, Counter>,
+    /// Error responses sent, by code.
+    pub errors: Family<CodeLabel, Counter>,
+    /// Messages refused by the per-session rate limit (request / notification).
+    pub rate_limited: Family<KindLabel, Counter>,
+    /// Sessions closed for not keeping up with their queue.
+    pub slow_consumers: Counter,
+    /// Sessions closed for exceeding the rate limit again and again.
+    pub rate_limit_closes: Counter,
+    /// Frames that were not protoo (invalid JSON, wrong shape, binary).
+    pub bad_frames: Counter,
+    /// Time to handle a request in the center, by method.
+    pub request_seconds: Family<MethodLabel, Histogram>,
+    /// Events skipped by event-feed watchers that fell behind.
+    pub feed_skipped: Counter,
+    /// Upgrades refused (by HTTP status class).
+    pub refused: Family<CodeLabel, Counter>,
+    sessions: Family<KindLabel, Gauge>,
+    rooms: Gauge,
+    users: Gauge,
+    msus: Gauge,
+    queue_depth: Gauge,
+    queue_depth_max: Gauge,
+}
+
+/// A snapshot of the state gauges, taken from the center at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct StateGauges {
+    /// Sessions by transport name (`ws`, `wss`, `grpc`).
+    pub sessions: Vec<(&'static str, i64)>,
+    /// Rooms.
+    pub rooms: i64,
+    /// Users.
+    pub users: i64,
+    /// MSUs.
+    pub msus: i64,
+    /// Items queued over all sessions.
+    pub queue_depth: i64,
+    /// Deepest single session queue.
+    pub queue_depth_max: i64,
+}
+
+/// The protoo methods known to the center, as static labels.
+const METHODS: &[&str] = &[
+    "echo",
+    "register",
+    "join",
+    "push",
+    "pullRemoteStream",
+    "userDisconnect",
+    "userLeave",
+    "textMessage",
+    "userReConnect",
+    "newUser",
+    "newPusher",
+    "userDisconnect",
+    "invite",
+    "response",
+];
+
+/// `method` as a bounded label value.
+pub fn method_label(method: &str) -> MethodLabel {
+    MethodLabel {
+        method: METHODS
+            .iter()
+            .find(|m| **m == method)
+            .copied()
+            .unwrap_or("other"),
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("pilot");
+        let messages_in = Family::<MethodLabel, Counter>::default();
+        let messages_out = Family::<MethodLabel, Counter>::default();
+        let errors = Family::<CodeLabel, Counter>::default();
+        let rate_limited = Family::<KindLabel, Counter>::default();
+        let refused = Family::<CodeLabel, Counter>::default();
+        let slow_consumers = Counter::default();
+        let rate_limit_closes = Counter::default();
+        let bad_frames = Counter::default();
+        let feed_skipped = Counter::default();
+        let request_seconds = Family::<MethodLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_005, 2.0, 20))
+        });
+        let sessions = Family::<KindLabel, Gauge>::default();
+        let (rooms, users, msus) = (Gauge::default(), Gauge::default(), Gauge::default());
+        let (queue_depth, queue_depth_max) = (Gauge::default(), Gauge::default());
+        registry.register(
+            "messages_in",
+            "Messages received from peers",
+            messages_in.clone(),
+        );
+        registry.register(
+            "messages_out",
+            "Messages queued to peers",
+            messages_out.clone(),
+        );
+        registry.register(
+            "errors",
+            "Error responses sent, by protoo code",
+            errors.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Messages refused by the per-session rate limit",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "slow_consumer_closes",
+            "Sessions closed because their queue was full",
+            slow_consumers.clone(),
+        );
+        registry.register(
+            "rate_limit_closes",
+            "Sessions closed for exceeding the rate limit repeatedly",
+            rate_limit_closes.clone(),
+        );
+        registry.register(
+            "bad_frames",
+            "Frames ignored as not protoo",
+            bad_frames.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to handle a request",
+            request_seconds.clone(),
+        );
+        registry.register(
+            "event_feed_skipped",
+            "Events skipped by lagging event-feed watchers",
+            feed_skipped.clone(),
+        );
+        registry.register(
+            "upgrades_refused",
+            "HTTP upgrade requests refused, by status",
+            refused.clone(),
+        );
+        registry.register(
+            "sessions",
+            "Connected sessions by transport",
+            sessions.clone(),
+        );
+        registry.register("rooms", "Rooms", rooms.clone());
+        registry.register("users", "Users in all rooms", users.clone());
+        registry.register("msus", "Registered MSUs", msus.clone());
+        registry.register(
+            "outbound_queue_depth",
+            "Items queued to peers, all sessions",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "outbound_queue_depth_max",
+            "Items queued to the most backed-up session",
+            queue_depth_max.clone(),
+        );
+        Self {
+            registry,
+            messages_in,
+            messages_out,
+            errors,
+            rate_limited,
+            slow_consumers,
+            rate_limit_closes,
+            bad_frames,
+            request_seconds,
+            feed_skipped,
+            refused,
+            sessions,
+            rooms,
+            users,
+            msus,
+            queue_depth,
+            queue_depth_max,
+        }
+    }
+
+    /// The Prometheus/OpenMetrics text, with the state gauges set from `state`.
+    pub fn render(&self, state: &StateGauges) -> String {
+        for kind in ["ws", "wss", "grpc"] {
+            let n = state
+                .sessions
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map_or(0, |(_, n)| *n);
+            self.sessions.get_or_create(&KindLabel { kind }).set(n);
+        }
+        self.rooms.set(state.rooms);
+        self.users.set(state.users);
+        self.msus.set(state.msus);
+        self.queue_depth.set(state.queue_depth);
+        self.queue_depth_max.set(state.queue_depth_max);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
