@@ -159,7 +159,18 @@ impl Peer {
 
     /// Connects to `url` (ws or wss, any certificate accepted).
     pub async fn connect_url(url: &str) -> Peer {
+        Self::connect_with(url, None).await
+    }
+
+    /// Connects presenting `Authorization: Bearer TOKEN` when given.
+    pub async fn connect_with(url: &str, bearer: Option<&str>) -> Peer {
         let mut request = url.into_client_request().expect("request");
+        if let Some(token) = bearer {
+            request.headers_mut().insert(
+                "Authorization",
+                HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+            );
+        }
         request
             .headers_mut()
             .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("protoo"));
@@ -313,4 +324,79 @@ pub fn rtp_param(ssrc: u64) -> Value {
         "use_nack": true, "key_request": false, "mid_ext_id": 1, "tcc_ext_id": 3,
         "x_vendor": {"simulcast": [{"rid": "h", "bitrate": 1.5e6}, {"rid": "l", "scale": 0.25}], "note": null}
     })
+}
+
+/// A plain HTTP/1.1 GET over a fresh connection: (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.expect("read");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Sends a raw upgrade request and returns the response's status code.
+pub async fn upgrade_status(addr: std::net::SocketAddr, target: &str, extra_headers: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra_headers}\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Mints a token for tests.
+pub fn token(
+    secret: &str,
+    role: pilot_center::auth::Role,
+    rooms: &[&str],
+    ttl_secs: i64,
+) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let claims = pilot_center::auth::Claims {
+        sub: "test".into(),
+        role,
+        rooms: rooms.iter().map(|r| (*r).to_owned()).collect(),
+        exp: u64::try_from(now + ttl_secs).unwrap_or(0),
+    };
+    pilot_center::auth::mint(secret, &claims).expect("mint")
+}
+
+/// Waits until `cond` holds (polling), or panics with `what`.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -116,6 +116,8 @@ pub struct Sfu {
     /// Set when a fragmented message (or binary frame) arrived.
     pub violation: Arc<std::sync::Mutex<Option<String>>>,
     closed: Arc<AtomicBool>,
+    /// The close code the center sent, if any.
+    pub close_code: Arc<std::sync::Mutex<Option<u16>>>,
     tcp: std::net::TcpStream,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -160,6 +162,7 @@ impl Sfu {
         let ping_rtts = Arc::new(std::sync::Mutex::new(Vec::new()));
         let violation = Arc::new(std::sync::Mutex::new(None));
         let closed = Arc::new(AtomicBool::new(false));
+        let close_code = Arc::new(std::sync::Mutex::new(None));
         let ping_sent = Arc::new(std::sync::Mutex::new(None::<Instant>));
         let read_task = tokio::spawn(read_frames(
             reader,
@@ -172,6 +175,7 @@ impl Sfu {
                 ping_sent: ping_sent.clone(),
                 violation: violation.clone(),
                 closed: closed.clone(),
+                close_code: close_code.clone(),
             },
         ));
         let ping_writer = writer.clone();
@@ -198,6 +202,7 @@ impl Sfu {
             ping_rtts,
             violation,
             closed,
+            close_code,
             tcp: clone,
             tasks: vec![read_task, ping_task],
         }
@@ -218,7 +223,23 @@ impl Sfu {
             .expect("write frame");
     }
 
-    /// Sends a ping now and returns when its pong arrived (or panics).
+    /// Sends one raw masked frame (e.g. invalid UTF-8 in a text frame).
+    pub async fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
+        let frame = client_frame(opcode, payload, [7, 7, 7, 7]);
+        self.writer
+            .lock()
+            .await
+            .write_all(&frame)
+            .await
+            .expect("write frame");
+    }
+
+    /// Whether the center closed the connection (close frame or EOF).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Sends a notification.
     pub async fn notify(&mut self, method: &str, data: Value) {
         let msg = json!({"notification": true, "method": method, "data": data});
         self.send_text(&msg.to_string()).await;
@@ -319,6 +340,7 @@ struct ReadState {
     ping_sent: Arc<std::sync::Mutex<Option<Instant>>>,
     violation: Arc<std::sync::Mutex<Option<String>>>,
     closed: Arc<AtomicBool>,
+    close_code: Arc<std::sync::Mutex<Option<u16>>>,
 }
 
 async fn read_frames(
@@ -377,6 +399,10 @@ async fn read_frames(
             },
             0x2 => violate("binary frame sent".into()),
             0x8 => {
+                if payload.len() >= 2 {
+                    *st.close_code.lock().unwrap() =
+                        Some(u16::from_be_bytes([payload[0], payload[1]]));
+                }
                 st.closed.store(true, Ordering::Relaxed);
                 return;
             }

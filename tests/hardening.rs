@@ -1,0 +1,677 @@
+//! Production hardening: auth, limits, slow consumers, admin endpoints,
+//! graceful shutdown and bad input, against the real server.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod common;
+
+use common::sfu::Sfu;
+use common::{Peer, WAIT, config_full, eventually, http_get, token, upgrade_status};
+use futures_util::StreamExt;
+use pilot_center::auth::Role;
+use pilot_center::proto;
+use pilot_center::server::Server;
+use serde_json::json;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+use tonic::Code;
+
+const SECRET: &str = "test-secret-0123456789";
+
+async fn auth_server() -> Server {
+    let auth = format!("  enabled: true\n  hs256_secret: \"{SECRET}\"\n");
+    Server::start(&config_full(
+        false,
+        "",
+        "",
+        "",
+        "  messages_per_sec: 0\n",
+        &auth,
+    ))
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn websocket_auth_refuses_before_the_upgrade_and_checks_every_command() {
+    let server = auth_server().await;
+    let addr = server.ws_addr();
+    // No token, forged, expired: 401 before any upgrade.
+    assert_eq!(upgrade_status(addr, "/pilot/center", "").await, 401);
+    let forged = pilot_center::auth::mint(
+        "not-the-secret",
+        &pilot_center::auth::Claims {
+            sub: "x".into(),
+            role: Role::Admin,
+            rooms: vec!["*".into()],
+            exp: u64::MAX / 2,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        upgrade_status(addr, &format!("/pilot/center?token={forged}"), "").await,
+        401
+    );
+    let expired = token(SECRET, Role::Sfu, &["*"], -3600);
+    assert_eq!(
+        upgrade_status(
+            addr,
+            "/pilot/center",
+            &format!("Authorization: Bearer {expired}\r\n")
+        )
+        .await,
+        401
+    );
+    assert_eq!(
+        upgrade_status(addr, "/pilot/center", "Authorization: Bearer garbage\r\n").await,
+        401
+    );
+
+    // An SFU token in the header: joins anywhere, may not register.
+    let mut sfu = Peer::connect_with(
+        &server.ws_url(),
+        Some(&token(SECRET, Role::Sfu, &["*"], 60)),
+    )
+    .await;
+    sfu.join("any-room", "u1", "U").await;
+    let r = sfu.request("register", json!({"id": "m"})).await;
+    assert_eq!(
+        (r["errorCode"].clone(), r["errorReason"].clone()),
+        (json!(403), json!("forbidden: role sfu may not register"))
+    );
+
+    // A client token in the query, limited to one room.
+    let url = format!(
+        "{}?token={}",
+        server.ws_url(),
+        token(SECRET, Role::Client, &["allowed"], 60)
+    );
+    let mut client = Peer::connect_with(&url, None).await;
+    let r = client
+        .request("join", json!({"roomId": "any-room", "userId": "c1"}))
+        .await;
+    assert_eq!(r["errorCode"], json!(403));
+    assert!(
+        r["errorReason"].as_str().unwrap().contains("outside"),
+        "{r}"
+    );
+    client.join("allowed", "c1", "C").await;
+    let r = client.request("register", json!({"id": "m"})).await;
+    assert_eq!(r["errorCode"], json!(403));
+    // Forbidden commands leave the session up.
+    assert_eq!(client.request("echo", json!(1)).await["ok"], json!(true));
+
+    // An MSU token registers.
+    let mut msu =
+        Peer::connect_with(&server.ws_url(), Some(&token(SECRET, Role::Msu, &[], 60))).await;
+    assert_eq!(
+        msu.request("register", json!({"id": "m1"})).await["ok"],
+        json!(true)
+    );
+    let r = msu
+        .request("join", json!({"roomId": "any-room", "userId": "x"}))
+        .await;
+    assert_eq!(r["errorCode"], json!(403));
+}
+
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+#[tokio::test]
+async fn grpc_auth_by_role() {
+    let server = auth_server().await;
+    let mut client = common::grpc(&server).await;
+    let e = client
+        .list_rooms(proto::ListRoomsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let e = client
+        .list_rooms(with_token(proto::ListRoomsRequest {}, "nope"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let expired = token(SECRET, Role::Admin, &["*"], -3600);
+    let e = client
+        .list_rooms(with_token(proto::ListRoomsRequest {}, &expired))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let sfu = token(SECRET, Role::Sfu, &["*"], 60);
+    let e = client
+        .list_rooms(with_token(proto::ListRoomsRequest {}, &sfu))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let admin = token(SECRET, Role::Admin, &["*"], 60);
+    assert!(
+        client
+            .list_rooms(with_token(proto::ListRoomsRequest {}, &admin))
+            .await
+            .is_ok()
+    );
+    let e = client
+        .watch_events(with_token(proto::WatchEventsRequest::default(), &sfu))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+
+    // PeerSession: a client token may not open one; an SFU token is bound by its rooms.
+    let (_tx, rx) = tokio::sync::mpsc::channel::<proto::PeerMessage>(4);
+    let client_token = token(SECRET, Role::Client, &["*"], 60);
+    let e = client
+        .peer_session(with_token(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            &client_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let (tx, rx) = tokio::sync::mpsc::channel::<proto::PeerMessage>(4);
+    let limited = token(SECRET, Role::Sfu, &["r1"], 60);
+    let mut stream = client
+        .peer_session(with_token(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            &limited,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let join = |room: &str| proto::PeerMessage {
+        kind: Some(proto::peer_message::Kind::Command(proto::PeerCommand {
+            id: 1,
+            command: Some(proto::Command {
+                kind: Some(proto::command::Kind::Join(proto::JoinRequest {
+                    room_id: room.into(),
+                    user_id: "g".into(),
+                    ..Default::default()
+                })),
+            }),
+        })),
+    };
+    tx.send(join("r2")).await.unwrap();
+    let m = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Some(proto::center_message::Kind::Result(r)) = m.kind else {
+        panic!()
+    };
+    assert!(
+        matches!(r.outcome, Some(proto::command_result::Outcome::Error(ref e)) if e.code == 403),
+        "{r:?}"
+    );
+
+    // Health stays open without a token.
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr().unwrap()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    assert!(
+        health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new()
+            })
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_then_close_persistent_offenders() {
+    let server = Server::start(&config_full(
+        false,
+        "",
+        "",
+        "",
+        "  messages_per_sec: 20\n  burst: 20\n  close_after_violations: 50\n",
+        "",
+    ))
+    .await
+    .unwrap();
+    let mut noisy = Peer::connect(&server).await;
+    let mut calm = Peer::connect(&server).await;
+    calm.join("r", "calm", "C").await;
+    let mut codes = Vec::new();
+    for i in 0..40 {
+        let r = noisy.request_with_id(json!(i), "echo", json!(i)).await;
+        codes.push(r["errorCode"].as_i64().unwrap_or(0));
+    }
+    let limited = codes.iter().filter(|c| **c == 429).count();
+    assert!(
+        (15..=25).contains(&limited),
+        "about half limited: {codes:?}"
+    );
+    // Keep flooding notifications: they are dropped, and the session is closed with 1008.
+    for _ in 0..100 {
+        noisy
+            .notify(
+                "textMessage",
+                json!({"roomId": "r", "userId": "x", "message": "spam"}),
+            )
+            .await;
+    }
+    let close = loop {
+        match tokio::time::timeout(WAIT, noisy.ws.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Close(Some(f)))) => break f,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (1008, "rate limit exceeded")
+    );
+    // The calm session never heard the spam and still works.
+    calm.expect_silence().await;
+    assert_eq!(calm.request("echo", json!(1)).await["ok"], json!(true));
+    let (_, metrics) = http_get(server.admin_addr().unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains("pilot_rate_limited_total{kind=\"request\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pilot_rate_limit_closes_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_is_cut_off_and_the_room_carries_on() {
+    let server = Server::start(&common::config_sections(
+        false,
+        "  outbound_queue: 256\n",
+        "",
+        "",
+    ))
+    .await
+    .unwrap();
+    let mut sender = Peer::connect(&server).await;
+    let mut reader = Peer::connect(&server).await;
+    let mut stalled = Peer::connect(&server).await;
+    sender.join("r", "s", "S").await;
+    reader.join("r", "r", "R").await;
+    stalled.join("r", "x", "X").await;
+    reader.expect("newUser").await;
+    sender.expect("newUser").await;
+    sender.expect("newUser").await;
+    // `stalled` never reads again: 4,000 messages of 4 KiB (16 MB) overflow its
+    // socket buffers and its queue. The sender keeps within 100 messages of the
+    // reader, so a reader that keeps up is never at risk.
+    let pad = "p".repeat(4096);
+    const N: usize = 4000;
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = progress.clone();
+    let reading = tokio::spawn(async move {
+        for i in 0..N {
+            let m = reader.expect("textMessage").await;
+            assert_eq!(
+                m["message"].as_str().unwrap().len(),
+                4096 + i.to_string().len()
+            );
+            seen.store(i + 1, std::sync::atomic::Ordering::Relaxed);
+        }
+        reader
+    });
+    for i in 0..N {
+        sender
+            .notify(
+                "textMessage",
+                json!({"roomId": "r", "userId": "s", "message": format!("{i}{pad}")}),
+            )
+            .await;
+        while i >= 100 + progress.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let mut reader = reading.await.unwrap();
+    let center = server.center().clone();
+    eventually("the stalled session to be closed", || {
+        center.list_sessions().len() == 2
+    })
+    .await;
+    // Its user was announced gone to the others; the room goes on.
+    assert_eq!(reader.expect("userDisconnect").await["userId"], json!("x"));
+    let (_, metrics) = http_get(server.admin_addr().unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains("pilot_slow_consumer_closes_total 1"),
+        "{metrics}"
+    );
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn admin_endpoints() {
+    let server = common::start().await;
+    let admin = server.admin_addr().unwrap();
+    assert_eq!(http_get(admin, "/healthz").await, (200, "ok\n".into()));
+    assert_eq!(http_get(admin, "/readyz").await, (200, "ready\n".into()));
+    let mut p = Peer::connect(&server).await;
+    p.join("r", "u", "U").await;
+    p.request("nope", json!({})).await;
+    let (status, body) = http_get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    for needle in [
+        "pilot_sessions{kind=\"ws\"} 1",
+        "pilot_rooms 1",
+        "pilot_users 1",
+        "pilot_msus 0",
+        "pilot_messages_in_total{method=\"join\"} 1",
+        "pilot_messages_in_total{method=\"other\"} 1",
+        "pilot_messages_out_total{method=\"response\"} 2",
+        "pilot_errors_total{code=\"404\"} 1",
+        "pilot_request_duration_seconds_count{method=\"join\"} 1",
+        "pilot_outbound_queue_depth ",
+        "pilot_event_feed_skipped_total 0",
+    ] {
+        assert!(body.contains(needle), "missing {needle} in\n{body}");
+    }
+    assert_eq!(http_get(admin, "/nope").await.0, 404);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_closes_everything_in_order() {
+    let server = common::start().await;
+    let admin = server.admin_addr().unwrap();
+    let mut ws = Peer::connect(&server).await;
+    ws.join("r", "u", "U").await;
+    // A peer that will not answer the close handshake keeps the drain going a moment.
+    let mut lazy = Peer::connect(&server).await;
+    lazy.join("r", "l", "L").await;
+    let mut client = common::grpc(&server).await;
+    let mut watch = client
+        .watch_events(proto::WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let (tx, rx) = tokio::sync::mpsc::channel::<proto::PeerMessage>(4);
+    let mut peer = client
+        .peer_session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Responses in flight when the shutdown starts are still delivered: 50
+    // echo requests of 64 KiB each, handled by the center but not yet read.
+    let big = "e".repeat(64 * 1024);
+    for i in 0..50 {
+        ws.send_text(json!({"request": true, "id": i, "method": "echo", "data": big}).to_string())
+            .await;
+    }
+    let center = server.center().clone();
+    eventually("the center to handle the 50 requests", || {
+        center.list_sessions().iter().any(|s| s.messages_in >= 51)
+    })
+    .await;
+    let stopping = tokio::spawn(server.shutdown(Duration::from_secs(10)));
+    let (status, _) = {
+        let mut last = (0, String::new());
+        for _ in 0..100 {
+            last = http_get(admin, "/readyz").await;
+            if last.0 == 503 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        last
+    };
+    assert_eq!(status, 503, "/readyz turns unready while draining");
+
+    let mut next_id = 0;
+    let close = loop {
+        match tokio::time::timeout(WAIT, ws.ws.next())
+            .await
+            .expect("close in time")
+        {
+            Some(Ok(Message::Text(t))) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["response"] == json!(true) {
+                    assert_eq!(v["id"], json!(next_id), "responses in order, none lost");
+                    next_id += 1;
+                }
+            }
+            Some(Ok(Message::Close(Some(f)))) => break f,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (1001, "going away")
+    );
+    assert_eq!(
+        next_id, 50,
+        "every handled request was answered before the close"
+    );
+
+    let end = loop {
+        match tokio::time::timeout(WAIT, watch.next())
+            .await
+            .expect("watch ends in time")
+        {
+            Some(Ok(_)) => continue,
+            Some(Err(status)) => break status.code(),
+            None => panic!("stream ended without a status"),
+        }
+    };
+    assert_eq!(end, Code::Unavailable);
+    let end = loop {
+        match tokio::time::timeout(WAIT, peer.next())
+            .await
+            .expect("peer ends in time")
+        {
+            Some(Ok(_)) => continue,
+            Some(Err(status)) => break status.code(),
+            None => panic!("stream ended without a status"),
+        }
+    };
+    assert_eq!(end, Code::Unavailable);
+    drop(tx);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(12), stopping)
+            .await
+            .unwrap()
+            .unwrap(),
+        "finished within the grace period"
+    );
+    drop(lazy);
+    // Nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(admin).await.is_err());
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_binary_gracefully() {
+    let dir = std::env::temp_dir().join(format!("pilot-sigterm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("center.yaml");
+    std::fs::write(&config, "websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\ngrpc:\n  enabled: false\nadmin:\n  enabled: false\ncenter:\n  shutdown_grace_secs: 5\n").unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pilot-center"))
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stderr.take().unwrap()));
+    let addr = loop {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("a log line");
+        if let Some(rest) = line.split("websocket listening addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let mut p = Peer::connect_url(&format!("ws://{addr}/pilot/center")).await;
+    p.join("r", "u", "U").await;
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let close = loop {
+        match tokio::time::timeout(WAIT, p.ws.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Close(Some(f)))) => break f,
+            Some(Ok(_)) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1001);
+    let status = tokio::time::timeout(Duration::from_secs(6), child.wait())
+        .await
+        .expect("exits within the grace period")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn bad_input_in_every_method_is_answered_and_harmless() {
+    let server = common::start().await;
+    let mut bad = Peer::connect(&server).await;
+    let mut good = Peer::connect(&server).await;
+    good.join("r", "g", "G").await;
+    bad.join("r", "b", "B").await;
+    good.expect("newUser").await;
+
+    // Requests with wrong field types: 400 with the documented reasons.
+    for (method, data, reason) in [
+        (
+            "join",
+            json!({"roomId": ["r"], "userId": "u"}),
+            "Invalid roomId or userId",
+        ),
+        (
+            "join",
+            json!({"roomId": "r", "userId": {"id": 1}}),
+            "Invalid roomId or userId",
+        ),
+        ("join", json!(null), "Invalid roomId or userId"),
+        ("join", json!([1, 2]), "Invalid roomId or userId"),
+        ("register", json!({"id": 12}), "Invalid id"),
+        ("register", json!({"id": null}), "Invalid id"),
+    ] {
+        let r = bad.request(method, data.clone()).await;
+        assert_eq!(
+            (r["errorCode"].clone(), r["errorReason"].clone()),
+            (json!(400), json!(reason)),
+            "{method} {data}"
+        );
+    }
+    // Notifications with wrong field types: ignored; no one hears anything.
+    for (method, data) in [
+        (
+            "push",
+            json!({"roomId": "r", "userId": "b", "publishers": "nope"}),
+        ),
+        (
+            "push",
+            json!({"roomId": 5, "userId": "b", "publishers": []}),
+        ),
+        (
+            "push",
+            json!({"roomId": "r", "userId": 7, "publishers": []}),
+        ),
+        (
+            "pullRemoteStream",
+            json!({"roomId": "r", "pusher_user_id": 1}),
+        ),
+        ("userLeave", json!({"roomId": "r", "userId": ["b"]})),
+        ("userDisconnect", json!({"roomId": {}, "userId": "b"})),
+        ("textMessage", json!({"roomId": null})),
+        ("userReConnect", json!({"roomId": "r", "userId": 0})),
+    ] {
+        bad.notify(method, data).await;
+    }
+    // A publisher entry with a non-string pusherId is skipped, the rest goes through.
+    bad.notify("push", json!({"roomId": "r", "userId": "b", "publishers": [{"pusherId": 9}, {"pusherId": "ok", "rtpParam": {}}]})).await;
+    assert_eq!(
+        good.expect("newPusher").await["pushers"],
+        json!([{"pusherId": "ok", "rtpParam": {}}])
+    );
+    good.expect_silence().await;
+    // Huge and odd ids.
+    for id in [json!(u64::MAX), json!(-1), json!("x".repeat(10_000))] {
+        assert_eq!(
+            bad.request_with_id(id.clone(), "echo", json!(1)).await["id"],
+            id
+        );
+    }
+    // Deep nesting inside the size limit: ignored, never forwarded.
+    bad.send_text(format!("{{\"notification\":true,\"method\":\"textMessage\",\"data\":{{\"roomId\":\"r\",\"message\":{}{}}}}}", "[".repeat(200), "]".repeat(200))).await;
+    good.expect_silence().await;
+    assert_eq!(bad.request("echo", json!("alive")).await["ok"], json!(true));
+    // Invalid UTF-8 in a text frame closes that session with 1007, no other.
+    let mut sfu = Sfu::connect(server.ws_addr(), false).await;
+    sfu.send_frame(0x1, &[0x7b, 0xff, 0xfe, 0x7d]).await;
+    eventually("the 1007 close", || sfu.is_closed()).await;
+    assert_eq!(*sfu.close_code.lock().unwrap(), Some(1007));
+    assert_eq!(good.request("echo", json!(1)).await["ok"], json!(true));
+}
+
+#[tokio::test]
+async fn connection_limits() {
+    let server = Server::start(&common::config_sections(
+        false,
+        "  max_sessions: 2\n",
+        "",
+        "",
+    ))
+    .await
+    .unwrap();
+    let _a = Peer::connect(&server).await;
+    let _b = Peer::connect(&server).await;
+    assert_eq!(
+        upgrade_status(server.ws_addr(), "/pilot/center", "").await,
+        503
+    );
+    drop(_a);
+    let center = server.center().clone();
+    eventually("a free slot", || center.list_sessions().len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _c = Peer::connect(&server).await;
+}
+
+#[tokio::test]
+async fn silent_peers_are_dropped_after_ping_timeout() {
+    let server = Server::start(&common::config_sections(
+        false,
+        "  ping_interval_secs: 1\n  pong_timeout_secs: 1\n",
+        "",
+        "",
+    ))
+    .await
+    .unwrap();
+    let mut watcher = Peer::connect(&server).await;
+    watcher.join("r", "w", "W").await;
+    // A peer that never reads never answers pings (tungstenite only pongs when polled).
+    let mut silent = Peer::connect(&server).await;
+    silent.join("r", "s", "S").await;
+    watcher.expect("newUser").await;
+    // The watcher keeps reading (and so answering pings) and hears the silent one go.
+    let m = tokio::time::timeout(Duration::from_secs(6), watcher.expect("userDisconnect"))
+        .await
+        .expect("dropped within ping + timeout");
+    assert_eq!(m["userId"], json!("s"));
+    assert_eq!(server.center().list_sessions().len(), 1);
+    drop(silent);
+}
