@@ -1,0 +1,206 @@
+//! Chaos: hundreds of sessions join, push and vanish at random (close
+//! frames, dropped sockets, explicit userLeave) while a watcher reads the
+//! event feed. At the end every survivor heard exactly one userDisconnect or
+//! userLeave per lost user of its room, and nothing is left.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod common;
+
+use common::{Peer, eventually, rtp_param};
+use futures_util::StreamExt;
+use pilot_center::proto::{self, EventKind};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Barrier, oneshot};
+use tokio_util::sync::CancellationToken;
+
+const SESSIONS: usize = 240;
+const ROOMS: usize = 24;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fate {
+    Survive,
+    CloseFrame,
+    Drop,
+    LeaveThenClose,
+}
+
+/// A small deterministic generator (xorshift), so a failure can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn users_of(i: usize) -> Vec<String> {
+    if i % 2 == 0 {
+        vec![format!("u{i}a"), format!("u{i}b")]
+    } else {
+        vec![format!("u{i}a")]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_vanishing_at_random_leave_a_clean_state() {
+    let server = pilot_center::server::Server::start(&common::config_sections(
+        false,
+        "",
+        "",
+        "  event_feed_capacity: 100000\n",
+    ))
+    .await
+    .unwrap();
+    let mut client = common::grpc(&server).await;
+    let mut feed = client
+        .watch_events(proto::WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let watcher = tokio::spawn(async move {
+        let (mut last, mut opened, mut closed) = (0u64, 0, 0);
+        while let Some(Ok(e)) = feed.next().await {
+            assert!(
+                !matches!(
+                    e.event,
+                    Some(proto::watch_events_response::Event::Lagged(_))
+                ),
+                "watcher lagged"
+            );
+            assert!(
+                last == 0 || e.seq == last + 1,
+                "gap in the feed: {last} -> {}",
+                e.seq
+            );
+            last = e.seq;
+            match e.kind() {
+                EventKind::SessionOpened => opened += 1,
+                EventKind::SessionClosed => closed += 1,
+                _ => {}
+            }
+            if opened == SESSIONS && closed == SESSIONS {
+                return (opened, closed);
+            }
+        }
+        (opened, closed)
+    });
+
+    let mut rng = Rng(0x5eed_1234_abcd_9876);
+    let fates: Vec<Fate> = (0..SESSIONS)
+        .map(|_| match rng.next() % 10 {
+            0..=3 => Fate::Survive,
+            4 | 5 => Fate::CloseFrame,
+            6 | 7 => Fate::Drop,
+            _ => Fate::LeaveThenClose,
+        })
+        .collect();
+    let joined = Arc::new(Barrier::new(SESSIONS + 1));
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let mut go = Vec::new();
+    for i in 0..SESSIONS {
+        let url = server.ws_url();
+        let joined = joined.clone();
+        let stop = stop.clone();
+        let (tx, rx) = oneshot::channel::<Fate>();
+        go.push(tx);
+        tasks.push(tokio::spawn(async move {
+            let room = format!("room{}", i % ROOMS);
+            let mut p = Peer::connect_url(&url).await;
+            for u in users_of(i) {
+                let r = p.request("join", json!({"roomId": room, "userId": u, "userName": u})).await;
+                assert_eq!(r["ok"], json!(true));
+            }
+            p.notify("push", json!({"roomId": room, "userId": users_of(i)[0], "publishers": [{"pusherId": "v", "rtpParam": rtp_param(i as u64)}]})).await;
+            joined.wait().await;
+            let fate = rx.await.unwrap();
+            match fate {
+                Fate::Survive => {}
+                Fate::CloseFrame => {
+                    p.ws.close(None).await.ok();
+                    return BTreeMap::new();
+                }
+                Fate::Drop => {
+                    drop(p);
+                    return BTreeMap::new();
+                }
+                Fate::LeaveThenClose => {
+                    for u in users_of(i) {
+                        p.notify("userLeave", json!({"roomId": room, "userId": u})).await;
+                    }
+                    p.ws.close(None).await.ok();
+                    return BTreeMap::new();
+                }
+            }
+            // Survivors count what they hear about every lost user.
+            let mut heard: BTreeMap<String, u32> = BTreeMap::new();
+            loop {
+                let msg = tokio::select! {
+                    () = stop.cancelled() => break,
+                    m = p.next_within(Duration::from_millis(50)) => m,
+                };
+                let Some(msg) = msg else { continue };
+                let method = msg["method"].as_str().unwrap_or_default();
+                if method == "userDisconnect" || method == "userLeave" {
+                    assert_eq!(msg["data"]["roomId"], json!(room));
+                    *heard.entry(msg["data"]["userId"].as_str().unwrap().to_owned()).or_default() += 1;
+                }
+            }
+            drop(p);
+            heard
+        }));
+    }
+    joined.wait().await;
+    assert_eq!(server.center().counts().0, SESSIONS);
+    for (tx, fate) in go.into_iter().zip(&fates) {
+        tx.send(*fate).unwrap();
+    }
+    let survivors = fates.iter().filter(|f| **f == Fate::Survive).count();
+    let center = server.center().clone();
+    eventually("vanished sessions to be cleaned up", || {
+        center.counts().0 == survivors
+    })
+    .await;
+    // Expected losses per room.
+    let mut lost: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for (i, fate) in fates.iter().enumerate() {
+        if *fate != Fate::Survive {
+            lost.entry(i % ROOMS).or_default().extend(users_of(i));
+        }
+    }
+    // Give the last notifications time to arrive, then stop the survivors.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let mut checked = 0;
+    for (i, task) in tasks.into_iter().enumerate() {
+        let heard = task.await.unwrap();
+        if fates[i] != Fate::Survive {
+            continue;
+        }
+        let want: BTreeMap<String, u32> = lost
+            .get(&(i % ROOMS))
+            .into_iter()
+            .flatten()
+            .map(|u| (u.clone(), 1))
+            .collect();
+        assert_eq!(heard, want, "session {i} (room {})", i % ROOMS);
+        checked += 1;
+    }
+    assert_eq!(checked, survivors);
+    eventually("an empty center", || center.counts() == (0, 0, 0, 0)).await;
+    let (opened, closed) = tokio::time::timeout(Duration::from_secs(10), watcher)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((opened, closed), (SESSIONS, SESSIONS));
+    println!(
+        "chaos: {SESSIONS} sessions in {ROOMS} rooms, {survivors} survivors checked, {} users lost",
+        lost.values().map(Vec::len).sum::<usize>()
+    );
+}

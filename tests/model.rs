@@ -1,0 +1,426 @@
+//! Property test: random sequences of join/push/pull/leave/disconnect/
+//! reconnect/text/drop over several sessions, played against the real room
+//! service (in process), checked after every step against a simple model:
+//! every broadcast reaches each other session exactly once, nothing goes
+//! back to the originating session, the state matches the model, and once
+//! all sessions close nothing is left.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use pilot_center::auth::Grant;
+use pilot_center::center::{Center, Outbound, PeerInfo, SessionHandle};
+use pilot_center::proto::{self, Command, Transport, command, peer_event};
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+use tokio::sync::mpsc;
+
+const SLOTS: usize = 4;
+const ROOMS: u8 = 3;
+const USERS: u8 = 5;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Join {
+        s: usize,
+        r: u8,
+        u: u8,
+        audience: bool,
+    },
+    Push {
+        s: usize,
+        r: u8,
+        u: u8,
+    },
+    Pull {
+        s: usize,
+        r: u8,
+        u: u8,
+    },
+    Disconnect {
+        s: usize,
+        r: u8,
+        u: u8,
+    },
+    Leave {
+        s: usize,
+        r: u8,
+        u: u8,
+    },
+    Reconnect {
+        s: usize,
+        r: u8,
+        u: u8,
+    },
+    Text {
+        s: usize,
+        r: u8,
+        u: u8,
+    },
+    Drop {
+        s: usize,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let s = 0..SLOTS;
+    let r = 0..ROOMS;
+    let u = 0..USERS;
+    prop_oneof![
+        4 => (s.clone(), r.clone(), u.clone(), proptest::bool::weighted(0.2)).prop_map(|(s, r, u, audience)| Op::Join { s, r, u, audience }),
+        2 => (s.clone(), r.clone(), u.clone()).prop_map(|(s, r, u)| Op::Push { s, r, u }),
+        2 => (s.clone(), r.clone(), u.clone()).prop_map(|(s, r, u)| Op::Pull { s, r, u }),
+        1 => (s.clone(), r.clone(), u.clone()).prop_map(|(s, r, u)| Op::Disconnect { s, r, u }),
+        1 => (s.clone(), r.clone(), u.clone()).prop_map(|(s, r, u)| Op::Leave { s, r, u }),
+        1 => (s.clone(), r.clone(), u.clone()).prop_map(|(s, r, u)| Op::Reconnect { s, r, u }),
+        1 => (s.clone(), r.clone(), u.clone()).prop_map(|(s, r, u)| Op::Text { s, r, u }),
+        1 => s.prop_map(|s| Op::Drop { s }),
+    ]
+}
+
+/// A user in the model: the session bound (if any) and the host (last bound).
+#[derive(Debug, Clone, Copy)]
+struct MUser {
+    session: Option<u64>,
+    host: u64,
+}
+
+#[derive(Default)]
+struct Model {
+    rooms: BTreeMap<String, BTreeMap<String, MUser>>,
+}
+
+type Expected = BTreeMap<u64, Vec<(&'static str, String)>>;
+
+impl Model {
+    fn bound(&self, room: &str) -> BTreeSet<u64> {
+        self.rooms
+            .get(room)
+            .map(|users| users.values().filter_map(|u| u.session).collect())
+            .unwrap_or_default()
+    }
+
+    fn send(
+        &self,
+        exp: &mut Expected,
+        room: &str,
+        exclude: &[Option<u64>],
+        method: &'static str,
+        user: &str,
+    ) {
+        for sid in self.bound(room) {
+            if !exclude.contains(&Some(sid)) {
+                exp.entry(sid).or_default().push((method, user.to_owned()));
+            }
+        }
+    }
+
+    fn bind(&mut self, room: &str, user: &str, sid: u64) {
+        let users = self.rooms.entry(room.to_owned()).or_default();
+        let u = users.entry(user.to_owned()).or_insert(MUser {
+            session: None,
+            host: sid,
+        });
+        u.session = Some(sid);
+        u.host = sid;
+    }
+
+    fn drop_empty(&mut self, room: &str) {
+        if self.rooms.get(room).is_some_and(|u| u.is_empty()) {
+            self.rooms.remove(room);
+        }
+    }
+}
+
+struct Slot {
+    handle: Option<SessionHandle>,
+    rx: mpsc::Receiver<Outbound>,
+    id: u64,
+}
+
+fn open(center: &Center) -> Slot {
+    let (tx, rx) = mpsc::channel(100_000);
+    let handle = center.open_session(
+        PeerInfo {
+            addr: "model".into(),
+            transport: Transport::Ws,
+        },
+        Grant::unrestricted(),
+        tx,
+    );
+    Slot {
+        id: handle.id(),
+        handle: Some(handle),
+        rx,
+    }
+}
+
+fn cmd(kind: command::Kind) -> Command {
+    Command { kind: Some(kind) }
+}
+
+fn received(slot: &mut Slot) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    while let Ok(item) = slot.rx.try_recv() {
+        let Outbound::Event(d) = item else { continue };
+        let user = match d.event.kind.as_ref().unwrap() {
+            peer_event::Kind::NewUser(e) => e.user_id.clone(),
+            peer_event::Kind::NewPusher(e) => e.user_id.clone(),
+            peer_event::Kind::PullRemoteStream(e) => e.pusher_user_id.clone(),
+            peer_event::Kind::UserDisconnected(e) => e.user_id.clone(),
+            peer_event::Kind::UserLeft(e) => e.user_id.clone(),
+            peer_event::Kind::TextMessage(e) => e.user_id.clone(),
+            peer_event::Kind::UserReconnected(e) => e.user_id.clone(),
+        };
+        out.push((pilot_center::translate::event_method(&d.event), user));
+    }
+    out.sort();
+    out
+}
+
+fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let center = Center::default();
+    let mut slots: Vec<Slot> = (0..SLOTS).map(|_| open(&center)).collect();
+    let mut model = Model::default();
+    for op in ops {
+        let mut exp = Expected::new();
+        match op {
+            Op::Drop { s } => {
+                let sid = slots[s].id;
+                let rooms: Vec<String> = model.rooms.keys().cloned().collect();
+                for room in rooms {
+                    let hosted: Vec<(String, MUser)> = model.rooms[&room]
+                        .iter()
+                        .filter(|(_, u)| u.host == sid)
+                        .map(|(k, u)| (k.clone(), *u))
+                        .collect();
+                    for (user, u) in hosted {
+                        if u.session == Some(sid) {
+                            model
+                                .rooms
+                                .get_mut(&room)
+                                .unwrap()
+                                .get_mut(&user)
+                                .unwrap()
+                                .session = None;
+                            model.send(&mut exp, &room, &[Some(sid)], "userDisconnect", &user);
+                        }
+                        model.rooms.get_mut(&room).unwrap().remove(&user);
+                    }
+                    model.drop_empty(&room);
+                }
+                drop(slots[s].handle.take());
+                slots[s] = open(&center);
+            }
+            Op::Join { s, r, u, audience } => {
+                let (room, user, sid) = (format!("r{r}"), format!("u{u}"), slots[s].id);
+                let reply = slots[s]
+                    .handle
+                    .as_ref()
+                    .unwrap()
+                    .execute(cmd(command::Kind::Join(proto::JoinRequest {
+                        room_id: room.clone(),
+                        user_id: user.clone(),
+                        user_name: "n".into(),
+                        audience,
+                        extra: Default::default(),
+                    })))
+                    .unwrap();
+                let Some(proto::reply::Kind::Join(j)) = reply.kind else {
+                    panic!()
+                };
+                let others: BTreeSet<String> = model
+                    .rooms
+                    .get(&room)
+                    .map(|us| us.keys().filter(|k| **k != user).cloned().collect())
+                    .unwrap_or_default();
+                prop_assert_eq!(
+                    j.users
+                        .iter()
+                        .map(|u| u.user_id.clone())
+                        .collect::<BTreeSet<_>>(),
+                    others,
+                    "join snapshot"
+                );
+                model.bind(&room, &user, sid);
+                if !audience {
+                    model.send(&mut exp, &room, &[Some(sid)], "newUser", &user);
+                }
+            }
+            Op::Push { s, r, u } => {
+                let (room, user, sid) = (format!("r{r}"), format!("u{u}"), slots[s].id);
+                let p = proto::Publisher {
+                    pusher_id: "p".into(),
+                    rtp_param_json: "{\"ssrc\":1}".into(),
+                    extra: Default::default(),
+                };
+                slots[s]
+                    .handle
+                    .as_ref()
+                    .unwrap()
+                    .execute(cmd(command::Kind::Push(proto::PushRequest {
+                        room_id: room.clone(),
+                        user_id: user.clone(),
+                        user_name: "n".into(),
+                        publishers: vec![p],
+                        extra: Default::default(),
+                    })))
+                    .unwrap();
+                let existing = model.rooms.get(&room).and_then(|us| us.get(&user)).copied();
+                if existing.is_none_or(|x| x.session.is_none()) {
+                    model.bind(&room, &user, sid);
+                }
+                let bound = model.rooms[&room][&user].session;
+                model.send(&mut exp, &room, &[Some(sid), bound], "newPusher", &user);
+            }
+            Op::Pull { s, r, u } => {
+                let (room, user) = (format!("r{r}"), format!("u{u}"));
+                let result = slots[s].handle.as_ref().unwrap().execute(cmd(
+                    command::Kind::PullRemoteStream(proto::PullRemoteStreamRequest {
+                        room_id: room.clone(),
+                        pusher_user_id: user.clone(),
+                        payload_json: "{}".into(),
+                        ..Default::default()
+                    }),
+                ));
+                match model
+                    .rooms
+                    .get(&room)
+                    .and_then(|us| us.get(&user))
+                    .and_then(|x| x.session)
+                {
+                    Some(target) => {
+                        prop_assert!(result.is_ok());
+                        exp.entry(target)
+                            .or_default()
+                            .push(("pullRemoteStream", user));
+                    }
+                    None => prop_assert!(result.is_err()),
+                }
+            }
+            Op::Disconnect { s, r, u } | Op::Leave { s, r, u } => {
+                let leave = matches!(op, Op::Leave { .. });
+                let (room, user, sid) = (format!("r{r}"), format!("u{u}"), slots[s].id);
+                let kind = if leave {
+                    command::Kind::UserLeave(proto::UserLeaveRequest {
+                        room_id: room.clone(),
+                        user_id: user.clone(),
+                        extra: Default::default(),
+                    })
+                } else {
+                    command::Kind::UserDisconnect(proto::UserDisconnectRequest {
+                        room_id: room.clone(),
+                        user_id: user.clone(),
+                        extra: Default::default(),
+                    })
+                };
+                let result = slots[s].handle.as_ref().unwrap().execute(cmd(kind));
+                let known = model.rooms.contains_key(&room);
+                let other = model
+                    .rooms
+                    .get(&room)
+                    .and_then(|us| us.get(&user))
+                    .and_then(|x| x.session)
+                    .is_some_and(|b| b != sid);
+                prop_assert_eq!(result.is_ok(), known && !other);
+                if known && !other {
+                    model.send(
+                        &mut exp,
+                        &room,
+                        &[Some(sid)],
+                        if leave { "userLeave" } else { "userDisconnect" },
+                        &user,
+                    );
+                    let users = model.rooms.get_mut(&room).unwrap();
+                    if leave {
+                        users.remove(&user);
+                        model.drop_empty(&room);
+                    } else if let Some(x) = users.get_mut(&user) {
+                        x.session = None;
+                    }
+                }
+            }
+            Op::Reconnect { s, r, u } => {
+                let (room, user, sid) = (format!("r{r}"), format!("u{u}"), slots[s].id);
+                slots[s]
+                    .handle
+                    .as_ref()
+                    .unwrap()
+                    .execute(cmd(command::Kind::UserReconnect(
+                        proto::UserReConnectRequest {
+                            room_id: room.clone(),
+                            user_id: user.clone(),
+                            user_name: "n".into(),
+                            extra: Default::default(),
+                        },
+                    )))
+                    .unwrap();
+                model.bind(&room, &user, sid);
+                model.send(&mut exp, &room, &[Some(sid)], "userReConnect", &user);
+            }
+            Op::Text { s, r, u } => {
+                let (room, user, sid) = (format!("r{r}"), format!("u{u}"), slots[s].id);
+                let result =
+                    slots[s]
+                        .handle
+                        .as_ref()
+                        .unwrap()
+                        .execute(cmd(command::Kind::TextMessage(proto::TextMessageRequest {
+                            room_id: room.clone(),
+                            user_id: user.clone(),
+                            user_name: "n".into(),
+                            message: "m".into(),
+                            extra: Default::default(),
+                        })));
+                prop_assert_eq!(result.is_ok(), model.rooms.contains_key(&room));
+                let bound = model
+                    .rooms
+                    .get(&room)
+                    .and_then(|us| us.get(&user))
+                    .and_then(|x| x.session);
+                model.send(&mut exp, &room, &[Some(sid), bound], "textMessage", &user);
+            }
+        }
+        // Deliveries: exactly the expected ones, per session.
+        for slot in &mut slots {
+            let mut want = exp.remove(&slot.id).unwrap_or_default();
+            want.sort();
+            prop_assert_eq!(received(slot), want, "deliveries to session {}", slot.id);
+        }
+        // State: rooms, users and their bindings match the model.
+        let rooms: BTreeSet<String> = center.list_rooms().into_iter().map(|r| r.room_id).collect();
+        prop_assert_eq!(
+            &rooms,
+            &model.rooms.keys().cloned().collect::<BTreeSet<_>>()
+        );
+        for (room, users) in &model.rooms {
+            let detail = center.get_room(room).unwrap();
+            let got: BTreeMap<String, u64> = detail
+                .users
+                .iter()
+                .map(|u| (u.user_id.clone(), u.session_id))
+                .collect();
+            let want: BTreeMap<String, u64> = users
+                .iter()
+                .map(|(k, u)| (k.clone(), u.session.unwrap_or(0)))
+                .collect();
+            prop_assert_eq!(got, want, "room {}", room);
+        }
+    }
+    for slot in &mut slots {
+        drop(slot.handle.take());
+    }
+    prop_assert_eq!(
+        center.counts(),
+        (0, 0, 0, 0),
+        "nothing left after every session closed"
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #[test]
+    fn room_service_matches_the_model(ops in proptest::collection::vec(op(), 1..60)) {
+        run(ops)?;
+    }
+}
