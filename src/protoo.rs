@@ -116,42 +116,85 @@ fn string_of(raw: Option<&RawValue>) -> Option<String> {
 /// the center refuses what could overflow their stacks.
 pub const MAX_DEPTH: usize = 64;
 
-/// True when `text` nests arrays/objects deeper than `limit`. A linear scan
-/// that skips string contents; `text` is validated as JSON separately.
-fn nests_deeper_than(text: &str, limit: usize) -> bool {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for b in text.bytes() {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
+/// Checks what the JSON grammar allows but strict peers reject, so that the
+/// center, which forwards raw values verbatim, never sends such text on:
+/// nesting deeper than `max_depth`, `\u` escapes that are lone UTF-16
+/// surrogates, and numbers that overflow a double. A linear scan; the
+/// grammar itself is checked by the parser.
+fn check_strictness(text: &str, max_depth: usize) -> Result<(), &'static str> {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    let hex = |at: usize| -> Option<u16> {
+        let h = bytes.get(at..at + 4)?;
+        u16::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
+    };
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    if bytes[i] == b'\\' {
+                        if bytes.get(i + 1) == Some(&b'u') {
+                            let unit = hex(i + 2).unwrap_or(0);
+                            if (0xDC00..0xE000).contains(&unit) {
+                                return Err("lone low surrogate in a \\u escape");
+                            }
+                            if (0xD800..0xDC00).contains(&unit) {
+                                let low = (bytes.get(i + 6..i + 8) == Some(b"\\u"))
+                                    .then(|| hex(i + 8))
+                                    .flatten();
+                                if !low.is_some_and(|l| (0xDC00..0xE000).contains(&l)) {
+                                    return Err("lone high surrogate in a \\u escape");
+                                }
+                                i += 6;
+                            }
+                            i += 6;
+                            continue;
+                        }
+                        i += 1;
+                    }
+                    i += 1;
+                }
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
-                if depth > limit {
-                    return true;
+                if depth > max_depth {
+                    return Err("nested too deeply");
                 }
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i + 1 < bytes.len()
+                    && matches!(bytes[i + 1], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+                let token = &text[start..=i];
+                // Doubles overflow past about 1.8e308: only exponents and very long numbers can.
+                if (token.len() > 300 || token.contains(['e', 'E']))
+                    && !token.parse::<f64>().is_ok_and(f64::is_finite)
+                {
+                    return Err("number out of range of a double");
+                }
+            }
             _ => {}
         }
+        i += 1;
     }
-    false
+    Ok(())
+}
+
+/// Refuses JSON text that strict peers reject (see [`MAX_DEPTH`]): lone
+/// surrogate escapes, numbers that overflow a double, deep nesting.
+pub fn check_strict(text: &str) -> Result<(), &'static str> {
+    check_strictness(text, MAX_DEPTH)
 }
 
 /// Parses one text frame.
 pub fn parse(text: &str) -> Result<Message<'_>, FrameError> {
-    if nests_deeper_than(text, MAX_DEPTH) {
-        return Err(FrameError::InvalidJson(format!(
-            "nested deeper than {MAX_DEPTH} levels"
-        )));
-    }
+    check_strict(text).map_err(|why| FrameError::InvalidJson(why.to_owned()))?;
     let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
         if e.is_data() {
             // Valid JSON of the wrong shape (array, number, ...), or fields of
@@ -505,13 +548,39 @@ mod tests {
             "[".repeat(60),
             "]".repeat(60)
         );
-        assert!(!nests_deeper_than(&ok, MAX_DEPTH));
+        assert!(check_strictness(&ok, MAX_DEPTH).is_ok());
         let escaped = r#"{"a":"\\\"[[[[","b":[]}"#;
-        assert!(!nests_deeper_than(escaped, 2));
-        assert!(nests_deeper_than(
-            &format!("{}{}", "[".repeat(65), "]".repeat(65)),
-            MAX_DEPTH
-        ));
+        assert!(check_strictness(escaped, 2).is_ok());
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        assert!(check_strictness(&deep, MAX_DEPTH).is_err());
+    }
+
+    #[test]
+    fn what_strict_parsers_reject_is_refused() {
+        // Found by fuzzing: both are JSON by grammar, but serde_json's Value
+        // (and the SFU's parser) reject them, so they must not be forwarded.
+        let long = format!("[{}]", "9".repeat(400));
+        for bad in [
+            r#"{"a":"\uDEEE"}"#,
+            r#"{"a":"\uD800x"}"#,
+            r#"{"a":"\uD800\u0041"}"#,
+            "[1e1111]",
+            "[-2E400]",
+            long.as_str(),
+        ] {
+            assert!(check_strictness(bad, MAX_DEPTH).is_err(), "{bad}");
+            assert!(
+                serde_json::from_str::<Value>(bad).is_err(),
+                "serde_json agrees: {bad}"
+            );
+        }
+        for good in [
+            r#"{"a":"\uD83D\uDE00 \u00e9 \\uDEEE"}"#,
+            "[1e308, -1.5E-400, 123456789012345678901234567890, 0.25]",
+        ] {
+            assert!(check_strictness(good, MAX_DEPTH).is_ok(), "{good}");
+            assert!(serde_json::from_str::<Value>(good).is_ok(), "{good}");
+        }
     }
 
     #[test]

@@ -379,7 +379,8 @@ fn check_json(field: &'static str, text: &str, allow_empty: bool) -> Result<(), 
     }
     serde_json::from_str::<&RawValue>(text)
         .map(|_| ())
-        .map_err(|e| CenterError::invalid(field, format!("{field} is not valid JSON: {e}")))
+        .map_err(|e| CenterError::invalid(field, format!("{field} is not valid JSON: {e}")))?;
+    protoo::check_strict(text).map_err(|why| CenterError::invalid(field, format!("{field}: {why}")))
 }
 
 fn check_extra(field: &'static str, extra: &HashMap<String, String>) -> Result<(), CenterError> {

@@ -40,7 +40,7 @@ impl Rng {
 }
 
 fn users_of(i: usize) -> Vec<String> {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         vec![format!("u{i}a"), format!("u{i}b")]
     } else {
         vec![format!("u{i}a")]

@@ -616,6 +616,11 @@ async fn bad_input_in_every_method_is_answered_and_harmless() {
             id
         );
     }
+    // JSON that strict parsers reject (found by fuzzing): ignored, never forwarded.
+    bad.send_text(r#"{"notification":true,"method":"textMessage","data":{"roomId":"r","userId":"b","message":"\uDEEE"}}"#).await;
+    bad.send_text(r#"{"notification":true,"method":"textMessage","data":{"roomId":"r","userId":"b","message":"m","n":1e1111}}"#).await;
+    let r = bad.request("echo", json!(1)).await;
+    assert_eq!(r["ok"], json!(true));
     // Deep nesting inside the size limit: ignored, never forwarded.
     bad.send_text(format!("{{\"notification\":true,\"method\":\"textMessage\",\"data\":{{\"roomId\":\"r\",\"message\":{}{}}}}}", "[".repeat(200), "]".repeat(200))).await;
     good.expect_silence().await;
