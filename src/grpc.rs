@@ -6,7 +6,6 @@ use crate::auth::{Authenticator, Grant, Role, bearer};
 use crate::center::{Center, EventFilter, Outbound, PeerInfo, SessionHandle, lagged};
 use crate::error::CenterError;
 use crate::limits::{RateGate, RateSettings, Verdict};
-use crate::metrics::{CodeLabel, KindLabel, method_label};
 use crate::proto::room_service_server::{RoomService, RoomServiceServer};
 use crate::proto::{
     self, CenterMessage, PeerMessage, Transport, center_message, command_result, peer_message,
@@ -405,29 +404,18 @@ impl PeerStream {
                     .kind
                     .as_ref()
                     .map_or("other", translate::command_method);
-                metrics
-                    .messages_in
-                    .get_or_create(&method_label(method))
-                    .inc();
+                metrics.inbound(method);
                 let verdict = self.gate.check();
                 let result = if verdict == Verdict::Pass {
                     translate::check_command(&command).and_then(|()| self.handle.execute(command))
                 } else {
-                    metrics
-                        .rate_limited
-                        .get_or_create(&KindLabel { kind: "request" })
-                        .inc();
+                    metrics.limited("request");
                     Err(CenterError::RateLimited)
                 };
                 let outcome = match result {
                     Ok(reply) => command_result::Outcome::Reply(reply),
                     Err(e) => {
-                        metrics
-                            .errors
-                            .get_or_create(&CodeLabel {
-                                code: e.protoo_code(),
-                            })
-                            .inc();
+                        metrics.error(e.protoo_code());
                         command_result::Outcome::Error((&e).into())
                     }
                 };
@@ -467,11 +455,7 @@ impl PeerStream {
             GrpcOut::Center(Outbound::Event(d)) => translate::event_method(&d.event),
             GrpcOut::Center(Outbound::Invite { .. }) => "invite",
         };
-        self.handle
-            .metrics()
-            .messages_out
-            .get_or_create(&method_label(method))
-            .inc();
+        self.handle.metrics().outbound(method);
         let kind = match item {
             GrpcOut::Result(r) => center_message::Kind::Result(r),
             GrpcOut::Center(Outbound::Event(d)) => center_message::Kind::Event(d.event.clone()),

@@ -221,6 +221,26 @@ impl Metrics {
         }
     }
 
+    /// Counts one message received, by method.
+    pub fn inbound(&self, method: &str) {
+        self.messages_in.get_or_create(&method_label(method)).inc();
+    }
+
+    /// Counts one message queued to a peer, by method.
+    pub fn outbound(&self, method: &str) {
+        self.messages_out.get_or_create(&method_label(method)).inc();
+    }
+
+    /// Counts one error response, by protoo code.
+    pub fn error(&self, code: u16) {
+        self.errors.get_or_create(&CodeLabel { code }).inc();
+    }
+
+    /// Counts one message refused by the rate limit (`request` or `notification`).
+    pub fn limited(&self, kind: &'static str) {
+        self.rate_limited.get_or_create(&KindLabel { kind }).inc();
+    }
+
     /// The Prometheus/OpenMetrics text, with the state gauges set from `state`.
     pub fn render(&self, state: &StateGauges) -> String {
         for kind in ["ws", "wss", "grpc"] {

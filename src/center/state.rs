@@ -697,26 +697,38 @@ impl State {
         }
     }
 
+    /// The shared first half of `userDisconnect` and `userLeave`: only the
+    /// session speaking for the user may report it; the room's other
+    /// sessions hear `event`. Returns the user's session before the report.
+    fn announce_departure(
+        &mut self,
+        sid: SessionId,
+        room_id: &str,
+        user_id: &str,
+        event: peer_event::Kind,
+    ) -> Result<Option<SessionId>, CenterError> {
+        let bound = self.speaker(sid, room_id, user_id)?;
+        let room = self
+            .rooms
+            .get(room_id)
+            .ok_or_else(|| CenterError::RoomNotFound(room_id.to_owned()))?;
+        broadcast(&self.sessions, room, &[Some(sid)], event);
+        Ok(bound)
+    }
+
     pub(super) fn user_disconnect(
         &mut self,
         sid: SessionId,
         r: proto::UserDisconnectRequest,
     ) -> Result<(), CenterError> {
-        let bound = self.speaker(sid, &r.room_id, &r.user_id)?;
-        let Some(room) = self.rooms.get_mut(&r.room_id) else {
-            return Err(CenterError::RoomNotFound(r.room_id));
-        };
-        broadcast(
-            &self.sessions,
-            room,
-            &[Some(sid)],
-            peer_event::Kind::UserDisconnected(proto::UserDisconnected {
-                room_id: r.room_id.clone(),
-                user_id: r.user_id.clone(),
-                extra: r.extra,
-            }),
-        );
+        let event = peer_event::Kind::UserDisconnected(proto::UserDisconnected {
+            room_id: r.room_id.clone(),
+            user_id: r.user_id.clone(),
+            extra: r.extra,
+        });
+        let bound = self.announce_departure(sid, &r.room_id, &r.user_id, event)?;
         if bound.is_some()
+            && let Some(room) = self.rooms.get_mut(&r.room_id)
             && let Some(user) = room.users.get_mut(&r.user_id)
         {
             user.session = None;
@@ -738,20 +750,15 @@ impl State {
         sid: SessionId,
         r: proto::UserLeaveRequest,
     ) -> Result<(), CenterError> {
-        self.speaker(sid, &r.room_id, &r.user_id)?;
+        let event = peer_event::Kind::UserLeft(proto::UserLeft {
+            room_id: r.room_id.clone(),
+            user_id: r.user_id.clone(),
+            extra: r.extra,
+        });
+        self.announce_departure(sid, &r.room_id, &r.user_id, event)?;
         let Some(room) = self.rooms.get_mut(&r.room_id) else {
             return Err(CenterError::RoomNotFound(r.room_id));
         };
-        broadcast(
-            &self.sessions,
-            room,
-            &[Some(sid)],
-            peer_event::Kind::UserLeft(proto::UserLeft {
-                room_id: r.room_id.clone(),
-                user_id: r.user_id.clone(),
-                extra: r.extra,
-            }),
-        );
         let removed = remove_user(&mut self.sessions, room, &r.room_id, &r.user_id).is_some();
         let empty = room.users.is_empty();
         tracing::info!(room.id = %r.room_id, user.id = %r.user_id, "user left");

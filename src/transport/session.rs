@@ -10,7 +10,7 @@
 use crate::auth::Grant;
 use crate::center::{Center, Outbound, PeerInfo, SessionHandle};
 use crate::limits::{RateGate, RateSettings, Verdict};
-use crate::metrics::{CodeLabel, KindLabel, method_label};
+use crate::metrics::method_label;
 use crate::proto::Transport;
 use crate::protoo::{self, Message as Protoo};
 use crate::translate;
@@ -307,21 +307,15 @@ fn read_error(e: WsError) -> End {
 fn on_text(ctx: &Ctx, text: &str, gate: &mut RateGate) -> Verdict {
     let metrics = ctx.handle.metrics();
     let respond_error = |id: Option<&serde_json::value::RawValue>, code: u16, reason: &str| {
-        metrics.errors.get_or_create(&CodeLabel { code }).inc();
+        metrics.error(code);
         ctx.send_text(protoo::error_response(id, code, reason));
     };
     match protoo::parse(text) {
         Ok(Protoo::Request { id, method, data }) => {
-            metrics
-                .messages_in
-                .get_or_create(&method_label(&method))
-                .inc();
+            metrics.inbound(&method);
             let verdict = gate.check();
             if verdict != Verdict::Pass {
-                metrics
-                    .rate_limited
-                    .get_or_create(&KindLabel { kind: "request" })
-                    .inc();
+                metrics.limited("request");
                 respond_error(Some(id), 429, "rate limited");
                 return verdict;
             }
@@ -345,18 +339,10 @@ fn on_text(ctx: &Ctx, text: &str, gate: &mut RateGate) -> Verdict {
             verdict
         }
         Ok(Protoo::Notification { method, data }) => {
-            metrics
-                .messages_in
-                .get_or_create(&method_label(&method))
-                .inc();
+            metrics.inbound(&method);
             let verdict = gate.check();
             if verdict != Verdict::Pass {
-                metrics
-                    .rate_limited
-                    .get_or_create(&KindLabel {
-                        kind: "notification",
-                    })
-                    .inc();
+                metrics.limited("notification");
                 tracing::debug!(method = %method, "notification dropped: rate limited");
                 return verdict;
             }
@@ -374,10 +360,7 @@ fn on_text(ctx: &Ctx, text: &str, gate: &mut RateGate) -> Verdict {
             error_code,
             error_reason,
         }) => {
-            metrics
-                .messages_in
-                .get_or_create(&method_label("response"))
-                .inc();
+            metrics.inbound("response");
             let room = serde_json::from_str::<u64>(id.get())
                 .ok()
                 .and_then(|id| ctx.invites.answer(id));
@@ -445,10 +428,7 @@ where
             WsOut::Center(Outbound::Event(d)) => translate::event_method(&d.event),
             WsOut::Center(Outbound::Invite { .. }) => "invite",
         };
-        metrics
-            .messages_out
-            .get_or_create(&method_label(method))
-            .inc();
+        metrics.outbound(method);
         encode_item(item)
     };
     loop {

@@ -30,62 +30,15 @@ pub struct Target {
     pub insecure: bool,
 }
 
-#[derive(Debug)]
-struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
+fn tls_connector(insecure: bool) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    if insecure {
+        return Ok(tokio_rustls::TlsConnector::from(
+            pilot_center::tls::insecure_client_config()?,
+        ));
     }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-fn tls_connector(insecure: bool) -> tokio_rustls::TlsConnector {
-    let provider = pilot_center::tls::provider();
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap_or_else(|_| unreachable_config());
-    let config = if insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-            .with_no_client_auth()
-    } else {
-        builder
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth()
-    };
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-}
-
-fn unreachable_config() -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier> {
-    // ring supports the default protocol versions; this cannot happen.
-    std::process::exit(2)
+    anyhow::bail!(
+        "wss without --insecure needs a trusted certificate, which pilot-bench does not load; pass --insecure"
+    )
 }
 
 /// Opens one connection, from `source` when given (to spread many
@@ -121,7 +74,7 @@ pub async fn connect(target: &Target, source: Option<IpAddr>) -> anyhow::Result<
     tcp.set_nodelay(true)?;
     let stream: Box<dyn Io> = if uri.scheme_str() == Some("wss") {
         let name = rustls::pki_types::ServerName::try_from(host)?;
-        Box::new(tls_connector(target.insecure).connect(name, tcp).await?)
+        Box::new(tls_connector(target.insecure)?.connect(name, tcp).await?)
     } else {
         Box::new(tcp)
     };

@@ -1,0 +1,121 @@
+//! Microbenchmarks of the hot path with realistic `push` and
+//! `pullRemoteStream` payloads: protoo parsing, JSON -> protobuf
+//! translation, event serialization, and a whole push through the room
+//! service to three other sessions.
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use pilot_center::auth::Grant;
+use pilot_center::center::{Center, Delivery, Outbound, PeerInfo};
+use pilot_center::proto::{self, Transport};
+use pilot_center::{protoo, translate};
+use std::hint::black_box;
+use std::sync::OnceLock;
+
+const RTP: &str = r#"{"av_type":"video","codec":"H264","fmtp_param":"profile-level-id=42e01f;level-asymmetry-allowed=1;packetization-mode=1;","rtcp_features":["nack","pli","transport-cc"],"channel":0,"ssrc":11111,"payload_type":96,"clock_rate":90000,"rtx_ssrc":11112,"rtx_payload_type":97,"use_nack":true,"key_request":true,"mid_ext_id":1,"tcc_ext_id":3}"#;
+
+fn push_frame() -> String {
+    format!(
+        r#"{{"notification":true,"method":"push","data":{{"roomId":"room-42","userId":"user-7","userName":"Alice","publishers":[{{"pusherId":"user-7-video","rtpParam":{RTP}}},{{"pusherId":"user-7-audio","rtpParam":{{"av_type":"audio","codec":"opus","ssrc":22222,"payload_type":111,"clock_rate":48000,"channel":2}}}}]}}}}"#
+    )
+}
+
+fn pull_frame() -> String {
+    format!(
+        r#"{{"notification":true,"method":"pullRemoteStream","data":{{"roomId":"room-42","pusher_user_id":"user-7","udp_ip":"192.168.1.4","udp_port":10001,"mediaType":"video","pushInfo":{{"pusherId":"user-7-video","rtpParam":{RTP}}}}}}}"#
+    )
+}
+
+fn data_of(frame: &str) -> (String, Box<serde_json::value::RawValue>) {
+    match protoo::parse(frame).unwrap() {
+        protoo::Message::Notification { method, data } => (method, data.to_owned()),
+        _ => unreachable!(),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let (push, pull) = (push_frame(), pull_frame());
+    c.bench_function("protoo::parse push", |b| {
+        b.iter(|| protoo::parse(black_box(&push)).is_ok())
+    });
+    c.bench_function("protoo::parse pullRemoteStream", |b| {
+        b.iter(|| protoo::parse(black_box(&pull)).is_ok())
+    });
+
+    let (method, data) = data_of(&push);
+    c.bench_function("translate push -> protobuf", |b| {
+        b.iter(|| translate::notification_command(black_box(&method), black_box(&data)).unwrap())
+    });
+    let (pmethod, pdata) = data_of(&pull);
+    c.bench_function("translate pullRemoteStream -> protobuf", |b| {
+        b.iter(|| translate::notification_command(black_box(&pmethod), black_box(&pdata)).unwrap())
+    });
+
+    let Some(proto::command::Kind::Push(p)) = translate::notification_command(&method, &data)
+        .unwrap()
+        .kind
+    else {
+        unreachable!()
+    };
+    let event = proto::PeerEvent {
+        kind: Some(proto::peer_event::Kind::NewPusher(proto::NewPusher {
+            room_id: p.room_id.clone(),
+            user_id: p.user_id.clone(),
+            user_name: p.user_name.clone(),
+            pushers: p.publishers.clone(),
+            extra: Default::default(),
+        })),
+    };
+    c.bench_function("serialize newPusher (protobuf -> protoo text)", |b| {
+        b.iter(|| {
+            let d = Delivery {
+                event: black_box(event.clone()),
+                json: OnceLock::new(),
+            };
+            translate::delivery_text(&d)
+        })
+    });
+
+    // A push through the room service: parse, translate, execute, and the
+    // text each of three other sessions would be sent (made once, shared).
+    let center = Center::default();
+    let peer = || PeerInfo {
+        addr: "bench".into(),
+        transport: Transport::Ws,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Outbound>(1 << 20);
+    let sender = center.open_session(peer(), Grant::unrestricted(), tx.clone());
+    let others: Vec<_> = (0..3)
+        .map(|_| center.open_session(peer(), Grant::unrestricted(), tx.clone()))
+        .collect();
+    for (i, s) in others.iter().enumerate() {
+        let join = format!(r#"{{"roomId":"room-42","userId":"other-{i}","userName":"O"}}"#);
+        let raw: Box<serde_json::value::RawValue> = serde_json::from_str(&join).unwrap();
+        s.execute(translate::request_command("join", &raw).unwrap())
+            .unwrap();
+    }
+    while rx.try_recv().is_ok() {}
+    c.bench_function(
+        "push end to end (parse, translate, room service, 3 deliveries)",
+        |b| {
+            b.iter(|| {
+                let protoo::Message::Notification { method, data } =
+                    protoo::parse(black_box(&push)).unwrap()
+                else {
+                    unreachable!()
+                };
+                sender
+                    .execute(translate::notification_command(&method, data).unwrap())
+                    .unwrap();
+                while let Ok(Outbound::Event(d)) = rx.try_recv() {
+                    black_box(translate::delivery_text(&d));
+                }
+            })
+        },
+    );
+    drop((sender, others));
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
