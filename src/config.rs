@@ -186,6 +186,10 @@ pub struct WebSocketConfig {
     /// Most concurrent sessions (0: no limit); beyond, HTTP 503.
     #[serde(default)]
     pub max_sessions: usize,
+    /// Most concurrent sessions from one peer address (0: no limit);
+    /// beyond, HTTP 429.
+    #[serde(default)]
+    pub max_sessions_per_ip: usize,
 }
 
 /// `grpc:` section.

@@ -657,6 +657,73 @@ async fn connection_limits() {
 }
 
 #[tokio::test]
+async fn per_address_connection_limit() {
+    let server = Server::start(&common::config_sections(
+        false,
+        "  max_sessions_per_ip: 1\n",
+        "",
+        "",
+    ))
+    .await
+    .unwrap();
+    let _a = Peer::connect(&server).await;
+    assert_eq!(
+        upgrade_status(server.ws_addr(), "/pilot/center", "").await,
+        429
+    );
+    let (_, metrics) = http_get(server.admin_addr().unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains("pilot_upgrades_refused_total{code=\"429\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn rooms_and_users_per_session_are_limited() {
+    let server = Server::start(&common::config_sections(
+        false,
+        "",
+        "",
+        "  max_rooms_per_session: 2\n  max_users_per_session: 3\n",
+    ))
+    .await
+    .unwrap();
+    let mut p = Peer::connect(&server).await;
+    p.join("r1", "a", "A").await;
+    p.join("r2", "b", "B").await;
+    let r = p
+        .request("join", json!({"roomId": "r3", "userId": "c"}))
+        .await;
+    assert_eq!(
+        (r["errorCode"].clone(), r["errorReason"].clone()),
+        (
+            json!(429),
+            json!("limit reached: at most 2 rooms per session")
+        )
+    );
+    p.join("r1", "c", "C").await;
+    let r = p
+        .request("join", json!({"roomId": "r2", "userId": "d"}))
+        .await;
+    assert_eq!(r["errorCode"], json!(429));
+    // Re-joining a user it already carries is no new user.
+    p.join("r1", "a", "A").await;
+    // Pushes and reconnects that would add users are refused and leave nothing behind.
+    p.notify(
+        "push",
+        json!({"roomId": "r1", "userId": "z", "publishers": []}),
+    )
+    .await;
+    p.notify("userReConnect", json!({"roomId": "r9", "userId": "y"}))
+        .await;
+    assert_eq!(p.request("echo", json!(1)).await["ok"], json!(true));
+    assert_eq!(server.center().counts(), (1, 2, 3, 0));
+    drop(p);
+    let center = server.center().clone();
+    eventually("an empty center", || center.counts() == (0, 0, 0, 0)).await;
+}
+
+#[tokio::test]
 async fn silent_peers_are_dropped_after_ping_timeout() {
     let server = Server::start(&common::config_sections(
         false,

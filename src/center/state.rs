@@ -411,10 +411,24 @@ impl State {
         self.rooms.entry(room_id.to_owned()).or_default()
     }
 
-    fn check_session_limits(&self, sid: SessionId, room_id: &str) -> Result<(), CenterError> {
+    /// Checks the per-session limits before `sid` takes `user_id` of `room_id`.
+    fn check_session_limits(
+        &self,
+        sid: SessionId,
+        room_id: &str,
+        user_id: &str,
+    ) -> Result<(), CenterError> {
         let Some(entry) = self.sessions.get(&sid) else {
             return Err(CenterError::Internal("session is closed".into()));
         };
+        if entry
+            .hosted
+            .get(room_id)
+            .is_some_and(|users| users.contains(user_id))
+        {
+            // Already carried: nothing new to count.
+            return Ok(());
+        }
         let max_rooms = self.config.max_rooms_per_session;
         if max_rooms > 0 && !entry.hosted.contains_key(room_id) && entry.hosted.len() >= max_rooms {
             return Err(CenterError::LimitReached(format!(
@@ -430,11 +444,11 @@ impl State {
         Ok(())
     }
 
-    /// Creates the user when unknown; returns whether it was created.
-    fn ensure_user(&mut self, sid: SessionId, room_id: &str, user_id: &str, name: &str) -> bool {
+    /// Creates the room and the user when unknown.
+    fn ensure_user(&mut self, sid: SessionId, room_id: &str, user_id: &str, name: &str) {
         let room = self.room_entry(room_id);
         if room.users.contains_key(user_id) {
-            return false;
+            return;
         }
         room.users.insert(
             user_id.to_owned(),
@@ -446,7 +460,6 @@ impl State {
                 pushers: Vec::new(),
             },
         );
-        true
     }
 
     pub(super) fn register_msu(
@@ -502,7 +515,7 @@ impl State {
         const REASON: &str = "Invalid roomId or userId";
         required(&r.room_id, "room_id", REASON)?;
         required(&r.user_id, "user_id", REASON)?;
-        self.check_session_limits(sid, &r.room_id)?;
+        self.check_session_limits(sid, &r.room_id, &r.user_id)?;
         self.ensure_user(sid, &r.room_id, &r.user_id, &r.user_name);
         let room = existing(&mut self.rooms, &r.room_id)?;
         if let Some(user) = room.users.get_mut(&r.user_id) {
@@ -592,9 +605,17 @@ impl State {
     ) -> Result<(), CenterError> {
         required(&r.room_id, "room_id", "Invalid roomId")?;
         required(&r.user_id, "user_id", "Invalid userId")?;
-        if self.ensure_user(sid, &r.room_id, &r.user_id, &r.user_name) {
-            self.check_session_limits(sid, &r.room_id)?;
+        // A push binds a new or unbound user to this session: check first,
+        // so a refused push leaves nothing behind.
+        let bound = self
+            .rooms
+            .get(&r.room_id)
+            .and_then(|room| room.users.get(&r.user_id))
+            .map(|u| u.session);
+        if !matches!(bound, Some(Some(_))) {
+            self.check_session_limits(sid, &r.room_id, &r.user_id)?;
         }
+        self.ensure_user(sid, &r.room_id, &r.user_id, &r.user_name);
         let room = existing(&mut self.rooms, &r.room_id)?;
         let Some(user) = room.users.get_mut(&r.user_id) else {
             return Err(CenterError::Internal("user vanished".into()));
@@ -814,9 +835,8 @@ impl State {
         const REASON: &str = "Invalid roomId or userId";
         required(&r.room_id, "room_id", REASON)?;
         required(&r.user_id, "user_id", REASON)?;
-        if self.ensure_user(sid, &r.room_id, &r.user_id, &r.user_name) {
-            self.check_session_limits(sid, &r.room_id)?;
-        }
+        self.check_session_limits(sid, &r.room_id, &r.user_id)?;
+        self.ensure_user(sid, &r.room_id, &r.user_id, &r.user_name);
         let room = existing(&mut self.rooms, &r.room_id)?;
         if let Some(user) = room.users.get_mut(&r.user_id)
             && !r.user_name.is_empty()

@@ -13,9 +13,9 @@ use crate::config::WebSocketConfig;
 use crate::limits::RateSettings;
 use crate::proto::Transport;
 use handshake::{Parsed, Refusal, Rejection};
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -37,8 +37,56 @@ pub struct Gateway {
     /// Token verifier; `None` when authentication is off.
     auth: Option<Arc<Authenticator>>,
     rate: RateSettings,
-    /// Sessions past the upgrade, for `max_sessions`.
-    active: AtomicUsize,
+    /// Sessions past the upgrade, for the connection limits.
+    slots: Arc<Slots>,
+}
+
+/// Counts sessions, in all and per peer address, against the limits.
+struct Slots {
+    max_total: usize,
+    max_per_ip: usize,
+    /// (sessions in all, sessions per peer address). Held only to count.
+    counts: parking_lot::Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One session's place; given back when dropped.
+struct Slot {
+    slots: Arc<Slots>,
+    ip: IpAddr,
+}
+
+impl Slots {
+    /// Takes a place for a session from `ip`, or says why not: 503 when the
+    /// center is full, 429 when this address has too many sessions.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refusal> {
+        let mut counts = self.counts.lock();
+        if self.max_total > 0 && counts.0 >= self.max_total {
+            return Err(Refusal::Unavailable("too many sessions"));
+        }
+        let per_ip = counts.1.entry(ip).or_default();
+        if self.max_per_ip > 0 && *per_ip >= self.max_per_ip {
+            return Err(Refusal::TooManyRequests);
+        }
+        *per_ip += 1;
+        counts.0 += 1;
+        Ok(Slot {
+            slots: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.slots.counts.lock();
+        counts.0 -= 1;
+        if let Some(n) = counts.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.1.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// The gateway's settings beyond the `websocket:` section.
@@ -58,12 +106,16 @@ impl Gateway {
     pub fn new(center: Center, config: WebSocketConfig, options: GatewayOptions) -> Self {
         Self {
             center,
-            config,
             invite_timeout: options.invite_timeout,
             tls: options.tls.map(TlsAcceptor::from),
             auth: options.auth,
             rate: options.rate,
-            active: AtomicUsize::new(0),
+            slots: Arc::new(Slots {
+                max_total: config.max_sessions,
+                max_per_ip: config.max_sessions_per_ip,
+                counts: parking_lot::Mutex::new((0, HashMap::new())),
+            }),
+            config,
         }
     }
 
@@ -172,12 +224,10 @@ impl Gateway {
                 .refuse(&mut stream, peer, Refusal::Unavailable("shutting down"))
                 .await;
         }
-        let max = self.config.max_sessions;
-        if max > 0 && self.active.load(Ordering::Relaxed) >= max {
-            return self
-                .refuse(&mut stream, peer, Refusal::Unavailable("too many sessions"))
-                .await;
-        }
+        let _slot = match self.slots.take(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => return self.refuse(&mut stream, peer, refusal).await,
+        };
         let grant = match self.authorize(&request) {
             Ok(grant) => grant,
             Err(refusal) => return self.refuse(&mut stream, peer, refusal).await,
@@ -201,7 +251,6 @@ impl Gateway {
             Some(self.protocol_config()),
         )
         .await;
-        self.active.fetch_add(1, Ordering::Relaxed);
         let span =
             tracing::info_span!("session", peer.addr = %peer, transport = transport.as_str_name());
         session::run(
@@ -221,7 +270,6 @@ impl Gateway {
         )
         .instrument(span)
         .await;
-        self.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
