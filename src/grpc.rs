@@ -171,9 +171,11 @@ impl RoomService for RoomServiceImpl {
             center_tx.clone(),
         );
         let span = tracing::info_span!("session", peer.addr = %addr, transport = "grpc", session.id = handle.id());
+        let cut: Arc<parking_lot::Mutex<Option<Status>>> = Arc::default();
         let run = PeerStream {
             handle,
             center_tx,
+            cut: cut.clone(),
             settings: self.settings.clone(),
             invites: HashMap::new(),
             next_invite: 0,
@@ -184,7 +186,11 @@ impl RoomService for RoomServiceImpl {
             run.run(inbound, center_rx, out_tx, shutdown),
             span,
         ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+        Ok(Response::new(Box::pin(Outgoing {
+            rx: out_rx,
+            cut,
+            done: false,
+        })))
     }
 
     async fn list_rooms(
@@ -328,9 +334,45 @@ struct PeerStream {
     invites: HashMap<u64, (String, Instant)>,
     next_invite: u64,
     gate: RateGate,
+    /// Set when the session is cut off: the final status for the peer.
+    cut: Arc<parking_lot::Mutex<Option<Status>>>,
+}
+
+/// The response stream of a `PeerSession`: what the session queued, unless
+/// the session was cut off (slow consumer, rate limit), in which case the
+/// final status comes first: the backlog is of no use to a peer that fell
+/// behind, and it could not reach the status through a full queue.
+struct Outgoing {
+    rx: mpsc::Receiver<Result<CenterMessage, Status>>,
+    cut: Arc<parking_lot::Mutex<Option<Status>>>,
+    done: bool,
+}
+
+impl futures_util::Stream for Outgoing {
+    type Item = Result<CenterMessage, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if self.done {
+            return std::task::Poll::Ready(None);
+        }
+        let cut = self.cut.lock().take();
+        if let Some(status) = cut {
+            self.done = true;
+            return std::task::Poll::Ready(Some(Err(status)));
+        }
+        self.rx.poll_recv(cx)
+    }
 }
 
 impl PeerStream {
+    /// Ends the stream with `status` ahead of anything still queued.
+    fn cut_off(&self, status: Status) {
+        *self.cut.lock() = Some(status);
+    }
+
     async fn run(
         mut self,
         mut inbound: Streaming<PeerMessage>,
@@ -348,7 +390,7 @@ impl PeerStream {
                         self.handle.note_inbound();
                         if self.on_message(msg) == Verdict::Close {
                             self.handle.metrics().rate_limit_closes.inc();
-                            let _ = out.try_send(Err(Status::resource_exhausted("rate limit exceeded")));
+                            self.cut_off(Status::resource_exhausted("rate limit exceeded"));
                             break "rate limit exceeded";
                         }
                     }
@@ -364,7 +406,8 @@ impl PeerStream {
                     match out.try_send(Ok(message)) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
-                            let _ = out.try_send(Err(Status::resource_exhausted("slow consumer")));
+                            self.handle.metrics().slow_consumers.inc();
+                            self.cut_off(Status::resource_exhausted("slow consumer"));
                             break "slow consumer";
                         }
                         Err(mpsc::error::TrySendError::Closed(_)) => break "peer gone",
@@ -372,7 +415,7 @@ impl PeerStream {
                 }
                 () = self.handle.overflow().cancelled() => {
                     self.handle.metrics().slow_consumers.inc();
-                    let _ = out.try_send(Err(Status::resource_exhausted("slow consumer")));
+                    self.cut_off(Status::resource_exhausted("slow consumer"));
                     break "slow consumer";
                 }
                 () = shutdown.cancelled() => {

@@ -671,3 +671,47 @@ async fn health_and_reflection_are_served() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_grpc_peer_that_stops_reading_is_cut_off() {
+    let server = pilot_center::server::Server::start(&common::config_sections(
+        false,
+        "",
+        "  outbound_queue: 8\n",
+        "",
+    ))
+    .await
+    .unwrap();
+    let mut g = GrpcPeer::open(&server).await;
+    g.run(join("r", "g", "G")).await;
+    let mut w = Peer::connect(&server).await;
+    w.join("r", "w", "W").await;
+    g.event().await;
+    // g stops reading; w floods the room with 16 MB.
+    let pad = "p".repeat(4096);
+    for i in 0..4000 {
+        w.notify(
+            "textMessage",
+            json!({"roomId": "r", "userId": "w", "message": format!("{i}{pad}")}),
+        )
+        .await;
+    }
+    let center = server.center().clone();
+    common::eventually("the stalled gRPC session to be closed", || {
+        center.list_sessions().len() == 1
+    })
+    .await;
+    assert_eq!(w.request("echo", json!(1)).await["ok"], json!(true));
+    // The stream ends with RESOURCE_EXHAUSTED once g reads again.
+    let status = loop {
+        match tokio::time::timeout(WAIT, g.rx.next())
+            .await
+            .expect("ends in time")
+        {
+            Some(Ok(_)) => continue,
+            Some(Err(s)) => break s.code(),
+            None => panic!("ended without a status"),
+        }
+    };
+    assert_eq!(status, Code::ResourceExhausted);
+}
