@@ -37,6 +37,18 @@ def main():
     check("pilot.v1.RoomService" in services, "RoomService listed")
     check("grpc.health.v1.Health" in services, "health listed")
 
+    # Reflection v1 answers too (same messages as v1alpha on the wire).
+    from grpc_reflection.v1alpha import reflection_pb2
+    v1 = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    answer = next(iter(v1(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)))
+    v1_services = [s.name for s in answer.list_services_response.service]
+    print("v1 services:", v1_services)
+    check("pilot.v1.RoomService" in v1_services, "reflection v1 lists RoomService")
+
     health = health_pb2_grpc.HealthStub(channel)
     status = health.Check(health_pb2.HealthCheckRequest(service="pilot.v1.RoomService"), timeout=5)
     check(status.status == health_pb2.HealthCheckResponse.SERVING, "SERVING")
