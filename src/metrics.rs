@@ -53,6 +53,11 @@ pub struct Metrics {
     pub feed_skipped: Counter,
     /// Upgrades refused (by HTTP status class).
     pub refused: Family<CodeLabel, Counter>,
+    /// `messages_in` per method, by [`METHODS`] index: counted on the hot
+    /// path without the family's lock.
+    in_by_method: Vec<Counter>,
+    /// `messages_out` per method, likewise.
+    out_by_method: Vec<Counter>,
     sessions: Family<KindLabel, Gauge>,
     rooms: Gauge,
     users: Gauge,
@@ -91,20 +96,24 @@ const METHODS: &[&str] = &[
     "userReConnect",
     "newUser",
     "newPusher",
-    "userDisconnect",
     "invite",
     "response",
+    "other",
 ];
 
 /// `method` as a bounded label value.
 pub fn method_label(method: &str) -> MethodLabel {
     MethodLabel {
-        method: METHODS
-            .iter()
-            .find(|m| **m == method)
-            .copied()
-            .unwrap_or("other"),
+        method: METHODS[method_index(method)],
     }
+}
+
+/// The position of `method` in [`METHODS`] (`other` when unknown).
+fn method_index(method: &str) -> usize {
+    METHODS
+        .iter()
+        .position(|m| *m == method)
+        .unwrap_or(METHODS.len() - 1)
 }
 
 impl Default for Metrics {
@@ -200,8 +209,17 @@ impl Metrics {
             "Items queued to the most backed-up session",
             queue_depth_max.clone(),
         );
+        let per_method = |family: &Family<MethodLabel, Counter>| -> Vec<Counter> {
+            METHODS
+                .iter()
+                .map(|m| family.get_or_create(&MethodLabel { method: m }).clone())
+                .collect()
+        };
+        let (in_by_method, out_by_method) = (per_method(&messages_in), per_method(&messages_out));
         Self {
             registry,
+            in_by_method,
+            out_by_method,
             messages_in,
             messages_out,
             errors,
@@ -223,12 +241,12 @@ impl Metrics {
 
     /// Counts one message received, by method.
     pub fn inbound(&self, method: &str) {
-        self.messages_in.get_or_create(&method_label(method)).inc();
+        self.in_by_method[method_index(method)].inc();
     }
 
     /// Counts one message queued to a peer, by method.
     pub fn outbound(&self, method: &str) {
-        self.messages_out.get_or_create(&method_label(method)).inc();
+        self.out_by_method[method_index(method)].inc();
     }
 
     /// Counts one error response, by protoo code.

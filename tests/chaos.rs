@@ -102,12 +102,16 @@ async fn sessions_vanishing_at_random_leave_a_clean_state() {
         .collect();
     let joined = Arc::new(Barrier::new(SESSIONS + 1));
     let stop = CancellationToken::new();
+    // What each session heard about lost users: user id -> times.
+    type Heard = Arc<parking_lot::Mutex<BTreeMap<String, u32>>>;
+    let heard_by: Vec<Heard> = (0..SESSIONS).map(|_| Heard::default()).collect();
     let mut tasks = Vec::new();
     let mut go = Vec::new();
     for i in 0..SESSIONS {
         let url = server.ws_url();
         let joined = joined.clone();
         let stop = stop.clone();
+        let heard = heard_by[i].clone();
         let (tx, rx) = oneshot::channel::<Fate>();
         go.push(tx);
         tasks.push(tokio::spawn(async move {
@@ -124,22 +128,21 @@ async fn sessions_vanishing_at_random_leave_a_clean_state() {
                 Fate::Survive => {}
                 Fate::CloseFrame => {
                     p.ws.close(None).await.ok();
-                    return BTreeMap::new();
+                    return;
                 }
                 Fate::Drop => {
                     drop(p);
-                    return BTreeMap::new();
+                    return;
                 }
                 Fate::LeaveThenClose => {
                     for u in users_of(i) {
                         p.notify("userLeave", json!({"roomId": room, "userId": u})).await;
                     }
                     p.ws.close(None).await.ok();
-                    return BTreeMap::new();
+                    return;
                 }
             }
             // Survivors count what they hear about every lost user.
-            let mut heard: BTreeMap<String, u32> = BTreeMap::new();
             loop {
                 let msg = tokio::select! {
                     () = stop.cancelled() => break,
@@ -149,11 +152,10 @@ async fn sessions_vanishing_at_random_leave_a_clean_state() {
                 let method = msg["method"].as_str().unwrap_or_default();
                 if method == "userDisconnect" || method == "userLeave" {
                     assert_eq!(msg["data"]["roomId"], json!(room));
-                    *heard.entry(msg["data"]["userId"].as_str().unwrap().to_owned()).or_default() += 1;
+                    *heard.lock().entry(msg["data"]["userId"].as_str().unwrap().to_owned()).or_default() += 1;
                 }
             }
             drop(p);
-            heard
         }));
     }
     joined.wait().await;
@@ -174,22 +176,39 @@ async fn sessions_vanishing_at_random_leave_a_clean_state() {
             lost.entry(i % ROOMS).or_default().extend(users_of(i));
         }
     }
-    // Give the last notifications time to arrive, then stop the survivors.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.cancel();
-    let mut checked = 0;
-    for (i, task) in tasks.into_iter().enumerate() {
-        let heard = task.await.unwrap();
-        if fates[i] != Fate::Survive {
-            continue;
-        }
-        let want: BTreeMap<String, u32> = lost
-            .get(&(i % ROOMS))
+    let want_for = |i: usize| -> BTreeMap<String, u32> {
+        lost.get(&(i % ROOMS))
             .into_iter()
             .flatten()
             .map(|u| (u.clone(), 1))
-            .collect();
-        assert_eq!(heard, want, "session {i} (room {})", i % ROOMS);
+            .collect()
+    };
+    let survivor_ids: Vec<usize> = (0..SESSIONS)
+        .filter(|i| fates[*i] == Fate::Survive)
+        .collect();
+    // Wait (bounded) until every survivor heard everything it should, then a
+    // little longer so that a duplicate would show.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !survivor_ids
+        .iter()
+        .all(|i| *heard_by[*i].lock() == want_for(*i))
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Snapshot before the survivors leave (their own departures are not part of the check).
+    let snapshot: Vec<(usize, BTreeMap<String, u32>)> = survivor_ids
+        .iter()
+        .map(|i| (*i, heard_by[*i].lock().clone()))
+        .collect();
+    stop.cancel();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let mut checked = 0;
+    for (i, heard) in snapshot {
+        assert_eq!(heard, want_for(i), "session {i} (room {})", i % ROOMS);
         checked += 1;
     }
     assert_eq!(checked, survivors);
