@@ -107,11 +107,11 @@ async fn sessions_vanishing_at_random_leave_a_clean_state() {
     let heard_by: Vec<Heard> = (0..SESSIONS).map(|_| Heard::default()).collect();
     let mut tasks = Vec::new();
     let mut go = Vec::new();
-    for i in 0..SESSIONS {
+    for (i, heard) in heard_by.iter().enumerate() {
         let url = server.ws_url();
         let joined = joined.clone();
         let stop = stop.clone();
-        let heard = heard_by[i].clone();
+        let heard = heard.clone();
         let (tx, rx) = oneshot::channel::<Fate>();
         go.push(tx);
         tasks.push(tokio::spawn(async move {

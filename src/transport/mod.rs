@@ -137,7 +137,7 @@ impl Gateway {
         // Small buffers: tungstenite's defaults (128 KiB read, 128 KiB write)
         // would cost far more per idle session than the session itself.
         WsProtocolConfig::default()
-            .read_buffer_size(4 * 1024)
+            .read_buffer_size(2 * 1024)
             .write_buffer_size(16 * 1024)
             .max_message_size(Some(self.config.max_message_size))
             .max_frame_size(Some(self.config.max_message_size))
@@ -183,15 +183,20 @@ impl Gateway {
         // Signaling is latency-bound and made of small messages.
         let _ = tcp.set_nodelay(true);
         let timeout = self.config.handshake_timeout();
+        // Each stage is boxed at its own size: the TLS handshake's state is
+        // freed once done, and a plain session does not carry room for the
+        // (larger) TLS one. This is most of an idle session's memory.
         match &self.tls {
-            Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => self.upgrade(tls, peer, Transport::Wss, shutdown).await,
+            Some(acceptor) => match Box::pin(tokio::time::timeout(timeout, acceptor.accept(tcp)))
+                .await
+            {
+                Ok(Ok(tls)) => Box::pin(self.upgrade(tls, peer, Transport::Wss, shutdown)).await,
                 Ok(Err(e)) => {
                     tracing::debug!(peer.addr = %peer, error = %e, "TLS handshake failed")
                 }
                 Err(_) => tracing::debug!(peer.addr = %peer, "TLS handshake timed out"),
             },
-            None => self.upgrade(tcp, peer, Transport::Ws, shutdown).await,
+            None => Box::pin(self.upgrade(tcp, peer, Transport::Ws, shutdown)).await,
         }
     }
 
@@ -244,6 +249,7 @@ impl Gateway {
             return tracing::debug!(peer.addr = %peer, error = %e, "write of 101 failed");
         }
         let leftover = buf[head_len..].to_vec();
+        drop((buf, request));
         let ws = WebSocketStream::from_partially_read(
             stream,
             leftover,
@@ -297,14 +303,17 @@ impl Gateway {
 async fn read_head<S: AsyncRead + Unpin>(
     stream: &mut S,
 ) -> std::io::Result<Result<(usize, handshake::UpgradeRequest, Vec<u8>), Rejection>> {
+    // Read straight into the heap buffer: a stack array here would sit in
+    // every session's task for its whole life.
     let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
     loop {
-        let n = stream.read(&mut chunk).await?;
+        if buf.len() == buf.capacity() {
+            buf.reserve(1024);
+        }
+        let n = stream.read_buf(&mut buf).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        buf.extend_from_slice(&chunk[..n]);
         match handshake::parse_request(&buf, PATH) {
             Ok(Parsed::Partial) => continue,
             Ok(Parsed::Upgrade { head_len, request }) => return Ok(Ok((head_len, request, buf))),
