@@ -2,7 +2,7 @@
 # Runs every load scenario against a release build of the center on this
 # machine and prints the tables the README's Performance section quotes.
 # Loopback only; every run is bounded. Usage: benches/perf.sh [quick]
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 bench=target/release/pilot-bench
@@ -14,30 +14,36 @@ start() { # config -> pid of a fresh center
   target/release/pilot-center "$1" --log-level error >"${TMPDIR:-/tmp}/pilot-bench-center.log" 2>&1 & echo $!
 }
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+# A failed check prints ERRORS and exits non-zero; keep going, but say so at the end.
+failed=0
+run() { "$bench" "$@" || { failed=1; echo "!!! pilot-bench $* failed"; }; }
+trap 'kill $(jobs -p) 2>/dev/null' EXIT
 
 pid=$(start benches/bench.yaml); sleep 0.5
 url=ws://127.0.0.1:19443/pilot/center
 echo "### fanout: center vs bare relay (64 sessions, one room)"
-$bench --url $url compare --scenario fanout --sessions 64 --seconds $secs --runs $runs
+run --url $url compare --scenario fanout --sessions 64 --seconds $secs --runs $runs
 echo "### rtt: center vs bare relay (16 sessions, closed-loop echo)"
-$bench --url $url compare --scenario rtt --sessions 16 --seconds $secs --runs $runs
-echo "### sfu: 16 sessions, $rooms rooms, 4 users per room, flat out"
-$bench --url $url --server-pid "$pid" sfu --sessions 16 --rooms $rooms --users-per-room 4
+run --url $url compare --scenario rtt --sessions 16 --seconds $secs --runs $runs
+echo "### sfu: 16 sessions, $rooms rooms, 4 users per room, flat out, then at about half that rate"
+run --url $url --server-pid "$pid" sfu --sessions 16 --rooms $rooms --users-per-room 4
+for i in 1 2 3; do run --url $url --server-pid "$pid" sfu --sessions 16 --rooms $rooms --users-per-room 4 --rate 65000; done
 echo "### churn"
-$bench --url $url --server-pid "$pid" churn --rate 200 --seconds $secs
+run --url $url --server-pid "$pid" churn --rate 200 --seconds $secs
 stop "$pid"
 
 pid=$(start benches/bench.yaml); sleep 0.5
 echo "### idle ws: $idle sessions"
-$bench --url $url --server-pid "$pid" idle --sessions $idle --sources 4 --hold 3
+run --url $url --server-pid "$pid" idle --sessions $idle --sources 4 --hold 3
 stop "$pid"
 
 pid=$(start benches/bench-tls.yaml); sleep 0.5
 echo "### idle wss: $idle sessions"
-$bench --url wss://127.0.0.1:19453/pilot/center --insecure --server-pid "$pid" idle --sessions $idle --sources 4 --hold 3
+run --url wss://127.0.0.1:19453/pilot/center --insecure --server-pid "$pid" idle --sessions $idle --sources 4 --hold 3
 stop "$pid"
 
 pid=$(start benches/bench.yaml); sleep 0.5
 echo "### state: $((state_rooms * 10)) users in $state_rooms rooms over 16 sessions"
-$bench --url $url --server-pid "$pid" sfu --sessions 16 --rooms $state_rooms --users-per-room 10 --join-only
+run --url $url --server-pid "$pid" sfu --sessions 16 --rooms $state_rooms --users-per-room 10 --join-only --no-msu
 stop "$pid"
+exit $failed

@@ -95,6 +95,9 @@ enum Scenario {
         /// With --join-only: seconds to hold the users before exiting.
         #[arg(long, default_value_t = 0.0)]
         hold: f64,
+        /// Run without the MSU session (no invites).
+        #[arg(long)]
+        no_msu: bool,
     },
     /// Hold N joined sessions and report the server's memory per session.
     Idle {
@@ -204,6 +207,7 @@ async fn one(cli: &Cli, scenario: &Scenario, url: &str) -> anyhow::Result<Report
             inflight,
             join_only,
             hold,
+            no_msu,
         } => {
             let rep = scenarios::sfu(
                 &c,
@@ -214,6 +218,7 @@ async fn one(cli: &Cli, scenario: &Scenario, url: &str) -> anyhow::Result<Report
                     rate,
                     inflight,
                     join_only,
+                    msu: !no_msu,
                 },
             )
             .await?;

@@ -546,6 +546,8 @@ pub struct SfuSettings {
     pub inflight: i64,
     /// Only join (for the state-size measurement); keep the users.
     pub join_only: bool,
+    /// Register an MSU that answers every `invite`.
+    pub msu: bool,
 }
 
 /// `sfu`: sessions carrying the users of many rooms through a room's life.
@@ -562,10 +564,15 @@ pub async fn sfu(ctx: &Ctx, s: SfuSettings) -> anyhow::Result<Report> {
         Arc::new(move |at, text| tracker.on_text(at, text, &msu_tx))
     };
     // Session 63 is the MSU; 0..sessions are SFUs.
-    let mut msu_ws = conn::connect(&ctx.target, None).await?;
-    request(&mut msu_ws, 1, "register", r#"{"id":"bench-msu"}"#).await?;
-    let msu = Conn::spawn(msu_ws, 63, on_text.clone());
-    let _ = msu_tx.set(msu.out.clone());
+    let _msu = if s.msu {
+        let mut msu_ws = conn::connect(&ctx.target, None).await?;
+        request(&mut msu_ws, 1, "register", r#"{"id":"bench-msu"}"#).await?;
+        let msu = Conn::spawn(msu_ws, 63, on_text.clone());
+        let _ = msu_tx.set(msu.out.clone());
+        Some(msu)
+    } else {
+        None
+    };
     let mut sfus = Vec::new();
     for i in 0..s.sessions {
         sfus.push(Conn::spawn(
@@ -781,7 +788,7 @@ pub async fn sfu(ctx: &Ctx, s: SfuSettings) -> anyhow::Result<Report> {
     rep.figures
         .push(("invites answered".into(), invites as f64));
     rep.errors = tracker.errors.lock().clone();
-    let want_invites = (s.rooms * s.users) as u64;
+    let want_invites = if s.msu { (s.rooms * s.users) as u64 } else { 0 };
     if invites != want_invites {
         rep.errors
             .push(format!("{invites} invites for {want_invites} joins"));
