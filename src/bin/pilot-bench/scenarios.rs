@@ -719,9 +719,13 @@ pub async fn sfu(ctx: &Ctx, s: SfuSettings) -> anyhow::Result<Report> {
     let before = ctx.usage();
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    // Delay, not Burst: a stall (or the wait between phases) must not turn
+    // into a burst of catch-up operations that would measure the bench's
+    // own queueing instead of the center.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let per_tick = s.rate.div_ceil(1000).max(1);
     for (label, ops) in phases {
+        tick.reset();
         for chunk in ops.chunks(per_tick as usize) {
             if s.rate > 0 {
                 tick.tick().await;
