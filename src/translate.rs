@@ -431,3 +431,140 @@ fn raw(text: &str) -> Result<Box<RawValue>, CenterError> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn raw(v: &Value) -> Box<RawValue> {
+        RawValue::from_string(v.to_string()).unwrap()
+    }
+
+    #[test]
+    fn join_takes_typed_fields_and_keeps_the_rest() {
+        let data = raw(
+            &json!({"roomId": "r", "userId": "u", "userName": 7, "audience": "yes", "x": {"deep": [1, 2.5]}}),
+        );
+        let Some(command::Kind::Join(j)) = request_command("join", &data).unwrap().kind else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                j.room_id.as_str(),
+                j.user_id.as_str(),
+                j.user_name.as_str(),
+                j.audience
+            ),
+            ("r", "u", "", false)
+        );
+        // A non-string userName is dropped, not forwarded; `audience` is consumed.
+        assert_eq!(j.extra.keys().collect::<Vec<_>>(), vec!["x"]);
+        assert_eq!(j.extra["x"], r#"{"deep":[1,2.5]}"#);
+        let bad = raw(&json!({"roomId": 1, "userId": "u"}));
+        assert_eq!(
+            request_command("join", &bad).unwrap_err().to_string(),
+            "Invalid roomId or userId"
+        );
+        assert_eq!(
+            request_command("nope", &bad).unwrap_err().protoo_code(),
+            404
+        );
+    }
+
+    #[test]
+    fn push_round_trips_to_new_pusher_verbatim() {
+        let rtp = r#"{"av_type":2,"ssrc":11111,"x":{"y":[null,"z"]}}"#;
+        let text = format!(
+            r#"{{"roomId":"r","userId":"u","publishers":[{{"pusherId":"p","rtpParam":{rtp},"layer":3}},{{"pusherId":5}}],"t":1}}"#
+        );
+        let data = RawValue::from_string(text).unwrap();
+        let Some(command::Kind::Push(p)) = notification_command("push", &data).unwrap().kind else {
+            panic!()
+        };
+        assert_eq!(
+            p.publishers.len(),
+            1,
+            "an entry without a string pusherId is skipped"
+        );
+        assert_eq!(p.publishers[0].rtp_param_json, rtp);
+        let event = proto::PeerEvent {
+            kind: Some(peer_event::Kind::NewPusher(proto::NewPusher {
+                room_id: p.room_id,
+                user_id: p.user_id,
+                user_name: "Held".into(),
+                pushers: p.publishers,
+                extra: p.extra,
+            })),
+        };
+        let out = String::from_utf8(event_data(&event)).unwrap();
+        assert!(out.contains(rtp), "rtpParam verbatim: {out}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v,
+            json!({"roomId": "r", "userId": "u", "userName": "Held", "pushers": [{"pusherId": "p", "rtpParam": serde_json::from_str::<Value>(rtp).unwrap(), "layer": 3}], "t": 1})
+        );
+    }
+
+    #[test]
+    fn strict_fields_win_and_odd_messages_travel_as_sent() {
+        let event = proto::PeerEvent {
+            kind: Some(peer_event::Kind::TextMessage(proto::TextMessage {
+                room_id: "r".into(),
+                user_id: "u".into(),
+                user_name: "n".into(),
+                message: String::new(),
+                extra: [
+                    ("message".to_owned(), "{\"rich\":true}".to_owned()),
+                    ("userId".to_owned(), "42".to_owned()),
+                ]
+                .into(),
+            })),
+        };
+        let v: Value = serde_json::from_slice(&event_data(&event)).unwrap();
+        assert_eq!(
+            v,
+            json!({"roomId": "r", "userId": "u", "userName": "n", "message": {"rich": true}})
+        );
+    }
+
+    #[test]
+    fn pull_is_forwarded_byte_for_byte() {
+        let text = r#"{"roomId":"r","pusher_user_id":"a","udp_ip":"1.2.3.4","udp_port":10001,"mediaType":"video","odd":1.50}"#;
+        let data = RawValue::from_string(text.to_owned()).unwrap();
+        let Some(command::Kind::PullRemoteStream(p)) =
+            notification_command("pullRemoteStream", &data)
+                .unwrap()
+                .kind
+        else {
+            panic!()
+        };
+        assert_eq!((p.udp_port, p.media_type.as_str()), (10001, "video"));
+        let event = proto::PeerEvent {
+            kind: Some(peer_event::Kind::PullRemoteStream(p)),
+        };
+        assert_eq!(event_data(&event), text.as_bytes());
+    }
+
+    #[test]
+    fn grpc_edge_refuses_json_that_would_break_peers() {
+        let push = |rtp: &str| proto::Command {
+            kind: Some(command::Kind::Push(proto::PushRequest {
+                room_id: "r".into(),
+                user_id: "u".into(),
+                publishers: vec![proto::Publisher {
+                    pusher_id: "p".into(),
+                    rtp_param_json: rtp.into(),
+                    extra: Default::default(),
+                }],
+                ..Default::default()
+            })),
+        };
+        assert!(check_command(&push(r#"{"ssrc":1}"#)).is_ok());
+        assert!(check_command(&push("")).is_ok());
+        for bad in ["{oops", r#"{"a":"\uDEEE"}"#, "[1e999]"] {
+            let e = check_command(&push(bad)).unwrap_err();
+            assert_eq!(e.protoo_code(), 400, "{bad}");
+        }
+    }
+}
