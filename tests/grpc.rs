@@ -703,15 +703,6 @@ async fn a_grpc_peer_that_stops_reading_is_cut_off() {
     .await;
     assert_eq!(w.request("echo", json!(1)).await["ok"], json!(true));
     // The stream ends with RESOURCE_EXHAUSTED once g reads again.
-    let status = loop {
-        match tokio::time::timeout(WAIT, g.rx.next())
-            .await
-            .expect("ends in time")
-        {
-            Some(Ok(_)) => continue,
-            Some(Err(s)) => break s.code(),
-            None => panic!("ended without a status"),
-        }
-    };
+    let status = common::end_status(&mut g.rx).await;
     assert_eq!(status, Code::ResourceExhausted);
 }

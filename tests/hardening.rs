@@ -259,16 +259,7 @@ async fn rate_limits_answer_429_then_close_persistent_offenders() {
             )
             .await;
     }
-    let close = loop {
-        match tokio::time::timeout(WAIT, noisy.ws.next())
-            .await
-            .expect("closed in time")
-        {
-            Some(Ok(Message::Close(Some(f)))) => break f,
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
+    let close = noisy.close_frame().await;
     assert_eq!(
         (u16::from(close.code), close.reason.as_str()),
         (1008, "rate limit exceeded")
@@ -454,27 +445,9 @@ async fn graceful_shutdown_closes_everything_in_order() {
         "every handled request was answered before the close"
     );
 
-    let end = loop {
-        match tokio::time::timeout(WAIT, watch.next())
-            .await
-            .expect("watch ends in time")
-        {
-            Some(Ok(_)) => continue,
-            Some(Err(status)) => break status.code(),
-            None => panic!("stream ended without a status"),
-        }
-    };
+    let end = common::end_status(&mut watch).await;
     assert_eq!(end, Code::Unavailable);
-    let end = loop {
-        match tokio::time::timeout(WAIT, peer.next())
-            .await
-            .expect("peer ends in time")
-        {
-            Some(Ok(_)) => continue,
-            Some(Err(status)) => break status.code(),
-            None => panic!("stream ended without a status"),
-        }
-    };
+    let end = common::end_status(&mut peer).await;
     assert_eq!(end, Code::Unavailable);
     drop(tx);
     assert!(
@@ -525,16 +498,7 @@ async fn sigterm_stops_the_binary_gracefully() {
             .unwrap()
             .success()
     );
-    let close = loop {
-        match tokio::time::timeout(WAIT, p.ws.next())
-            .await
-            .expect("closed in time")
-        {
-            Some(Ok(Message::Close(Some(f)))) => break f,
-            Some(Ok(_)) => continue,
-            other => panic!("unexpected {other:?}"),
-        }
-    };
+    let close = p.close_frame().await;
     assert_eq!(u16::from(close.code), 1001);
     let status = tokio::time::timeout(Duration::from_secs(6), child.wait())
         .await

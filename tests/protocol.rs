@@ -519,16 +519,7 @@ async fn junk_never_kills_the_session() {
 
     // A frame over the limit closes that session with 1009, and only it.
     p.send_text("x".repeat(70_000)).await;
-    let close = loop {
-        match tokio::time::timeout(WAIT, p.ws.next())
-            .await
-            .expect("closed in time")
-        {
-            Some(Ok(Message::Close(Some(f)))) => break f,
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
+    let close = p.close_frame().await;
     assert_eq!(u16::from(close.code), 1009);
     let r = other.request("echo", json!(1)).await;
     assert_eq!(r["ok"], json!(true));

@@ -195,6 +195,16 @@ fn remove_user(
     Some(user)
 }
 
+/// The room `room_id` for changing, or [`CenterError::RoomNotFound`].
+fn room_mut<'r>(
+    rooms: &'r mut HashMap<String, Room>,
+    room_id: &str,
+) -> Result<&'r mut Room, CenterError> {
+    rooms
+        .get_mut(room_id)
+        .ok_or_else(|| CenterError::RoomNotFound(room_id.to_owned()))
+}
+
 /// A room the caller made sure exists (see [`State::ensure_user`]).
 fn existing<'r>(
     rooms: &'r mut HashMap<String, Room>,
@@ -661,10 +671,7 @@ impl State {
         sid: SessionId,
         r: proto::PullRemoteStreamRequest,
     ) -> Result<(), CenterError> {
-        let room = self
-            .rooms
-            .get(&r.room_id)
-            .ok_or_else(|| CenterError::RoomNotFound(r.room_id.clone()))?;
+        let room = self.room(&r.room_id)?;
         let target = room
             .users
             .get(&r.pusher_user_id)
@@ -698,6 +705,13 @@ impl State {
         Ok(())
     }
 
+    /// The room `room_id`, or [`CenterError::RoomNotFound`].
+    fn room(&self, room_id: &str) -> Result<&Room, CenterError> {
+        self.rooms
+            .get(room_id)
+            .ok_or_else(|| CenterError::RoomNotFound(room_id.to_owned()))
+    }
+
     /// The session that speaks for `user_id`, or an error when another
     /// session does (the single-session model: stale reports are ignored).
     fn speaker(
@@ -706,10 +720,7 @@ impl State {
         room_id: &str,
         user_id: &str,
     ) -> Result<Option<SessionId>, CenterError> {
-        let room = self
-            .rooms
-            .get(room_id)
-            .ok_or_else(|| CenterError::RoomNotFound(room_id.to_owned()))?;
+        let room = self.room(room_id)?;
         match room.users.get(user_id).and_then(|u| u.session) {
             Some(other) if other != sid => Err(CenterError::Forbidden(format!(
                 "user {user_id} is bound to another session"
@@ -729,10 +740,7 @@ impl State {
         event: peer_event::Kind,
     ) -> Result<Option<SessionId>, CenterError> {
         let bound = self.speaker(sid, room_id, user_id)?;
-        let room = self
-            .rooms
-            .get(room_id)
-            .ok_or_else(|| CenterError::RoomNotFound(room_id.to_owned()))?;
+        let room = self.room(room_id)?;
         broadcast(&self.sessions, room, &[Some(sid)], event);
         Ok(bound)
     }
@@ -777,9 +785,7 @@ impl State {
             extra: r.extra,
         });
         self.announce_departure(sid, &r.room_id, &r.user_id, event)?;
-        let Some(room) = self.rooms.get_mut(&r.room_id) else {
-            return Err(CenterError::RoomNotFound(r.room_id));
-        };
+        let room = room_mut(&mut self.rooms, &r.room_id)?;
         let removed = remove_user(&mut self.sessions, room, &r.room_id, &r.user_id).is_some();
         let empty = room.users.is_empty();
         tracing::info!(room.id = %r.room_id, user.id = %r.user_id, "user left");
@@ -803,10 +809,7 @@ impl State {
         sid: SessionId,
         r: proto::TextMessageRequest,
     ) -> Result<(), CenterError> {
-        let room = self
-            .rooms
-            .get(&r.room_id)
-            .ok_or_else(|| CenterError::RoomNotFound(r.room_id.clone()))?;
+        let room = self.room(&r.room_id)?;
         let bound = room.users.get(&r.user_id).and_then(|u| u.session);
         let (room_id, user_id, message) = (r.room_id.clone(), r.user_id.clone(), r.message.clone());
         broadcast(
@@ -871,10 +874,7 @@ impl State {
     pub(super) fn remove_user(&mut self, room_id: &str, user_id: &str) -> Result<u32, CenterError> {
         required(room_id, "room_id", "room_id is required")?;
         required(user_id, "user_id", "user_id is required")?;
-        let room = self
-            .rooms
-            .get_mut(room_id)
-            .ok_or_else(|| CenterError::RoomNotFound(room_id.to_owned()))?;
+        let room = room_mut(&mut self.rooms, room_id)?;
         if !room.users.contains_key(user_id) {
             return Err(CenterError::UserNotFound(user_id.to_owned()));
         }
@@ -901,10 +901,7 @@ impl State {
 
     pub(super) fn close_room(&mut self, room_id: &str) -> Result<u32, CenterError> {
         required(room_id, "room_id", "room_id is required")?;
-        let room = self
-            .rooms
-            .get_mut(room_id)
-            .ok_or_else(|| CenterError::RoomNotFound(room_id.to_owned()))?;
+        let room = room_mut(&mut self.rooms, room_id)?;
         let mut user_ids: Vec<String> = room.users.keys().cloned().collect();
         user_ids.sort();
         for user_id in &user_ids {
@@ -935,10 +932,7 @@ impl State {
     ) -> Result<u32, CenterError> {
         required(room_id, "room_id", "room_id is required")?;
         required(message, "message", "message is required")?;
-        let room = self
-            .rooms
-            .get(room_id)
-            .ok_or_else(|| CenterError::RoomNotFound(room_id.to_owned()))?;
+        let room = self.room(room_id)?;
         let name = if !user_name.is_empty() {
             user_name.to_owned()
         } else if user_id.is_empty() {
@@ -989,10 +983,7 @@ impl State {
 
     pub(super) fn get_room(&self, room_id: &str) -> Result<proto::RoomDetail, CenterError> {
         required(room_id, "room_id", "room_id is required")?;
-        let room = self
-            .rooms
-            .get(room_id)
-            .ok_or_else(|| CenterError::RoomNotFound(room_id.to_owned()))?;
+        let room = self.room(room_id)?;
         let mut users: Vec<_> = room
             .users
             .iter()

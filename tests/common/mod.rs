@@ -248,6 +248,20 @@ impl Peer {
         }
     }
 
+    /// Skips whatever comes until the center's close frame, and returns it.
+    pub async fn close_frame(&mut self) -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("closed in time")
+            {
+                Some(Ok(Message::Close(Some(f)))) => return f,
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+
     /// Joins a user; returns the response data.
     pub async fn join(&mut self, room: &str, user: &str, name: &str) -> Value {
         let r = self
@@ -345,5 +359,20 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Skips the messages of a gRPC stream until it ends with an error status,
+/// and returns its code (panics if it ends cleanly).
+pub async fn end_status<T>(stream: &mut tonic::Streaming<T>) -> tonic::Code {
+    loop {
+        match tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("stream ends in time")
+        {
+            Some(Ok(_)) => continue,
+            Some(Err(status)) => return status.code(),
+            None => panic!("stream ended without a status"),
+        }
     }
 }
