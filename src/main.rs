@@ -92,7 +92,28 @@ fn parse_level(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Keeps glibc from handing freed heap back to the OS after every burst of
+/// departures: measured with `pilot-bench sfu --rate 65000`, that trimming
+/// (and faulting the pages back in on the next joins) caused occasional
+/// 5–10 ms stalls in the p99; with a fixed mmap threshold and a 1 GiB trim
+/// threshold the worst p99 of eight runs fell from 6.0 ms to 2.8 ms. Memory
+/// is still reused; RSS stays at its peak instead of shrinking.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn tune_allocator() {
+    // SAFETY: mallopt only sets allocator parameters; it is called once,
+    // before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
+
 fn main() -> std::process::ExitCode {
+    tune_allocator();
     match start() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
