@@ -10,7 +10,7 @@ use crate::proto::room_service_server::{RoomService, RoomServiceServer};
 use crate::proto::{
     self, CenterMessage, PeerMessage, Transport, center_message, command_result, peer_message,
 };
-use crate::translate;
+use crate::{telemetry, translate};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -448,6 +448,9 @@ impl PeerStream {
                     .as_ref()
                     .map_or("other", translate::command_method);
                 metrics.inbound(method);
+                let span = telemetry::command_span(method);
+                let _enter = span.enter();
+                telemetry::record_command_ids(&span, &command);
                 let verdict = self.gate.check();
                 let result = if verdict == Verdict::Pass {
                     translate::check_command(&command).and_then(|()| self.handle.execute(command))

@@ -84,3 +84,25 @@ pub fn init(options: &LogOptions) -> Result<LogGuard, BadLevel> {
     drop(result);
     Ok(LogGuard(guard))
 }
+
+/// A debug span for one command (request or notification) of a session;
+/// room and user ids are recorded once the command is known.
+pub fn command_span(method: &str) -> tracing::Span {
+    tracing::debug_span!(
+        "request",
+        method = %method,
+        room.id = tracing::field::Empty,
+        user.id = tracing::field::Empty
+    )
+}
+
+/// Records the room and user of `cmd` on a [`command_span`].
+pub fn record_command_ids(span: &tracing::Span, cmd: &crate::proto::Command) {
+    let (room, user) = crate::translate::command_ids(cmd);
+    if !room.is_empty() {
+        span.record("room.id", room);
+    }
+    if !user.is_empty() {
+        span.record("user.id", user);
+    }
+}

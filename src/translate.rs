@@ -279,6 +279,20 @@ pub fn command_method(kind: &command::Kind) -> &'static str {
     }
 }
 
+/// The room and user a command is about, for log spans.
+pub fn command_ids(cmd: &Command) -> (&str, &str) {
+    match &cmd.kind {
+        Some(command::Kind::Join(r)) => (&r.room_id, &r.user_id),
+        Some(command::Kind::Push(r)) => (&r.room_id, &r.user_id),
+        Some(command::Kind::PullRemoteStream(r)) => (&r.room_id, &r.pusher_user_id),
+        Some(command::Kind::UserDisconnect(r)) => (&r.room_id, &r.user_id),
+        Some(command::Kind::UserLeave(r)) => (&r.room_id, &r.user_id),
+        Some(command::Kind::TextMessage(r)) => (&r.room_id, &r.user_id),
+        Some(command::Kind::UserReconnect(r)) => (&r.room_id, &r.user_id),
+        Some(command::Kind::Echo(_) | command::Kind::RegisterMsu(_)) | None => ("", ""),
+    }
+}
+
 /// The protoo method of a room event.
 pub fn event_method(event: &proto::PeerEvent) -> &'static str {
     match &event.kind {

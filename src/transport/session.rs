@@ -13,7 +13,7 @@ use crate::limits::{RateGate, RateSettings, Verdict};
 use crate::metrics::method_label;
 use crate::proto::Transport;
 use crate::protoo::{self, Message as Protoo};
-use crate::translate;
+use crate::{telemetry, translate};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
@@ -319,12 +319,14 @@ fn on_text(ctx: &Ctx, text: &str, gate: &mut RateGate) -> Verdict {
                 respond_error(Some(id), 429, "rate limited");
                 return verdict;
             }
-            let span = tracing::debug_span!("request", method = %method);
+            let span = telemetry::command_span(&method);
             let _enter = span.enter();
             tracing::debug!(data = data.get(), "request");
             let started = std::time::Instant::now();
-            let result =
-                translate::request_command(&method, data).and_then(|cmd| ctx.handle.execute(cmd));
+            let result = translate::request_command(&method, data).and_then(|cmd| {
+                telemetry::record_command_ids(&span, &cmd);
+                ctx.handle.execute(cmd)
+            });
             metrics
                 .request_seconds
                 .get_or_create(&method_label(&method))
@@ -346,9 +348,13 @@ fn on_text(ctx: &Ctx, text: &str, gate: &mut RateGate) -> Verdict {
                 tracing::debug!(method = %method, "notification dropped: rate limited");
                 return verdict;
             }
-            tracing::debug!(method = %method, data = data.get(), "notification");
-            let result = translate::notification_command(&method, data)
-                .and_then(|cmd| ctx.handle.execute(cmd));
+            let span = telemetry::command_span(&method);
+            let _enter = span.enter();
+            tracing::debug!(data = data.get(), "notification");
+            let result = translate::notification_command(&method, data).and_then(|cmd| {
+                telemetry::record_command_ids(&span, &cmd);
+                ctx.handle.execute(cmd)
+            });
             if let Err(e) = result {
                 tracing::debug!(method = %method, error = %e, "notification ignored");
             }
