@@ -205,15 +205,6 @@ fn room_mut<'r>(
         .ok_or_else(|| CenterError::RoomNotFound(room_id.to_owned()))
 }
 
-/// A room the caller made sure exists (see [`State::ensure_user`]).
-fn existing<'r>(
-    rooms: &'r mut HashMap<String, Room>,
-    room_id: &str,
-) -> Result<&'r mut Room, CenterError> {
-    rooms
-        .get_mut(room_id)
-        .ok_or_else(|| CenterError::Internal(format!("room {room_id} vanished")))
-}
 
 fn room_user(user_id: &str, user: &User) -> proto::RoomUser {
     proto::RoomUser {
@@ -527,7 +518,7 @@ impl State {
         required(&r.user_id, "user_id", REASON)?;
         self.check_session_limits(sid, &r.room_id, &r.user_id)?;
         self.ensure_user(sid, &r.room_id, &r.user_id, &r.user_name);
-        let room = existing(&mut self.rooms, &r.room_id)?;
+        let room = room_mut(&mut self.rooms, &r.room_id)?;
         if let Some(user) = room.users.get_mut(&r.user_id) {
             user.name.clone_from(&r.user_name);
             user.audience = r.audience;
@@ -626,7 +617,7 @@ impl State {
             self.check_session_limits(sid, &r.room_id, &r.user_id)?;
         }
         self.ensure_user(sid, &r.room_id, &r.user_id, &r.user_name);
-        let room = existing(&mut self.rooms, &r.room_id)?;
+        let room = room_mut(&mut self.rooms, &r.room_id)?;
         let Some(user) = room.users.get_mut(&r.user_id) else {
             return Err(CenterError::Internal("user vanished".into()));
         };
@@ -840,7 +831,7 @@ impl State {
         required(&r.user_id, "user_id", REASON)?;
         self.check_session_limits(sid, &r.room_id, &r.user_id)?;
         self.ensure_user(sid, &r.room_id, &r.user_id, &r.user_name);
-        let room = existing(&mut self.rooms, &r.room_id)?;
+        let room = room_mut(&mut self.rooms, &r.room_id)?;
         if let Some(user) = room.users.get_mut(&r.user_id)
             && !r.user_name.is_empty()
         {
