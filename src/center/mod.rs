@@ -336,7 +336,7 @@ impl SessionHandle {
         Ok(reply(result))
     }
 
-    /// Records an MSU's answer to `invite` on the event feed's terms (logged).
+    /// Logs an MSU's answer to `invite` (a refusal at warn).
     pub fn invite_answered(&self, room_id: &str, outcome: Result<(), String>) {
         match outcome {
             Ok(()) => tracing::debug!(room.id = room_id, "invite accepted"),
