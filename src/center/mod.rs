@@ -315,12 +315,16 @@ impl SessionHandle {
         let kind = command
             .kind
             .ok_or_else(|| CenterError::invalid("command", "empty command"))?;
+        if let command::Kind::Echo(r) = kind {
+            // The heartbeat needs no state: never wait for the lock.
+            return Ok(reply(proto::reply::Kind::Echo(proto::EchoResponse {
+                data_json: r.data_json,
+            })));
+        }
         let mut state = self.center.inner.state.lock();
         let result = match kind {
-            command::Kind::Echo(r) => {
-                return Ok(reply(proto::reply::Kind::Echo(proto::EchoResponse {
-                    data_json: r.data_json,
-                })));
+            command::Kind::Echo(_) => {
+                return Err(CenterError::Internal("echo handled above".into()));
             }
             command::Kind::RegisterMsu(r) => {
                 proto::reply::Kind::RegisterMsu(state.register_msu(self.id, r)?)

@@ -205,7 +205,6 @@ fn room_mut<'r>(
         .ok_or_else(|| CenterError::RoomNotFound(room_id.to_owned()))
 }
 
-
 fn room_user(user_id: &str, user: &User) -> proto::RoomUser {
     proto::RoomUser {
         user_id: user_id.to_owned(),
