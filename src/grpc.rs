@@ -3,7 +3,9 @@
 //! live here.
 
 use crate::auth::{Authenticator, Grant, Role, bearer};
-use crate::center::{Center, EventFilter, Outbound, PeerInfo, SessionHandle, lagged};
+use crate::center::{
+    Center, EventFilter, Outbound, PeerInfo, PendingInvites, SessionHandle, lagged,
+};
 use crate::error::CenterError;
 use crate::limits::{RateGate, RateSettings, Verdict};
 use crate::proto::room_service_server::{RoomService, RoomServiceServer};
@@ -12,7 +14,6 @@ use crate::proto::{
 };
 use crate::{telemetry, translate};
 use futures_util::StreamExt;
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -177,8 +178,7 @@ impl RoomService for RoomServiceImpl {
             center_tx,
             cut: cut.clone(),
             settings: self.settings.clone(),
-            invites: HashMap::new(),
-            next_invite: 0,
+            invites: PendingInvites::default(),
             gate: RateGate::new(self.settings.rate),
         };
         let shutdown = self.shutdown.clone();
@@ -330,9 +330,8 @@ struct PeerStream {
     handle: SessionHandle,
     center_tx: mpsc::Sender<GrpcOut>,
     settings: GrpcSettings,
-    /// `invite` ids sent and not answered: id -> (room, deadline).
-    invites: HashMap<u64, (String, Instant)>,
-    next_invite: u64,
+    /// `invite`s sent and not answered.
+    invites: PendingInvites,
     gate: RateGate,
     /// Set when the session is cut off: the final status for the peer.
     cut: Arc<parking_lot::Mutex<Option<Status>>>,
@@ -476,8 +475,8 @@ impl PeerStream {
                 }
                 return verdict;
             }
-            Some(peer_message::Kind::InviteAnswer(a)) => match self.invites.remove(&a.id) {
-                Some((room, _)) => self.handle.invite_answered(
+            Some(peer_message::Kind::InviteAnswer(a)) => match self.invites.answer(a.id) {
+                Some(room) => self.handle.invite_answered(
                     &room,
                     if a.ok {
                         Ok(())
@@ -506,14 +505,9 @@ impl PeerStream {
             GrpcOut::Result(r) => center_message::Kind::Result(r),
             GrpcOut::Center(Outbound::Event(d)) => center_message::Kind::Event(d.event.clone()),
             GrpcOut::Center(Outbound::Invite { room_id }) => {
-                self.next_invite += 1;
-                let id = self.next_invite;
-                self.invites.insert(
-                    id,
-                    (
-                        room_id.clone(),
-                        Instant::now() + self.settings.invite_timeout,
-                    ),
+                let id = self.invites.start(
+                    room_id.clone(),
+                    Instant::now() + self.settings.invite_timeout,
                 );
                 center_message::Kind::Invite(proto::InviteRequest { id, room_id })
             }
@@ -521,14 +515,9 @@ impl PeerStream {
         CenterMessage { kind: Some(kind) }
     }
 
-    fn expire_invites(&mut self) {
-        let now = Instant::now();
-        self.invites.retain(|_, (room, deadline)| {
-            let keep = *deadline > now;
-            if !keep {
-                tracing::warn!(room.id = %room, "invite not answered in time");
-            }
-            keep
-        });
+    fn expire_invites(&self) {
+        for room in self.invites.expire(Instant::now()) {
+            tracing::warn!(room.id = %room, "invite not answered in time");
+        }
     }
 }

@@ -10,9 +10,11 @@
 //! closed by its own task; the room carries on.
 
 mod feed;
+mod invites;
 mod state;
 
 pub use feed::{EventFilter, lagged};
+pub use invites::PendingInvites;
 
 use crate::auth::Grant;
 use crate::error::CenterError;

@@ -8,7 +8,7 @@
 //! is queued, pings, and expires unanswered `invite`s.
 
 use crate::auth::Grant;
-use crate::center::{Center, Outbound, PeerInfo, SessionHandle};
+use crate::center::{Center, Outbound, PeerInfo, PendingInvites, SessionHandle};
 use crate::limits::{RateGate, RateSettings, Verdict};
 use crate::metrics::method_label;
 use crate::proto::Transport;
@@ -16,8 +16,6 @@ use crate::protoo::{self, Message as Protoo};
 use crate::{telemetry, translate};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -83,43 +81,11 @@ enum End {
     Gone(&'static str),
 }
 
-/// `invite` requests sent and not answered yet: id -> (room, deadline).
-#[derive(Default)]
-struct Invites {
-    next_id: AtomicU64,
-    pending: Mutex<HashMap<u64, (String, Instant)>>,
-}
-
-impl Invites {
-    fn start(&self, room_id: String, deadline: Instant) -> u64 {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        self.pending.lock().insert(id, (room_id, deadline));
-        id
-    }
-
-    fn answer(&self, id: u64) -> Option<String> {
-        self.pending.lock().remove(&id).map(|(room, _)| room)
-    }
-
-    fn expire(&self, now: Instant) -> Vec<String> {
-        let mut pending = self.pending.lock();
-        let expired: Vec<u64> = pending
-            .iter()
-            .filter(|(_, (_, deadline))| *deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        expired
-            .into_iter()
-            .filter_map(|id| pending.remove(&id).map(|(room, _)| room))
-            .collect()
-    }
-}
-
 /// State shared by the reader and the writer of one session.
 struct Ctx {
     handle: SessionHandle,
     tx: mpsc::Sender<WsOut>,
-    invites: Invites,
+    invites: PendingInvites,
     started: Instant,
     /// Milliseconds since `started` of the last frame from the peer.
     last_in_ms: AtomicU64,
@@ -165,7 +131,7 @@ where
     let ctx = Ctx {
         handle,
         tx,
-        invites: Invites::default(),
+        invites: PendingInvites::default(),
         started: Instant::now(),
         last_in_ms: AtomicU64::new(0),
     };

@@ -214,18 +214,12 @@ impl Sfu {
             .mask
             .wrapping_mul(1_664_525)
             .wrapping_add(1_013_904_223);
-        let frame = client_frame(0x1, text.as_bytes(), self.mask.to_be_bytes());
-        self.writer
-            .lock()
-            .await
-            .write_all(&frame)
-            .await
-            .expect("write frame");
+        self.send_frame(0x1, text.as_bytes()).await;
     }
 
     /// Sends one raw masked frame (e.g. invalid UTF-8 in a text frame).
     pub async fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
-        let frame = client_frame(opcode, payload, [7, 7, 7, 7]);
+        let frame = client_frame(opcode, payload, self.mask.to_be_bytes());
         self.writer
             .lock()
             .await
