@@ -121,9 +121,10 @@ impl Default for LimitsConfig {
 }
 
 impl LimitsConfig {
-    /// The settings of one session's rate gate.
-    pub fn rate(&self) -> crate::limits::RateSettings {
+    /// The settings of one session's rate gate, reading `clock`.
+    pub fn rate(&self, clock: &crate::limits::Clock) -> crate::limits::RateSettings {
         crate::limits::RateSettings {
+            clock: clock.clone(),
             per_second: self.messages_per_sec,
             burst: self.burst,
             close_after: self.close_after_violations,

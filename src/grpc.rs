@@ -179,7 +179,7 @@ impl RoomService for RoomServiceImpl {
             cut: cut.clone(),
             settings: self.settings.clone(),
             invites: PendingInvites::default(),
-            gate: RateGate::new(self.settings.rate),
+            gate: RateGate::new(&self.settings.rate),
         };
         let shutdown = self.shutdown.clone();
         tokio::spawn(tracing::Instrument::instrument(

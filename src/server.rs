@@ -9,6 +9,7 @@ use crate::auth::{self, AuthError, AuthSettings, Authenticator};
 use crate::center::{Center, CenterConfig};
 use crate::config::Config;
 use crate::grpc::{AuthInterceptor, GrpcSettings, RoomServiceImpl};
+use crate::limits::Clock;
 use crate::tls::{PemPair, TlsError};
 use crate::transport::{self, Gateway, GatewayOptions};
 use std::net::SocketAddr;
@@ -112,6 +113,7 @@ async fn start_grpc(
     center: &Center,
     auth: Option<Arc<Authenticator>>,
     invite_timeout: Duration,
+    clock: &Clock,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<SocketAddr, StartError> {
@@ -123,7 +125,7 @@ async fn start_grpc(
         GrpcSettings {
             queue: g.outbound_queue,
             invite_timeout,
-            rate: config.limits.rate(),
+            rate: config.limits.rate(clock),
         },
         shutdown.clone(),
     );
@@ -189,6 +191,12 @@ fn pem_pair(
 impl Server {
     /// Binds every configured listener and starts serving.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
+        Self::start_with_clock(config, Clock::system()).await
+    }
+
+    /// Like [`Server::start`], with rate limits reading `clock` (a manual
+    /// clock makes them exact in tests).
+    pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Self, StartError> {
         let center = Center::new(CenterConfig {
             feed_capacity: config.center.event_feed_capacity,
             max_rooms_per_session: config.center.max_rooms_per_session,
@@ -219,7 +227,7 @@ impl Server {
                 invite_timeout,
                 tls: ws_tls.clone(),
                 auth: auth.clone(),
-                rate: config.limits.rate(),
+                rate: config.limits.rate(&clock),
             },
         ));
         tracker.spawn(transport::serve(
@@ -237,6 +245,7 @@ impl Server {
                     &center,
                     auth.clone(),
                     invite_timeout,
+                    &clock,
                     &shutdown,
                     &tracker,
                 )

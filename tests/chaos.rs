@@ -13,7 +13,6 @@ use pilot_center::proto::{self, EventKind};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::{Barrier, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -49,177 +48,158 @@ fn users_of(i: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_vanishing_at_random_leave_a_clean_state() {
-    let server = pilot_center::server::Server::start(&common::config_sections(
-        false,
-        "",
-        "",
-        "  event_feed_capacity: 100000\n",
-    ))
-    .await
-    .unwrap();
-    let mut client = common::grpc(&server).await;
-    let mut feed = client
-        .watch_events(proto::WatchEventsRequest::default())
+    common::bounded(async move {
+        let server = pilot_center::server::Server::start(&common::config_sections(
+            false,
+            "",
+            "",
+            "  event_feed_capacity: 100000\n",
+        ))
         .await
-        .unwrap()
-        .into_inner();
-    let watcher = tokio::spawn(async move {
-        let (mut last, mut opened, mut closed) = (0u64, 0, 0);
-        while let Some(Ok(e)) = feed.next().await {
-            assert!(
-                !matches!(
-                    e.event,
-                    Some(proto::watch_events_response::Event::Lagged(_))
-                ),
-                "watcher lagged"
-            );
-            assert!(
-                last == 0 || e.seq == last + 1,
-                "gap in the feed: {last} -> {}",
-                e.seq
-            );
-            last = e.seq;
-            match e.kind() {
-                EventKind::SessionOpened => opened += 1,
-                EventKind::SessionClosed => closed += 1,
-                _ => {}
+        .unwrap();
+        let mut client = common::grpc(&server).await;
+        let mut feed = client
+            .watch_events(proto::WatchEventsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let watcher = tokio::spawn(async move {
+            let (mut last, mut opened, mut closed) = (0u64, 0, 0);
+            while let Some(Ok(e)) = feed.next().await {
+                assert!(
+                    !matches!(
+                        e.event,
+                        Some(proto::watch_events_response::Event::Lagged(_))
+                    ),
+                    "watcher lagged"
+                );
+                assert!(
+                    last == 0 || e.seq == last + 1,
+                    "gap in the feed: {last} -> {}",
+                    e.seq
+                );
+                last = e.seq;
+                match e.kind() {
+                    EventKind::SessionOpened => opened += 1,
+                    EventKind::SessionClosed => closed += 1,
+                    _ => {}
+                }
+                if opened == SESSIONS && closed == SESSIONS {
+                    return (opened, closed);
+                }
             }
-            if opened == SESSIONS && closed == SESSIONS {
-                return (opened, closed);
+            (opened, closed)
+        });
+
+        let mut rng = Rng(0x5eed_1234_abcd_9876);
+        let fates: Vec<Fate> = (0..SESSIONS)
+            .map(|_| match rng.next() % 10 {
+                0..=3 => Fate::Survive,
+                4 | 5 => Fate::CloseFrame,
+                6 | 7 => Fate::Drop,
+                _ => Fate::LeaveThenClose,
+            })
+            .collect();
+        let joined = Arc::new(Barrier::new(SESSIONS + 1));
+        // Cancelled once the center has cleaned up every vanished session.
+        let settled = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let mut go = Vec::new();
+        for i in 0..SESSIONS {
+            let url = server.ws_url();
+            let joined = joined.clone();
+            let settled = settled.clone();
+            let (tx, rx) = oneshot::channel::<Fate>();
+            go.push(tx);
+            // Each survivor returns what it heard about lost users: user id -> times.
+            tasks.push(tokio::spawn(async move {
+                let room = format!("room{}", i % ROOMS);
+                let mut p = Peer::connect_url(&url).await;
+                for u in users_of(i) {
+                    let r = p.request("join", json!({"roomId": room, "userId": u, "userName": u})).await;
+                    assert_eq!(r["ok"], json!(true));
+                }
+                p.notify("push", json!({"roomId": room, "userId": users_of(i)[0], "publishers": [{"pusherId": "v", "rtpParam": rtp_param(i as u64)}]})).await;
+                joined.wait().await;
+                match rx.await.unwrap() {
+                    Fate::Survive => {}
+                    Fate::CloseFrame => {
+                        p.ws.close(None).await.ok();
+                        return None;
+                    }
+                    Fate::Drop => {
+                        drop(p);
+                        return None;
+                    }
+                    Fate::LeaveThenClose => {
+                        for u in users_of(i) {
+                            p.notify("userLeave", json!({"roomId": room, "userId": u})).await;
+                        }
+                        p.ws.close(None).await.ok();
+                        return None;
+                    }
+                }
+                // Once the center has settled, an echo round trip brings in
+                // everything it queued for this session before the answer.
+                settled.cancelled().await;
+                p.request("echo", json!("barrier")).await;
+                let mut heard = BTreeMap::<String, u32>::new();
+                for msg in p.take_pending() {
+                    let method = msg["method"].as_str().unwrap_or_default();
+                    if method == "userDisconnect" || method == "userLeave" {
+                        assert_eq!(msg["data"]["roomId"], json!(room));
+                        *heard.entry(msg["data"]["userId"].as_str().unwrap().to_owned()).or_default() += 1;
+                    }
+                }
+                // The peer stays open until every survivor has been checked:
+                // its departure is not part of the check.
+                Some((i, heard, p))
+            }));
+        }
+        joined.wait().await;
+        assert_eq!(server.center().counts().0, SESSIONS);
+        for (tx, fate) in go.into_iter().zip(&fates) {
+            tx.send(*fate).unwrap();
+        }
+        let survivors = fates.iter().filter(|f| **f == Fate::Survive).count();
+        let center = server.center().clone();
+        // A session's departure is applied in one step, announcements
+        // included: when the count is down, everything has been queued.
+        eventually("vanished sessions to be cleaned up", || {
+            center.counts().0 == survivors
+        })
+        .await;
+        settled.cancel();
+        // Expected losses per room.
+        let mut lost: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        for (i, fate) in fates.iter().enumerate() {
+            if *fate != Fate::Survive {
+                lost.entry(i % ROOMS).or_default().extend(users_of(i));
             }
         }
-        (opened, closed)
-    });
-
-    let mut rng = Rng(0x5eed_1234_abcd_9876);
-    let fates: Vec<Fate> = (0..SESSIONS)
-        .map(|_| match rng.next() % 10 {
-            0..=3 => Fate::Survive,
-            4 | 5 => Fate::CloseFrame,
-            6 | 7 => Fate::Drop,
-            _ => Fate::LeaveThenClose,
-        })
-        .collect();
-    let joined = Arc::new(Barrier::new(SESSIONS + 1));
-    let stop = CancellationToken::new();
-    // What each session heard about lost users: user id -> times.
-    type Heard = Arc<parking_lot::Mutex<BTreeMap<String, u32>>>;
-    let heard_by: Vec<Heard> = (0..SESSIONS).map(|_| Heard::default()).collect();
-    let mut tasks = Vec::new();
-    let mut go = Vec::new();
-    for (i, heard) in heard_by.iter().enumerate() {
-        let url = server.ws_url();
-        let joined = joined.clone();
-        let stop = stop.clone();
-        let heard = heard.clone();
-        let (tx, rx) = oneshot::channel::<Fate>();
-        go.push(tx);
-        tasks.push(tokio::spawn(async move {
-            let room = format!("room{}", i % ROOMS);
-            let mut p = Peer::connect_url(&url).await;
-            for u in users_of(i) {
-                let r = p.request("join", json!({"roomId": room, "userId": u, "userName": u})).await;
-                assert_eq!(r["ok"], json!(true));
+        let want_for = |i: usize| -> BTreeMap<String, u32> {
+            lost.get(&(i % ROOMS))
+                .into_iter()
+                .flatten()
+                .map(|u| (u.clone(), 1))
+                .collect()
+        };
+        let mut checked = Vec::new();
+        for task in tasks {
+            if let Some((i, heard, peer)) = common::join(task).await {
+                assert_eq!(heard, want_for(i), "session {i} (room {})", i % ROOMS);
+                checked.push(peer);
             }
-            p.notify("push", json!({"roomId": room, "userId": users_of(i)[0], "publishers": [{"pusherId": "v", "rtpParam": rtp_param(i as u64)}]})).await;
-            joined.wait().await;
-            let fate = rx.await.unwrap();
-            match fate {
-                Fate::Survive => {}
-                Fate::CloseFrame => {
-                    p.ws.close(None).await.ok();
-                    return;
-                }
-                Fate::Drop => {
-                    drop(p);
-                    return;
-                }
-                Fate::LeaveThenClose => {
-                    for u in users_of(i) {
-                        p.notify("userLeave", json!({"roomId": room, "userId": u})).await;
-                    }
-                    p.ws.close(None).await.ok();
-                    return;
-                }
-            }
-            // Survivors count what they hear about every lost user.
-            loop {
-                let msg = tokio::select! {
-                    () = stop.cancelled() => break,
-                    m = p.next_within(Duration::from_millis(50)) => m,
-                };
-                let Some(msg) = msg else { continue };
-                let method = msg["method"].as_str().unwrap_or_default();
-                if method == "userDisconnect" || method == "userLeave" {
-                    assert_eq!(msg["data"]["roomId"], json!(room));
-                    *heard.lock().entry(msg["data"]["userId"].as_str().unwrap().to_owned()).or_default() += 1;
-                }
-            }
-            drop(p);
-        }));
-    }
-    joined.wait().await;
-    assert_eq!(server.center().counts().0, SESSIONS);
-    for (tx, fate) in go.into_iter().zip(&fates) {
-        tx.send(*fate).unwrap();
-    }
-    let survivors = fates.iter().filter(|f| **f == Fate::Survive).count();
-    let center = server.center().clone();
-    eventually("vanished sessions to be cleaned up", || {
-        center.counts().0 == survivors
+        }
+        assert_eq!(checked.len(), survivors);
+        drop(checked);
+        eventually("an empty center", || center.counts() == (0, 0, 0, 0)).await;
+        let (opened, closed) = common::join(watcher).await;
+        assert_eq!((opened, closed), (SESSIONS, SESSIONS));
+        println!(
+            "chaos: {SESSIONS} sessions in {ROOMS} rooms, {survivors} survivors checked, {} users lost",
+            lost.values().map(Vec::len).sum::<usize>()
+        );
     })
     .await;
-    // Expected losses per room.
-    let mut lost: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    for (i, fate) in fates.iter().enumerate() {
-        if *fate != Fate::Survive {
-            lost.entry(i % ROOMS).or_default().extend(users_of(i));
-        }
-    }
-    let want_for = |i: usize| -> BTreeMap<String, u32> {
-        lost.get(&(i % ROOMS))
-            .into_iter()
-            .flatten()
-            .map(|u| (u.clone(), 1))
-            .collect()
-    };
-    let survivor_ids: Vec<usize> = (0..SESSIONS)
-        .filter(|i| fates[*i] == Fate::Survive)
-        .collect();
-    // Wait (bounded) until every survivor heard everything it should, then a
-    // little longer so that a duplicate would show.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !survivor_ids
-        .iter()
-        .all(|i| *heard_by[*i].lock() == want_for(*i))
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // Snapshot before the survivors leave (their own departures are not part of the check).
-    let snapshot: Vec<(usize, BTreeMap<String, u32>)> = survivor_ids
-        .iter()
-        .map(|i| (*i, heard_by[*i].lock().clone()))
-        .collect();
-    stop.cancel();
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let mut checked = 0;
-    for (i, heard) in snapshot {
-        assert_eq!(heard, want_for(i), "session {i} (room {})", i % ROOMS);
-        checked += 1;
-    }
-    assert_eq!(checked, survivors);
-    eventually("an empty center", || center.counts() == (0, 0, 0, 0)).await;
-    let (opened, closed) = tokio::time::timeout(Duration::from_secs(10), watcher)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!((opened, closed), (SESSIONS, SESSIONS));
-    println!(
-        "chaos: {SESSIONS} sessions in {ROOMS} rooms, {survivors} survivors checked, {} users lost",
-        lost.values().map(Vec::len).sum::<usize>()
-    );
 }

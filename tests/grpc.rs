@@ -89,350 +89,359 @@ fn join(room: &str, user: &str, name: &str) -> command::Kind {
     })
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_peer_and_a_websocket_sfu_share_a_room() {
-    let server = common::start().await;
-    let mut g = GrpcPeer::open(&server).await;
-    let mut w = Peer::connect(&server).await;
+    common::bounded(async move {
+        let server = common::start().await;
+        let mut g = GrpcPeer::open(&server).await;
+        let mut w = Peer::connect(&server).await;
 
-    let command_result::Outcome::Reply(r) = g.run(join("r", "g1", "Grace")).await else {
-        panic!("join failed")
-    };
-    assert!(matches!(r.kind, Some(proto::reply::Kind::Join(ref j)) if j.users.is_empty()));
-    let d = w.join("r", "w1", "Walt").await;
-    assert_eq!(d["users"][0]["userId"], json!("g1"));
-    let peer_event::Kind::NewUser(nu) = g.event().await else {
-        panic!()
-    };
-    assert_eq!((nu.user_id.as_str(), nu.user_name.as_str()), ("w1", "Walt"));
+        let command_result::Outcome::Reply(r) = g.run(join("r", "g1", "Grace")).await else {
+            panic!("join failed")
+        };
+        assert!(matches!(r.kind, Some(proto::reply::Kind::Join(ref j)) if j.users.is_empty()));
+        let d = w.join("r", "w1", "Walt").await;
+        assert_eq!(d["users"][0]["userId"], json!("g1"));
+        let peer_event::Kind::NewUser(nu) = g.event().await else {
+            panic!()
+        };
+        assert_eq!((nu.user_id.as_str(), nu.user_name.as_str()), ("w1", "Walt"));
 
-    // gRPC push -> WebSocket newPusher, rtpParam verbatim.
-    let rtp = rtp_param(99).to_string();
-    let push = command::Kind::Push(proto::PushRequest {
-        room_id: "r".into(),
-        user_id: "g1".into(),
-        user_name: "Grace".into(),
-        publishers: vec![proto::Publisher {
-            pusher_id: "gv".into(),
-            rtp_param_json: rtp.clone(),
-            extra: [("x_tag".to_owned(), "[1,\"a\"]".to_owned())].into(),
-        }],
-        extra: Default::default(),
-    });
-    assert!(matches!(
-        g.run(push).await,
-        command_result::Outcome::Reply(_)
-    ));
-    let np = w.expect("newPusher").await;
-    assert_eq!(
-        np["pushers"],
-        json!([{"pusherId": "gv", "rtpParam": rtp_param(99), "x_tag": [1, "a"]}])
-    );
-    // Invalid JSON from a gRPC peer is refused, never forwarded.
-    let bad = command::Kind::Push(proto::PushRequest {
-        room_id: "r".into(),
-        user_id: "g1".into(),
-        publishers: vec![proto::Publisher {
-            pusher_id: "p".into(),
-            rtp_param_json: "{oops".into(),
+        // gRPC push -> WebSocket newPusher, rtpParam verbatim.
+        let rtp = rtp_param(99).to_string();
+        let push = command::Kind::Push(proto::PushRequest {
+            room_id: "r".into(),
+            user_id: "g1".into(),
+            user_name: "Grace".into(),
+            publishers: vec![proto::Publisher {
+                pusher_id: "gv".into(),
+                rtp_param_json: rtp.clone(),
+                extra: [("x_tag".to_owned(), "[1,\"a\"]".to_owned())].into(),
+            }],
             extra: Default::default(),
-        }],
-        ..Default::default()
-    });
-    let command_result::Outcome::Error(e) = g.run(bad).await else {
-        panic!("accepted invalid JSON")
-    };
-    assert_eq!(e.code, 400);
-    assert!(e.reason.contains("rtp_param_json"), "{}", e.reason);
+        });
+        assert!(matches!(
+            g.run(push).await,
+            command_result::Outcome::Reply(_)
+        ));
+        let np = w.expect("newPusher").await;
+        assert_eq!(
+            np["pushers"],
+            json!([{"pusherId": "gv", "rtpParam": rtp_param(99), "x_tag": [1, "a"]}])
+        );
+        // Invalid JSON from a gRPC peer is refused, never forwarded.
+        let bad = command::Kind::Push(proto::PushRequest {
+            room_id: "r".into(),
+            user_id: "g1".into(),
+            publishers: vec![proto::Publisher {
+                pusher_id: "p".into(),
+                rtp_param_json: "{oops".into(),
+                extra: Default::default(),
+            }],
+            ..Default::default()
+        });
+        let command_result::Outcome::Error(e) = g.run(bad).await else {
+            panic!("accepted invalid JSON")
+        };
+        assert_eq!(e.code, 400);
+        assert!(e.reason.contains("rtp_param_json"), "{}", e.reason);
 
-    // WebSocket pull -> the gRPC peer, payload verbatim.
-    let pull = json!({"roomId": "r", "pusher_user_id": "g1", "udp_ip": "1.2.3.4", "udp_port": 5000, "mediaType": "video", "pushInfo": {"pusherId": "gv", "rtpParam": rtp_param(99)}, "x": 1});
-    w.notify("pullRemoteStream", pull.clone()).await;
-    let peer_event::Kind::PullRemoteStream(p) = g.event().await else {
-        panic!()
-    };
-    assert_eq!((p.udp_port, p.media_type.as_str()), (5000, "video"));
-    assert_eq!(
-        serde_json::from_str::<Value>(&p.payload_json).unwrap(),
-        pull
-    );
+        // WebSocket pull -> the gRPC peer, payload verbatim.
+        let pull = json!({"roomId": "r", "pusher_user_id": "g1", "udp_ip": "1.2.3.4", "udp_port": 5000, "mediaType": "video", "pushInfo": {"pusherId": "gv", "rtpParam": rtp_param(99)}, "x": 1});
+        w.notify("pullRemoteStream", pull.clone()).await;
+        let peer_event::Kind::PullRemoteStream(p) = g.event().await else {
+            panic!()
+        };
+        assert_eq!((p.udp_port, p.media_type.as_str()), (5000, "video"));
+        assert_eq!(
+            serde_json::from_str::<Value>(&p.payload_json).unwrap(),
+            pull
+        );
 
-    // Chat both ways.
-    let text = command::Kind::TextMessage(proto::TextMessageRequest {
-        room_id: "r".into(),
-        user_id: "g1".into(),
-        user_name: "Grace".into(),
-        message: "from grpc".into(),
-        extra: Default::default(),
-    });
-    g.run(text).await;
-    assert_eq!(
-        w.expect("textMessage").await,
-        json!({"roomId": "r", "userId": "g1", "userName": "Grace", "message": "from grpc"})
-    );
-    w.notify(
-        "textMessage",
-        json!({"roomId": "r", "userId": "w1", "userName": "Walt", "message": "from ws"}),
-    )
-    .await;
-    let peer_event::Kind::TextMessage(t) = g.event().await else {
-        panic!()
-    };
-    assert_eq!(t.message, "from ws");
+        // Chat both ways.
+        let text = command::Kind::TextMessage(proto::TextMessageRequest {
+            room_id: "r".into(),
+            user_id: "g1".into(),
+            user_name: "Grace".into(),
+            message: "from grpc".into(),
+            extra: Default::default(),
+        });
+        g.run(text).await;
+        assert_eq!(
+            w.expect("textMessage").await,
+            json!({"roomId": "r", "userId": "g1", "userName": "Grace", "message": "from grpc"})
+        );
+        w.notify(
+            "textMessage",
+            json!({"roomId": "r", "userId": "w1", "userName": "Walt", "message": "from ws"}),
+        )
+        .await;
+        let peer_event::Kind::TextMessage(t) = g.event().await else {
+            panic!()
+        };
+        assert_eq!(t.message, "from ws");
 
-    // Echo and an unknown-room pull answer with results.
-    let command_result::Outcome::Reply(r) = g
-        .run(command::Kind::Echo(proto::EchoRequest {
-            data_json: "{\"a\":1}".into(),
-        }))
-        .await
-    else {
-        panic!()
-    };
-    assert!(matches!(r.kind, Some(proto::reply::Kind::Echo(ref e)) if e.data_json == "{\"a\":1}"));
-    let command_result::Outcome::Error(e) = g
-        .run(command::Kind::PullRemoteStream(
-            proto::PullRemoteStreamRequest {
-                room_id: "nope".into(),
-                pusher_user_id: "x".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-    else {
-        panic!()
-    };
-    assert_eq!(e.code, 404);
-
-    // The stream ends: the same clean-up as a dropped socket.
-    drop(g);
-    assert_eq!(
-        w.expect("userDisconnect").await,
-        json!({"roomId": "r", "userId": "g1"})
-    );
-    let room = server.center().get_room("r").unwrap();
-    assert_eq!(room.users.len(), 1);
-}
-
-#[tokio::test]
-async fn a_grpc_msu_gets_and_answers_invites() {
-    let server = common::start().await;
-    let mut m = GrpcPeer::open(&server).await;
-    let command_result::Outcome::Reply(r) = m
-        .run(command::Kind::RegisterMsu(proto::RegisterMsuRequest {
-            msu_id: "gm".into(),
-        }))
-        .await
-    else {
-        panic!()
-    };
-    assert!(
-        matches!(r.kind, Some(proto::reply::Kind::RegisterMsu(ref x)) if x.registered && x.msu_id == "gm")
-    );
-    let mut w = Peer::connect(&server).await;
-    w.join("r", "u", "U").await;
-    let Some(center_message::Kind::Invite(inv)) = m.next().await.unwrap().kind else {
-        panic!("no invite")
-    };
-    assert_eq!(inv.room_id, "r");
-    m.tx.send(PeerMessage {
-        kind: Some(peer_message::Kind::InviteAnswer(proto::InviteAnswer {
-            id: inv.id,
-            ok: true,
-            error: None,
-        })),
-    })
-    .await
-    .unwrap();
-    let msus = common::grpc(&server)
-        .await
-        .list_msus(proto::ListMsusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .msus;
-    assert_eq!(msus[0].room_ids, vec!["r".to_owned()]);
-}
-
-#[tokio::test]
-async fn operator_rpcs_over_websocket_state() {
-    let server = common::start().await;
-    let mut client = common::grpc(&server).await;
-    let (mut a, mut b) = (Peer::connect(&server).await, Peer::connect(&server).await);
-    a.collect_invites = true;
-    a.request("register", json!({"id": "m1"})).await;
-    a.join("r", "a1", "Ann").await;
-    a.join("r", "a2", "Abe").await;
-    b.join("r", "b1", "Bo").await;
-    a.expect("newUser").await;
-    a.notify("push", json!({"roomId": "r", "userId": "a1", "publishers": [{"pusherId": "v", "rtpParam": {"ssrc": 1, "av_type": 2}}]})).await;
-    b.expect("newPusher").await;
-    b.join("s", "b2", "Bo2").await;
-
-    let rooms = client
-        .list_rooms(proto::ListRoomsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .rooms;
-    assert_eq!(
-        rooms
-            .iter()
-            .map(|r| (
-                r.room_id.as_str(),
-                r.user_count,
-                r.session_count,
-                r.msu_id.as_str()
+        // Echo and an unknown-room pull answer with results.
+        let command_result::Outcome::Reply(r) = g
+            .run(command::Kind::Echo(proto::EchoRequest {
+                data_json: "{\"a\":1}".into(),
+            }))
+            .await
+        else {
+            panic!()
+        };
+        assert!(matches!(r.kind, Some(proto::reply::Kind::Echo(ref e)) if e.data_json == "{\"a\":1}"));
+        let command_result::Outcome::Error(e) = g
+            .run(command::Kind::PullRemoteStream(
+                proto::PullRemoteStreamRequest {
+                    room_id: "nope".into(),
+                    pusher_user_id: "x".into(),
+                    ..Default::default()
+                },
             ))
-            .collect::<Vec<_>>(),
-        vec![("r", 3, 2, "m1"), ("s", 1, 1, "m1")]
-    );
+            .await
+        else {
+            panic!()
+        };
+        assert_eq!(e.code, 404);
 
-    let room = client
-        .get_room(proto::GetRoomRequest {
-            room_id: "r".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .room
-        .unwrap();
-    assert_eq!(room.msu_id, "m1");
-    let a1 = &room.users[0];
-    assert_eq!((a1.user_id.as_str(), a1.user_name.as_str()), ("a1", "Ann"));
-    assert_eq!(
-        serde_json::from_str::<Value>(&a1.pushers[0].rtp_param_json).unwrap(),
-        json!({"ssrc": 1, "av_type": 2})
-    );
-    assert_ne!(a1.session_id, room.users[2].session_id);
+        // The stream ends: the same clean-up as a dropped socket.
+        drop(g);
+        assert_eq!(
+            w.expect("userDisconnect").await,
+            json!({"roomId": "r", "userId": "g1"})
+        );
+        let room = server.center().get_room("r").unwrap();
+        assert_eq!(room.users.len(), 1);
+    })
+    .await;
+}
 
-    let sessions = client
-        .list_sessions(proto::ListSessionsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .sessions;
-    assert_eq!(sessions.len(), 2);
-    let sa = sessions
-        .iter()
-        .find(|s| s.msu_ids == vec!["m1".to_owned()])
-        .unwrap();
-    assert_eq!(
-        (sa.transport, sa.user_count),
-        (proto::Transport::Ws as i32, 2)
-    );
-    assert!(sa.messages_in >= 4 && sa.messages_out >= 4, "{sa:?}");
-    assert!(sa.peer_addr.starts_with("127.0.0.1:"));
-
-    let msus = client
-        .list_msus(proto::ListMsusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .msus;
-    assert_eq!(
-        (
-            msus[0].msu_id.as_str(),
-            msus[0].room_ids.clone(),
-            msus[0].session_id
-        ),
-        ("m1", vec!["r".to_owned(), "s".to_owned()], sa.session_id)
-    );
-
-    // Text as the system and as a user: every session of the room gets it.
-    client
-        .send_text_message(proto::SendTextMessageRequest {
-            room_id: "r".into(),
-            message: "maintenance at 5".into(),
-            ..Default::default()
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_msu_gets_and_answers_invites() {
+    common::bounded(async move {
+        let server = common::start().await;
+        let mut m = GrpcPeer::open(&server).await;
+        let command_result::Outcome::Reply(r) = m
+            .run(command::Kind::RegisterMsu(proto::RegisterMsuRequest {
+                msu_id: "gm".into(),
+            }))
+            .await
+        else {
+            panic!()
+        };
+        assert!(
+            matches!(r.kind, Some(proto::reply::Kind::RegisterMsu(ref x)) if x.registered && x.msu_id == "gm")
+        );
+        let mut w = Peer::connect(&server).await;
+        w.join("r", "u", "U").await;
+        let Some(center_message::Kind::Invite(inv)) = m.next().await.unwrap().kind else {
+            panic!("no invite")
+        };
+        assert_eq!(inv.room_id, "r");
+        m.tx.send(PeerMessage {
+            kind: Some(peer_message::Kind::InviteAnswer(proto::InviteAnswer {
+                id: inv.id,
+                ok: true,
+                error: None,
+            })),
         })
         .await
         .unwrap();
-    assert_eq!(
-        a.expect("textMessage").await,
-        json!({"roomId": "r", "userId": "", "userName": "system", "message": "maintenance at 5"})
-    );
-    assert_eq!(b.expect("textMessage").await["userName"], json!("system"));
-    client
-        .send_text_message(proto::SendTextMessageRequest {
-            room_id: "r".into(),
-            user_id: "a1".into(),
-            message: "hi".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(b.expect("textMessage").await["userName"], json!("Ann"));
-    a.expect("textMessage").await;
+        let msus = common::grpc(&server)
+            .await
+            .list_msus(proto::ListMsusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .msus;
+        assert_eq!(msus[0].room_ids, vec!["r".to_owned()]);
+    })
+    .await;
+}
 
-    // Kick: the room's other sessions and the user's own get userLeave.
-    let n = client
-        .remove_user(proto::RemoveUserRequest {
-            room_id: "r".into(),
-            user_id: "b1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(n.sessions_notified, 2);
-    assert_eq!(
-        a.expect("userLeave").await,
-        json!({"roomId": "r", "userId": "b1"})
-    );
-    assert_eq!(
-        b.expect("userLeave").await,
-        json!({"roomId": "r", "userId": "b1"})
-    );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_rpcs_over_websocket_state() {
+    common::bounded(async move {
+        let server = common::start().await;
+        let mut client = common::grpc(&server).await;
+        let (mut a, mut b) = (Peer::connect(&server).await, Peer::connect(&server).await);
+        a.collect_invites = true;
+        a.request("register", json!({"id": "m1"})).await;
+        a.join("r", "a1", "Ann").await;
+        a.join("r", "a2", "Abe").await;
+        b.join("r", "b1", "Bo").await;
+        a.expect("newUser").await;
+        a.notify("push", json!({"roomId": "r", "userId": "a1", "publishers": [{"pusherId": "v", "rtpParam": {"ssrc": 1, "av_type": 2}}]})).await;
+        b.expect("newPusher").await;
+        b.join("s", "b2", "Bo2").await;
 
-    // Close: every session gets userLeave for each user; the room is gone.
-    let n = client
-        .close_room(proto::CloseRoomRequest {
-            room_id: "r".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(n.users_removed, 2);
-    assert_eq!(a.expect("userLeave").await["userId"], json!("a1"));
-    assert_eq!(a.expect("userLeave").await["userId"], json!("a2"));
-    b.expect_silence().await;
-    assert_eq!(
-        client
+        let rooms = client
+            .list_rooms(proto::ListRoomsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .rooms;
+        assert_eq!(
+            rooms
+                .iter()
+                .map(|r| (
+                    r.room_id.as_str(),
+                    r.user_count,
+                    r.session_count,
+                    r.msu_id.as_str()
+                ))
+                .collect::<Vec<_>>(),
+            vec![("r", 3, 2, "m1"), ("s", 1, 1, "m1")]
+        );
+
+        let room = client
             .get_room(proto::GetRoomRequest {
-                room_id: "r".into()
+                room_id: "r".into(),
             })
             .await
-            .unwrap_err()
-            .code(),
-        Code::NotFound
-    );
+            .unwrap()
+            .into_inner()
+            .room
+            .unwrap();
+        assert_eq!(room.msu_id, "m1");
+        let a1 = &room.users[0];
+        assert_eq!((a1.user_id.as_str(), a1.user_name.as_str()), ("a1", "Ann"));
+        assert_eq!(
+            serde_json::from_str::<Value>(&a1.pushers[0].rtp_param_json).unwrap(),
+            json!({"ssrc": 1, "av_type": 2})
+        );
+        assert_ne!(a1.session_id, room.users[2].session_id);
 
-    // Clear status codes.
-    let e = client
-        .remove_user(proto::RemoveUserRequest {
-            room_id: "s".into(),
-            user_id: "ghost".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::NotFound);
-    let e = client
-        .get_room(proto::GetRoomRequest {
-            room_id: String::new(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("room_id"), "{}", e.message());
-    let e = client
-        .send_text_message(proto::SendTextMessageRequest {
-            room_id: "s".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("message"));
+        let sessions = client
+            .list_sessions(proto::ListSessionsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .sessions;
+        assert_eq!(sessions.len(), 2);
+        let sa = sessions
+            .iter()
+            .find(|s| s.msu_ids == vec!["m1".to_owned()])
+            .unwrap();
+        assert_eq!(
+            (sa.transport, sa.user_count),
+            (proto::Transport::Ws as i32, 2)
+        );
+        assert!(sa.messages_in >= 4 && sa.messages_out >= 4, "{sa:?}");
+        assert!(sa.peer_addr.starts_with("127.0.0.1:"));
+
+        let msus = client
+            .list_msus(proto::ListMsusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .msus;
+        assert_eq!(
+            (
+                msus[0].msu_id.as_str(),
+                msus[0].room_ids.clone(),
+                msus[0].session_id
+            ),
+            ("m1", vec!["r".to_owned(), "s".to_owned()], sa.session_id)
+        );
+
+        // Text as the system and as a user: every session of the room gets it.
+        client
+            .send_text_message(proto::SendTextMessageRequest {
+                room_id: "r".into(),
+                message: "maintenance at 5".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            a.expect("textMessage").await,
+            json!({"roomId": "r", "userId": "", "userName": "system", "message": "maintenance at 5"})
+        );
+        assert_eq!(b.expect("textMessage").await["userName"], json!("system"));
+        client
+            .send_text_message(proto::SendTextMessageRequest {
+                room_id: "r".into(),
+                user_id: "a1".into(),
+                message: "hi".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(b.expect("textMessage").await["userName"], json!("Ann"));
+        a.expect("textMessage").await;
+
+        // Kick: the room's other sessions and the user's own get userLeave.
+        let n = client
+            .remove_user(proto::RemoveUserRequest {
+                room_id: "r".into(),
+                user_id: "b1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(n.sessions_notified, 2);
+        assert_eq!(
+            a.expect("userLeave").await,
+            json!({"roomId": "r", "userId": "b1"})
+        );
+        assert_eq!(
+            b.expect("userLeave").await,
+            json!({"roomId": "r", "userId": "b1"})
+        );
+
+        // Close: every session gets userLeave for each user; the room is gone.
+        let n = client
+            .close_room(proto::CloseRoomRequest {
+                room_id: "r".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(n.users_removed, 2);
+        assert_eq!(a.expect("userLeave").await["userId"], json!("a1"));
+        assert_eq!(a.expect("userLeave").await["userId"], json!("a2"));
+        b.expect_silence().await;
+        assert_eq!(
+            client
+                .get_room(proto::GetRoomRequest {
+                    room_id: "r".into()
+                })
+                .await
+                .unwrap_err()
+                .code(),
+            Code::NotFound
+        );
+
+        // Clear status codes.
+        let e = client
+            .remove_user(proto::RemoveUserRequest {
+                room_id: "s".into(),
+                user_id: "ghost".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        let e = client
+            .get_room(proto::GetRoomRequest {
+                room_id: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("room_id"), "{}", e.message());
+        let e = client
+            .send_text_message(proto::SendTextMessageRequest {
+                room_id: "s".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("message"));
+    })
+    .await;
 }
 
 fn kinds(events: &[proto::WatchEventsResponse]) -> Vec<EventKind> {
@@ -455,254 +464,275 @@ async fn take(
     out
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_events_sees_a_scripted_scenario_in_order() {
-    let server = common::start().await;
-    let mut client = common::grpc(&server).await;
-    let mut all = client
-        .watch_events(proto::WatchEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let mut room_only = client
-        .watch_events(proto::WatchEventsRequest {
-            room_ids: vec!["r".into()],
-            kinds: vec![
-                EventKind::UserJoined as i32,
-                EventKind::UserDisconnected as i32,
-            ],
-        })
-        .await
-        .unwrap()
-        .into_inner();
-
-    let mut a = Peer::connect(&server).await;
-    a.collect_invites = true;
-    a.request("register", json!({"id": "m"})).await;
-    a.join("r", "a1", "A").await;
-    let mut b = Peer::connect(&server).await;
-    b.join("r", "b1", "B").await;
-    a.expect("newUser").await;
-    a.notify(
-        "push",
-        json!({"roomId": "r", "userId": "a1", "publishers": [{"pusherId": "p", "rtpParam": {}}]}),
-    )
-    .await;
-    b.expect("newPusher").await;
-    b.notify("pullRemoteStream", json!({"roomId": "r", "pusher_user_id": "a1", "udp_ip": "1.1.1.1", "udp_port": 1, "mediaType": "video", "pushInfo": {"pusherId": "p"}})).await;
-    a.expect("pullRemoteStream").await;
-    b.notify(
-        "textMessage",
-        json!({"roomId": "r", "userId": "b1", "message": "m"}),
-    )
-    .await;
-    a.expect("textMessage").await;
-    a.notify("userDisconnect", json!({"roomId": "r", "userId": "a1"}))
-        .await;
-    b.expect("userDisconnect").await;
-    a.notify(
-        "userReConnect",
-        json!({"roomId": "r", "userId": "a1", "userName": "A"}),
-    )
-    .await;
-    b.expect("userReConnect").await;
-    b.notify("userLeave", json!({"roomId": "r", "userId": "b1"}))
-        .await;
-    a.expect("userLeave").await;
-    drop(b);
-    a.ws.close(None).await.unwrap();
-
-    use EventKind as K;
-    let expected = vec![
-        K::SessionOpened,
-        K::MsuRegistered,
-        K::RoomCreated,
-        K::UserJoined,
-        K::MsuInvited,
-        K::SessionOpened,
-        K::UserJoined,
-        K::MsuInvited,
-        K::PusherAdded,
-        K::PullForwarded,
-        K::TextMessage,
-        K::UserDisconnected,
-        K::UserReconnected,
-        K::UserLeft,
-        K::SessionClosed,
-        // A's close: a1 disconnected and removed, the room closed, the MSU lost.
-        K::UserDisconnected,
-        K::UserLeft,
-        K::RoomClosed,
-        K::MsuLost,
-        K::SessionClosed,
-    ];
-    let events = take(&mut all, expected.len()).await;
-    assert_eq!(kinds(&events), expected);
-    for pair in events.windows(2) {
-        assert_eq!(pair[1].seq, pair[0].seq + 1, "gap-free sequence numbers");
-    }
-    assert!(events.iter().all(|e| e.time.is_some()));
-    let Some(Event::UserReconnected(r)) = &events[12].event else {
-        panic!()
-    };
-    assert_eq!(r.user_id, "a1");
-
-    let filtered = take(&mut room_only, 4).await;
-    assert_eq!(
-        kinds(&filtered),
-        vec![
-            K::UserJoined,
-            K::UserJoined,
-            K::UserDisconnected,
-            K::UserDisconnected
-        ]
-    );
-    assert!(filtered.iter().all(|e| e.room_id == "r"));
-}
-
-#[tokio::test]
-async fn a_slow_watcher_is_told_it_lagged_while_a_fast_one_keeps_up() {
-    let server = pilot_center::server::Server::start(&common::config_sections(
-        false,
-        "",
-        "  outbound_queue: 8\n",
-        "  event_feed_capacity: 1024\n",
-    ))
-    .await
-    .unwrap();
-    let mut client = common::grpc(&server).await;
-    let mut slow = client
-        .watch_events(proto::WatchEventsRequest {
-            kinds: vec![EventKind::TextMessage as i32],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut fast = client
-        .watch_events(proto::WatchEventsRequest {
-            kinds: vec![EventKind::TextMessage as i32],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut a = Peer::connect(&server).await;
-    a.join("r", "a", "A").await;
-    // Enough bytes (about 10 MB) to get past every buffer between the
-    // center and the slow watcher (HTTP/2 windows, send buffers, queues).
-    const N: usize = 40_000;
-    let pad = "x".repeat(200);
-    let seen_by_fast = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let seen_counter = seen_by_fast.clone();
-    let reader = tokio::spawn(async move {
-        let mut seen = 0;
-        let mut last = 0;
-        while seen < N {
-            let e = tokio::time::timeout(WAIT, fast.next())
-                .await
-                .expect("in time")
-                .unwrap()
-                .unwrap();
-            assert!(
-                !matches!(e.event, Some(Event::Lagged(_))),
-                "the fast watcher lagged"
-            );
-            assert!(e.seq > last);
-            last = e.seq;
-            seen += 1;
-            seen_counter.store(seen, std::sync::atomic::Ordering::Relaxed);
-        }
-    });
-    // Bursts of 200 the fast watcher drains before the next; the slow one reads nothing.
-    for i in 0..N {
-        a.notify(
-            "textMessage",
-            json!({"roomId": "r", "userId": "a", "message": format!("{i}{pad}")}),
-        )
-        .await;
-        if i % 200 == 199 {
-            while seen_by_fast.load(std::sync::atomic::Ordering::Relaxed) < i + 1 {
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
-        }
-    }
-    reader.await.unwrap();
-    // The slow watcher now reads: somewhere in its stream is a lag marker.
-    let mut skipped = 0;
-    let mut got = 0;
-    while got + skipped < N as u64 {
-        match tokio::time::timeout(WAIT, slow.next())
+    common::bounded(async move {
+        let server = common::start().await;
+        let mut client = common::grpc(&server).await;
+        let mut all = client
+            .watch_events(proto::WatchEventsRequest::default())
             .await
-            .expect("in time")
             .unwrap()
-            .unwrap()
-            .event
-        {
-            Some(Event::Lagged(l)) => skipped += l.skipped,
-            _ => got += 1,
-        }
-    }
-    assert!(skipped > 0, "no lag marker");
-    assert!(got < N as u64);
-}
-
-#[tokio::test]
-async fn health_and_reflection_are_served() {
-    let server = common::start().await;
-    let channel =
-        tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr().unwrap()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    for service in ["", "pilot.v1.RoomService"] {
-        let r = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: service.into(),
+            .into_inner();
+        let mut room_only = client
+            .watch_events(proto::WatchEventsRequest {
+                room_ids: vec!["r".into()],
+                kinds: vec![
+                    EventKind::UserJoined as i32,
+                    EventKind::UserDisconnected as i32,
+                ],
             })
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(
-            r.status(),
-            tonic_health::pb::health_check_response::ServingStatus::Serving
-        );
-    }
-}
 
-#[tokio::test]
-async fn a_grpc_peer_that_stops_reading_is_cut_off() {
-    let server = pilot_center::server::Server::start(&common::config_sections(
-        false,
-        "",
-        "  outbound_queue: 8\n",
-        "",
-    ))
-    .await
-    .unwrap();
-    let mut g = GrpcPeer::open(&server).await;
-    g.run(join("r", "g", "G")).await;
-    let mut w = Peer::connect(&server).await;
-    w.join("r", "w", "W").await;
-    g.event().await;
-    // g stops reading; w floods the room with 16 MB.
-    let pad = "p".repeat(4096);
-    for i in 0..4000 {
-        w.notify(
-            "textMessage",
-            json!({"roomId": "r", "userId": "w", "message": format!("{i}{pad}")}),
+        let mut a = Peer::connect(&server).await;
+        a.collect_invites = true;
+        a.request("register", json!({"id": "m"})).await;
+        a.join("r", "a1", "A").await;
+        let mut b = Peer::connect(&server).await;
+        b.join("r", "b1", "B").await;
+        a.expect("newUser").await;
+        a.notify(
+            "push",
+            json!({"roomId": "r", "userId": "a1", "publishers": [{"pusherId": "p", "rtpParam": {}}]}),
         )
         .await;
-    }
-    let center = server.center().clone();
-    common::eventually("the stalled gRPC session to be closed", || {
-        center.list_sessions().len() == 1
+        b.expect("newPusher").await;
+        b.notify("pullRemoteStream", json!({"roomId": "r", "pusher_user_id": "a1", "udp_ip": "1.1.1.1", "udp_port": 1, "mediaType": "video", "pushInfo": {"pusherId": "p"}})).await;
+        a.expect("pullRemoteStream").await;
+        b.notify(
+            "textMessage",
+            json!({"roomId": "r", "userId": "b1", "message": "m"}),
+        )
+        .await;
+        a.expect("textMessage").await;
+        a.notify("userDisconnect", json!({"roomId": "r", "userId": "a1"}))
+            .await;
+        b.expect("userDisconnect").await;
+        a.notify(
+            "userReConnect",
+            json!({"roomId": "r", "userId": "a1", "userName": "A"}),
+        )
+        .await;
+        b.expect("userReConnect").await;
+        b.notify("userLeave", json!({"roomId": "r", "userId": "b1"}))
+            .await;
+        a.expect("userLeave").await;
+        drop(b);
+        // b's close and a's race otherwise; the expected order has b's first.
+        let center = server.center().clone();
+        common::eventually("b's session to close", || {
+            center.list_sessions().len() == 1
+        })
+        .await;
+        a.ws.close(None).await.unwrap();
+
+        use EventKind as K;
+        let expected = vec![
+            K::SessionOpened,
+            K::MsuRegistered,
+            K::RoomCreated,
+            K::UserJoined,
+            K::MsuInvited,
+            K::SessionOpened,
+            K::UserJoined,
+            K::MsuInvited,
+            K::PusherAdded,
+            K::PullForwarded,
+            K::TextMessage,
+            K::UserDisconnected,
+            K::UserReconnected,
+            K::UserLeft,
+            K::SessionClosed,
+            // A's close: a1 disconnected and removed, the room closed, the MSU lost.
+            K::UserDisconnected,
+            K::UserLeft,
+            K::RoomClosed,
+            K::MsuLost,
+            K::SessionClosed,
+        ];
+        let events = take(&mut all, expected.len()).await;
+        assert_eq!(kinds(&events), expected);
+        for pair in events.windows(2) {
+            assert_eq!(pair[1].seq, pair[0].seq + 1, "gap-free sequence numbers");
+        }
+        assert!(events.iter().all(|e| e.time.is_some()));
+        let Some(Event::UserReconnected(r)) = &events[12].event else {
+            panic!()
+        };
+        assert_eq!(r.user_id, "a1");
+
+        let filtered = take(&mut room_only, 4).await;
+        assert_eq!(
+            kinds(&filtered),
+            vec![
+                K::UserJoined,
+                K::UserJoined,
+                K::UserDisconnected,
+                K::UserDisconnected
+            ]
+        );
+        assert!(filtered.iter().all(|e| e.room_id == "r"));
     })
     .await;
-    assert_eq!(w.request("echo", json!(1)).await["ok"], json!(true));
-    // The stream ends with RESOURCE_EXHAUSTED once g reads again.
-    let status = common::end_status(&mut g.rx).await;
-    assert_eq!(status, Code::ResourceExhausted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_watcher_is_told_it_lagged_while_a_fast_one_keeps_up() {
+    common::bounded(async move {
+        let server = pilot_center::server::Server::start(&common::config_sections(
+            false,
+            "",
+            "  outbound_queue: 8\n",
+            "  event_feed_capacity: 1024\n",
+        ))
+        .await
+        .unwrap();
+        let mut client = common::grpc(&server).await;
+        let mut slow = client
+            .watch_events(proto::WatchEventsRequest {
+                kinds: vec![EventKind::TextMessage as i32],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut fast = client
+            .watch_events(proto::WatchEventsRequest {
+                kinds: vec![EventKind::TextMessage as i32],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut a = Peer::connect(&server).await;
+        a.join("r", "a", "A").await;
+        // Enough bytes (about 10 MB) to get past every buffer between the
+        // center and the slow watcher (HTTP/2 windows, send buffers, queues).
+        // Bursts of 200 that the fast watcher reads before the next; the slow
+        // one reads nothing.
+        const N: usize = 40_000;
+        const BURST: usize = 200;
+        let pad = "x".repeat(200);
+        let mut last = 0;
+        for burst in 0..N / BURST {
+            for i in burst * BURST..(burst + 1) * BURST {
+                a.notify(
+                    "textMessage",
+                    json!({"roomId": "r", "userId": "a", "message": format!("{i}{pad}")}),
+                )
+                .await;
+            }
+            for _ in 0..BURST {
+                let e = tokio::time::timeout(WAIT, fast.next())
+                    .await
+                    .expect("in time")
+                    .unwrap()
+                    .unwrap();
+                assert!(
+                    !matches!(e.event, Some(Event::Lagged(_))),
+                    "the fast watcher lagged"
+                );
+                assert!(e.seq > last);
+                last = e.seq;
+            }
+        }
+        // The slow watcher now reads: somewhere in its stream is a lag marker.
+        let mut skipped = 0;
+        let mut got = 0;
+        while got + skipped < N as u64 {
+            match tokio::time::timeout(WAIT, slow.next())
+                .await
+                .expect("in time")
+                .unwrap()
+                .unwrap()
+                .event
+            {
+                Some(Event::Lagged(l)) => skipped += l.skipped,
+                _ => got += 1,
+            }
+        }
+        assert!(skipped > 0, "no lag marker");
+        assert!(got < N as u64);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_are_served() {
+    common::bounded(async move {
+        let server = common::start().await;
+        let channel = tonic::transport::Channel::from_shared(format!(
+            "http://{}",
+            server.grpc_addr().unwrap()
+        ))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        for service in ["", "pilot.v1.RoomService"] {
+            let r = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                r.status(),
+                tonic_health::pb::health_check_response::ServingStatus::Serving
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_peer_that_stops_reading_is_cut_off() {
+    common::bounded(async move {
+        let server = pilot_center::server::Server::start(&common::config_sections(
+            false,
+            "",
+            "  outbound_queue: 8\n",
+            "",
+        ))
+        .await
+        .unwrap();
+        let mut g = GrpcPeer::open(&server).await;
+        g.run(join("r", "g", "G")).await;
+        let mut w = Peer::connect(&server).await;
+        w.join("r", "w", "W").await;
+        g.event().await;
+        // g stops reading; w floods the room until the center finds g
+        // behind. HTTP/2 flow control stops the center's sends after a few
+        // MiB whatever the kernel's buffers; 16 MiB is the bound.
+        let pad = "p".repeat(4096);
+        let center = server.center().clone();
+        let mut sent = 0;
+        while center.metrics().slow_consumers.get() == 0 {
+            assert!(sent < 4096, "the stalled gRPC peer was never cut off");
+            for i in sent..sent + 64 {
+                w.notify(
+                    "textMessage",
+                    json!({"roomId": "r", "userId": "w", "message": format!("{i}{pad}")}),
+                )
+                .await;
+            }
+            // The center has handled what w sent before it answers this.
+            w.request("echo", json!("step")).await;
+            sent += 64;
+        }
+        common::eventually("the stalled gRPC session to be closed", || {
+            center.list_sessions().len() == 1
+        })
+        .await;
+        assert_eq!(w.expect("userDisconnect").await["userId"], json!("g"));
+        w.expect_silence().await;
+        // The stream ends with RESOURCE_EXHAUSTED once g reads again.
+        let status = common::end_status(&mut g.rx).await;
+        assert_eq!(status, Code::ResourceExhausted);
+    })
+    .await;
 }

@@ -270,7 +270,7 @@ impl Gateway {
                 pong_timeout: self.config.pong_timeout(),
                 invite_timeout: self.invite_timeout,
                 grant,
-                rate: self.rate,
+                rate: self.rate.clone(),
             },
             shutdown,
         )

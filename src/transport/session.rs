@@ -138,7 +138,7 @@ where
     let (mut sink, mut stream) = ws.split();
 
     let end = {
-        let reader = read_loop(&mut stream, &ctx, RateGate::new(settings.rate));
+        let reader = read_loop(&mut stream, &ctx, RateGate::new(&settings.rate));
         let writer = write_loop(&mut sink, &mut rx, &ctx, &settings);
         tokio::pin!(reader, writer);
         tokio::select! {

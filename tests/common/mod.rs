@@ -16,10 +16,32 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Message, http::HeaderValue};
 
-/// How long a test waits for something that should happen.
-pub const WAIT: Duration = Duration::from_secs(5);
-/// How long a test watches for something that should not happen.
-pub const QUIET: Duration = Duration::from_millis(300);
+/// How long a test waits for something that should happen. Generous: a
+/// loaded machine running a debug build is slow, and waiting longer costs
+/// nothing when the thing happens.
+pub const WAIT: Duration = Duration::from_secs(20);
+/// The most any one test may take, whatever it waits for.
+pub const TEST_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs a test body under [`TEST_LIMIT`]: a test that hangs fails instead
+/// of blocking the suite.
+pub async fn bounded<F: std::future::Future>(body: F) -> F::Output {
+    match tokio::time::timeout(TEST_LIMIT, body).await {
+        Ok(out) => out,
+        Err(_) => panic!("the test did not finish within {TEST_LIMIT:?}"),
+    }
+}
+
+/// Awaits a spawned task under [`WAIT`], failing the test with the task's
+/// own panic message if it panicked.
+pub async fn join<T>(task: tokio::task::JoinHandle<T>) -> T {
+    match tokio::time::timeout(WAIT, task).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Ok(Err(e)) => panic!("task failed: {e}"),
+        Err(_) => panic!("task did not finish within {WAIT:?}"),
+    }
+}
 
 /// A configuration for tests: both listeners on 127.0.0.1:0; `extra` YAML is
 /// appended under `websocket:` (indent two spaces).
@@ -42,8 +64,14 @@ pub fn config_full(
     limits: &str,
     auth: &str,
 ) -> Config {
+    // MSUs answer within 1 s unless the test says otherwise.
+    let invite = if center.contains("invite_timeout_secs") {
+        ""
+    } else {
+        "  invite_timeout_secs: 1\n"
+    };
     let yaml = format!(
-        "websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n  self_signed: {tls}\n{ws}\ngrpc:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n{grpc}\ncenter:\n  invite_timeout_secs: 1\n{center}\nadmin:\n  listen_ip: 127.0.0.1\n  listen_port: 0\nlimits:\n{limits}\nauth:\n{auth}\n"
+        "websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n  self_signed: {tls}\n{ws}\ngrpc:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n{grpc}\ncenter:\n{invite}{center}\nadmin:\n  listen_ip: 127.0.0.1\n  listen_port: 0\nlimits:\n{limits}\nauth:\n{auth}\n"
     );
     Config::parse(&yaml).expect("test config")
 }
@@ -53,8 +81,12 @@ pub async fn grpc(
     server: &Server,
 ) -> pilot_center::proto::room_service_client::RoomServiceClient<tonic::transport::Channel> {
     let addr = server.grpc_addr().expect("grpc enabled");
-    pilot_center::proto::room_service_client::RoomServiceClient::connect(format!("http://{addr}"))
+    let connect = pilot_center::proto::room_service_client::RoomServiceClient::connect(format!(
+        "http://{addr}"
+    ));
+    tokio::time::timeout(WAIT, connect)
         .await
+        .expect("grpc connect in time")
         .expect("grpc connect")
 }
 
@@ -111,6 +143,34 @@ impl Peer {
 
     /// Connects presenting `Authorization: Bearer TOKEN` when given.
     pub async fn connect_with(url: &str, bearer: Option<&str>) -> Peer {
+        Self::connect_full(url, bearer, None).await
+    }
+
+    /// Connects with a receive buffer of about `bytes` (`SO_RCVBUF` set
+    /// before the connection opens, so the TCP window stays small): a peer
+    /// that stops reading backs the center up after a few KiB, whatever the
+    /// kernel's default buffer sizes.
+    pub async fn connect_small_window(server: &Server, bytes: u32) -> Peer {
+        Self::connect_full(&server.ws_url(), None, Some(bytes)).await
+    }
+
+    /// Connects, returning the upgrade's failure (e.g. a refusal with 503)
+    /// instead of panicking.
+    pub async fn try_connect(url: &str) -> Result<Peer, String> {
+        Self::try_connect_full(url, None, None).await
+    }
+
+    async fn connect_full(url: &str, bearer: Option<&str>, rcvbuf: Option<u32>) -> Peer {
+        Self::try_connect_full(url, bearer, rcvbuf)
+            .await
+            .unwrap_or_else(|e| panic!("upgrade: {e}"))
+    }
+
+    async fn try_connect_full(
+        url: &str,
+        bearer: Option<&str>,
+        rcvbuf: Option<u32>,
+    ) -> Result<Peer, String> {
         let mut request = url.into_client_request().expect("request");
         if let Some(token) = bearer {
             request.headers_mut().insert(
@@ -124,8 +184,23 @@ impl Peer {
         let uri = request.uri().clone();
         let host = uri.host().expect("host").to_owned();
         let port = uri.port_u16().expect("port");
-        let tcp = TcpStream::connect((host.as_str(), port))
+        let addr = tokio::net::lookup_host((host.as_str(), port))
             .await
+            .expect("resolve")
+            .next()
+            .expect("an address");
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .expect("socket");
+        if let Some(bytes) = rcvbuf {
+            socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        }
+        let tcp = tokio::time::timeout(WAIT, socket.connect(addr))
+            .await
+            .expect("tcp connect in time")
             .expect("tcp connect");
         let stream: Box<dyn Io> = if uri.scheme_str() == Some("wss") {
             let tls = insecure_connector()
@@ -136,9 +211,11 @@ impl Peer {
         } else {
             Box::new(tcp)
         };
-        let (ws, response) = tokio_tungstenite::client_async(request, stream)
-            .await
-            .expect("upgrade");
+        let (ws, response) =
+            tokio::time::timeout(WAIT, tokio_tungstenite::client_async(request, stream))
+                .await
+                .expect("upgrade in time")
+                .map_err(|e| e.to_string())?;
         assert_eq!(
             response
                 .headers()
@@ -147,20 +224,20 @@ impl Peer {
             Some("protoo"),
             "the center selects protoo when offered"
         );
-        Peer {
+        Ok(Peer {
             ws,
             pending: VecDeque::new(),
             next_id: 1,
             collect_invites: false,
             invites: Vec::new(),
-        }
+        })
     }
 
     /// Sends raw text.
     pub async fn send_text(&mut self, text: impl Into<String>) {
-        self.ws
-            .send(Message::Text(text.into().into()))
+        tokio::time::timeout(WAIT, self.ws.send(Message::Text(text.into().into())))
             .await
+            .expect("sent in time")
             .expect("send");
     }
 
@@ -241,15 +318,40 @@ impl Peer {
         msg["data"].clone()
     }
 
-    /// Asserts that nothing arrives for a short while.
+    /// Proves that nothing is due to this peer: sends an `echo` and asserts
+    /// that its response is the next message. The center handles a
+    /// session's messages in order and its outbound queue is FIFO, so
+    /// anything caused before the echo was handled arrives ahead of the
+    /// answer. (To prove that another peer's notification caused nothing
+    /// here, call this on that peer first: its answer shows the center
+    /// handled the notification.)
     pub async fn expect_silence(&mut self) {
-        if let Some(msg) = self.next_within(QUIET).await {
+        if let Some(msg) = self.pending.pop_front() {
             panic!("unexpected message: {msg}");
         }
+        let id = json!(format!("barrier-{}", self.next_id));
+        self.next_id += 1;
+        let msg = json!({"request": true, "id": id, "method": "echo", "data": {}});
+        self.send_text(msg.to_string()).await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let msg = self
+            .read_until(deadline)
+            .await
+            .unwrap_or_else(|| panic!("no answer to the echo barrier"));
+        assert!(
+            msg["response"] == json!(true) && msg["id"] == id,
+            "unexpected message: {msg}"
+        );
+    }
+
+    /// The messages received so far while waiting for responses.
+    pub fn take_pending(&mut self) -> Vec<Value> {
+        self.pending.drain(..).collect()
     }
 
     /// Skips whatever comes until the center's close frame, and returns it.
     pub async fn close_frame(&mut self) -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        self.pending.clear();
         loop {
             match tokio::time::timeout(WAIT, self.ws.next())
                 .await
@@ -290,14 +392,18 @@ pub fn rtp_param(ssrc: u64) -> Value {
 /// A plain HTTP/1.1 GET over a fresh connection: (status, body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = TcpStream::connect(addr).await.expect("connect");
-    tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .expect("write");
     let mut out = String::new();
-    tcp.read_to_string(&mut out).await.expect("read");
+    tokio::time::timeout(WAIT, async {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
+        tcp.read_to_string(&mut out).await.expect("read");
+    })
+    .await
+    .expect("HTTP answer in time");
     let status = out
         .split(' ')
         .nth(1)
@@ -313,7 +419,10 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 /// Sends a raw upgrade request and returns the response's status code.
 pub async fn upgrade_status(addr: std::net::SocketAddr, target: &str, extra_headers: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let mut tcp = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
     let req = format!(
         "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra_headers}\r\n"
     );
@@ -350,14 +459,37 @@ pub fn token(
     pilot_center::auth::mint(secret, &claims).expect("mint")
 }
 
-/// Waits until `cond` holds (polling), or panics with `what`.
+/// Waits until `cond` holds (polling), or panics with `what`. For state
+/// that no message announces (a session's task finishing, a gauge).
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    retry(what, || {
+        let ok = cond();
+        async move {
+            if ok {
+                Ok(())
+            } else {
+                Err("not yet".to_owned())
+            }
+        }
+    })
+    .await
+}
+
+/// Runs `attempt` every 10 ms until it succeeds, for at most [`WAIT`];
+/// the last error is in the panic message.
+pub async fn retry<T, F: std::future::Future<Output = Result<T, String>>>(
+    what: &str,
+    mut attempt: impl FnMut() -> F,
+) -> T {
     let deadline = tokio::time::Instant::now() + WAIT;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+    loop {
+        match attempt().await {
+            Ok(out) => return out,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {e}"
+            ),
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -126,6 +126,12 @@ impl Sfu {
     /// Connects like the SFU: TCP, TLS without verification when `tls`,
     /// the exact upgrade, and a ping every 2 s.
     pub async fn connect(addr: std::net::SocketAddr, tls: bool) -> Sfu {
+        tokio::time::timeout(super::WAIT, Self::open(addr, tls))
+            .await
+            .expect("the SFU connects in time")
+    }
+
+    async fn open(addr: std::net::SocketAddr, tls: bool) -> Sfu {
         let tcp = TcpStream::connect(addr).await.expect("tcp connect");
         tcp.set_nodelay(true).ok();
         let std_tcp = tcp.into_std().expect("std");
@@ -220,12 +226,12 @@ impl Sfu {
     /// Sends one raw masked frame (e.g. invalid UTF-8 in a text frame).
     pub async fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
         let frame = client_frame(opcode, payload, self.mask.to_be_bytes());
-        self.writer
-            .lock()
-            .await
-            .write_all(&frame)
-            .await
-            .expect("write frame");
+        tokio::time::timeout(super::WAIT, async {
+            self.writer.lock().await.write_all(&frame).await
+        })
+        .await
+        .expect("frame written in time")
+        .expect("write frame");
     }
 
     /// Whether the center closed the connection (close frame or EOF).
@@ -285,11 +291,24 @@ impl Sfu {
         msg["data"].clone()
     }
 
-    /// Nothing arrives for a short while.
+    /// Proves nothing is due to this SFU with an `echo` barrier: its
+    /// response must be the next message (see `Peer::expect_silence`).
     pub async fn expect_silence(&mut self) {
-        if let Some(msg) = self.recv(super::QUIET).await {
+        if let Some(msg) = self.pending.pop_front() {
             panic!("unexpected message: {msg}");
         }
+        let id = self.next_id;
+        self.next_id += 1;
+        let msg = json!({"request": true, "id": id, "method": "echo", "data": {"barrier": id}});
+        self.send_text(&msg.to_string()).await;
+        let msg = self
+            .recv(super::WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no answer to the echo barrier"));
+        assert!(
+            msg["response"] == json!(true) && msg["id"] == json!(id),
+            "unexpected message: {msg}"
+        );
     }
 
     /// Panics if the center broke one of the SFU's rules so far.
