@@ -83,6 +83,7 @@ fn bench(c: &mut Criterion) {
     let peer = || PeerInfo {
         addr: "bench".into(),
         transport: Transport::Ws,
+        identity: "bench".into(),
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Outbound>(1 << 20);
     let sender = center.open_session(peer(), Grant::unrestricted(), tx.clone());

@@ -206,6 +206,32 @@ impl Authenticator {
     }
 }
 
+/// The longest peer name taken from `?peer=` or `x-peer-id`.
+const MAX_PEER_NAME: usize = 128;
+
+/// A peer's identity, which outlives its connection (PROTOCOL.md §6): the
+/// token's subject when auth is on, else the name the peer gives itself
+/// (`?peer=NAME` on the upgrade URL, `x-peer-id` on gRPC), else its IP
+/// address. Users of an ended session wait for a session with the same one.
+pub fn peer_identity(grant: &Grant, named: Option<&str>, ip: std::net::IpAddr) -> String {
+    if !grant.subject.is_empty() {
+        return grant.subject.clone();
+    }
+    match named.map(str::trim) {
+        Some(name) if !name.is_empty() && name.len() <= MAX_PEER_NAME => name.to_owned(),
+        _ => ip.to_string(),
+    }
+}
+
+/// The value of `key` in a query string (`a=1&peer=sfu-1`), if present.
+pub fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|kv| {
+        kv.split_once('=')
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    })
+}
+
 /// The token in an `Authorization: Bearer T` value.
 pub fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;

@@ -249,6 +249,14 @@ pub struct CenterSection {
     /// Seconds to finish in-flight work on SIGTERM/SIGINT before exiting.
     #[serde(default = "default_grace")]
     pub shutdown_grace_secs: u64,
+    /// Seconds the users of an ended session wait, with their pushers, for
+    /// a session with the same identity (0: they leave with it).
+    #[serde(default = "default_reconnect_grace")]
+    pub reconnect_grace_secs: u64,
+    /// A `join` of a user another live session speaks for: `replace` moves
+    /// it, `reject` refuses with 409.
+    #[serde(default)]
+    pub duplicate_user: crate::center::DuplicatePolicy,
 }
 
 impl Default for CenterSection {
@@ -259,8 +267,14 @@ impl Default for CenterSection {
             max_rooms_per_session: 0,
             max_users_per_session: 0,
             shutdown_grace_secs: default_grace(),
+            reconnect_grace_secs: default_reconnect_grace(),
+            duplicate_user: crate::center::DuplicatePolicy::default(),
         }
     }
+}
+
+fn default_reconnect_grace() -> u64 {
+    30
 }
 
 fn yes() -> bool {

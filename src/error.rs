@@ -33,6 +33,11 @@ pub enum CenterError {
     /// A configured limit is reached (rooms or users per session).
     #[error("limit reached: {0}")]
     LimitReached(String),
+    /// The request clashes with what another live session holds (a user
+    /// joined from another session under `duplicate_user: reject`, an MSU id
+    /// registered by another session).
+    #[error("{0}")]
+    Conflict(String),
     /// The center is shutting down.
     #[error("shutting down")]
     ShuttingDown,
@@ -56,6 +61,7 @@ impl CenterError {
             Self::InvalidArgument { .. } => 400,
             Self::Forbidden(_) => 403,
             Self::RoomNotFound(_) | Self::UserNotFound(_) | Self::UnknownMethod(_) => 404,
+            Self::Conflict(_) => 409,
             Self::RateLimited | Self::LimitReached(_) => 429,
             Self::ShuttingDown => 503,
             Self::Internal(_) => 500,
@@ -78,6 +84,7 @@ impl From<CenterError> for tonic::Status {
             CenterError::RateLimited | CenterError::LimitReached(_) => {
                 Status::resource_exhausted(e.to_string())
             }
+            CenterError::Conflict(_) => Status::already_exists(e.to_string()),
             CenterError::ShuttingDown => Status::unavailable(e.to_string()),
             CenterError::Internal(_) => Status::internal(e.to_string()),
         }

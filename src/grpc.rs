@@ -157,9 +157,14 @@ impl RoomService for RoomServiceImpl {
                 "client tokens may not open a PeerSession (sfu or msu)",
             ));
         }
-        let addr = request
-            .remote_addr()
-            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let remote = request.remote_addr();
+        let addr = remote.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let named = request
+            .metadata()
+            .get("x-peer-id")
+            .and_then(|v| v.to_str().ok());
+        let ip = remote.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        let identity = crate::auth::peer_identity(&grant, named, ip);
         let inbound = request.into_inner();
         let (out_tx, out_rx) = mpsc::channel(self.settings.queue);
         let (center_tx, center_rx) = mpsc::channel::<GrpcOut>(self.settings.queue);
@@ -167,11 +172,12 @@ impl RoomService for RoomServiceImpl {
             PeerInfo {
                 addr: addr.clone(),
                 transport: Transport::Grpc,
+                identity: identity.clone(),
             },
             grant,
             center_tx.clone(),
         );
-        let span = tracing::info_span!("session", peer.addr = %addr, transport = "grpc", session.id = handle.id());
+        let span = tracing::info_span!("session", peer.addr = %addr, peer.id = %identity, transport = "grpc", session.id = handle.id());
         let cut: Arc<parking_lot::Mutex<Option<Status>>> = Arc::default();
         let run = PeerStream {
             handle,
@@ -451,27 +457,32 @@ impl PeerStream {
                 let _enter = span.enter();
                 telemetry::record_command_ids(&span, &command);
                 let verdict = self.gate.check();
-                let result = if verdict == Verdict::Pass {
-                    translate::check_command(&command).and_then(|()| self.handle.execute(command))
-                } else {
-                    metrics.limited("request");
-                    Err(CenterError::RateLimited)
-                };
-                let outcome = match result {
-                    Ok(reply) => command_result::Outcome::Reply(reply),
-                    Err(e) => {
-                        metrics.error(e.protoo_code());
-                        command_result::Outcome::Error((&e).into())
+                // The result is queued in the same step as what the command caused.
+                let respond = |result: Result<proto::Reply, CenterError>| {
+                    let outcome = match result {
+                        Ok(reply) => command_result::Outcome::Reply(reply),
+                        Err(e) => {
+                            metrics.error(e.protoo_code());
+                            command_result::Outcome::Error((&e).into())
+                        }
+                    };
+                    let result = proto::CommandResult {
+                        id: c.id,
+                        outcome: Some(outcome),
+                    };
+                    match self.center_tx.try_send(GrpcOut::Result(result)) {
+                        Ok(()) => self.handle.note_outbound(),
+                        Err(mpsc::error::TrySendError::Full(_)) => self.handle.overflow().cancel(),
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
                     }
                 };
-                let result = proto::CommandResult {
-                    id: c.id,
-                    outcome: Some(outcome),
-                };
-                match self.center_tx.try_send(GrpcOut::Result(result)) {
-                    Ok(()) => self.handle.note_outbound(),
-                    Err(mpsc::error::TrySendError::Full(_)) => self.handle.overflow().cancel(),
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                if verdict != Verdict::Pass {
+                    metrics.limited("request");
+                    respond(Err(CenterError::RateLimited));
+                } else if let Err(e) = translate::check_command(&command) {
+                    respond(Err(e));
+                } else {
+                    self.handle.execute_then(command, respond);
                 }
                 return verdict;
             }
@@ -517,7 +528,8 @@ impl PeerStream {
 
     fn expire_invites(&self) {
         for room in self.invites.expire(Instant::now()) {
-            tracing::warn!(room.id = %room, "invite not answered in time");
+            self.handle
+                .invite_answered(&room, Err("not answered in time".into()));
         }
     }
 }

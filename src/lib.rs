@@ -24,6 +24,7 @@
 pub mod admin;
 pub mod auth;
 pub mod center;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod grpc;

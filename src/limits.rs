@@ -1,72 +1,13 @@
 //! Per-session rate limiting: a token bucket (governor) plus a strike count,
-//! shared by both front ends, on a [`Clock`] the server is started with.
+//! shared by both front ends, on the [`Clock`] the server is started with.
 
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// The time rate gates read: the system's monotonic clock, or a manual
-/// clock that only moves when [`Clock::advance`] says so. A manual clock
-/// makes rate limits exact in tests: no token comes back because a loaded
-/// machine ran a test slowly.
-#[derive(Debug, Clone)]
-pub struct Clock {
-    origin: Instant,
-    /// Nanoseconds since the start, set by hand; `None` follows the system.
-    manual: Option<Arc<AtomicU64>>,
-}
-
-impl Clock {
-    /// The system's monotonic clock.
-    pub fn system() -> Self {
-        Self {
-            origin: Instant::now(),
-            manual: None,
-        }
-    }
-
-    /// A clock that stands still until advanced; clones share its time.
-    pub fn manual() -> Self {
-        Self {
-            origin: Instant::now(),
-            manual: Some(Arc::new(AtomicU64::new(0))),
-        }
-    }
-
-    /// Moves a manual clock forward; the system clock ignores this.
-    pub fn advance(&self, by: Duration) {
-        if let Some(ns) = &self.manual {
-            let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
-            ns.fetch_add(by, Ordering::Relaxed);
-        }
-    }
-
-    /// Time since the clock started.
-    pub fn elapsed(&self) -> Duration {
-        match &self.manual {
-            Some(ns) => Duration::from_nanos(ns.load(Ordering::Relaxed)),
-            None => self.origin.elapsed(),
-        }
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Self::system()
-    }
-}
-
-impl governor::clock::Clock for Clock {
-    type Instant = Duration;
-
-    fn now(&self) -> Duration {
-        self.elapsed()
-    }
-}
+pub use crate::clock::Clock;
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, Clock, NoOpMiddleware<Duration>>;
 

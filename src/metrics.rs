@@ -53,6 +53,12 @@ pub struct Metrics {
     pub feed_skipped: Counter,
     /// Upgrades refused (by HTTP status class).
     pub refused: Family<CodeLabel, Counter>,
+    /// `pullRemoteStream`s dropped: nobody speaks for the pusher.
+    pub pulls_dropped: Counter,
+    /// Users moved by a `join` from another live session (`replace`).
+    pub users_replaced: Counter,
+    /// Users taken back by a reconnecting session with the same identity.
+    pub users_reclaimed: Counter,
     /// `messages_in` per method, by [`METHODS`] index: counted on the hot
     /// path without the family's lock.
     in_by_method: Vec<Counter>,
@@ -135,6 +141,9 @@ impl Metrics {
         let rate_limit_closes = Counter::default();
         let bad_frames = Counter::default();
         let feed_skipped = Counter::default();
+        let pulls_dropped = Counter::default();
+        let users_replaced = Counter::default();
+        let users_reclaimed = Counter::default();
         let request_seconds = Family::<MethodLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.000_005, 2.0, 20))
         });
@@ -187,6 +196,21 @@ impl Metrics {
             feed_skipped.clone(),
         );
         registry.register(
+            "pulls_dropped",
+            "pullRemoteStream dropped: nobody speaks for the pusher",
+            pulls_dropped.clone(),
+        );
+        registry.register(
+            "users_replaced",
+            "Users moved by a join from another live session",
+            users_replaced.clone(),
+        );
+        registry.register(
+            "users_reclaimed",
+            "Users taken back by a reconnecting session with the same identity",
+            users_reclaimed.clone(),
+        );
+        registry.register(
             "upgrades_refused",
             "HTTP upgrade requests refused, by status",
             refused.clone(),
@@ -230,6 +254,9 @@ impl Metrics {
             request_seconds,
             feed_skipped,
             refused,
+            pulls_dropped,
+            users_replaced,
+            users_reclaimed,
             sessions,
             rooms,
             users,

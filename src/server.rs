@@ -7,9 +7,9 @@
 use crate::admin::{self, AdminState};
 use crate::auth::{self, AuthError, AuthSettings, Authenticator};
 use crate::center::{Center, CenterConfig};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::grpc::{AuthInterceptor, GrpcSettings, RoomServiceImpl};
-use crate::limits::Clock;
 use crate::tls::{PemPair, TlsError};
 use crate::transport::{self, Gateway, GatewayOptions};
 use std::net::SocketAddr;
@@ -201,6 +201,9 @@ impl Server {
             feed_capacity: config.center.event_feed_capacity,
             max_rooms_per_session: config.center.max_rooms_per_session,
             max_users_per_session: config.center.max_users_per_session,
+            reconnect_grace: Duration::from_secs(config.center.reconnect_grace_secs),
+            duplicate_user: config.center.duplicate_user,
+            clock: clock.clone(),
         });
         let shutdown = CancellationToken::new();
         let admin_stop = CancellationToken::new();
@@ -230,6 +233,7 @@ impl Server {
                 rate: config.limits.rate(&clock),
             },
         ));
+        tracker.spawn(center.clone().run_grace_timer(shutdown.clone()));
         tracker.spawn(transport::serve(
             ws_listener,
             gateway,

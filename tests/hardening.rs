@@ -9,7 +9,7 @@ use common::sfu::Sfu;
 use common::{Peer, WAIT, config_full, eventually, http_get, token, upgrade_status};
 use futures_util::StreamExt;
 use pilot_center::auth::Role;
-use pilot_center::limits::Clock;
+use pilot_center::clock::Clock;
 use pilot_center::proto;
 use pilot_center::server::Server;
 use serde_json::json;

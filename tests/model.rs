@@ -8,10 +8,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 use pilot_center::auth::Grant;
-use pilot_center::center::{Center, Outbound, PeerInfo, SessionHandle};
+use pilot_center::center::{Center, CenterConfig, Outbound, PeerInfo, SessionHandle};
 use pilot_center::proto::{self, Command, Transport, command, peer_event};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 
 const SLOTS: usize = 4;
@@ -92,10 +93,12 @@ struct Model {
 type Expected = BTreeMap<u64, Vec<(&'static str, String)>>;
 
 impl Model {
-    fn bound(&self, room: &str) -> BTreeSet<u64> {
+    /// The sessions that hear a room: those holding any of its users,
+    /// connected or not (PROTOCOL.md §6).
+    fn listeners(&self, room: &str) -> BTreeSet<u64> {
         self.rooms
             .get(room)
-            .map(|users| users.values().filter_map(|u| u.session).collect())
+            .map(|users| users.values().map(|u| u.host).collect())
             .unwrap_or_default()
     }
 
@@ -107,7 +110,7 @@ impl Model {
         method: &'static str,
         user: &str,
     ) {
-        for sid in self.bound(room) {
+        for sid in self.listeners(room) {
             if !exclude.contains(&Some(sid)) {
                 exp.entry(sid).or_default().push((method, user.to_owned()));
             }
@@ -143,6 +146,7 @@ fn open(center: &Center) -> Slot {
         PeerInfo {
             addr: "model".into(),
             transport: Transport::Ws,
+            identity: format!("model-{}", NEXT_PEER.fetch_add(1, Ordering::Relaxed)),
         },
         Grant::unrestricted(),
         tx,
@@ -177,8 +181,14 @@ fn received(slot: &mut Slot) -> Vec<(&'static str, String)> {
     out
 }
 
+/// Every slot's peer has its own identity: nothing is taken back on reopen.
+static NEXT_PEER: AtomicU64 = AtomicU64::new(1);
+
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let center = Center::default();
+    let center = Center::new(CenterConfig {
+        reconnect_grace: std::time::Duration::ZERO,
+        ..CenterConfig::default()
+    });
     let mut slots: Vec<Slot> = (0..SLOTS).map(|_| open(&center)).collect();
     let mut model = Model::default();
     for op in ops {
@@ -241,6 +251,18 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     others,
                     "join snapshot"
                 );
+                // `replace`: the session that spoke for the user hears it left.
+                let speaker = model
+                    .rooms
+                    .get(&room)
+                    .and_then(|us| us.get(&user))
+                    .and_then(|x| x.session)
+                    .filter(|s| *s != sid);
+                if let Some(old) = speaker {
+                    exp.entry(old)
+                        .or_default()
+                        .push(("userLeave", user.clone()));
+                }
                 model.bind(&room, &user, sid);
                 if !audience {
                     model.send(&mut exp, &room, &[Some(sid)], "newUser", &user);
@@ -314,22 +336,26 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     })
                 };
                 let result = slots[s].handle.as_ref().unwrap().execute(cmd(kind));
-                let known = model.rooms.contains_key(&room);
-                let other = model
+                // Only the session holding the user may report on it; reports
+                // about anyone else change nothing and reach no one.
+                let held = model
                     .rooms
                     .get(&room)
                     .and_then(|us| us.get(&user))
-                    .and_then(|x| x.session)
-                    .is_some_and(|b| b != sid);
-                prop_assert_eq!(result.is_ok(), known && !other);
-                if known && !other {
-                    model.send(
-                        &mut exp,
-                        &room,
-                        &[Some(sid)],
-                        if leave { "userLeave" } else { "userDisconnect" },
-                        &user,
-                    );
+                    .copied()
+                    .filter(|x| x.host == sid);
+                prop_assert_eq!(result.is_ok(), held.is_some());
+                if let Some(x) = held {
+                    // A second userDisconnect has nothing new to tell.
+                    if leave || x.session.is_some() {
+                        model.send(
+                            &mut exp,
+                            &room,
+                            &[Some(sid)],
+                            if leave { "userLeave" } else { "userDisconnect" },
+                            &user,
+                        );
+                    }
                     let users = model.rooms.get_mut(&room).unwrap();
                     if leave {
                         users.remove(&user);

@@ -309,6 +309,12 @@ async fn disconnect_leave_and_text_message() {
             c.expect("userLeave").await,
             json!({"roomId": "r", "userId": "b1"})
         );
+        // A still holds a1 (disconnected, the SFU keeps it for its return),
+        // so it keeps hearing the room.
+        assert_eq!(
+            a.expect("userLeave").await,
+            json!({"roomId": "r", "userId": "b1"})
+        );
         b.expect_silence().await;
         let room = server.center().get_room("r").unwrap();
         assert!(room.users.iter().all(|u| u.user_id != "b1"));
@@ -365,7 +371,12 @@ async fn join_from_another_session_rebinds_the_user() {
         c.join("r", "c", "C").await;
         a.expect("newUser").await;
         b.join("r", "u", "U").await;
-        // The user moved: A carries nobody in the room any more; C hears of it.
+        // The user moved (duplicate_user: replace): A hears it left A, and
+        // carries nobody in the room any more; C hears of it as new.
+        assert_eq!(
+            a.expect("userLeave").await,
+            json!({"roomId": "r", "userId": "u"})
+        );
         assert_eq!(c.expect("newUser").await["userId"], json!("u"));
         a.expect_silence().await;
         let room = server.center().get_room("r").unwrap();

@@ -1,26 +1,39 @@
 //! The room service: rooms, users, pushers, MSUs and the sessions that carry
 //! them. No sockets here: both front ends (WebSocket gateway, gRPC) open a
-//! [`SessionHandle`] and call [`SessionHandle::execute`] with protobuf
+//! [`SessionHandle`] and call [`SessionHandle::execute_then`] with protobuf
 //! commands; operators call the admin methods on [`Center`].
 //!
-//! All state lives in one [`State`] behind one mutex. Every operation takes
-//! the lock once, applies the rules, queues the resulting events into the
-//! affected sessions' bounded outlets with `try_send` (never waiting), and
-//! returns. A session whose outlet is full is marked as a slow consumer and
-//! closed by its own task; the room carries on.
+//! Two parts with one job each, behind one mutex:
+//! - [`rules`]: the rules of PROTOCOL.md §4–§6 as a core that applies a
+//!   command to the state and returns its effects (deliveries, feed events);
+//! - [`registry`]: the live sessions' outlets and the event feed, which
+//!   carries those effects out.
+//!
+//! One step takes the lock once, applies the rules, queues every resulting
+//! item into the affected sessions' bounded outlets with `try_send` (never
+//! waiting), queues the reply to the caller in the same step (so no peer
+//! gets an answer older than a notification it already has), and returns.
+//! A session whose outlet is full is marked as a slow consumer and closed by
+//! its own task; the room carries on.
 
 mod feed;
 mod invites;
-mod state;
+mod registry;
+mod rules;
 
 pub use feed::{EventFilter, lagged};
 pub use invites::PendingInvites;
+pub use rules::DuplicatePolicy;
 
 use crate::auth::Grant;
+use crate::clock::Clock;
 use crate::error::CenterError;
 use crate::metrics::{Metrics, StateGauges};
-use crate::proto::{self, Command, Reply, Transport, command};
+use crate::proto::watch_events_response::Event;
+use crate::proto::{self, Command, EventKind, Reply, Transport, command};
 use parking_lot::Mutex;
+use registry::{Registry, SessionEntry};
+use rules::{Effects, Rooms, RulesConfig};
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,8 +41,6 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
-
-use state::State;
 
 /// Identifies a peer session for the life of the process (never reused).
 pub type SessionId = u64;
@@ -109,6 +120,9 @@ pub struct PeerInfo {
     pub addr: String,
     /// How it is connected.
     pub transport: Transport,
+    /// The identity that outlives the connection (PROTOCOL.md §6): token
+    /// `sub`, else `?peer=` / `x-peer-id`, else the peer's IP address.
+    pub identity: String,
 }
 
 /// Settings of the room service.
@@ -118,8 +132,15 @@ pub struct CenterConfig {
     pub feed_capacity: usize,
     /// Most rooms one session may put users into (0: no limit).
     pub max_rooms_per_session: usize,
-    /// Most users one session may carry (0: no limit).
+    /// Most users one session may hold (0: no limit).
     pub max_users_per_session: usize,
+    /// How long the users of an ended session wait for a session with its
+    /// identity (zero: they go with it).
+    pub reconnect_grace: Duration,
+    /// A `join` of a user another live session speaks for.
+    pub duplicate_user: DuplicatePolicy,
+    /// The time the grace is counted in.
+    pub clock: Clock,
 }
 
 impl Default for CenterConfig {
@@ -128,6 +149,9 @@ impl Default for CenterConfig {
             feed_capacity: 4096,
             max_rooms_per_session: 0,
             max_users_per_session: 0,
+            reconnect_grace: Duration::from_secs(30),
+            duplicate_user: DuplicatePolicy::Replace,
+            clock: Clock::system(),
         }
     }
 }
@@ -138,14 +162,35 @@ pub struct Center {
     inner: Arc<Inner>,
 }
 
+/// The rules' state and the registry, changed together in one step.
+struct Shared {
+    rooms: Rooms,
+    registry: Registry,
+}
+
+impl Shared {
+    /// Applies `step` to the rules and carries out its effects.
+    fn step<T>(
+        &mut self,
+        metrics: &Metrics,
+        step: impl FnOnce(&mut Rooms, &mut Effects) -> T,
+    ) -> T {
+        let mut fx = Effects::default();
+        let out = step(&mut self.rooms, &mut fx);
+        self.registry.apply(fx, metrics);
+        out
+    }
+}
+
 struct Inner {
-    /// The only copy of the rooms, users, MSUs and session registry.
-    state: Mutex<State>,
-    /// Event feed. Capacity `feed_capacity`; a receiver that falls further
-    /// behind gets `Lagged(n)`. Senders never wait.
+    /// The only copy of the state. Held for one step at a time, never
+    /// across an await.
+    state: Mutex<Shared>,
+    /// Event feed (see [`Registry`]); kept here to subscribe without the lock.
     feed: broadcast::Sender<Arc<proto::WatchEventsResponse>>,
     next_session: AtomicU64,
     metrics: Arc<Metrics>,
+    clock: Clock,
 }
 
 impl Default for Center {
@@ -159,12 +204,22 @@ impl Center {
     pub fn new(config: CenterConfig) -> Self {
         let (feed, _) = broadcast::channel(config.feed_capacity.max(16));
         let metrics = Arc::new(Metrics::new());
+        let rules = RulesConfig {
+            max_rooms_per_session: config.max_rooms_per_session,
+            max_users_per_session: config.max_users_per_session,
+            reconnect_grace: config.reconnect_grace,
+            duplicate_user: config.duplicate_user,
+        };
         Self {
             inner: Arc::new(Inner {
-                state: Mutex::new(State::new(config, feed.clone())),
+                state: Mutex::new(Shared {
+                    rooms: Rooms::new(rules),
+                    registry: Registry::new(feed.clone()),
+                }),
                 feed,
                 next_session: AtomicU64::new(1),
                 metrics,
+                clock: config.clock,
             }),
         }
     }
@@ -176,10 +231,16 @@ impl Center {
 
     /// The state gauges for `/metrics`.
     pub fn state_gauges(&self) -> StateGauges {
-        self.inner.state.lock().state_gauges()
+        let state = self.inner.state.lock();
+        state.registry.gauges(state.rooms.counts())
     }
 
-    /// Opens a session whose outbound items go to `outlet`.
+    fn step<T>(&self, step: impl FnOnce(&mut Rooms, &mut Effects) -> T) -> T {
+        self.inner.state.lock().step(&self.inner.metrics, step)
+    }
+
+    /// Opens a session whose outbound items go to `outlet`. It takes back
+    /// the users an earlier session with the same identity left behind.
     ///
     /// The returned handle closes the session (with its clean-up) when it is
     /// dropped, so a session task that ends in any way leaves no state behind.
@@ -187,13 +248,44 @@ impl Center {
         let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
         let stats = Arc::new(SessionStats::default());
         let overflow = CancellationToken::new();
-        self.inner.state.lock().open_session(
+        let mut state = self.inner.state.lock();
+        let opened = proto::SessionOpened {
+            session_id: id,
+            peer_addr: peer.addr.clone(),
+            transport: peer.transport.into(),
+            peer_id: peer.identity.clone(),
+            users_reclaimed: 0,
+        };
+        let identity = peer.identity.clone();
+        state.registry.open(
             id,
-            peer,
-            Box::new(outlet),
-            stats.clone(),
-            overflow.clone(),
+            SessionEntry {
+                peer,
+                outlet: Box::new(outlet),
+                stats: stats.clone(),
+                overflow: overflow.clone(),
+                connected_at: SystemTime::now(),
+            },
         );
+        let mut fx = Effects::default();
+        let reclaimed = state.rooms.open_session(id, &identity, &mut fx);
+        // The opening comes first on the feed, then what it took back.
+        state.registry.emit(
+            "",
+            EventKind::SessionOpened,
+            Event::SessionOpened(proto::SessionOpened {
+                users_reclaimed: reclaimed,
+                ..opened
+            }),
+        );
+        state.registry.apply(fx, &self.inner.metrics);
+        drop(state);
+        if reclaimed > 0 {
+            self.inner
+                .metrics
+                .users_reclaimed
+                .inc_by(u64::from(reclaimed));
+        }
         SessionHandle {
             center: self.clone(),
             id,
@@ -204,6 +296,29 @@ impl Center {
         }
     }
 
+    /// Users whose reconnect grace ended leave (`userLeave` to their rooms).
+    pub fn expire_grace(&self) {
+        let now = self.inner.clock.elapsed();
+        self.step(|rooms, fx| rooms.expire(now, fx));
+    }
+
+    /// Ends reconnect graces on time until `shutdown`: wakes at the next
+    /// deadline, and at least once a second of the center's clock.
+    pub async fn run_grace_timer(self, shutdown: CancellationToken) {
+        let clock = self.inner.clock.clone();
+        loop {
+            let now = clock.elapsed();
+            let next = self.inner.state.lock().rooms.next_deadline();
+            let wake = next.map_or(now + Duration::from_secs(1), |d| {
+                d.clamp(now, now + Duration::from_secs(1))
+            });
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = clock.sleep_until(wake) => self.expire_grace(),
+            }
+        }
+    }
+
     /// Subscribes to the event feed (see [`feed`]).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<proto::WatchEventsResponse>> {
         self.inner.feed.subscribe()
@@ -211,32 +326,70 @@ impl Center {
 
     /// Every room with its counts, sorted by id.
     pub fn list_rooms(&self) -> Vec<proto::RoomSummary> {
-        self.inner.state.lock().list_rooms()
+        self.inner.state.lock().rooms.list_rooms()
     }
 
     /// One room in detail.
     pub fn get_room(&self, room_id: &str) -> Result<proto::RoomDetail, CenterError> {
-        self.inner.state.lock().get_room(room_id)
+        self.inner.state.lock().rooms.get_room(room_id)
     }
 
     /// Every session, sorted by id.
     pub fn list_sessions(&self) -> Vec<proto::SessionInfo> {
-        self.inner.state.lock().list_sessions()
+        let state = self.inner.state.lock();
+        state
+            .registry
+            .sorted()
+            .into_iter()
+            .map(|(id, s)| {
+                let (_, user_count, msu_ids) = state.rooms.session_view(id).unwrap_or_default();
+                proto::SessionInfo {
+                    session_id: id,
+                    peer_addr: s.peer.addr.clone(),
+                    transport: s.peer.transport.into(),
+                    user_count,
+                    connected_at: Some(timestamp(s.connected_at)),
+                    messages_in: s.stats.messages_in.load(Ordering::Relaxed),
+                    messages_out: s.stats.messages_out.load(Ordering::Relaxed),
+                    msu_ids,
+                    peer_id: s.peer.identity.clone(),
+                    queue_depth: u32::try_from(s.outlet.depth()).unwrap_or(u32::MAX),
+                }
+            })
+            .collect()
     }
 
     /// Every MSU, sorted by id.
     pub fn list_msus(&self) -> Vec<proto::MsuInfo> {
-        self.inner.state.lock().list_msus()
+        let state = self.inner.state.lock();
+        state
+            .rooms
+            .msus()
+            .into_iter()
+            .map(|(msu_id, session_id, room_ids, registered_at)| {
+                let seen_ms = state
+                    .registry
+                    .get(session_id)
+                    .map_or(0, |s| s.stats.last_seen_ms.load(Ordering::Relaxed));
+                let seen = SystemTime::UNIX_EPOCH + Duration::from_millis(seen_ms);
+                proto::MsuInfo {
+                    msu_id,
+                    session_id,
+                    room_ids,
+                    last_seen: Some(timestamp(seen.max(registered_at))),
+                }
+            })
+            .collect()
     }
 
     /// Removes a user; every session of the room (its own too) gets `userLeave`.
     pub fn remove_user(&self, room_id: &str, user_id: &str) -> Result<u32, CenterError> {
-        self.inner.state.lock().remove_user(room_id, user_id)
+        self.step(|rooms, fx| rooms.remove_user(room_id, user_id, fx))
     }
 
     /// Closes a room; every session gets `userLeave` for each user.
     pub fn close_room(&self, room_id: &str) -> Result<u32, CenterError> {
-        self.inner.state.lock().close_room(room_id)
+        self.step(|rooms, fx| rooms.close_room(room_id, fx))
     }
 
     /// Sends `textMessage` into a room as the system (`user_id` empty) or a user.
@@ -247,15 +400,14 @@ impl Center {
         user_name: &str,
         message: &str,
     ) -> Result<u32, CenterError> {
-        self.inner
-            .state
-            .lock()
-            .send_text(room_id, user_id, user_name, message)
+        self.step(|rooms, fx| rooms.send_text(room_id, user_id, user_name, message, fx))
     }
 
     /// Counts: (sessions, rooms, users, msus).
     pub fn counts(&self) -> (usize, usize, usize, usize) {
-        self.inner.state.lock().counts()
+        let state = self.inner.state.lock();
+        let (rooms, users, msus) = state.rooms.counts();
+        (state.registry.len(), rooms, users, msus)
     }
 }
 
@@ -309,44 +461,67 @@ impl SessionHandle {
         self.stats.messages_out.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Runs one command from this session's peer.
-    pub fn execute(&self, command: Command) -> Result<Reply, CenterError> {
-        self.grant
-            .permits(&command)
-            .map_err(CenterError::Forbidden)?;
-        let kind = command
-            .kind
-            .ok_or_else(|| CenterError::invalid("command", "empty command"))?;
+    /// Runs one command from this session's peer and hands its result to
+    /// `respond` in the same step as the notifications it caused, with the
+    /// center's lock held: `respond` queues the reply and must not call back
+    /// into the center. So no peer ever gets an answer that describes an
+    /// older state than a notification it already received.
+    pub fn execute_then(&self, command: Command, respond: impl FnOnce(Result<Reply, CenterError>)) {
+        if let Err(e) = self.grant.permits(&command) {
+            return respond(Err(CenterError::Forbidden(e)));
+        }
+        let Some(kind) = command.kind else {
+            return respond(Err(CenterError::invalid("command", "empty command")));
+        };
         if let command::Kind::Echo(r) = kind {
             // The heartbeat needs no state: never wait for the lock.
-            return Ok(reply(proto::reply::Kind::Echo(proto::EchoResponse {
+            return respond(Ok(reply(proto::reply::Kind::Echo(proto::EchoResponse {
                 data_json: r.data_json,
-            })));
+            }))));
         }
+        let sid = self.id;
+        let now = SystemTime::now();
         let mut state = self.center.inner.state.lock();
-        let result = match kind {
-            command::Kind::Echo(_) => {
-                return Err(CenterError::Internal("echo handled above".into()));
-            }
-            command::Kind::RegisterMsu(r) => {
-                proto::reply::Kind::RegisterMsu(state.register_msu(self.id, r)?)
-            }
-            command::Kind::Join(r) => proto::reply::Kind::Join(state.join(self.id, r)?),
-            command::Kind::Push(r) => ack(state.push(self.id, r)?),
-            command::Kind::PullRemoteStream(r) => ack(state.pull_remote_stream(self.id, r)?),
-            command::Kind::UserDisconnect(r) => ack(state.user_disconnect(self.id, r)?),
-            command::Kind::UserLeave(r) => ack(state.user_leave(self.id, r)?),
-            command::Kind::TextMessage(r) => ack(state.text_message(self.id, r)?),
-            command::Kind::UserReconnect(r) => ack(state.user_reconnect(self.id, r)?),
-        };
-        Ok(reply(result))
+        let result = state.step(&self.center.inner.metrics, |rooms, fx| {
+            Ok(match kind {
+                command::Kind::Echo(r) => proto::reply::Kind::Echo(proto::EchoResponse {
+                    data_json: r.data_json,
+                }),
+                command::Kind::RegisterMsu(r) => {
+                    proto::reply::Kind::RegisterMsu(rooms.register_msu(sid, r, now, fx)?)
+                }
+                command::Kind::Join(r) => proto::reply::Kind::Join(rooms.join(sid, r, fx)?),
+                command::Kind::Push(r) => ack(rooms.push(sid, r, fx)?),
+                command::Kind::PullRemoteStream(r) => ack(rooms.pull_remote_stream(sid, r, fx)?),
+                command::Kind::UserDisconnect(r) => ack(rooms.user_disconnect(sid, r, fx)?),
+                command::Kind::UserLeave(r) => ack(rooms.user_leave(sid, r, fx)?),
+                command::Kind::TextMessage(r) => ack(rooms.text_message(sid, r, fx)?),
+                command::Kind::UserReconnect(r) => ack(rooms.user_reconnect(sid, r, fx)?),
+            })
+        });
+        respond(result.map(reply));
+        drop(state);
     }
 
-    /// Logs an MSU's answer to `invite` (a refusal at warn).
+    /// Runs one command and returns its result (for callers that do not
+    /// queue replies, such as tests of the rules).
+    pub fn execute(&self, command: Command) -> Result<Reply, CenterError> {
+        let mut out = Err(CenterError::Internal("no result".into()));
+        self.execute_then(command, |r| out = r);
+        out
+    }
+
+    /// An MSU's answer to `invite`: a refusal (or a timeout, `Err`) moves
+    /// the room to another live MSU.
     pub fn invite_answered(&self, room_id: &str, outcome: Result<(), String>) {
         match outcome {
             Ok(()) => tracing::debug!(room.id = room_id, "invite accepted"),
-            Err(reason) => tracing::warn!(room.id = room_id, %reason, "invite failed"),
+            Err(reason) => {
+                tracing::warn!(room.id = room_id, %reason, "invite failed: the room moves to another MSU");
+                let sid = self.id;
+                self.center
+                    .step(|rooms, fx| rooms.invite_failed(room_id, sid, fx));
+            }
         }
     }
 
@@ -359,11 +534,21 @@ impl SessionHandle {
 impl Drop for SessionHandle {
     fn drop(&mut self) {
         let reason = self.close_reason.take().unwrap_or_else(|| "closed".into());
-        self.center
-            .inner
-            .state
-            .lock()
-            .close_session(self.id, &reason);
+        let sid = self.id;
+        let now = self.center.inner.clock.elapsed();
+        let mut state = self.center.inner.state.lock();
+        state.registry.close(sid);
+        state.step(&self.center.inner.metrics, |rooms, fx| {
+            rooms.close_session(sid, now, fx);
+            fx.events.push((
+                String::new(),
+                EventKind::SessionClosed,
+                Event::SessionClosed(proto::SessionClosed {
+                    session_id: sid,
+                    reason,
+                }),
+            ));
+        });
     }
 }
 

@@ -237,6 +237,11 @@ impl Gateway {
             Ok(grant) => grant,
             Err(refusal) => return self.refuse(&mut stream, peer, refusal).await,
         };
+        let identity = crate::auth::peer_identity(
+            &grant,
+            crate::auth::query_param(request.query.as_deref(), "peer"),
+            peer.ip(),
+        );
         // The whole 101 in one write (one TLS record): the SFU's reader
         // mishandles a head split across reads.
         let response = handshake::switching_protocols(&request);
@@ -257,8 +262,7 @@ impl Gateway {
             Some(self.protocol_config()),
         )
         .await;
-        let span =
-            tracing::info_span!("session", peer.addr = %peer, transport = transport.as_str_name());
+        let span = tracing::info_span!("session", peer.addr = %peer, peer.id = %identity, transport = transport.as_str_name());
         session::run(
             ws,
             session::Settings {
@@ -270,6 +274,7 @@ impl Gateway {
                 pong_timeout: self.config.pong_timeout(),
                 invite_timeout: self.invite_timeout,
                 grant,
+                identity,
                 rate: self.rate.clone(),
             },
             shutdown,

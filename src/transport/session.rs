@@ -46,6 +46,8 @@ pub struct Settings<'a> {
     pub invite_timeout: Duration,
     /// What the peer may do (from its token).
     pub grant: Grant,
+    /// Who the peer is, beyond this connection.
+    pub identity: String,
     /// The peer's rate limit.
     pub rate: RateSettings,
 }
@@ -122,6 +124,7 @@ where
     let peer = PeerInfo {
         addr: settings.peer.to_string(),
         transport: settings.transport,
+        identity: settings.identity.clone(),
     };
     let handle = settings
         .center
@@ -289,21 +292,25 @@ fn on_text(ctx: &Ctx, text: &str, gate: &mut RateGate) -> Verdict {
             let _enter = span.enter();
             tracing::debug!(data = data.get(), "request");
             let started = std::time::Instant::now();
-            let result = translate::request_command(&method, data).and_then(|cmd| {
-                telemetry::record_command_ids(&span, &cmd);
-                ctx.handle.execute(cmd)
-            });
-            metrics
-                .request_seconds
-                .get_or_create(&method_label(&method))
-                .observe(started.elapsed().as_secs_f64());
-            match result {
+            // The reply is queued in the same step as what the command caused.
+            let respond = |result: Result<_, crate::error::CenterError>| match result {
                 Ok(reply) => ctx.send_text(protoo::ok_response(id, &translate::reply_data(&reply))),
                 Err(e) => {
                     tracing::debug!(code = e.protoo_code(), error = %e, "request failed");
                     respond_error(Some(id), e.protoo_code(), &e.to_string());
                 }
+            };
+            match translate::request_command(&method, data) {
+                Ok(cmd) => {
+                    telemetry::record_command_ids(&span, &cmd);
+                    ctx.handle.execute_then(cmd, respond);
+                }
+                Err(e) => respond(Err(e)),
             }
+            metrics
+                .request_seconds
+                .get_or_create(&method_label(&method))
+                .observe(started.elapsed().as_secs_f64());
             verdict
         }
         Ok(Protoo::Notification { method, data }) => {
@@ -441,7 +448,8 @@ where
                     }
                 }
                 for room in ctx.invites.expire(now) {
-                    tracing::warn!(room.id = %room, "invite not answered in time");
+                    ctx.handle
+                        .invite_answered(&room, Err("not answered in time".into()));
                 }
             }
         }

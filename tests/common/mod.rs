@@ -64,12 +64,15 @@ pub fn config_full(
     limits: &str,
     auth: &str,
 ) -> Config {
-    // MSUs answer within 1 s unless the test says otherwise.
-    let invite = if center.contains("invite_timeout_secs") {
-        ""
-    } else {
-        "  invite_timeout_secs: 1\n"
-    };
+    // MSUs answer within 1 s, and users leave with their session (no
+    // reconnect grace), unless the test says otherwise.
+    let mut invite = String::new();
+    if !center.contains("invite_timeout_secs") {
+        invite.push_str("  invite_timeout_secs: 1\n");
+    }
+    if !center.contains("reconnect_grace_secs") {
+        invite.push_str("  reconnect_grace_secs: 0\n");
+    }
     let yaml = format!(
         "websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n  self_signed: {tls}\n{ws}\ngrpc:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n{grpc}\ncenter:\n{invite}{center}\nadmin:\n  listen_ip: 127.0.0.1\n  listen_port: 0\nlimits:\n{limits}\nauth:\n{auth}\n"
     );

@@ -1,0 +1,1290 @@
+//! The room rules of PROTOCOL.md §4–§6 as a functional core: [`Rooms`]
+//! applies a command to the state and returns its [`Effects`] (who receives
+//! what, which events go on the feed), touching no socket and reading no
+//! clock it is not handed. [`super::registry::Registry`] carries the effects
+//! to sessions. Where the state lives and how effects travel can change
+//! (several centers on a shared store) without touching these rules.
+//!
+//! Users and who holds them:
+//! - a user is *held* by one session (the SFU that carries it); the session
+//!   *speaks* for it while it is connected (`userDisconnect` keeps it held
+//!   but silent). A session hears a room while it holds any of its users.
+//! - when a session ends, its users become *orphans* for the reconnect grace:
+//!   kept with their pushers, waiting for a session with the same identity
+//!   (which takes them all back) or one that names them; unclaimed orphans
+//!   leave when the grace ends.
+
+use super::{Delivery, Outbound, SessionId};
+use crate::error::CenterError;
+use crate::proto::{self, EventKind, peer_event, watch_events_response::Event};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+/// What to do when a `join` names a user another live session speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DuplicatePolicy {
+    /// Move the user: the old session gets `userLeave` for it.
+    #[default]
+    Replace,
+    /// Refuse the join with 409.
+    Reject,
+}
+
+/// Settings of the rules.
+#[derive(Debug, Clone, Default)]
+pub struct RulesConfig {
+    /// Most rooms one session may put users into (0: no limit).
+    pub max_rooms_per_session: usize,
+    /// Most users one session may hold (0: no limit).
+    pub max_users_per_session: usize,
+    /// How long the users of an ended session wait for it (0: they go at once).
+    pub reconnect_grace: Duration,
+    /// A `join` of a user held by another live session.
+    pub duplicate_user: DuplicatePolicy,
+}
+
+/// One item for one or more sessions, in the order the rules made them.
+#[derive(Debug)]
+pub struct Send {
+    /// Who receives it.
+    pub to: Vec<SessionId>,
+    /// What they receive.
+    pub item: Outbound,
+}
+
+/// What one step of the rules caused, in order.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Items for sessions.
+    pub sends: Vec<Send>,
+    /// Events for the feed: (room id or "", kind, event).
+    pub events: Vec<(String, EventKind, Event)>,
+    /// `pullRemoteStream`s that found no session to go to.
+    pub pulls_dropped: u64,
+    /// Joins that moved a user from another live session (`replace`).
+    pub users_replaced: u64,
+}
+
+impl Effects {
+    fn event(&mut self, room_id: &str, kind: EventKind, event: Event) {
+        self.events.push((room_id.to_owned(), kind, event));
+    }
+
+    fn send(&mut self, to: Vec<SessionId>, event: peer_event::Kind) -> u32 {
+        if to.is_empty() {
+            return 0;
+        }
+        let n = u32::try_from(to.len()).unwrap_or(u32::MAX);
+        self.sends.push(Send {
+            to,
+            item: Outbound::Event(Arc::new(Delivery {
+                event: proto::PeerEvent { kind: Some(event) },
+                json: OnceLock::new(),
+            })),
+        });
+        n
+    }
+}
+
+/// Who holds a user.
+#[derive(Debug, Clone)]
+enum Holder {
+    /// A live session; it speaks for the user while `connected`.
+    Session { sid: SessionId, connected: bool },
+    /// Its session ended: kept until `deadline` for a session with `identity`.
+    Orphan {
+        identity: Arc<str>,
+        deadline: Duration,
+    },
+}
+
+/// One user of a room.
+struct User {
+    name: String,
+    audience: bool,
+    holder: Holder,
+    pushers: Vec<proto::Publisher>,
+}
+
+impl User {
+    /// The session that speaks for the user.
+    fn speaker(&self) -> Option<SessionId> {
+        match self.holder {
+            Holder::Session {
+                sid,
+                connected: true,
+            } => Some(sid),
+            _ => None,
+        }
+    }
+
+    /// The live session that holds the user, connected or not.
+    fn holder_session(&self) -> Option<SessionId> {
+        match self.holder {
+            Holder::Session { sid, .. } => Some(sid),
+            Holder::Orphan { .. } => None,
+        }
+    }
+}
+
+/// One room.
+#[derive(Default)]
+struct Room {
+    users: HashMap<String, User>,
+    /// Session -> users of this room it holds: the sessions that hear it.
+    listeners: HashMap<SessionId, u32>,
+    /// The MSU serving this room.
+    msu: Option<String>,
+}
+
+impl Room {
+    /// Every session hearing the room but `exclude`.
+    fn audience_but(&self, exclude: &[Option<SessionId>]) -> Vec<SessionId> {
+        let mut to: Vec<SessionId> = self
+            .listeners
+            .keys()
+            .filter(|s| !exclude.contains(&Some(**s)))
+            .copied()
+            .collect();
+        // A stable order makes effects reproducible (tests, a shared store).
+        to.sort_unstable();
+        to
+    }
+
+    fn stop_hearing(&mut self, sid: SessionId) {
+        if let Some(n) = self.listeners.get_mut(&sid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.listeners.remove(&sid);
+            }
+        }
+    }
+}
+
+/// What the rules know of a live session.
+struct Holdings {
+    identity: Arc<str>,
+    /// Room id -> users it holds there.
+    rooms: HashMap<String, HashSet<String>>,
+    /// MSUs registered through it.
+    msus: HashSet<String>,
+}
+
+/// A registered media server unit.
+struct Msu {
+    session: SessionId,
+    rooms: HashSet<String>,
+    registered_at: SystemTime,
+}
+
+/// Rooms, users, pushers, MSUs and who holds what. See the module docs.
+pub struct Rooms {
+    config: RulesConfig,
+    sessions: HashMap<SessionId, Holdings>,
+    rooms: HashMap<String, Room>,
+    msus: HashMap<String, Msu>,
+    /// Identity -> (room, user) of its orphans, for taking them back.
+    orphans: HashMap<Arc<str>, HashSet<(String, String)>>,
+    /// Grace deadlines -> (room, user). Entries whose user was claimed
+    /// meanwhile are skipped when they come due.
+    deadlines: BTreeMap<Duration, Vec<(String, String)>>,
+}
+
+fn required(value: &str, field: &'static str, reason: &str) -> Result<(), CenterError> {
+    if value.is_empty() {
+        Err(CenterError::invalid(field, reason))
+    } else {
+        Ok(())
+    }
+}
+
+fn user_left(room_id: &str, user_id: &str) -> peer_event::Kind {
+    peer_event::Kind::UserLeft(proto::UserLeft {
+        room_id: room_id.to_owned(),
+        user_id: user_id.to_owned(),
+        extra: HashMap::new(),
+    })
+}
+
+fn user_left_event(user_id: &str, reason: &str) -> Event {
+    Event::UserLeft(proto::UserLeftEvent {
+        user_id: user_id.to_owned(),
+        reason: reason.to_owned(),
+    })
+}
+
+fn room_user(user_id: &str, user: &User) -> proto::RoomUser {
+    proto::RoomUser {
+        user_id: user_id.to_owned(),
+        user_name: user.name.clone(),
+        pushers: user.pushers.clone(),
+    }
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+impl Rooms {
+    /// No rooms, no sessions.
+    pub fn new(config: RulesConfig) -> Self {
+        Self {
+            config,
+            sessions: HashMap::new(),
+            rooms: HashMap::new(),
+            msus: HashMap::new(),
+            orphans: HashMap::new(),
+            deadlines: BTreeMap::new(),
+        }
+    }
+
+    // ----- who holds whom -------------------------------------------------
+
+    /// Makes `sid` hold `user_id` of `room_id`, connected, taking it from
+    /// whoever held it.
+    fn take(&mut self, room_id: &str, user_id: &str, sid: SessionId) {
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
+        let Some(user) = room.users.get_mut(user_id) else {
+            return;
+        };
+        let old = std::mem::replace(
+            &mut user.holder,
+            Holder::Session {
+                sid,
+                connected: true,
+            },
+        );
+        match old {
+            Holder::Session { sid: old, .. } if old == sid => return,
+            Holder::Session { sid: old, .. } => {
+                room.stop_hearing(old);
+                self.unhold(old, room_id, user_id);
+            }
+            Holder::Orphan { identity, .. } => self.unorphan(&identity, room_id, user_id),
+        }
+        if let Some(room) = self.rooms.get_mut(room_id) {
+            *room.listeners.entry(sid).or_default() += 1;
+        }
+        if let Some(h) = self.sessions.get_mut(&sid) {
+            h.rooms
+                .entry(room_id.to_owned())
+                .or_default()
+                .insert(user_id.to_owned());
+        }
+    }
+
+    fn unhold(&mut self, sid: SessionId, room_id: &str, user_id: &str) {
+        if let Some(h) = self.sessions.get_mut(&sid)
+            && let Some(users) = h.rooms.get_mut(room_id)
+        {
+            users.remove(user_id);
+            if users.is_empty() {
+                h.rooms.remove(room_id);
+            }
+        }
+    }
+
+    fn unorphan(&mut self, identity: &Arc<str>, room_id: &str, user_id: &str) {
+        if let Some(set) = self.orphans.get_mut(identity) {
+            set.remove(&(room_id.to_owned(), user_id.to_owned()));
+            if set.is_empty() {
+                self.orphans.remove(identity);
+            }
+        }
+    }
+
+    /// Removes a user and whatever pointed at it; returns whether it existed.
+    fn remove(&mut self, room_id: &str, user_id: &str) -> bool {
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return false;
+        };
+        let Some(user) = room.users.remove(user_id) else {
+            return false;
+        };
+        match user.holder {
+            Holder::Session { sid, .. } => {
+                room.stop_hearing(sid);
+                self.unhold(sid, room_id, user_id);
+            }
+            Holder::Orphan { identity, .. } => self.unorphan(&identity, room_id, user_id),
+        }
+        true
+    }
+
+    /// The room `room_id`, created when missing (then it gets an MSU).
+    fn room_entry(&mut self, room_id: &str, fx: &mut Effects) {
+        if !self.rooms.contains_key(room_id) {
+            self.rooms.insert(room_id.to_owned(), Room::default());
+            tracing::info!(room.id = room_id, "room created");
+            fx.event(
+                room_id,
+                EventKind::RoomCreated,
+                Event::RoomCreated(proto::RoomCreated {}),
+            );
+        }
+    }
+
+    /// Deletes a room whose last user went, and frees its MSU slot.
+    fn drop_if_empty(&mut self, room_id: &str, fx: &mut Effects) {
+        if !self
+            .rooms
+            .get(room_id)
+            .is_some_and(|room| room.users.is_empty())
+        {
+            return;
+        }
+        let Some(room) = self.rooms.remove(room_id) else {
+            return;
+        };
+        if let Some(msu) = room.msu.and_then(|m| self.msus.get_mut(&m)) {
+            msu.rooms.remove(room_id);
+        }
+        tracing::info!(room.id = room_id, "room closed");
+        fx.event(
+            room_id,
+            EventKind::RoomClosed,
+            Event::RoomClosed(proto::RoomClosed {}),
+        );
+    }
+
+    /// Checks the per-session limits before `sid` takes `user_id` of `room_id`.
+    fn check_limits(
+        &self,
+        sid: SessionId,
+        room_id: &str,
+        user_id: &str,
+    ) -> Result<(), CenterError> {
+        let Some(h) = self.sessions.get(&sid) else {
+            return Err(CenterError::Internal("session is closed".into()));
+        };
+        if h.rooms.get(room_id).is_some_and(|u| u.contains(user_id)) {
+            // Already held: nothing new to count.
+            return Ok(());
+        }
+        let max_rooms = self.config.max_rooms_per_session;
+        if max_rooms > 0 && !h.rooms.contains_key(room_id) && h.rooms.len() >= max_rooms {
+            return Err(CenterError::LimitReached(format!(
+                "at most {max_rooms} rooms per session"
+            )));
+        }
+        let max_users = self.config.max_users_per_session;
+        if max_users > 0 && h.rooms.values().map(HashSet::len).sum::<usize>() >= max_users {
+            return Err(CenterError::LimitReached(format!(
+                "at most {max_users} users per session"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Creates the user, held by `sid`, when unknown; returns whether the
+    /// room was created.
+    fn ensure_user(
+        &mut self,
+        sid: SessionId,
+        room_id: &str,
+        user_id: &str,
+        name: &str,
+        fx: &mut Effects,
+    ) -> bool {
+        let created = !self.rooms.contains_key(room_id);
+        self.room_entry(room_id, fx);
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return created;
+        };
+        if !room.users.contains_key(user_id) {
+            room.users.insert(
+                user_id.to_owned(),
+                User {
+                    name: name.to_owned(),
+                    audience: false,
+                    holder: Holder::Session {
+                        sid,
+                        connected: true,
+                    },
+                    pushers: Vec::new(),
+                },
+            );
+            *room.listeners.entry(sid).or_default() += 1;
+            if let Some(h) = self.sessions.get_mut(&sid) {
+                h.rooms
+                    .entry(room_id.to_owned())
+                    .or_default()
+                    .insert(user_id.to_owned());
+            }
+        }
+        created
+    }
+
+    // ----- sessions -------------------------------------------------------
+
+    /// A session opened with `identity`: it takes back every orphan of an
+    /// earlier session with the same identity (`userReConnect` to the rest
+    /// of each room). Returns how many it took.
+    pub fn open_session(&mut self, sid: SessionId, identity: &str, fx: &mut Effects) -> u32 {
+        let identity: Arc<str> = Arc::from(identity);
+        self.sessions.insert(
+            sid,
+            Holdings {
+                identity: identity.clone(),
+                rooms: HashMap::new(),
+                msus: HashSet::new(),
+            },
+        );
+        let Some(orphans) = self.orphans.remove(&identity) else {
+            return 0;
+        };
+        let mut orphans: Vec<(String, String)> = orphans.into_iter().collect();
+        orphans.sort();
+        let mut taken = 0;
+        for (room_id, user_id) in orphans {
+            if self.reclaim(sid, &room_id, &user_id, "reclaimed", fx) {
+                taken += 1;
+            }
+        }
+        if taken > 0 {
+            tracing::info!(session.id = sid, peer.id = %identity, users = taken, "users taken back after reconnect");
+        }
+        taken
+    }
+
+    /// `sid` takes an unbound user back: `userReConnect` to the room.
+    fn reclaim(
+        &mut self,
+        sid: SessionId,
+        room_id: &str,
+        user_id: &str,
+        reason: &str,
+        fx: &mut Effects,
+    ) -> bool {
+        let Some(name) = self
+            .rooms
+            .get(room_id)
+            .and_then(|r| r.users.get(user_id))
+            .map(|u| u.name.clone())
+        else {
+            return false;
+        };
+        self.take(room_id, user_id, sid);
+        let Some(room) = self.rooms.get(room_id) else {
+            return false;
+        };
+        fx.send(
+            room.audience_but(&[Some(sid)]),
+            peer_event::Kind::UserReconnected(proto::UserReConnected {
+                room_id: room_id.to_owned(),
+                user_id: user_id.to_owned(),
+                user_name: name,
+                extra: HashMap::new(),
+            }),
+        );
+        fx.event(
+            room_id,
+            EventKind::UserReconnected,
+            Event::UserReconnected(proto::UserReconnectedEvent {
+                user_id: user_id.to_owned(),
+                session_id: sid,
+                reason: reason.to_owned(),
+            }),
+        );
+        true
+    }
+
+    /// A session ended at `now`: each user it spoke for is announced with
+    /// `userDisconnect`; with a grace, its users wait as orphans, else they
+    /// go. Its MSUs go and their rooms move to other MSUs.
+    pub fn close_session(&mut self, sid: SessionId, now: Duration, fx: &mut Effects) {
+        let Some(h) = self.sessions.remove(&sid) else {
+            return;
+        };
+        let grace = self.config.reconnect_grace;
+        let mut held: Vec<(String, Vec<String>)> = h
+            .rooms
+            .into_iter()
+            .map(|(room, users)| {
+                let mut users: Vec<String> = users.into_iter().collect();
+                users.sort();
+                (room, users)
+            })
+            .collect();
+        held.sort();
+        for (room_id, users) in held {
+            let Some(room) = self.rooms.get_mut(&room_id) else {
+                continue;
+            };
+            room.listeners.remove(&sid);
+            let to = room.audience_but(&[Some(sid)]);
+            for user_id in users {
+                let Some(user) = room.users.get_mut(&user_id) else {
+                    continue;
+                };
+                let was_connected = user.speaker() == Some(sid);
+                if was_connected {
+                    fx.send(
+                        to.clone(),
+                        peer_event::Kind::UserDisconnected(proto::UserDisconnected {
+                            room_id: room_id.clone(),
+                            user_id: user_id.clone(),
+                            extra: HashMap::new(),
+                        }),
+                    );
+                    fx.event(
+                        &room_id,
+                        EventKind::UserDisconnected,
+                        Event::UserDisconnected(proto::UserDisconnectedEvent {
+                            user_id: user_id.clone(),
+                            reason: "session closed".into(),
+                        }),
+                    );
+                }
+                if grace.is_zero() {
+                    room.users.remove(&user_id);
+                    fx.event(
+                        &room_id,
+                        EventKind::UserLeft,
+                        user_left_event(&user_id, "session closed"),
+                    );
+                } else {
+                    let deadline = now + grace;
+                    user.holder = Holder::Orphan {
+                        identity: h.identity.clone(),
+                        deadline,
+                    };
+                    self.orphans
+                        .entry(h.identity.clone())
+                        .or_default()
+                        .insert((room_id.clone(), user_id.clone()));
+                    self.deadlines
+                        .entry(deadline)
+                        .or_default()
+                        .push((room_id.clone(), user_id));
+                }
+            }
+            self.drop_if_empty(&room_id, fx);
+        }
+        let mut msus: Vec<String> = h.msus.into_iter().collect();
+        msus.sort();
+        for msu_id in msus {
+            self.lose_msu(&msu_id, fx);
+        }
+    }
+
+    /// Users whose grace ended by `now` leave: `userLeave` to their rooms.
+    pub fn expire(&mut self, now: Duration, fx: &mut Effects) {
+        while let Some(entry) = self.deadlines.first_entry() {
+            if *entry.key() > now {
+                break;
+            }
+            let (deadline, due) = entry.remove_entry();
+            for (room_id, user_id) in due {
+                let still_orphan = self
+                    .rooms
+                    .get(&room_id)
+                    .and_then(|r| r.users.get(&user_id))
+                    .is_some_and(
+                        |u| matches!(u.holder, Holder::Orphan { deadline: d, .. } if d == deadline),
+                    );
+                if !still_orphan {
+                    continue;
+                }
+                self.remove(&room_id, &user_id);
+                if let Some(room) = self.rooms.get(&room_id) {
+                    fx.send(room.audience_but(&[]), user_left(&room_id, &user_id));
+                }
+                tracing::info!(room.id = %room_id, user.id = %user_id, "user left: reconnect grace ended");
+                fx.event(
+                    &room_id,
+                    EventKind::UserLeft,
+                    user_left_event(&user_id, "grace expired"),
+                );
+                self.drop_if_empty(&room_id, fx);
+            }
+        }
+    }
+
+    /// When the next grace ends, if any user is waiting.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        self.deadlines.keys().next().copied()
+    }
+
+    // ----- MSUs -------------------------------------------------------------
+
+    /// `register`: adds or refreshes an MSU bound to `sid`; an id another
+    /// live session holds is refused with 409.
+    pub fn register_msu(
+        &mut self,
+        sid: SessionId,
+        r: proto::RegisterMsuRequest,
+        now: SystemTime,
+        fx: &mut Effects,
+    ) -> Result<proto::RegisterMsuResponse, CenterError> {
+        required(&r.msu_id, "msu_id", "Invalid id")?;
+        match self.msus.get_mut(&r.msu_id) {
+            Some(msu) if msu.session != sid => {
+                return Err(CenterError::Conflict(format!(
+                    "msu {} is registered by another session",
+                    r.msu_id
+                )));
+            }
+            Some(msu) => msu.registered_at = now,
+            None => {
+                self.msus.insert(
+                    r.msu_id.clone(),
+                    Msu {
+                        session: sid,
+                        rooms: HashSet::new(),
+                        registered_at: now,
+                    },
+                );
+            }
+        }
+        if let Some(h) = self.sessions.get_mut(&sid) {
+            h.msus.insert(r.msu_id.clone());
+        }
+        tracing::info!(msu.id = %r.msu_id, session.id = sid, "msu registered");
+        fx.event(
+            "",
+            EventKind::MsuRegistered,
+            Event::MsuRegistered(proto::MsuRegistered {
+                msu_id: r.msu_id.clone(),
+                session_id: sid,
+            }),
+        );
+        Ok(proto::RegisterMsuResponse {
+            registered: true,
+            msu_id: r.msu_id,
+        })
+    }
+
+    /// Sends `invite` to the room's MSU, first choosing the live MSU with the
+    /// fewest rooms (not `avoid`) when the room has none. Never waits.
+    fn invite_msu(&mut self, room_id: &str, avoid: Option<&str>, fx: &mut Effects) {
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
+        let current = room.msu.clone().filter(|m| self.msus.contains_key(m));
+        let msu_id = match current {
+            Some(m) => m,
+            None => {
+                let Some((id, msu)) = self
+                    .msus
+                    .iter_mut()
+                    .filter(|(id, _)| Some(id.as_str()) != avoid)
+                    .min_by(|a, b| a.1.rooms.len().cmp(&b.1.rooms.len()).then(a.0.cmp(b.0)))
+                else {
+                    room.msu = None;
+                    return;
+                };
+                msu.rooms.insert(room_id.to_owned());
+                room.msu = Some(id.clone());
+                id.clone()
+            }
+        };
+        let Some(session) = self.msus.get(&msu_id).map(|m| m.session) else {
+            return;
+        };
+        fx.sends.push(Send {
+            to: vec![session],
+            item: Outbound::Invite {
+                room_id: room_id.to_owned(),
+            },
+        });
+        fx.event(
+            room_id,
+            EventKind::MsuInvited,
+            Event::MsuInvited(proto::MsuInvited { msu_id }),
+        );
+    }
+
+    /// An MSU is gone: its rooms are invited to the other live MSUs.
+    fn lose_msu(&mut self, msu_id: &str, fx: &mut Effects) {
+        let Some(msu) = self.msus.remove(msu_id) else {
+            return;
+        };
+        let mut room_ids: Vec<String> = msu.rooms.into_iter().collect();
+        room_ids.sort();
+        for room_id in &room_ids {
+            if let Some(room) = self.rooms.get_mut(room_id) {
+                room.msu = None;
+            }
+        }
+        tracing::info!(msu.id = %msu_id, rooms = room_ids.len(), "msu lost");
+        fx.event(
+            "",
+            EventKind::MsuLost,
+            Event::MsuLost(proto::MsuLost {
+                msu_id: msu_id.to_owned(),
+                room_ids: room_ids.clone(),
+            }),
+        );
+        for room_id in room_ids {
+            self.invite_msu(&room_id, None, fx);
+        }
+    }
+
+    /// An MSU refused an `invite` or let it time out: the room moves to
+    /// another live MSU (or stays without one when there is none).
+    pub fn invite_failed(&mut self, room_id: &str, msu_session: SessionId, fx: &mut Effects) {
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
+        let Some(msu_id) = room.msu.clone() else {
+            return;
+        };
+        if self.msus.get(&msu_id).map(|m| m.session) != Some(msu_session) {
+            // The room moved meanwhile.
+            return;
+        }
+        room.msu = None;
+        if let Some(msu) = self.msus.get_mut(&msu_id) {
+            msu.rooms.remove(room_id);
+        }
+        self.invite_msu(room_id, Some(&msu_id), fx);
+    }
+
+    // ----- commands ---------------------------------------------------------
+
+    /// `join`: binds the user to `sid` and answers with the room's other users.
+    pub fn join(
+        &mut self,
+        sid: SessionId,
+        r: proto::JoinRequest,
+        fx: &mut Effects,
+    ) -> Result<proto::JoinResponse, CenterError> {
+        const REASON: &str = "Invalid roomId or userId";
+        required(&r.room_id, "room_id", REASON)?;
+        required(&r.user_id, "user_id", REASON)?;
+        let speaker = self
+            .rooms
+            .get(&r.room_id)
+            .and_then(|room| room.users.get(&r.user_id))
+            .and_then(User::speaker)
+            .filter(|s| *s != sid);
+        if speaker.is_some() && self.config.duplicate_user == DuplicatePolicy::Reject {
+            tracing::info!(room.id = %r.room_id, user.id = %r.user_id, session.id = sid, "join refused: user already joined from another session");
+            return Err(CenterError::Conflict(
+                "user already joined from another session".into(),
+            ));
+        }
+        self.check_limits(sid, &r.room_id, &r.user_id)?;
+        if let Some(old) = speaker {
+            // `replace`: the old session learns the user left it.
+            fx.send(vec![old], user_left(&r.room_id, &r.user_id));
+            fx.event(
+                &r.room_id,
+                EventKind::UserLeft,
+                user_left_event(&r.user_id, "replaced"),
+            );
+            fx.users_replaced += 1;
+            tracing::info!(room.id = %r.room_id, user.id = %r.user_id, from = old, to = sid, "user joined again from another session: moved");
+        }
+        self.ensure_user(sid, &r.room_id, &r.user_id, &r.user_name, fx);
+        self.take(&r.room_id, &r.user_id, sid);
+        let room = self
+            .rooms
+            .get_mut(&r.room_id)
+            .ok_or_else(|| CenterError::Internal("room vanished".into()))?;
+        if let Some(user) = room.users.get_mut(&r.user_id) {
+            user.name.clone_from(&r.user_name);
+            user.audience = r.audience;
+        }
+        let users = room
+            .users
+            .iter()
+            .filter(|(id, _)| **id != r.user_id)
+            .map(|(id, u)| room_user(id, u))
+            .collect();
+        if !r.audience {
+            fx.send(
+                room.audience_but(&[Some(sid)]),
+                peer_event::Kind::NewUser(proto::NewUser {
+                    room_id: r.room_id.clone(),
+                    user_id: r.user_id.clone(),
+                    user_name: r.user_name.clone(),
+                    extra: r.extra,
+                }),
+            );
+        }
+        tracing::info!(room.id = %r.room_id, user.id = %r.user_id, session.id = sid, audience = r.audience, "user joined");
+        fx.event(
+            &r.room_id,
+            EventKind::UserJoined,
+            Event::UserJoined(proto::UserJoined {
+                user_id: r.user_id,
+                user_name: r.user_name,
+                audience: r.audience,
+                session_id: sid,
+            }),
+        );
+        if !r.audience {
+            self.invite_msu(&r.room_id, None, fx);
+        }
+        Ok(proto::JoinResponse {
+            room_id: r.room_id,
+            users,
+        })
+    }
+
+    /// `push`: records the publishers; `newPusher` to the room. An unbound
+    /// user named here is taken by `sid` (SFUs do not replay their rooms).
+    pub fn push(
+        &mut self,
+        sid: SessionId,
+        r: proto::PushRequest,
+        fx: &mut Effects,
+    ) -> Result<(), CenterError> {
+        required(&r.room_id, "room_id", "Invalid roomId")?;
+        required(&r.user_id, "user_id", "Invalid userId")?;
+        let speaker = self
+            .rooms
+            .get(&r.room_id)
+            .and_then(|room| room.users.get(&r.user_id))
+            .and_then(User::speaker);
+        if speaker.is_none() {
+            // A refused push leaves nothing behind: check first.
+            self.check_limits(sid, &r.room_id, &r.user_id)?;
+        }
+        let created = self.ensure_user(sid, &r.room_id, &r.user_id, &r.user_name, fx);
+        if speaker.is_none() {
+            self.take(&r.room_id, &r.user_id, sid);
+        }
+        let room = self
+            .rooms
+            .get_mut(&r.room_id)
+            .ok_or_else(|| CenterError::Internal("room vanished".into()))?;
+        let user = room
+            .users
+            .get_mut(&r.user_id)
+            .ok_or_else(|| CenterError::Internal("user vanished".into()))?;
+        if user.name.is_empty() {
+            user.name.clone_from(&r.user_name);
+        }
+        for p in &r.publishers {
+            match user.pushers.iter_mut().find(|q| q.pusher_id == p.pusher_id) {
+                Some(q) => q.clone_from(p),
+                None => user.pushers.push(p.clone()),
+            }
+        }
+        let (name, speaker) = (user.name.clone(), user.speaker());
+        fx.send(
+            room.audience_but(&[Some(sid), speaker]),
+            peer_event::Kind::NewPusher(proto::NewPusher {
+                room_id: r.room_id.clone(),
+                user_id: r.user_id.clone(),
+                user_name: name,
+                pushers: r.publishers.clone(),
+                extra: r.extra,
+            }),
+        );
+        tracing::debug!(room.id = %r.room_id, user.id = %r.user_id, pushers = r.publishers.len(), "push");
+        fx.event(
+            &r.room_id,
+            EventKind::PusherAdded,
+            Event::PusherAdded(proto::PusherAdded {
+                user_id: r.user_id,
+                pushers: r.publishers,
+            }),
+        );
+        if created {
+            self.invite_msu(&r.room_id, None, fx);
+        }
+        Ok(())
+    }
+
+    /// `pullRemoteStream`: forwarded to the session speaking for the pusher
+    /// only; dropped (and counted) when nobody speaks for it.
+    pub fn pull_remote_stream(
+        &mut self,
+        sid: SessionId,
+        r: proto::PullRemoteStreamRequest,
+        fx: &mut Effects,
+    ) -> Result<(), CenterError> {
+        let room = self.room(&r.room_id)?;
+        let Some(user) = room.users.get(&r.pusher_user_id) else {
+            fx.pulls_dropped += 1;
+            return Err(CenterError::UserNotFound(r.pusher_user_id.clone()));
+        };
+        let Some(target) = user.speaker() else {
+            fx.pulls_dropped += 1;
+            return Err(CenterError::UserNotFound(format!(
+                "{} (disconnected)",
+                r.pusher_user_id
+            )));
+        };
+        let (room_id, pusher_user_id) = (r.room_id.clone(), r.pusher_user_id.clone());
+        let pusher_id = r
+            .push_info
+            .as_ref()
+            .map(|p| p.pusher_id.clone())
+            .unwrap_or_default();
+        fx.send(vec![target], peer_event::Kind::PullRemoteStream(r));
+        tracing::debug!(room.id = %room_id, pusher.user = %pusher_user_id, to = target, "pull forwarded");
+        fx.event(
+            &room_id,
+            EventKind::PullForwarded,
+            Event::PullForwarded(proto::PullForwarded {
+                pusher_user_id,
+                from_session_id: sid,
+                to_session_id: target,
+                pusher_id,
+            }),
+        );
+        Ok(())
+    }
+
+    /// The room `room_id`, or [`CenterError::RoomNotFound`].
+    fn room(&self, room_id: &str) -> Result<&Room, CenterError> {
+        self.rooms
+            .get(room_id)
+            .ok_or_else(|| CenterError::RoomNotFound(room_id.to_owned()))
+    }
+
+    /// Only the session holding a user may report on it; anything else is
+    /// a stale report (e.g. after a center restart) and is refused, so
+    /// nothing is broadcast about a user the sender does not hold.
+    fn held_by(&self, sid: SessionId, room_id: &str, user_id: &str) -> Result<&User, CenterError> {
+        let user = self
+            .room(room_id)?
+            .users
+            .get(user_id)
+            .ok_or_else(|| CenterError::UserNotFound(user_id.to_owned()))?;
+        if user.holder_session() == Some(sid) {
+            Ok(user)
+        } else {
+            Err(CenterError::Forbidden(format!(
+                "user {user_id} is not held by this session"
+            )))
+        }
+    }
+
+    /// `userDisconnect`: the user stays, held but silent; the session keeps
+    /// hearing the room (the SFU keeps it for the user's return).
+    pub fn user_disconnect(
+        &mut self,
+        sid: SessionId,
+        r: proto::UserDisconnectRequest,
+        fx: &mut Effects,
+    ) -> Result<(), CenterError> {
+        if self
+            .held_by(sid, &r.room_id, &r.user_id)?
+            .speaker()
+            .is_none()
+        {
+            // Already disconnected: nothing new to tell.
+            return Ok(());
+        }
+        let room = self
+            .rooms
+            .get_mut(&r.room_id)
+            .ok_or_else(|| CenterError::RoomNotFound(r.room_id.clone()))?;
+        if let Some(user) = room.users.get_mut(&r.user_id) {
+            user.holder = Holder::Session {
+                sid,
+                connected: false,
+            };
+        }
+        fx.send(
+            room.audience_but(&[Some(sid)]),
+            peer_event::Kind::UserDisconnected(proto::UserDisconnected {
+                room_id: r.room_id.clone(),
+                user_id: r.user_id.clone(),
+                extra: r.extra,
+            }),
+        );
+        tracing::info!(room.id = %r.room_id, user.id = %r.user_id, "user disconnected");
+        fx.event(
+            &r.room_id,
+            EventKind::UserDisconnected,
+            Event::UserDisconnected(proto::UserDisconnectedEvent {
+                user_id: r.user_id,
+                reason: "userDisconnect".into(),
+            }),
+        );
+        Ok(())
+    }
+
+    /// `userLeave`: the user and its pushers go; `userLeave` to the room.
+    pub fn user_leave(
+        &mut self,
+        sid: SessionId,
+        r: proto::UserLeaveRequest,
+        fx: &mut Effects,
+    ) -> Result<(), CenterError> {
+        self.held_by(sid, &r.room_id, &r.user_id)?;
+        let to = self.room(&r.room_id)?.audience_but(&[Some(sid)]);
+        fx.send(
+            to,
+            peer_event::Kind::UserLeft(proto::UserLeft {
+                room_id: r.room_id.clone(),
+                user_id: r.user_id.clone(),
+                extra: r.extra,
+            }),
+        );
+        self.remove(&r.room_id, &r.user_id);
+        tracing::info!(room.id = %r.room_id, user.id = %r.user_id, "user left");
+        fx.event(
+            &r.room_id,
+            EventKind::UserLeft,
+            user_left_event(&r.user_id, "userLeave"),
+        );
+        self.drop_if_empty(&r.room_id, fx);
+        Ok(())
+    }
+
+    /// `textMessage`: to the room but the sender and the user's own session.
+    pub fn text_message(
+        &mut self,
+        sid: SessionId,
+        r: proto::TextMessageRequest,
+        fx: &mut Effects,
+    ) -> Result<(), CenterError> {
+        let room = self.room(&r.room_id)?;
+        let speaker = room.users.get(&r.user_id).and_then(User::speaker);
+        let to = room.audience_but(&[Some(sid), speaker]);
+        fx.event(
+            &r.room_id,
+            EventKind::TextMessage,
+            Event::TextMessage(proto::TextMessageEvent {
+                user_id: r.user_id.clone(),
+                message: r.message.clone(),
+            }),
+        );
+        fx.send(
+            to,
+            peer_event::Kind::TextMessage(proto::TextMessage {
+                room_id: r.room_id,
+                user_id: r.user_id,
+                user_name: r.user_name,
+                message: r.message,
+                extra: r.extra,
+            }),
+        );
+        Ok(())
+    }
+
+    /// `userReConnect`: binds the user to `sid` again (creating it when
+    /// unknown, keeping its pushers); `userReConnect` to the room.
+    pub fn user_reconnect(
+        &mut self,
+        sid: SessionId,
+        r: proto::UserReConnectRequest,
+        fx: &mut Effects,
+    ) -> Result<(), CenterError> {
+        const REASON: &str = "Invalid roomId or userId";
+        required(&r.room_id, "room_id", REASON)?;
+        required(&r.user_id, "user_id", REASON)?;
+        self.check_limits(sid, &r.room_id, &r.user_id)?;
+        let created = self.ensure_user(sid, &r.room_id, &r.user_id, &r.user_name, fx);
+        self.take(&r.room_id, &r.user_id, sid);
+        let room = self
+            .rooms
+            .get_mut(&r.room_id)
+            .ok_or_else(|| CenterError::Internal("room vanished".into()))?;
+        if let Some(user) = room.users.get_mut(&r.user_id)
+            && !r.user_name.is_empty()
+        {
+            user.name.clone_from(&r.user_name);
+        }
+        fx.send(
+            room.audience_but(&[Some(sid)]),
+            peer_event::Kind::UserReconnected(proto::UserReConnected {
+                room_id: r.room_id.clone(),
+                user_id: r.user_id.clone(),
+                user_name: r.user_name,
+                extra: r.extra,
+            }),
+        );
+        tracing::info!(room.id = %r.room_id, user.id = %r.user_id, session.id = sid, "user reconnected");
+        fx.event(
+            &r.room_id,
+            EventKind::UserReconnected,
+            Event::UserReconnected(proto::UserReconnectedEvent {
+                user_id: r.user_id,
+                session_id: sid,
+                reason: "userReConnect".into(),
+            }),
+        );
+        if created {
+            self.invite_msu(&r.room_id, None, fx);
+        }
+        Ok(())
+    }
+
+    // ----- operator operations ---------------------------------------------
+
+    /// Removes a user; every session of the room (its own too) gets
+    /// `userLeave`. Returns how many sessions were told.
+    pub fn remove_user(
+        &mut self,
+        room_id: &str,
+        user_id: &str,
+        fx: &mut Effects,
+    ) -> Result<u32, CenterError> {
+        required(room_id, "room_id", "room_id is required")?;
+        required(user_id, "user_id", "user_id is required")?;
+        let room = self.room(room_id)?;
+        if !room.users.contains_key(user_id) {
+            return Err(CenterError::UserNotFound(user_id.to_owned()));
+        }
+        let notified = fx.send(room.audience_but(&[]), user_left(room_id, user_id));
+        self.remove(room_id, user_id);
+        tracing::info!(
+            room.id = room_id,
+            user.id = user_id,
+            "user removed by operator"
+        );
+        fx.event(
+            room_id,
+            EventKind::UserLeft,
+            user_left_event(user_id, "kicked"),
+        );
+        self.drop_if_empty(room_id, fx);
+        Ok(notified)
+    }
+
+    /// Closes a room; every session gets `userLeave` for each user.
+    pub fn close_room(&mut self, room_id: &str, fx: &mut Effects) -> Result<u32, CenterError> {
+        required(room_id, "room_id", "room_id is required")?;
+        let room = self.room(room_id)?;
+        let mut user_ids: Vec<String> = room.users.keys().cloned().collect();
+        user_ids.sort();
+        let to = room.audience_but(&[]);
+        for user_id in &user_ids {
+            fx.send(to.clone(), user_left(room_id, user_id));
+        }
+        for user_id in &user_ids {
+            self.remove(room_id, user_id);
+            fx.event(
+                room_id,
+                EventKind::UserLeft,
+                user_left_event(user_id, "room closed"),
+            );
+        }
+        self.drop_if_empty(room_id, fx);
+        Ok(count(user_ids.len()))
+    }
+
+    /// `textMessage` into a room as the system (`user_id` empty) or a user.
+    pub fn send_text(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        user_name: &str,
+        message: &str,
+        fx: &mut Effects,
+    ) -> Result<u32, CenterError> {
+        required(room_id, "room_id", "room_id is required")?;
+        required(message, "message", "message is required")?;
+        let room = self.room(room_id)?;
+        let name = if !user_name.is_empty() {
+            user_name.to_owned()
+        } else if user_id.is_empty() {
+            "system".to_owned()
+        } else {
+            room.users
+                .get(user_id)
+                .ok_or_else(|| CenterError::UserNotFound(user_id.to_owned()))?
+                .name
+                .clone()
+        };
+        let reached = fx.send(
+            room.audience_but(&[]),
+            peer_event::Kind::TextMessage(proto::TextMessage {
+                room_id: room_id.to_owned(),
+                user_id: user_id.to_owned(),
+                user_name: name,
+                message: message.to_owned(),
+                extra: HashMap::new(),
+            }),
+        );
+        fx.event(
+            room_id,
+            EventKind::TextMessage,
+            Event::TextMessage(proto::TextMessageEvent {
+                user_id: user_id.to_owned(),
+                message: message.to_owned(),
+            }),
+        );
+        Ok(reached)
+    }
+
+    // ----- listings -----------------------------------------------------------
+
+    /// Every room with its counts, sorted by id.
+    pub fn list_rooms(&self) -> Vec<proto::RoomSummary> {
+        let mut rooms: Vec<_> = self
+            .rooms
+            .iter()
+            .map(|(id, room)| proto::RoomSummary {
+                room_id: id.clone(),
+                user_count: count(room.users.len()),
+                session_count: count(room.listeners.len()),
+                msu_id: room.msu.clone().unwrap_or_default(),
+            })
+            .collect();
+        rooms.sort_by(|a, b| a.room_id.cmp(&b.room_id));
+        rooms
+    }
+
+    /// One room in detail (`session_id` 0: nobody speaks for the user).
+    pub fn get_room(&self, room_id: &str) -> Result<proto::RoomDetail, CenterError> {
+        required(room_id, "room_id", "room_id is required")?;
+        let room = self.room(room_id)?;
+        let mut users: Vec<_> = room
+            .users
+            .iter()
+            .map(|(id, u)| proto::RoomMember {
+                user_id: id.clone(),
+                user_name: u.name.clone(),
+                audience: u.audience,
+                session_id: u.speaker().unwrap_or(0),
+                pushers: u.pushers.clone(),
+            })
+            .collect();
+        users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        let mut session_ids: Vec<_> = room.listeners.keys().copied().collect();
+        session_ids.sort_unstable();
+        Ok(proto::RoomDetail {
+            room_id: room_id.to_owned(),
+            msu_id: room.msu.clone().unwrap_or_default(),
+            users,
+            session_ids,
+        })
+    }
+
+    /// What the rules know of a session: (identity, users held, MSU ids).
+    pub fn session_view(&self, sid: SessionId) -> Option<(String, u32, Vec<String>)> {
+        let h = self.sessions.get(&sid)?;
+        let mut msus: Vec<String> = h.msus.iter().cloned().collect();
+        msus.sort();
+        let users = h.rooms.values().map(HashSet::len).sum();
+        Some((h.identity.to_string(), count(users), msus))
+    }
+
+    /// Every MSU: (id, session, rooms sorted, registered at), sorted by id.
+    pub fn msus(&self) -> Vec<(String, SessionId, Vec<String>, SystemTime)> {
+        let mut msus: Vec<_> = self
+            .msus
+            .iter()
+            .map(|(id, m)| {
+                let mut rooms: Vec<_> = m.rooms.iter().cloned().collect();
+                rooms.sort();
+                (id.clone(), m.session, rooms, m.registered_at)
+            })
+            .collect();
+        msus.sort_by(|a, b| a.0.cmp(&b.0));
+        msus
+    }
+
+    /// Counts: (rooms, users, msus).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (
+            self.rooms.len(),
+            self.rooms.values().map(|r| r.users.len()).sum(),
+            self.msus.len(),
+        )
+    }
+}

@@ -1,0 +1,100 @@
+//! The time the center's rules count in (rate limits, reconnect grace): the
+//! system's monotonic clock, or a manual clock that moves only when told, so
+//! tests of time-based rules are exact on any machine.
+
+use governor::clock::Clock as GovernorClock;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// A clock. Cheap to clone; clones share one time.
+#[derive(Debug, Clone)]
+pub struct Clock {
+    origin: Instant,
+    /// Time since the start, set by hand; `None` follows the system. A watch
+    /// channel so that sleepers wake when the time moves.
+    manual: Option<Arc<watch::Sender<Duration>>>,
+}
+
+impl Clock {
+    /// The system's monotonic clock.
+    pub fn system() -> Self {
+        Self {
+            origin: Instant::now(),
+            manual: None,
+        }
+    }
+
+    /// A clock that stands still until advanced.
+    pub fn manual() -> Self {
+        Self {
+            origin: Instant::now(),
+            manual: Some(Arc::new(watch::Sender::new(Duration::ZERO))),
+        }
+    }
+
+    /// Moves a manual clock forward, waking whoever sleeps past the new
+    /// time; the system clock ignores this.
+    pub fn advance(&self, by: Duration) {
+        if let Some(time) = &self.manual {
+            time.send_modify(|t| *t = t.saturating_add(by));
+        }
+    }
+
+    /// Time since the clock started.
+    pub fn elapsed(&self) -> Duration {
+        match &self.manual {
+            Some(time) => *time.borrow(),
+            None => self.origin.elapsed(),
+        }
+    }
+
+    /// Waits until the clock reads at least `at` (see [`Clock::elapsed`]).
+    pub async fn sleep_until(&self, at: Duration) {
+        match &self.manual {
+            Some(time) => {
+                let mut rx = time.subscribe();
+                // Err only if the sender is gone, which this clock holds.
+                let _ = rx.wait_for(|t| *t >= at).await;
+            }
+            None => tokio::time::sleep(at.saturating_sub(self.elapsed())).await,
+        }
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl GovernorClock for Clock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        self.elapsed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_manual_clock_wakes_sleepers_when_advanced() {
+        let clock = Clock::manual();
+        let sleeper = tokio::spawn({
+            let clock = clock.clone();
+            async move { clock.sleep_until(Duration::from_secs(30)).await }
+        });
+        clock.advance(Duration::from_secs(10));
+        tokio::task::yield_now().await;
+        assert!(!sleeper.is_finished());
+        clock.advance(Duration::from_secs(20));
+        tokio::time::timeout(Duration::from_secs(10), sleeper)
+            .await
+            .expect("woken")
+            .expect("no panic");
+        assert_eq!(clock.elapsed(), Duration::from_secs(30));
+    }
+}
