@@ -117,6 +117,22 @@ impl Model {
         }
     }
 
+    /// `sid` takes the user; another session that held it hears it left.
+    fn take(&mut self, exp: &mut Expected, room: &str, user: &str, sid: u64) {
+        let old = self
+            .rooms
+            .get(room)
+            .and_then(|us| us.get(user))
+            .map(|x| x.host)
+            .filter(|h| *h != sid);
+        if let Some(old) = old {
+            exp.entry(old)
+                .or_default()
+                .push(("userLeave", user.to_owned()));
+        }
+        self.bind(room, user, sid);
+    }
+
     fn bind(&mut self, room: &str, user: &str, sid: u64) {
         let users = self.rooms.entry(room.to_owned()).or_default();
         let u = users.entry(user.to_owned()).or_insert(MUser {
@@ -251,19 +267,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     others,
                     "join snapshot"
                 );
-                // `replace`: the session that spoke for the user hears it left.
-                let speaker = model
-                    .rooms
-                    .get(&room)
-                    .and_then(|us| us.get(&user))
-                    .and_then(|x| x.session)
-                    .filter(|s| *s != sid);
-                if let Some(old) = speaker {
-                    exp.entry(old)
-                        .or_default()
-                        .push(("userLeave", user.clone()));
-                }
-                model.bind(&room, &user, sid);
+                model.take(&mut exp, &room, &user, sid);
                 if !audience {
                     model.send(&mut exp, &room, &[Some(sid)], "newUser", &user);
                 }
@@ -289,7 +293,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .unwrap();
                 let existing = model.rooms.get(&room).and_then(|us| us.get(&user)).copied();
                 if existing.is_none_or(|x| x.session.is_none()) {
-                    model.bind(&room, &user, sid);
+                    model.take(&mut exp, &room, &user, sid);
                 }
                 let bound = model.rooms[&room][&user].session;
                 model.send(&mut exp, &room, &[Some(sid), bound], "newPusher", &user);
@@ -380,7 +384,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         },
                     )))
                     .unwrap();
-                model.bind(&room, &user, sid);
+                model.take(&mut exp, &room, &user, sid);
                 model.send(&mut exp, &room, &[Some(sid)], "userReConnect", &user);
             }
             Op::Text { s, r, u } => {

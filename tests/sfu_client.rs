@@ -7,7 +7,10 @@ mod common;
 
 use common::sfu::{Sfu, parse_101_like_sfu, upgrade_request};
 use common::{Peer, WAIT, rtp_param};
+use pilot_center::clock::Clock;
+use pilot_center::server::Server;
 use serde_json::{Value, json};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,6 +283,139 @@ async fn pongs_come_fast_while_the_room_floods() {
         );
         listener.assert_clean();
         flooder.assert_clean();
+    })
+    .await;
+}
+
+/// A server over wss with a 30 s reconnect grace counted on a manual clock.
+async fn start_with_grace() -> (Server, Clock) {
+    let clock = Clock::manual();
+    let config = common::config_sections(true, "", "", "  reconnect_grace_secs: 30\n");
+    let server = Server::start_with_clock(&config, clock.clone())
+        .await
+        .unwrap();
+    (server, clock)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sfu_that_reconnects_within_the_grace_keeps_its_users_and_streams() {
+    common::bounded(async move {
+        let (server, clock) = start_with_grace().await;
+        let addr = server.ws_addr();
+        let mut s1 = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-1").await;
+        let mut s2 = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-2").await;
+        s1.request(
+            "join",
+            json!({"roomId": "room1", "userId": "u1", "userName": "Ann"}),
+        )
+        .await;
+        s2.request(
+            "join",
+            json!({"roomId": "room1", "userId": "u2", "userName": "Ben"}),
+        )
+        .await;
+        s1.expect("newUser").await;
+        let publishers = json!([{"pusherId": "u1-video", "rtpParam": rtp_param(4242)}]);
+        s1.notify(
+            "push",
+            json!({"roomId": "room1", "userId": "u1", "userName": "Ann", "publishers": publishers}),
+        )
+        .await;
+        s2.expect("newPusher").await;
+
+        // The link drops without a close frame.
+        s1.reset();
+        assert_eq!(
+            s2.expect("userDisconnect").await,
+            json!({"roomId": "room1", "userId": "u1"})
+        );
+        // 20 s later, inside the grace, the SFU is back under the same name
+        // and does not replay its rooms: the center gives it its users back.
+        clock.advance(Duration::from_secs(20));
+        let mut s1 = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-1").await;
+        assert_eq!(
+            s2.expect("userReConnect").await,
+            json!({"roomId": "room1", "userId": "u1", "userName": "Ann"})
+        );
+        // The next joiner's snapshot has u1 with its streams.
+        let mut s3 = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-3").await;
+        let d = s3
+            .request(
+                "join",
+                json!({"roomId": "room1", "userId": "u3", "userName": "Cat"}),
+            )
+            .await;
+        let users = d["data"]["users"].as_array().unwrap();
+        assert_eq!(
+            users.iter().find(|u| u["userId"] == json!("u1")).unwrap()["pushers"],
+            publishers
+        );
+        s1.expect("newUser").await;
+        s2.expect("newUser").await;
+        // A pull from another SFU reaches the reconnected session.
+        let pull = json!({"roomId": "room1", "pusher_user_id": "u1", "udp_ip": "10.0.0.7", "udp_port": 40000, "mediaType": "video", "pushInfo": {"pusherId": "u1-video", "rtpParam": rtp_param(4242)}});
+        s3.notify("pullRemoteStream", pull.clone()).await;
+        assert_eq!(s1.expect("pullRemoteStream").await, pull);
+        // Long after the grace would have ended, nobody has left.
+        clock.advance(Duration::from_secs(60));
+        server.center().expire_grace();
+        for s in [&mut s1, &mut s2, &mut s3] {
+            s.expect_silence().await;
+            s.assert_clean();
+        }
+        assert_eq!(server.center().get_room("room1").unwrap().users.len(), 3);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sfu_that_never_returns_loses_its_users_when_the_grace_ends() {
+    common::bounded(async move {
+        let (server, clock) = start_with_grace().await;
+        let addr = server.ws_addr();
+        let mut s1 = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-1").await;
+        let mut s2 = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-2").await;
+        s1.request(
+            "join",
+            json!({"roomId": "room1", "userId": "u1", "userName": "Ann"}),
+        )
+        .await;
+        s2.request(
+            "join",
+            json!({"roomId": "room1", "userId": "u2", "userName": "Ben"}),
+        )
+        .await;
+        s1.expect("newUser").await;
+        s1.reset();
+        s2.expect("userDisconnect").await;
+        // During the grace a pull for u1 is dropped and counted, never misrouted.
+        let pull = json!({"roomId": "room1", "pusher_user_id": "u1", "udp_ip": "10.0.0.7", "udp_port": 40000, "mediaType": "video"});
+        s2.notify("pullRemoteStream", pull).await;
+        s2.expect_silence().await;
+        assert_eq!(server.center().metrics().pulls_dropped.get(), 1);
+        // The grace ends: the others hear userLeave, once.
+        clock.advance(Duration::from_secs(30));
+        server.center().expire_grace();
+        assert_eq!(
+            s2.expect("userLeave").await,
+            json!({"roomId": "room1", "userId": "u1"})
+        );
+        s2.expect_silence().await;
+        let room = server.center().get_room("room1").unwrap();
+        assert_eq!(room.users.len(), 1);
+        // The same user can join again later, from another SFU: a plain newUser.
+        let mut s3 = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-3").await;
+        s3.request(
+            "join",
+            json!({"roomId": "room1", "userId": "u1", "userName": "Ann"}),
+        )
+        .await;
+        assert_eq!(
+            s2.expect("newUser").await,
+            json!({"roomId": "room1", "userId": "u1", "userName": "Ann"})
+        );
+        s2.assert_clean();
+        s3.assert_clean();
     })
     .await;
 }

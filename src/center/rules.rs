@@ -243,8 +243,9 @@ impl Rooms {
     // ----- who holds whom -------------------------------------------------
 
     /// Makes `sid` hold `user_id` of `room_id`, connected, taking it from
-    /// whoever held it.
-    fn take(&mut self, room_id: &str, user_id: &str, sid: SessionId) {
+    /// whoever held it. A live session that loses the user this way gets
+    /// `userLeave` for it: its SFU must not keep a user another one carries.
+    fn take(&mut self, room_id: &str, user_id: &str, sid: SessionId, fx: &mut Effects) {
         let Some(room) = self.rooms.get_mut(room_id) else {
             return;
         };
@@ -263,6 +264,20 @@ impl Rooms {
             Holder::Session { sid: old, .. } => {
                 room.stop_hearing(old);
                 self.unhold(old, room_id, user_id);
+                fx.send(vec![old], user_left(room_id, user_id));
+                fx.event(
+                    room_id,
+                    EventKind::UserLeft,
+                    user_left_event(user_id, "replaced"),
+                );
+                fx.users_replaced += 1;
+                tracing::info!(
+                    room.id = room_id,
+                    user.id = user_id,
+                    from = old,
+                    to = sid,
+                    "user moved to another session"
+                );
             }
             Holder::Orphan { identity, .. } => self.unorphan(&identity, room_id, user_id),
         }
@@ -468,7 +483,7 @@ impl Rooms {
         else {
             return false;
         };
-        self.take(room_id, user_id, sid);
+        self.take(room_id, user_id, sid, fx);
         let Some(room) = self.rooms.get(room_id) else {
             return false;
         };
@@ -770,19 +785,9 @@ impl Rooms {
             ));
         }
         self.check_limits(sid, &r.room_id, &r.user_id)?;
-        if let Some(old) = speaker {
-            // `replace`: the old session learns the user left it.
-            fx.send(vec![old], user_left(&r.room_id, &r.user_id));
-            fx.event(
-                &r.room_id,
-                EventKind::UserLeft,
-                user_left_event(&r.user_id, "replaced"),
-            );
-            fx.users_replaced += 1;
-            tracing::info!(room.id = %r.room_id, user.id = %r.user_id, from = old, to = sid, "user joined again from another session: moved");
-        }
+        // `replace`: the old session learns the user left it (in `take`).
         self.ensure_user(sid, &r.room_id, &r.user_id, &r.user_name, fx);
-        self.take(&r.room_id, &r.user_id, sid);
+        self.take(&r.room_id, &r.user_id, sid, fx);
         let room = self
             .rooms
             .get_mut(&r.room_id)
@@ -849,7 +854,7 @@ impl Rooms {
         }
         let created = self.ensure_user(sid, &r.room_id, &r.user_id, &r.user_name, fx);
         if speaker.is_none() {
-            self.take(&r.room_id, &r.user_id, sid);
+            self.take(&r.room_id, &r.user_id, sid, fx);
         }
         let room = self
             .rooms
@@ -1078,7 +1083,7 @@ impl Rooms {
         required(&r.user_id, "user_id", REASON)?;
         self.check_limits(sid, &r.room_id, &r.user_id)?;
         let created = self.ensure_user(sid, &r.room_id, &r.user_id, &r.user_name, fx);
-        self.take(&r.room_id, &r.user_id, sid);
+        self.take(&r.room_id, &r.user_id, sid, fx);
         let room = self
             .rooms
             .get_mut(&r.room_id)

@@ -19,8 +19,14 @@ use super::Io;
 
 /// The SFU's request, exactly (its Host has no port).
 pub fn upgrade_request(key: &str) -> String {
+    upgrade_request_to("/pilot/center", key)
+}
+
+/// The SFU's request for its configured `subpath`, written verbatim into
+/// the request line (e.g. `/pilot/center?peer=sfu-1`).
+pub fn upgrade_request_to(subpath: &str, key: &str) -> String {
     format!(
-        "GET /pilot/center HTTP/1.1\r\nAccept: */*\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Protocol: protoo\r\nSec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n\r\n"
+        "GET {subpath} HTTP/1.1\r\nAccept: */*\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Protocol: protoo\r\nSec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n\r\n"
     )
 }
 
@@ -126,12 +132,18 @@ impl Sfu {
     /// Connects like the SFU: TCP, TLS without verification when `tls`,
     /// the exact upgrade, and a ping every 2 s.
     pub async fn connect(addr: std::net::SocketAddr, tls: bool) -> Sfu {
-        tokio::time::timeout(super::WAIT, Self::open(addr, tls))
+        Self::connect_to(addr, tls, "/pilot/center").await
+    }
+
+    /// Connects with `subpath` as the SFU's configured path, e.g.
+    /// `/pilot/center?peer=sfu-1` to give itself an identity.
+    pub async fn connect_to(addr: std::net::SocketAddr, tls: bool, subpath: &str) -> Sfu {
+        tokio::time::timeout(super::WAIT, Self::open(addr, tls, subpath))
             .await
             .expect("the SFU connects in time")
     }
 
-    async fn open(addr: std::net::SocketAddr, tls: bool) -> Sfu {
+    async fn open(addr: std::net::SocketAddr, tls: bool, subpath: &str) -> Sfu {
         let tcp = TcpStream::connect(addr).await.expect("tcp connect");
         tcp.set_nodelay(true).ok();
         let std_tcp = tcp.into_std().expect("std");
@@ -148,7 +160,7 @@ impl Sfu {
             Box::new(tcp)
         };
         let key = "x3JJHMbDL1EzLkh9GBhXDw==";
-        io.write_all(upgrade_request(key).as_bytes())
+        io.write_all(upgrade_request_to(subpath, key).as_bytes())
             .await
             .expect("write upgrade");
         // One read, as the SFU does: the head must be complete in it.
