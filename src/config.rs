@@ -94,20 +94,25 @@ impl AdminConfig {
     }
 }
 
-/// `limits:` section: a token bucket per session (WebSocket and gRPC).
+/// `limits:` section: a token bucket per session (WebSocket and gRPC) that
+/// slows peers down and loses nothing.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Sustained messages per second per session (0: no limit). Excess
-    /// requests get 429 "rate limited"; excess notifications are dropped.
+    /// Sustained messages per second per session (0: no limit). Messages
+    /// over it wait, in order, and are applied at this rate.
     #[serde(default = "default_rate")]
     pub messages_per_sec: u32,
     /// Messages a session may send in a burst.
     #[serde(default = "default_burst")]
     pub burst: u32,
-    /// Consecutive refused messages after which the session is closed (1008).
+    /// Bytes of messages that may wait; when full, the session stops reading
+    /// its socket (pings are answered again as soon as it reads).
+    #[serde(default = "default_inbox_bytes")]
+    pub inbox_bytes: usize,
+    /// A session that stays behind its rate this long is closed with 1008.
     #[serde(default = "default_close_after")]
-    pub close_after_violations: u32,
+    pub close_after_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -115,19 +120,21 @@ impl Default for LimitsConfig {
         Self {
             messages_per_sec: default_rate(),
             burst: default_burst(),
-            close_after_violations: default_close_after(),
+            inbox_bytes: default_inbox_bytes(),
+            close_after_secs: default_close_after(),
         }
     }
 }
 
 impl LimitsConfig {
-    /// The settings of one session's rate gate, reading `clock`.
+    /// The settings of one session's inbox, reading `clock`.
     pub fn rate(&self, clock: &crate::limits::Clock) -> crate::limits::RateSettings {
         crate::limits::RateSettings {
             clock: clock.clone(),
             per_second: self.messages_per_sec,
             burst: self.burst,
-            close_after: self.close_after_violations,
+            inbox_bytes: self.inbox_bytes,
+            close_after: std::time::Duration::from_secs(self.close_after_secs),
         }
     }
 }
@@ -313,14 +320,19 @@ fn default_grace() -> u64 {
 fn default_admin_port() -> u16 {
     9445
 }
+// One SFU session carries all its users: a reconnect storm of 10,000
+// userReConnect + 10,000 push in one second fits in the burst.
 fn default_rate() -> u32 {
-    1000
+    10_000
 }
 fn default_burst() -> u32 {
-    2000
+    20_000
 }
-fn default_close_after() -> u32 {
-    1000
+fn default_inbox_bytes() -> usize {
+    8 << 20
+}
+fn default_close_after() -> u64 {
+    30
 }
 
 impl WebSocketConfig {

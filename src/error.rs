@@ -27,9 +27,6 @@ pub enum CenterError {
     /// The peer may not do this.
     #[error("forbidden: {0}")]
     Forbidden(String),
-    /// The peer sends faster than its limit.
-    #[error("rate limited")]
-    RateLimited,
     /// A configured limit is reached (rooms or users per session).
     #[error("limit reached: {0}")]
     LimitReached(String),
@@ -62,7 +59,7 @@ impl CenterError {
             Self::Forbidden(_) => 403,
             Self::RoomNotFound(_) | Self::UserNotFound(_) | Self::UnknownMethod(_) => 404,
             Self::Conflict(_) => 409,
-            Self::RateLimited | Self::LimitReached(_) => 429,
+            Self::LimitReached(_) => 429,
             Self::ShuttingDown => 503,
             Self::Internal(_) => 500,
         }
@@ -81,9 +78,7 @@ impl From<CenterError> for tonic::Status {
             }
             CenterError::UnknownMethod(_) => Status::unimplemented(e.to_string()),
             CenterError::Forbidden(_) => Status::permission_denied(e.to_string()),
-            CenterError::RateLimited | CenterError::LimitReached(_) => {
-                Status::resource_exhausted(e.to_string())
-            }
+            CenterError::LimitReached(_) => Status::resource_exhausted(e.to_string()),
             CenterError::Conflict(_) => Status::already_exists(e.to_string()),
             CenterError::ShuttingDown => Status::unavailable(e.to_string()),
             CenterError::Internal(_) => Status::internal(e.to_string()),

@@ -7,7 +7,7 @@ use crate::center::{
     Center, EventFilter, Outbound, PeerInfo, PendingInvites, SessionHandle, lagged,
 };
 use crate::error::CenterError;
-use crate::limits::{RateGate, RateSettings, Verdict};
+use crate::limits::{Inbox, Next, RateSettings};
 use crate::proto::room_service_server::{RoomService, RoomServiceServer};
 use crate::proto::{
     self, CenterMessage, PeerMessage, Transport, center_message, command_result, peer_message,
@@ -185,7 +185,7 @@ impl RoomService for RoomServiceImpl {
             cut: cut.clone(),
             settings: self.settings.clone(),
             invites: PendingInvites::default(),
-            gate: RateGate::new(&self.settings.rate),
+            inbox: Inbox::new(&self.settings.rate),
         };
         let shutdown = self.shutdown.clone();
         tokio::spawn(tracing::Instrument::instrument(
@@ -338,7 +338,8 @@ struct PeerStream {
     settings: GrpcSettings,
     /// `invite`s sent and not answered.
     invites: PendingInvites,
-    gate: RateGate,
+    /// Messages from the peer on their way in, at its rate.
+    inbox: Inbox<PeerMessage>,
     /// Set when the session is cut off: the final status for the peer.
     cut: Arc<parking_lot::Mutex<Option<Status>>>,
 }
@@ -390,14 +391,12 @@ impl PeerStream {
         let mut tick = tokio::time::interval_at(Instant::now() + second, second);
         let reason = loop {
             tokio::select! {
-                msg = inbound.next() => match msg {
+                // A full inbox stops reading: HTTP/2 flow control slows the peer down.
+                msg = inbound.next(), if !self.inbox.is_full() => match msg {
                     Some(Ok(msg)) => {
                         self.handle.note_inbound();
-                        if self.on_message(msg) == Verdict::Close {
-                            self.handle.metrics().rate_limit_closes.inc();
-                            self.cut_off(Status::resource_exhausted("rate limit exceeded"));
-                            break "rate limit exceeded";
-                        }
+                        let len = prost::Message::encoded_len(&msg);
+                        self.inbox.push(msg, len);
                     }
                     Some(Err(status)) => {
                         tracing::debug!(%status, "peer stream failed");
@@ -436,14 +435,28 @@ impl PeerStream {
                 }
                 () = out.closed() => break "peer gone",
                 _ = tick.tick() => self.expire_invites(),
+                () = self.inbox.ready(), if self.inbox.is_waiting() => {}
+            }
+            // Apply, in order, what the rate allows now.
+            let behind = loop {
+                match self.inbox.take() {
+                    Next::Ready(msg, delayed) => self.on_message(msg, delayed),
+                    Next::Wait | Next::Empty => break false,
+                    Next::Close => break true,
+                }
+            };
+            if behind {
+                self.handle.metrics().rate_limit_closes.inc();
+                self.cut_off(Status::resource_exhausted("rate limit exceeded"));
+                break "rate limit exceeded";
             }
         };
         tracing::info!(reason, "session closed");
         self.handle.close(reason);
     }
 
-    /// Handles one message; [`Verdict::Close`] ends the stream.
-    fn on_message(&mut self, msg: PeerMessage) -> Verdict {
+    /// Handles one message; `delayed`: it waited for the rate limit.
+    fn on_message(&mut self, msg: PeerMessage, delayed: bool) {
         match msg.kind {
             Some(peer_message::Kind::Command(c)) => {
                 let metrics = self.handle.metrics();
@@ -456,7 +469,9 @@ impl PeerStream {
                 let span = telemetry::command_span(method);
                 let _enter = span.enter();
                 telemetry::record_command_ids(&span, &command);
-                let verdict = self.gate.check();
+                if delayed {
+                    metrics.limited("request");
+                }
                 // The result is queued in the same step as what the command caused.
                 let respond = |result: Result<proto::Reply, CenterError>| {
                     let outcome = match result {
@@ -476,15 +491,11 @@ impl PeerStream {
                         Err(mpsc::error::TrySendError::Closed(_)) => {}
                     }
                 };
-                if verdict != Verdict::Pass {
-                    metrics.limited("request");
-                    respond(Err(CenterError::RateLimited));
-                } else if let Err(e) = translate::check_command(&command) {
+                if let Err(e) = translate::check_command(&command) {
                     respond(Err(e));
                 } else {
                     self.handle.execute_then(command, respond);
                 }
-                return verdict;
             }
             Some(peer_message::Kind::InviteAnswer(a)) => match self.invites.answer(a.id) {
                 Some(room) => self.handle.invite_answered(
@@ -502,7 +513,6 @@ impl PeerStream {
             },
             None => tracing::debug!("empty peer message ignored"),
         }
-        Verdict::Pass
     }
 
     fn encode(&mut self, item: GrpcOut) -> CenterMessage {

@@ -39,7 +39,7 @@ pub struct Metrics {
     pub messages_out: Family<MethodLabel, Counter>,
     /// Error responses sent, by code.
     pub errors: Family<CodeLabel, Counter>,
-    /// Messages refused by the per-session rate limit (request / notification).
+    /// Messages that waited for the per-session rate limit (request / notification).
     pub rate_limited: Family<KindLabel, Counter>,
     /// Sessions closed for not keeping up with their queue.
     pub slow_consumers: Counter,
@@ -167,7 +167,7 @@ impl Metrics {
         );
         registry.register(
             "rate_limited",
-            "Messages refused by the per-session rate limit",
+            "Messages that waited for the per-session rate limit (none is dropped)",
             rate_limited.clone(),
         );
         registry.register(
@@ -281,7 +281,7 @@ impl Metrics {
         self.errors.get_or_create(&CodeLabel { code }).inc();
     }
 
-    /// Counts one message refused by the rate limit (`request` or `notification`).
+    /// Counts one message that waited for the rate limit (`request` or `notification`).
     pub fn limited(&self, kind: &'static str) {
         self.rate_limited.get_or_create(&KindLabel { kind }).inc();
     }

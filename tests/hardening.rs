@@ -233,9 +233,9 @@ async fn grpc_auth_by_role() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limits_answer_429_then_close_persistent_offenders() {
+async fn rate_limits_slow_peers_down_losing_nothing_and_close_persistent_offenders() {
     common::bounded(async move {
-        // The rate gates read a clock that stands still until the test moves
+        // The inboxes read a clock that stands still until the test moves
         // it: no token comes back because the machine is slow.
         let clock = Clock::manual();
         let server = Server::start_with_clock(
@@ -244,7 +244,7 @@ async fn rate_limits_answer_429_then_close_persistent_offenders() {
                 "",
                 "",
                 "",
-                "  messages_per_sec: 20\n  burst: 20\n  close_after_violations: 50\n",
+                "  messages_per_sec: 20\n  burst: 20\n  close_after_secs: 5\n",
                 "",
             ),
             clock.clone(),
@@ -254,44 +254,60 @@ async fn rate_limits_answer_429_then_close_persistent_offenders() {
         let mut noisy = Peer::connect(&server).await;
         let mut calm = Peer::connect(&server).await;
         calm.join("r", "calm", "C").await;
-        let mut codes = Vec::new();
-        for i in 0..40 {
-            let r = noisy.request_with_id(json!(i), "echo", json!(i)).await;
-            codes.push(r["errorCode"].as_i64().unwrap_or(0));
+        let text = |i: usize| json!({"roomId": "r", "userId": "x", "message": format!("m{i}")});
+        let read_texts = async |calm: &mut Peer, range: std::ops::Range<usize>| {
+            for i in range {
+                assert_eq!(
+                    calm.expect("textMessage").await["message"],
+                    json!(format!("m{i}"))
+                );
+            }
+        };
+        // 50 notifications and a request at once: the burst of 20 goes now,
+        // the rest waits, in order.
+        for i in 0..50 {
+            noisy.notify("textMessage", text(i)).await;
         }
-        let burst_then_limited: Vec<i64> = [[0; 20], [429; 20]].concat();
-        assert_eq!(codes, burst_then_limited, "the burst passes, then 429");
-        // Half a second at 20 per second gives back exactly 10 tokens.
-        clock.advance(Duration::from_millis(500));
-        let mut codes = Vec::new();
-        for i in 40..51 {
-            let r = noisy.request_with_id(json!(i), "echo", json!(i)).await;
-            codes.push(r["errorCode"].as_i64().unwrap_or(0));
+        noisy
+            .send_text(
+                json!({"request": true, "id": 1, "method": "echo", "data": "after"}).to_string(),
+            )
+            .await;
+        read_texts(&mut calm, 0..20).await;
+        calm.expect_silence().await;
+        // 20 per second: each second lets 20 more go.
+        clock.advance(Duration::from_secs(1));
+        read_texts(&mut calm, 20..40).await;
+        clock.advance(Duration::from_secs(1));
+        read_texts(&mut calm, 40..50).await;
+        let r = noisy.response_to(&json!(1)).await;
+        assert_eq!(r["data"]["echo"], json!("after"), "answered, not refused");
+        calm.expect_silence().await;
+
+        // A peer that stays behind its rate for 5 s is closed with 1008.
+        clock.advance(Duration::from_secs(1)); // the bucket is full again
+        for i in 100..300 {
+            noisy.notify("textMessage", text(i)).await;
         }
-        let refilled: Vec<i64> = [&[0; 10][..], &[429]].concat();
-        assert_eq!(codes, refilled, "tokens come back at the configured rate");
-        // Notifications over the limit are dropped; the 50th refusal in a row
-        // (one request + 49 notifications) closes the session with 1008.
-        for _ in 0..49 {
-            noisy
-                .notify(
-                    "textMessage",
-                    json!({"roomId": "r", "userId": "x", "message": "spam"}),
-                )
-                .await;
-        }
+        let center = server.center().clone();
+        eventually("the center to read the flood", || {
+            center.list_sessions().iter().any(|s| s.messages_in >= 251)
+        })
+        .await;
+        read_texts(&mut calm, 100..120).await;
+        clock.advance(Duration::from_secs(6));
         let close = noisy.close_frame().await;
         assert_eq!(
             (u16::from(close.code), close.reason.as_str()),
             (1008, "rate limit exceeded")
         );
-        // The center handled every notification before closing, so the
-        // barrier proves the calm session heard none of the spam.
+        // Applied before the close: the 20 of the bucket, in order.
+        read_texts(&mut calm, 120..140).await;
         calm.expect_silence().await;
         let (_, metrics) = http_get(server.admin_addr().unwrap(), "/metrics").await;
         for needle in [
-            "pilot_rate_limited_total{kind=\"request\"} 21",
-            "pilot_rate_limited_total{kind=\"notification\"} 49",
+            "pilot_rate_limited_total{kind=\"request\"} 1",
+            "pilot_rate_limited_total{kind=\"notification\"} 50",
             "pilot_rate_limit_closes_total 1",
         ] {
             assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");

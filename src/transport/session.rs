@@ -9,7 +9,7 @@
 
 use crate::auth::Grant;
 use crate::center::{Center, Outbound, PeerInfo, PendingInvites, SessionHandle};
-use crate::limits::{RateGate, RateSettings, Verdict};
+use crate::limits::{Inbox, Next, RateSettings};
 use crate::metrics::method_label;
 use crate::proto::Transport;
 use crate::protoo::{self, Message as Protoo};
@@ -141,7 +141,7 @@ where
     let (mut sink, mut stream) = ws.split();
 
     let end = {
-        let reader = read_loop(&mut stream, &ctx, RateGate::new(&settings.rate));
+        let reader = read_loop(&mut stream, &ctx, Inbox::new(&settings.rate));
         let writer = write_loop(&mut sink, &mut rx, &ctx, &settings);
         tokio::pin!(reader, writer);
         tokio::select! {
@@ -224,31 +224,49 @@ fn encode_simple(item: WsOut) -> Option<Message> {
 async fn read_loop<S>(
     stream: &mut SplitStream<WebSocketStream<S>>,
     ctx: &Ctx,
-    mut gate: RateGate,
+    mut inbox: Inbox<Utf8Bytes>,
 ) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    while let Some(frame) = stream.next().await {
-        ctx.touch();
-        match frame {
-            Ok(Message::Text(text)) => {
-                ctx.handle.note_inbound();
-                if on_text(ctx, &text, &mut gate) == Verdict::Close {
-                    tracing::info!("rate limit exceeded again and again: closing");
+    loop {
+        tokio::select! {
+            // A full inbox stops reading: TCP slows the peer down, nothing is dropped.
+            frame = stream.next(), if !inbox.is_full() => {
+                let Some(frame) = frame else { return End::PeerClosed };
+                ctx.touch();
+                match frame {
+                    Ok(Message::Text(text)) => {
+                        ctx.handle.note_inbound();
+                        let len = text.len();
+                        inbox.push(text, len);
+                    }
+                    Ok(Message::Binary(b)) => {
+                        ctx.handle.metrics().bad_frames.inc();
+                        tracing::debug!(len = b.len(), "binary frame ignored");
+                    }
+                    Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                    Ok(Message::Close(_)) => return End::PeerClosed,
+                    Err(e) => return read_error(e),
+                }
+            }
+            () = inbox.ready(), if inbox.is_waiting() => {}
+        }
+        // Apply, in order, what the rate allows now.
+        loop {
+            match inbox.take() {
+                Next::Ready(text, delayed) => on_text(ctx, &text, delayed),
+                Next::Wait | Next::Empty => break,
+                Next::Close => {
+                    tracing::info!(
+                        waiting = inbox.len(),
+                        "behind its rate limit for too long: closing"
+                    );
                     return End::Close(CloseCode::Policy, RATE_LIMITED);
                 }
             }
-            Ok(Message::Binary(b)) => {
-                ctx.handle.metrics().bad_frames.inc();
-                tracing::debug!(len = b.len(), "binary frame ignored");
-            }
-            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
-            Ok(Message::Close(_)) => return End::PeerClosed,
-            Err(e) => return read_error(e),
         }
     }
-    End::PeerClosed
 }
 
 fn read_error(e: WsError) -> End {
@@ -271,9 +289,9 @@ fn read_error(e: WsError) -> End {
 }
 
 /// Handles one text frame: a request gets exactly one response; a
-/// notification gets none; junk is logged and counted, never fatal. Returns
-/// the rate gate's verdict ([`Verdict::Close`] ends the session).
-fn on_text(ctx: &Ctx, text: &str, gate: &mut RateGate) -> Verdict {
+/// notification gets none; junk is logged and counted, never fatal.
+/// `delayed`: it waited for the rate limit (counted).
+fn on_text(ctx: &Ctx, text: &str, delayed: bool) {
     let metrics = ctx.handle.metrics();
     let respond_error = |id: Option<&serde_json::value::RawValue>, code: u16, reason: &str| {
         metrics.error(code);
@@ -282,11 +300,8 @@ fn on_text(ctx: &Ctx, text: &str, gate: &mut RateGate) -> Verdict {
     match protoo::parse(text) {
         Ok(Protoo::Request { id, method, data }) => {
             metrics.inbound(&method);
-            let verdict = gate.check();
-            if verdict != Verdict::Pass {
+            if delayed {
                 metrics.limited("request");
-                respond_error(Some(id), 429, "rate limited");
-                return verdict;
             }
             let span = telemetry::command_span(&method);
             let _enter = span.enter();
@@ -311,15 +326,11 @@ fn on_text(ctx: &Ctx, text: &str, gate: &mut RateGate) -> Verdict {
                 .request_seconds
                 .get_or_create(&method_label(&method))
                 .observe(started.elapsed().as_secs_f64());
-            verdict
         }
         Ok(Protoo::Notification { method, data }) => {
             metrics.inbound(&method);
-            let verdict = gate.check();
-            if verdict != Verdict::Pass {
+            if delayed {
                 metrics.limited("notification");
-                tracing::debug!(method = %method, "notification dropped: rate limited");
-                return verdict;
             }
             let span = telemetry::command_span(&method);
             let _enter = span.enter();
@@ -331,7 +342,6 @@ fn on_text(ctx: &Ctx, text: &str, gate: &mut RateGate) -> Verdict {
             if let Err(e) = result {
                 tracing::debug!(method = %method, error = %e, "notification ignored");
             }
-            verdict
         }
         Ok(Protoo::Response {
             id,
@@ -358,16 +368,13 @@ fn on_text(ctx: &Ctx, text: &str, gate: &mut RateGate) -> Verdict {
                 ),
                 None => tracing::debug!(id = id.get(), "response to no pending request"),
             }
-            Verdict::Pass
         }
         Err(protoo::FrameError::BadRequest { id, reason }) => {
             respond_error(id.as_deref(), 400, reason);
-            gate.check()
         }
         Err(e) => {
             metrics.bad_frames.inc();
             tracing::debug!(error = %e, len = text.len(), "frame ignored");
-            gate.check()
         }
     }
 }
