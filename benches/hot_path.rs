@@ -72,6 +72,7 @@ fn bench(c: &mut Criterion) {
             let d = Delivery {
                 event: black_box(event.clone()),
                 json: OnceLock::new(),
+                size: 0,
             };
             translate::delivery_text(&d)
         })

@@ -179,9 +179,14 @@ pub struct WebSocketConfig {
     /// session with 1009.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: usize,
-    /// Items queued per session before it counts as a slow consumer.
-    #[serde(default = "default_outbound_queue")]
-    pub outbound_queue: usize,
+    /// Bytes queued to one session before it counts as a slow consumer (an
+    /// item is always accepted by an empty queue).
+    #[serde(default = "default_outbound_max_bytes")]
+    pub outbound_max_bytes: usize,
+    /// Seconds a session may leave queued items unsent before it counts as
+    /// a slow consumer.
+    #[serde(default = "default_outbound_max_delay")]
+    pub outbound_max_delay_secs: u64,
     /// Seconds between the center's pings.
     #[serde(default = "default_ping_interval")]
     pub ping_interval_secs: u64,
@@ -295,6 +300,14 @@ fn default_grpc_port() -> u16 {
 }
 fn default_max_message_size() -> usize {
     1 << 20
+}
+// A mass event (an SFU with 20,000 users dropping) is ~2 MB of
+// userDisconnect per other SFU: far below this.
+fn default_outbound_max_bytes() -> usize {
+    32 << 20
+}
+fn default_outbound_max_delay() -> u64 {
+    30
 }
 fn default_outbound_queue() -> usize {
     4096
@@ -440,7 +453,7 @@ impl Config {
         }
         for (key, value) in [
             ("websocket.max_message_size", ws.max_message_size),
-            ("websocket.outbound_queue", ws.outbound_queue),
+            ("websocket.outbound_max_bytes", ws.outbound_max_bytes),
             ("grpc.outbound_queue", g.outbound_queue),
             (
                 "center.event_feed_capacity",

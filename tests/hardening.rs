@@ -321,7 +321,7 @@ async fn a_peer_that_stops_reading_is_cut_off_and_the_room_carries_on() {
     common::bounded(async move {
         let server = Server::start(&common::config_sections(
             false,
-            "  outbound_queue: 16\n",
+            "  outbound_max_bytes: 1048576\n",
             "",
             "",
         ))

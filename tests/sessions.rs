@@ -409,3 +409,129 @@ async fn every_view_built_from_answers_and_notifications_matches_the_room() {
     })
     .await;
 }
+
+/// Joins `(room, user)`s 500 at a time, each batch sent before its answers
+/// are read; the answers must all be ok.
+async fn join_pipelined(p: &mut Peer, joins: &[(String, String)]) {
+    for (b, batch) in joins.chunks(500).enumerate() {
+        for (i, (room, user)) in batch.iter().enumerate() {
+            p.send_text(
+                json!({"request": true, "id": format!("j{b}-{i}"), "method": "join", "data": {"roomId": room, "userId": user, "userName": "n"}})
+                    .to_string(),
+            )
+            .await;
+        }
+        for i in 0..batch.len() {
+            let r = p.response_to(&json!(format!("j{b}-{i}"))).await;
+            assert_eq!(r["ok"], json!(true), "{r}");
+        }
+    }
+}
+
+/// Reads `n` notifications of `method`, counting each user once per room.
+async fn read_all(p: &mut Peer, method: &str, n: usize) -> BTreeSet<(String, String)> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..n {
+        let d = p.expect(method).await;
+        let key = (
+            d["roomId"].as_str().unwrap().to_owned(),
+            d["userId"].as_str().unwrap().to_owned(),
+        );
+        assert!(seen.insert(key.clone()), "{method} twice for {key:?}");
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sfu_with_20000_users_drops_and_the_other_sfus_hear_every_one() {
+    common::bounded(async move {
+        // 200 rooms of 100 users on one SFU, shared with two other SFUs. Its
+        // drop queues 20,000 userDisconnect to each of them in one step (and
+        // 20,000 userLeave when the grace ends): byte-bounded queues take it.
+        const ROOMS: usize = 1000;
+        const PER_ROOM: usize = 20;
+        const USERS: usize = ROOMS * PER_ROOM;
+        let clock = Clock::manual();
+        let config = common::config_sections(false, "", "", "  reconnect_grace_secs: 30\n");
+        let server = Server::start_with_clock(&config, clock.clone())
+            .await
+            .unwrap();
+        let mut others = [Peer::connect(&server).await, Peer::connect(&server).await];
+        for (i, o) in others.iter_mut().enumerate() {
+            let joins: Vec<(String, String)> = (0..ROOMS)
+                .map(|r| (format!("room{r}"), format!("o{i}-{r}")))
+                .collect();
+            join_pipelined(o, &joins).await;
+        }
+        for _ in 0..ROOMS {
+            others[0].expect("newUser").await;
+        }
+        let mut big = Peer::connect(&server).await;
+        let joins: Vec<(String, String)> = (0..USERS)
+            .map(|k| (format!("room{}", k % ROOMS), format!("big-{k}")))
+            .collect();
+        join_pipelined(&mut big, &joins).await;
+        for o in &mut others {
+            assert_eq!(read_all(o, "newUser", USERS).await.len(), USERS);
+            o.expect_silence().await;
+        }
+        drop(big);
+        for o in &mut others {
+            assert_eq!(read_all(o, "userDisconnect", USERS).await.len(), USERS);
+        }
+        clock.advance(Duration::from_secs(30));
+        server.center().expire_grace();
+        for o in &mut others {
+            assert_eq!(read_all(o, "userLeave", USERS).await.len(), USERS);
+            o.expect_silence().await;
+        }
+        assert_eq!(server.center().metrics().slow_consumers.get(), 0);
+        assert_eq!(server.center().counts(), (2, ROOMS, 2 * ROOMS, 0));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_under_the_default_limits_loses_nothing() {
+    common::bounded(async move {
+        // An SFU coming back sends userReConnect and push for each of its
+        // 10,000 users at once; the default limits take all of it.
+        const ROOMS: usize = 100;
+        const USERS: usize = 10_000;
+        let config = common::config_full(false, "", "", "", "", "");
+        let server = Server::start(&config).await.unwrap();
+        let mut observer = Peer::connect(&server).await;
+        for r in 0..ROOMS {
+            observer.join(&format!("room{r}"), &format!("obs-{r}"), "O").await;
+        }
+        let mut sfu = Peer::connect(&server).await;
+        for k in 0..USERS {
+            let (room, user) = (format!("room{}", k % ROOMS), format!("u{k}"));
+            sfu.notify(
+                "userReConnect",
+                json!({"roomId": room, "userId": user, "userName": "U"}),
+            )
+            .await;
+            sfu.notify("push", json!({"roomId": room, "userId": user, "publishers": [{"pusherId": "v", "rtpParam": {"ssrc": k}}]}))
+                .await;
+        }
+        sfu.expect_silence().await;
+        let mut reconnected = BTreeSet::new();
+        let mut pushed = BTreeSet::new();
+        for _ in 0..2 * USERS {
+            let m = observer.next_within(WAIT).await.expect("a notification");
+            let user = m["data"]["userId"].as_str().unwrap().to_owned();
+            match m["method"].as_str() {
+                Some("userReConnect") => assert!(reconnected.insert(user)),
+                Some("newPusher") => assert!(pushed.insert(user)),
+                _ => panic!("unexpected {m}"),
+            }
+        }
+        observer.expect_silence().await;
+        assert_eq!((reconnected.len(), pushed.len()), (USERS, USERS));
+        let (_, _, users, _) = server.center().counts();
+        assert_eq!(users, USERS + ROOMS);
+        assert_eq!(server.center().metrics().rate_limit_closes.get(), 0);
+    })
+    .await;
+}

@@ -55,6 +55,21 @@ pub struct Delivery {
     pub event: proto::PeerEvent,
     /// Cached protoo text of `event`, filled on first use.
     pub json: OnceLock<Utf8Bytes>,
+    /// About its size on the wire (its protobuf size), for byte-bounded
+    /// queues that take it before its text is made.
+    pub size: usize,
+}
+
+impl Delivery {
+    /// A delivery of `event`.
+    pub fn new(event: proto::PeerEvent) -> Self {
+        let size = prost::Message::encoded_len(&event);
+        Self {
+            event,
+            json: OnceLock::new(),
+            size,
+        }
+    }
 }
 
 /// What the center queues for a session.

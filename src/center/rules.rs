@@ -18,7 +18,7 @@ use super::{Delivery, Outbound, SessionId};
 use crate::error::CenterError;
 use crate::proto::{self, EventKind, peer_event, watch_events_response::Event};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// What to do when a `join` names a user another live session speaks for.
@@ -79,10 +79,9 @@ impl Effects {
         let n = u32::try_from(to.len()).unwrap_or(u32::MAX);
         self.sends.push(Send {
             to,
-            item: Outbound::Event(Arc::new(Delivery {
-                event: proto::PeerEvent { kind: Some(event) },
-                json: OnceLock::new(),
-            })),
+            item: Outbound::Event(Arc::new(Delivery::new(proto::PeerEvent {
+                kind: Some(event),
+            }))),
         });
         n
     }

@@ -5,6 +5,7 @@
 //! TLS or HTTP handshake is logged at debug and dropped.
 
 pub mod handshake;
+pub mod outbox;
 pub mod session;
 
 use crate::auth::{Authenticator, Grant};
@@ -13,9 +14,11 @@ use crate::config::WebSocketConfig;
 use crate::limits::RateSettings;
 use crate::proto::Transport;
 use handshake::{Parsed, Refusal, Rejection};
+use outbox::OutboxLimits;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -269,7 +272,11 @@ impl Gateway {
                 center: &self.center,
                 peer,
                 transport,
-                queue: self.config.outbound_queue,
+                outbox: OutboxLimits {
+                    max_bytes: self.config.outbound_max_bytes,
+                    max_delay: Duration::from_secs(self.config.outbound_max_delay_secs),
+                    clock: self.rate.clock.clone(),
+                },
                 ping_interval: self.config.ping_interval(),
                 pong_timeout: self.config.pong_timeout(),
                 invite_timeout: self.invite_timeout,

@@ -7,8 +7,9 @@
 //! busy the room or full the queue. The writer owns the sink: it sends what
 //! is queued, pings, and expires unanswered `invite`s.
 
+use super::outbox::{Outbox, OutboxLimits, OutboxReceiver, outbox};
 use crate::auth::Grant;
-use crate::center::{Center, Outbound, PeerInfo, PendingInvites, SessionHandle};
+use crate::center::{Center, Outbound, OutletError, PeerInfo, PendingInvites, SessionHandle};
 use crate::limits::{Inbox, Next, RateSettings};
 use crate::metrics::method_label;
 use crate::proto::Transport;
@@ -20,7 +21,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -36,8 +36,8 @@ pub struct Settings<'a> {
     pub peer: SocketAddr,
     /// ws or wss.
     pub transport: Transport,
-    /// Capacity of the outbound queue.
-    pub queue: usize,
+    /// Bounds of the outbound queue.
+    pub outbox: OutboxLimits,
     /// Time between pings.
     pub ping_interval: Duration,
     /// Silence after a ping before the peer is dropped.
@@ -86,7 +86,7 @@ enum End {
 /// State shared by the reader and the writer of one session.
 struct Ctx {
     handle: SessionHandle,
-    tx: mpsc::Sender<WsOut>,
+    tx: Outbox,
     invites: PendingInvites,
     started: Instant,
     /// Milliseconds since `started` of the last frame from the peer.
@@ -106,10 +106,10 @@ impl Ctx {
 
     /// Queues a response; a full queue makes this a slow consumer.
     fn send_text(&self, text: String) {
-        match self.tx.try_send(WsOut::Text(Utf8Bytes::from(text))) {
+        match self.tx.push(WsOut::Text(Utf8Bytes::from(text))) {
             Ok(()) => self.handle.note_outbound(),
-            Err(mpsc::error::TrySendError::Full(_)) => self.handle.overflow().cancel(),
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(OutletError::Full) => self.handle.overflow().cancel(),
+            Err(OutletError::Closed) => {}
         }
     }
 }
@@ -120,7 +120,7 @@ pub async fn run<S>(ws: WebSocketStream<S>, settings: Settings<'_>, shutdown: Ca
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (tx, mut rx) = mpsc::channel::<WsOut>(settings.queue);
+    let (tx, mut rx) = outbox(settings.outbox.clone());
     let peer = PeerInfo {
         addr: settings.peer.to_string(),
         transport: settings.transport,
@@ -143,11 +143,23 @@ where
     let end = {
         let reader = read_loop(&mut stream, &ctx, Inbox::new(&settings.rate));
         let writer = write_loop(&mut sink, &mut rx, &ctx, &settings);
-        tokio::pin!(reader, writer);
+        // Apart from the writer, which may be stuck in a write.
+        let stalled = async {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if ctx.tx.is_stalled() {
+                    tracing::warn!("queued items left unsent too long: closing slow consumer");
+                    return;
+                }
+            }
+        };
+        tokio::pin!(reader, writer, stalled);
         tokio::select! {
             end = &mut reader => end,
             end = &mut writer => end,
             () = ctx.handle.overflow().cancelled() => End::Close(CloseCode::Policy, SLOW_CONSUMER),
+            () = &mut stalled => End::Close(CloseCode::Policy, SLOW_CONSUMER),
             () = shutdown.cancelled() => End::Shutdown,
         }
     };
@@ -167,7 +179,7 @@ async fn finish<S>(
     end: End,
     sink: &mut SplitSink<WebSocketStream<S>, Message>,
     stream: &mut SplitStream<WebSocketStream<S>>,
-    rx: &mut mpsc::Receiver<WsOut>,
+    rx: &mut OutboxReceiver,
 ) -> &'static str
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -184,7 +196,7 @@ where
         End::Shutdown => {
             // Deliver what is already queued (responses in flight) first.
             let _ = tokio::time::timeout(WAIT, async {
-                while let Ok(item) = rx.try_recv() {
+                while let Some(item) = rx.try_recv() {
                     if let Some(msg) = encode_simple(item) {
                         sink.feed(msg).await?;
                     }
@@ -381,7 +393,7 @@ fn on_text(ctx: &Ctx, text: &str, delayed: bool) {
 
 async fn write_loop<S>(
     sink: &mut SplitSink<WebSocketStream<S>, Message>,
-    rx: &mut mpsc::Receiver<WsOut>,
+    rx: &mut OutboxReceiver,
     ctx: &Ctx,
     settings: &Settings<'_>,
 ) -> End
@@ -425,8 +437,8 @@ where
                     sink.feed(encode(item)).await?;
                     for _ in 1..BATCH {
                         match rx.try_recv() {
-                            Ok(item) => sink.feed(encode(item)).await?,
-                            Err(_) => break,
+                            Some(item) => sink.feed(encode(item)).await?,
+                            None => break,
                         }
                     }
                     sink.flush().await
