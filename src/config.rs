@@ -227,6 +227,13 @@ pub struct GrpcConfig {
     /// Items queued per `PeerSession` stream before it counts as a slow consumer.
     #[serde(default = "default_outbound_queue")]
     pub outbound_queue: usize,
+    /// Seconds between HTTP/2 pings to each gRPC peer (0: none).
+    #[serde(default = "default_keepalive_interval")]
+    pub keepalive_interval_secs: u64,
+    /// Seconds without an answer to an HTTP/2 ping before the connection
+    /// (and its `PeerSession`s) is closed.
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout_secs: u64,
 }
 
 impl Default for GrpcConfig {
@@ -238,6 +245,8 @@ impl Default for GrpcConfig {
             cert_path: PathBuf::new(),
             key_path: PathBuf::new(),
             outbound_queue: default_outbound_queue(),
+            keepalive_interval_secs: default_keepalive_interval(),
+            keepalive_timeout_secs: default_keepalive_timeout(),
         }
     }
 }
@@ -308,6 +317,14 @@ fn default_outbound_max_bytes() -> usize {
 }
 fn default_outbound_max_delay() -> u64 {
     30
+}
+// A vanished PeerSession peer is closed within 10 + 20 s (its users then
+// follow the reconnect grace).
+fn default_keepalive_interval() -> u64 {
+    10
+}
+fn default_keepalive_timeout() -> u64 {
+    20
 }
 fn default_outbound_queue() -> usize {
     4096

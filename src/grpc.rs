@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Settings of the gRPC front end.
@@ -98,16 +99,25 @@ pub struct RoomServiceImpl {
     center: Center,
     settings: GrpcSettings,
     shutdown: CancellationToken,
+    /// Stream tasks, waited for at shutdown.
+    tracker: TaskTracker,
 }
 
 impl RoomServiceImpl {
     /// A service over `center`; open streams end with `UNAVAILABLE` when
-    /// `shutdown` is cancelled.
-    pub fn new(center: Center, settings: GrpcSettings, shutdown: CancellationToken) -> Self {
+    /// `shutdown` is cancelled. Stream tasks are spawned on `tracker`, so
+    /// shutdown waits for them as for WebSocket sessions.
+    pub fn new(
+        center: Center,
+        settings: GrpcSettings,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Self {
         Self {
             center,
             settings,
             shutdown,
+            tracker,
         }
     }
 
@@ -188,7 +198,7 @@ impl RoomService for RoomServiceImpl {
             inbox: Inbox::new(&self.settings.rate),
         };
         let shutdown = self.shutdown.clone();
-        tokio::spawn(tracing::Instrument::instrument(
+        self.tracker.spawn(tracing::Instrument::instrument(
             run.run(inbound, center_rx, out_tx, shutdown),
             span,
         ));
@@ -292,7 +302,8 @@ impl RoomService for RoomServiceImpl {
         let feed = self.center.subscribe();
         let (tx, rx) = mpsc::channel(self.settings.queue);
         let metrics = self.center.clone();
-        tokio::spawn(watch(feed, filter, tx, self.shutdown.clone(), metrics));
+        self.tracker
+            .spawn(watch(feed, filter, tx, self.shutdown.clone(), metrics));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -128,6 +128,7 @@ async fn start_grpc(
             rate: config.limits.rate(clock),
         },
         shutdown.clone(),
+        tracker.clone(),
     );
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -143,7 +144,12 @@ async fn start_grpc(
     // Reflection and health stay open unless the operator protects them.
     let guard = (config.auth.protect_grpc_reflection && auth.is_some()).then(|| auth.clone());
     let open = AuthInterceptor::new(guard.clone().flatten(), guard.is_some());
-    let mut builder = tonic::transport::Server::builder();
+    // HTTP/2 keepalive finds PeerSession peers that vanished without a word.
+    let keepalive =
+        (g.keepalive_interval_secs > 0).then(|| Duration::from_secs(g.keepalive_interval_secs));
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(Some(Duration::from_secs(g.keepalive_timeout_secs.max(1))));
     if let Some(pem) = &pem {
         builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(
             tonic::transport::Identity::from_pem(&pem.cert_pem, &pem.key_pem),

@@ -736,3 +736,95 @@ async fn a_grpc_peer_that_stops_reading_is_cut_off() {
     })
     .await;
 }
+
+/// Copies `r` to `w` until `frozen`; then holds both open, forwarding nothing.
+async fn pipe(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    frozen: tokio_util::sync::CancellationToken,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = tokio::select! {
+            () = frozen.cancelled() => break,
+            n = r.read(&mut buf) => n.unwrap_or(0),
+        };
+        if n == 0 || w.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await;
+    drop((r, w));
+}
+
+/// A TCP relay to `upstream` that can be frozen (cancel the token): it then
+/// forwards nothing either way but keeps both sockets open, like a peer
+/// that vanished behind a dead network path. Abort the task to end it.
+async fn freezable_relay(
+    upstream: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let freeze = tokio_util::sync::CancellationToken::new();
+    let frozen = freeze.clone();
+    let task = tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+        let (cr, cw) = client.into_split();
+        let (sr, sw) = server.into_split();
+        tokio::join!(pipe(cr, sw, frozen.clone()), pipe(sr, cw, frozen));
+    });
+    (addr, freeze, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_grpc_peer_is_found_by_keepalive() {
+    common::bounded(async move {
+        let server = pilot_center::server::Server::start(&common::config_sections(
+            false,
+            "",
+            "  keepalive_interval_secs: 1\n  keepalive_timeout_secs: 1\n",
+            "",
+        ))
+        .await
+        .unwrap();
+        let (relay, freeze, relay_task) = freezable_relay(server.grpc_addr().unwrap()).await;
+        let channel = tonic::transport::Channel::from_shared(format!("http://{relay}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = proto::room_service_client::RoomServiceClient::new(channel);
+        let (tx, rx) = mpsc::channel(8);
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        request
+            .metadata_mut()
+            .insert("x-peer-id", "grpc-sfu".parse().unwrap());
+        let stream = client.peer_session(request).await.unwrap().into_inner();
+        let mut g = GrpcPeer {
+            tx,
+            rx: stream,
+            pending: VecDeque::new(),
+            next_id: 1,
+        };
+        g.run(join("r", "g", "G")).await;
+        let mut w = Peer::connect(&server).await;
+        w.join("r", "w", "W").await;
+        let sessions = server.center().list_sessions();
+        assert_eq!(sessions[0].peer_id, "grpc-sfu", "x-peer-id names the peer");
+        // The path dies without a FIN: only HTTP/2 pings can tell.
+        freeze.cancel();
+        assert_eq!(
+            w.expect("userDisconnect").await,
+            json!({"roomId": "r", "userId": "g"})
+        );
+        assert_eq!(server.center().list_sessions().len(), 1);
+        relay_task.abort();
+    })
+    .await;
+}
