@@ -13,6 +13,7 @@ use pilot_center::proto::{self, EventKind};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{Barrier, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +39,30 @@ impl Rng {
     }
 }
 
+/// Users of the sessions that survive.
+fn surviving_users(fates: &[Fate]) -> usize {
+    (0..fates.len())
+        .filter(|i| fates[*i] == Fate::Survive)
+        .map(|i| users_of(i).len())
+        .sum()
+}
+
+/// Every userDisconnect / userLeave received until an echo round trip, by
+/// (method, user), each checked to be about `room`.
+async fn count_departures(p: &mut Peer, room: &str) -> BTreeMap<(String, String), u32> {
+    p.request("echo", json!("barrier")).await;
+    let mut heard = BTreeMap::new();
+    for msg in p.take_pending() {
+        let method = msg["method"].as_str().unwrap_or_default().to_owned();
+        if method == "userDisconnect" || method == "userLeave" {
+            assert_eq!(msg["data"]["roomId"], json!(room));
+            let user = msg["data"]["userId"].as_str().unwrap().to_owned();
+            *heard.entry((method, user)).or_default() += 1;
+        }
+    }
+    heard
+}
+
 fn users_of(i: usize) -> Vec<String> {
     if i.is_multiple_of(2) {
         vec![format!("u{i}a"), format!("u{i}b")]
@@ -49,12 +74,17 @@ fn users_of(i: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_vanishing_at_random_leave_a_clean_state() {
     common::bounded(async move {
-        let server = pilot_center::server::Server::start(&common::config_sections(
-            false,
-            "",
-            "",
-            "  event_feed_capacity: 100000\n",
-        ))
+        // A 30 s reconnect grace on a clock the test moves.
+        let clock = pilot_center::clock::Clock::manual();
+        let server = pilot_center::server::Server::start_with_clock(
+            &common::config_sections(
+                false,
+                "",
+                "",
+                "  event_feed_capacity: 100000\n  reconnect_grace_secs: 30\n",
+            ),
+            clock.clone(),
+        )
         .await
         .unwrap();
         let mut client = common::grpc(&server).await;
@@ -103,18 +133,22 @@ async fn sessions_vanishing_at_random_leave_a_clean_state() {
         let joined = Arc::new(Barrier::new(SESSIONS + 1));
         // Cancelled once the center has cleaned up every vanished session.
         let settled = CancellationToken::new();
+        // Survivors have counted what they heard so far; then the grace ends.
+        let survivors = fates.iter().filter(|f| **f == Fate::Survive).count();
+        let counted = Arc::new(Barrier::new(survivors + 1));
+        let expired = CancellationToken::new();
         let mut tasks = Vec::new();
         let mut go = Vec::new();
         for i in 0..SESSIONS {
             let url = server.ws_url();
             let joined = joined.clone();
-            let settled = settled.clone();
+            let (settled, counted, expired) = (settled.clone(), counted.clone(), expired.clone());
             let (tx, rx) = oneshot::channel::<Fate>();
             go.push(tx);
             // Each survivor returns what it heard about lost users: user id -> times.
             tasks.push(tokio::spawn(async move {
                 let room = format!("room{}", i % ROOMS);
-                let mut p = Peer::connect_url(&url).await;
+                let mut p = Peer::connect_url(&format!("{url}?peer=chaos-{i}")).await;
                 for u in users_of(i) {
                     let r = p.request("join", json!({"roomId": room, "userId": u, "userName": u})).await;
                     assert_eq!(r["ok"], json!(true));
@@ -135,6 +169,11 @@ async fn sessions_vanishing_at_random_leave_a_clean_state() {
                         for u in users_of(i) {
                             p.notify("userLeave", json!({"roomId": room, "userId": u})).await;
                         }
+                        // Wait until the center has applied the leaves: closing
+                        // with unread data makes the kernel reset the
+                        // connection, and a reset discards what the center had
+                        // not read yet.
+                        p.request("echo", json!("applied")).await;
                         p.ws.close(None).await.ok();
                         return None;
                     }
@@ -142,18 +181,14 @@ async fn sessions_vanishing_at_random_leave_a_clean_state() {
                 // Once the center has settled, an echo round trip brings in
                 // everything it queued for this session before the answer.
                 settled.cancelled().await;
-                p.request("echo", json!("barrier")).await;
-                let mut heard = BTreeMap::<String, u32>::new();
-                for msg in p.take_pending() {
-                    let method = msg["method"].as_str().unwrap_or_default();
-                    if method == "userDisconnect" || method == "userLeave" {
-                        assert_eq!(msg["data"]["roomId"], json!(room));
-                        *heard.entry(msg["data"]["userId"].as_str().unwrap().to_owned()).or_default() += 1;
-                    }
-                }
+                let heard = count_departures(&mut p, &room).await;
+                counted.wait().await;
+                // After the grace: the users of vanished sessions leave.
+                expired.cancelled().await;
+                let after = count_departures(&mut p, &room).await;
                 // The peer stays open until every survivor has been checked:
                 // its departure is not part of the check.
-                Some((i, heard, p))
+                Some((i, heard, after, p))
             }));
         }
         joined.wait().await;
@@ -161,7 +196,6 @@ async fn sessions_vanishing_at_random_leave_a_clean_state() {
         for (tx, fate) in go.into_iter().zip(&fates) {
             tx.send(*fate).unwrap();
         }
-        let survivors = fates.iter().filter(|f| **f == Fate::Survive).count();
         let center = server.center().clone();
         // A session's departure is applied in one step, announcements
         // included: when the count is down, everything has been queued.
@@ -177,23 +211,48 @@ async fn sessions_vanishing_at_random_leave_a_clean_state() {
                 lost.entry(i % ROOMS).or_default().extend(users_of(i));
             }
         }
-        let want_for = |i: usize| -> BTreeMap<String, u32> {
-            lost.get(&(i % ROOMS))
-                .into_iter()
-                .flatten()
-                .map(|u| (u.clone(), 1))
+        // Each lost user once: userLeave if it left, else userDisconnect
+        // now and userLeave when the grace ends.
+        let want_for = |i: usize, after_grace: bool| -> BTreeMap<(String, String), u32> {
+            (0..SESSIONS)
+                .filter(|j| j % ROOMS == i % ROOMS && fates[*j] != Fate::Survive)
+                .flat_map(|j| {
+                    let method = match (fates[j], after_grace) {
+                        (Fate::LeaveThenClose, false) => Some("userLeave"),
+                        (Fate::LeaveThenClose, true) => None,
+                        (_, false) => Some("userDisconnect"),
+                        (_, true) => Some("userLeave"),
+                    };
+                    users_of(j)
+                        .into_iter()
+                        .filter_map(move |u| method.map(|m| ((m.to_owned(), u), 1)))
+                })
                 .collect()
         };
+        counted.wait().await;
+        clock.advance(Duration::from_secs(30));
+        center.expire_grace();
+        expired.cancel();
         let mut checked = Vec::new();
         for task in tasks {
-            if let Some((i, heard, peer)) = common::join(task).await {
-                assert_eq!(heard, want_for(i), "session {i} (room {})", i % ROOMS);
+            if let Some((i, heard, after, peer)) = common::join(task).await {
+                assert_eq!(heard, want_for(i, false), "session {i} (room {})", i % ROOMS);
+                assert_eq!(after, want_for(i, true), "session {i} after the grace");
                 checked.push(peer);
             }
         }
         assert_eq!(checked.len(), survivors);
+        assert_eq!(
+            center.counts().2,
+            surviving_users(&fates),
+            "after the grace only the survivors' users are left"
+        );
         drop(checked);
-        eventually("an empty center", || center.counts() == (0, 0, 0, 0)).await;
+        // The survivors' users wait out their own grace, then nothing is left.
+        eventually("every session to close", || center.counts().0 == 0).await;
+        clock.advance(Duration::from_secs(30));
+        center.expire_grace();
+        assert_eq!(center.counts(), (0, 0, 0, 0));
         let (opened, closed) = common::join(watcher).await;
         assert_eq!((opened, closed), (SESSIONS, SESSIONS));
         println!(

@@ -396,6 +396,73 @@ async fn a_peer_that_stops_reading_is_cut_off_and_the_room_carries_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_leaves_its_queue_unsent_too_long_is_cut_off() {
+    common::bounded(async move {
+        // Bytes are no limit here (1 GiB); age is: 5 s of the test's clock
+        // with items queued and nothing sent.
+        let clock = Clock::manual();
+        let server = Server::start_with_clock(
+            &common::config_sections(
+                false,
+                "  outbound_max_bytes: 1073741824\n  outbound_max_delay_secs: 5\n",
+                "",
+                "",
+            ),
+            clock.clone(),
+        )
+        .await
+        .unwrap();
+        let mut sender = Peer::connect(&server).await;
+        let mut stalled = Peer::connect_small_window(&server, 4096).await;
+        sender.join("r", "s", "S").await;
+        stalled.join("r", "x", "X").await;
+        sender.expect("newUser").await;
+        // Fill the stalled peer's socket until items wait in its queue.
+        let pad = "p".repeat(64 * 1024);
+        let center = server.center().clone();
+        let queued = |center: &pilot_center::center::Center| {
+            center
+                .list_sessions()
+                .iter()
+                .map(|s| s.queue_depth)
+                .max()
+                .unwrap_or(0)
+        };
+        let mut sent = 0;
+        while queued(&center) < 32 {
+            assert!(sent < 2048, "the stalled peer's queue never backed up");
+            for _ in 0..8 {
+                sender
+                    .notify(
+                        "textMessage",
+                        json!({"roomId": "r", "userId": "s", "message": pad}),
+                    )
+                    .await;
+            }
+            sender.expect_silence().await;
+            sent += 8;
+        }
+        // Time passes with nothing sent: the session is cut off.
+        common::retry("the stalled session to be cut off", || {
+            clock.advance(Duration::from_secs(6));
+            let cut = center.metrics().slow_consumers.get() == 1;
+            async move {
+                if cut {
+                    Ok(())
+                } else {
+                    Err("not yet".to_owned())
+                }
+            }
+        })
+        .await;
+        assert_eq!(sender.expect("userDisconnect").await["userId"], json!("x"));
+        sender.expect_silence().await;
+        drop(stalled);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints() {
     common::bounded(async move {
         let server = common::start().await;
