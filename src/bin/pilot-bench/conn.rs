@@ -41,10 +41,25 @@ fn tls_connector(insecure: bool) -> anyhow::Result<tokio_rustls::TlsConnector> {
     )
 }
 
+/// Connections opened by this process, for their peer names.
+static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Opens one connection, from `source` when given (to spread many
-/// connections over several loopback addresses).
+/// connections over several loopback addresses). Each connection names
+/// itself (`peer=bench-PID-N`) as a distinct SFU would: connections from one
+/// address would otherwise share an identity, and a new one would take back
+/// the users of one that vanished (PROTOCOL.md §6).
 pub async fn connect(target: &Target, source: Option<IpAddr>) -> anyhow::Result<Ws> {
-    let mut request = target.url.as_str().into_client_request()?;
+    let n = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    connect_as(target, source, &format!("bench-{}-{n}", std::process::id())).await
+}
+
+/// Opens one connection with the peer name `name` (two connections with
+/// one name are one SFU reconnecting).
+pub async fn connect_as(target: &Target, source: Option<IpAddr>, name: &str) -> anyhow::Result<Ws> {
+    let sep = if target.url.contains('?') { '&' } else { '?' };
+    let url = format!("{}{sep}peer={name}", target.url);
+    let mut request = url.as_str().into_client_request()?;
     request
         .headers_mut()
         .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("protoo"));

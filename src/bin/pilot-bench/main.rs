@@ -7,6 +7,7 @@
 //! Only loopback targets are accepted; every run is bounded in time.
 
 mod conn;
+mod recovery;
 mod relay;
 mod report;
 mod scenarios;
@@ -123,6 +124,25 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         rooms: usize,
     },
+    /// An SFU with many users drops and comes back under its name: time
+    /// until every pull reaches it again; nothing may be lost.
+    Reconnect {
+        /// Rooms (one observer joins them all).
+        #[arg(long, default_value_t = 1000)]
+        rooms: usize,
+        /// Users on the SFU that drops.
+        #[arg(long, default_value_t = 10_000)]
+        users: usize,
+    },
+    /// One SFU sends userReConnect + push for every user at once.
+    Storm {
+        /// Rooms (one observer joins them all).
+        #[arg(long, default_value_t = 1000)]
+        rooms: usize,
+        /// Users (two messages each).
+        #[arg(long, default_value_t = 10_000)]
+        users: usize,
+    },
     /// Serve the bare relay (the ceiling) on an address.
     Relay {
         /// Address to listen on.
@@ -237,6 +257,8 @@ async fn one(cli: &Cli, scenario: &Scenario, url: &str) -> anyhow::Result<Report
             seconds,
             rooms,
         } => scenarios::churn(&c, rate, seconds, rooms).await,
+        Scenario::Reconnect { rooms, users } => recovery::reconnect(&c, rooms, users).await,
+        Scenario::Storm { rooms, users } => recovery::storm(&c, rooms, users).await,
         Scenario::Relay { .. } | Scenario::Compare { .. } => anyhow::bail!("not a load scenario"),
     }
 }

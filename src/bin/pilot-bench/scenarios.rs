@@ -29,7 +29,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn bar(&self, len: u64, what: &str) -> ProgressBar {
+    pub(crate) fn bar(&self, len: u64, what: &str) -> ProgressBar {
         if !self.progress {
             return ProgressBar::hidden();
         }
@@ -43,11 +43,11 @@ impl Ctx {
         bar
     }
 
-    fn usage(&self) -> Option<Usage> {
+    pub(crate) fn usage(&self) -> Option<Usage> {
         self.server_pid.and_then(report::usage)
     }
 
-    fn report(&self, scenario: &str, seconds: f64) -> Report {
+    pub(crate) fn report(&self, scenario: &str, seconds: f64) -> Report {
         Report {
             scenario: scenario.to_owned(),
             url: self.target.url.clone(),
@@ -64,7 +64,7 @@ impl Ctx {
 
 /// The fields of an incoming frame the scenarios look at.
 #[derive(Deserialize)]
-struct Incoming<'a> {
+pub(crate) struct Incoming<'a> {
     #[serde(default)]
     request: bool,
     #[serde(default)]
@@ -72,29 +72,29 @@ struct Incoming<'a> {
     #[serde(borrow, default)]
     id: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    method: Option<&'a str>,
+    pub(crate) method: Option<&'a str>,
     #[serde(borrow, default)]
-    data: Option<Data<'a>>,
+    pub(crate) data: Option<Data<'a>>,
 }
 
 #[derive(Deserialize, Default)]
-struct Data<'a> {
+pub(crate) struct Data<'a> {
     /// Bench key: identifies the operation a notification belongs to.
     #[serde(default)]
-    bk: Option<u64>,
+    pub(crate) bk: Option<u64>,
     #[serde(borrow, default, rename = "userId")]
-    user_id: Option<&'a str>,
+    pub(crate) user_id: Option<&'a str>,
     #[serde(borrow, default)]
     message: Option<&'a str>,
 }
 
-fn micros(d: Duration) -> u64 {
+pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
 /// Sends a request on a bare connection and waits for the frame that
 /// carries its id (a response, or the relay's echo of the request).
-async fn request(ws: &mut Ws, id: u64, method: &str, data: &str) -> anyhow::Result<()> {
+pub(crate) async fn request(ws: &mut Ws, id: u64, method: &str, data: &str) -> anyhow::Result<()> {
     let text = format!(r#"{{"request":true,"id":{id},"method":"{method}","data":{data}}}"#);
     ws.send(Message::Text(Utf8Bytes::from(text))).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
