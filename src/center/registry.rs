@@ -27,6 +27,15 @@ pub struct SessionEntry {
     pub connected_at: SystemTime,
 }
 
+/// Gives a map's memory back once it holds a small fraction of what it
+/// once did (a crowd left), so the heap can be trimmed; rare enough to cost
+/// nothing in steady state.
+pub fn shrink_after_crowd<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 1024 && map.len() < map.capacity() / 8 {
+        map.shrink_to_fit();
+    }
+}
+
 /// Live sessions and the event feed.
 pub struct Registry {
     sessions: HashMap<SessionId, SessionEntry>,
@@ -54,7 +63,9 @@ impl Registry {
 
     /// Removes a session; nothing reaches it any more.
     pub fn close(&mut self, sid: SessionId) -> Option<SessionEntry> {
-        self.sessions.remove(&sid)
+        let entry = self.sessions.remove(&sid);
+        shrink_after_crowd(&mut self.sessions);
+        entry
     }
 
     /// A live session.

@@ -354,6 +354,7 @@ impl Rooms {
         let Some(room) = self.rooms.remove(room_id) else {
             return;
         };
+        super::registry::shrink_after_crowd(&mut self.rooms);
         if let Some(msu) = room.msu.and_then(|m| self.msus.get_mut(&m)) {
             msu.rooms.remove(room_id);
         }
@@ -514,6 +515,7 @@ impl Rooms {
         let Some(h) = self.sessions.remove(&sid) else {
             return;
         };
+        super::registry::shrink_after_crowd(&mut self.sessions);
         let grace = self.config.reconnect_grace;
         let mut held: Vec<(String, Vec<String>)> = h
             .rooms
