@@ -30,6 +30,13 @@ run --url $url --server-pid "$pid" sfu --sessions 16 --rooms $rooms --users-per-
 for i in 1 2 3; do run --url $url --server-pid "$pid" sfu --sessions 16 --rooms $rooms --users-per-room 4 --rate 65000; done
 echo "### churn"
 run --url $url --server-pid "$pid" churn --rate 200 --seconds $secs
+echo "### reconnect: an SFU with 10,000 users drops and comes back under its name"
+for i in $(seq $runs); do run --url $url --server-pid "$pid" reconnect --rooms 1000 --users 10000; done
+stop "$pid"
+
+pid=$(start benches/bench-limits.yaml); sleep 0.5
+echo "### storm: 10,000 userReConnect + 10,000 push from one session, default rate limits"
+for i in $(seq $runs); do run --url ws://127.0.0.1:19463/pilot/center --server-pid "$pid" storm --rooms 1000 --users 10000; done
 stop "$pid"
 
 pid=$(start benches/bench.yaml); sleep 0.5
