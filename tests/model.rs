@@ -1,18 +1,23 @@
 //! Property test: random sequences of join/push/pull/leave/disconnect/
-//! reconnect/text/drop over several sessions, played against the real room
-//! service (in process), checked after every step against a simple model:
-//! every broadcast reaches each other session exactly once, nothing goes
-//! back to the originating session, the state matches the model, and once
-//! all sessions close nothing is left.
+//! reconnect/text over several sessions, sessions vanishing (their peer
+//! returning under the same identity or not) and time passing, played
+//! against the real room service (in process, on a manual clock), checked
+//! after every step against a simple model of PROTOCOL.md §6: who hears a
+//! room, reconnect grace and reclaim by identity, duplicate users
+//! (`replace`), reports about users a session does not hold. Every
+//! broadcast reaches each other session exactly once, nothing goes back to
+//! the originating session, the state matches the model, and once all
+//! sessions close and the grace ends nothing is left.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 use pilot_center::auth::Grant;
 use pilot_center::center::{Center, CenterConfig, Outbound, PeerInfo, SessionHandle};
+use pilot_center::clock::Clock;
 use pilot_center::proto::{self, Command, Transport, command, peer_event};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 const SLOTS: usize = 4;
@@ -57,9 +62,16 @@ enum Op {
         r: u8,
         u: u8,
     },
+    /// The session vanishes; a new peer (another identity) takes the slot.
     Drop {
         s: usize,
     },
+    /// The session vanishes and its peer comes back under the same identity.
+    Return {
+        s: usize,
+    },
+    /// Time passes: 6 s of the 10 s reconnect grace.
+    Tick,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -74,16 +86,24 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (s.clone(), r.clone(), u.clone()).prop_map(|(s, r, u)| Op::Leave { s, r, u }),
         1 => (s.clone(), r.clone(), u.clone()).prop_map(|(s, r, u)| Op::Reconnect { s, r, u }),
         1 => (s.clone(), r.clone(), u.clone()).prop_map(|(s, r, u)| Op::Text { s, r, u }),
-        1 => s.prop_map(|s| Op::Drop { s }),
+        1 => s.clone().prop_map(|s| Op::Drop { s }),
+        1 => s.prop_map(|s| Op::Return { s }),
+        1 => Just(Op::Tick),
     ]
 }
 
-/// A user in the model: the session bound (if any) and the host (last bound).
+/// A user in the model: the session that speaks for it (if any), the
+/// session that holds it (0: none, it is an orphan), and while an orphan the
+/// identity it waits for and when its grace ends (seconds).
 #[derive(Debug, Clone, Copy)]
 struct MUser {
     session: Option<u64>,
     host: u64,
+    orphan: Option<(u64, u64)>,
 }
+
+/// The reconnect grace of the model, in seconds of the manual clock.
+const GRACE: u64 = 10;
 
 #[derive(Default)]
 struct Model {
@@ -98,7 +118,7 @@ impl Model {
     fn listeners(&self, room: &str) -> BTreeSet<u64> {
         self.rooms
             .get(room)
-            .map(|users| users.values().map(|u| u.host).collect())
+            .map(|users| users.values().map(|u| u.host).filter(|h| *h != 0).collect())
             .unwrap_or_default()
     }
 
@@ -124,7 +144,7 @@ impl Model {
             .get(room)
             .and_then(|us| us.get(user))
             .map(|x| x.host)
-            .filter(|h| *h != sid);
+            .filter(|h| *h != sid && *h != 0);
         if let Some(old) = old {
             exp.entry(old)
                 .or_default()
@@ -138,9 +158,77 @@ impl Model {
         let u = users.entry(user.to_owned()).or_insert(MUser {
             session: None,
             host: sid,
+            orphan: None,
         });
         u.session = Some(sid);
         u.host = sid;
+        u.orphan = None;
+    }
+
+    /// Session `sid` (of `identity`) ends at `now`: each user it spoke for
+    /// is announced with userDisconnect; all it held wait as orphans.
+    fn vanish(&mut self, exp: &mut Expected, sid: u64, identity: u64, now: u64) {
+        let rooms: Vec<String> = self.rooms.keys().cloned().collect();
+        for room in rooms {
+            let targets: Vec<u64> = self
+                .listeners(&room)
+                .into_iter()
+                .filter(|l| *l != sid)
+                .collect();
+            for (user, u) in self.rooms.get_mut(&room).unwrap().iter_mut() {
+                if u.host != sid {
+                    continue;
+                }
+                if u.session == Some(sid) {
+                    for t in &targets {
+                        exp.entry(*t)
+                            .or_default()
+                            .push(("userDisconnect", user.clone()));
+                    }
+                }
+                *u = MUser {
+                    session: None,
+                    host: 0,
+                    orphan: Some((identity, now + GRACE)),
+                };
+            }
+        }
+    }
+
+    /// A new session `sid` with `identity` takes back its orphans.
+    fn reclaim(&mut self, exp: &mut Expected, sid: u64, identity: u64) {
+        let waiting: Vec<(String, String)> = self
+            .rooms
+            .iter()
+            .flat_map(|(room, users)| {
+                users
+                    .iter()
+                    .filter(|(_, u)| u.orphan.is_some_and(|(id, _)| id == identity))
+                    .map(|(user, _)| (room.clone(), user.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (room, user) in waiting {
+            self.bind(&room, &user, sid);
+            self.send(exp, &room, &[Some(sid)], "userReConnect", &user);
+        }
+    }
+
+    /// Orphans whose grace ended by `now` leave.
+    fn expire(&mut self, exp: &mut Expected, now: u64) {
+        let rooms: Vec<String> = self.rooms.keys().cloned().collect();
+        for room in rooms {
+            let due: Vec<String> = self.rooms[&room]
+                .iter()
+                .filter(|(_, u)| u.orphan.is_some_and(|(_, d)| d <= now))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for user in due {
+                self.rooms.get_mut(&room).unwrap().remove(&user);
+                self.send(exp, &room, &[], "userLeave", &user);
+            }
+            self.drop_empty(&room);
+        }
     }
 
     fn drop_empty(&mut self, room: &str) {
@@ -154,15 +242,17 @@ struct Slot {
     handle: Option<SessionHandle>,
     rx: mpsc::Receiver<Outbound>,
     id: u64,
+    identity: u64,
 }
 
-fn open(center: &Center) -> Slot {
+/// Opens a session for a peer with `identity`.
+fn open(center: &Center, identity: u64) -> Slot {
     let (tx, rx) = mpsc::channel(100_000);
     let handle = center.open_session(
         PeerInfo {
             addr: "model".into(),
             transport: Transport::Ws,
-            identity: format!("model-{}", NEXT_PEER.fetch_add(1, Ordering::Relaxed)),
+            identity: format!("model-{identity}"),
         },
         Grant::unrestricted(),
         tx,
@@ -171,6 +261,7 @@ fn open(center: &Center) -> Slot {
         id: handle.id(),
         handle: Some(handle),
         rx,
+        identity,
     }
 }
 
@@ -197,45 +288,40 @@ fn received(slot: &mut Slot) -> Vec<(&'static str, String)> {
     out
 }
 
-/// Every slot's peer has its own identity: nothing is taken back on reopen.
-static NEXT_PEER: AtomicU64 = AtomicU64::new(1);
-
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    // A 10 s reconnect grace on a clock only the test moves.
+    let clock = Clock::manual();
     let center = Center::new(CenterConfig {
-        reconnect_grace: std::time::Duration::ZERO,
+        reconnect_grace: Duration::from_secs(GRACE),
+        clock: clock.clone(),
         ..CenterConfig::default()
     });
-    let mut slots: Vec<Slot> = (0..SLOTS).map(|_| open(&center)).collect();
+    let mut now = 0u64;
+    let mut identities = SLOTS as u64;
+    let mut slots: Vec<Slot> = (0..SLOTS).map(|i| open(&center, i as u64)).collect();
     let mut model = Model::default();
     for op in ops {
         let mut exp = Expected::new();
         match op {
-            Op::Drop { s } => {
-                let sid = slots[s].id;
-                let rooms: Vec<String> = model.rooms.keys().cloned().collect();
-                for room in rooms {
-                    let hosted: Vec<(String, MUser)> = model.rooms[&room]
-                        .iter()
-                        .filter(|(_, u)| u.host == sid)
-                        .map(|(k, u)| (k.clone(), *u))
-                        .collect();
-                    for (user, u) in hosted {
-                        if u.session == Some(sid) {
-                            model
-                                .rooms
-                                .get_mut(&room)
-                                .unwrap()
-                                .get_mut(&user)
-                                .unwrap()
-                                .session = None;
-                            model.send(&mut exp, &room, &[Some(sid)], "userDisconnect", &user);
-                        }
-                        model.rooms.get_mut(&room).unwrap().remove(&user);
-                    }
-                    model.drop_empty(&room);
-                }
+            Op::Drop { s } | Op::Return { s } => {
+                let (sid, identity) = (slots[s].id, slots[s].identity);
+                model.vanish(&mut exp, sid, identity, now);
                 drop(slots[s].handle.take());
-                slots[s] = open(&center);
+                // A returning peer keeps its identity; another peer gets a new one.
+                let identity = if matches!(op, Op::Return { .. }) {
+                    identity
+                } else {
+                    identities += 1;
+                    identities
+                };
+                slots[s] = open(&center, identity);
+                model.reclaim(&mut exp, slots[s].id, identity);
+            }
+            Op::Tick => {
+                now += 6;
+                clock.advance(Duration::from_secs(6));
+                center.expire_grace();
+                model.expire(&mut exp, now);
             }
             Op::Join { s, r, u, audience } => {
                 let (room, user, sid) = (format!("r{r}"), format!("u{u}"), slots[s].id);
@@ -439,10 +525,13 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     for slot in &mut slots {
         drop(slot.handle.take());
     }
+    // Their users wait out the grace, then nothing is left.
+    clock.advance(Duration::from_secs(GRACE));
+    center.expire_grace();
     prop_assert_eq!(
         center.counts(),
         (0, 0, 0, 0),
-        "nothing left after every session closed"
+        "nothing left after every session closed and the grace ended"
     );
     Ok(())
 }
