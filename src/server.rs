@@ -186,7 +186,11 @@ fn pem_pair(
         return PemPair::load(cert, key).map(Some).map_err(tls);
     }
     if self_signed {
-        tracing::warn!("{what}: serving a self-signed certificate (development only)");
+        tracing::warn!(
+            "{what}: serving TLS with a DEVELOPMENT certificate generated at start-up (self-signed, \
+             valid for localhost and 127.0.0.1): the RTCPilot SFU accepts it, browsers and \
+             verifying clients do not. Set {what}.cert_path and key_path to a real certificate."
+        );
         return PemPair::self_signed(&["localhost", "127.0.0.1"])
             .map(Some)
             .map_err(tls);
@@ -247,6 +251,13 @@ impl Server {
             tracker.clone(),
         ));
         tracing::info!(addr = %ws_addr, tls = ws_tls.is_some(), path = transport::PATH, auth = auth.is_some(), "websocket listening");
+        if auth.is_none() && !ws_addr.ip().is_loopback() {
+            tracing::warn!(
+                addr = %ws_addr,
+                "authentication is off on a non-loopback listener: any peer that reaches it may join \
+                 any room, register MSUs and speak for any user. Set auth.enabled (see README, auth)."
+            );
+        }
 
         let grpc_addr = if config.grpc.enabled {
             Some(
