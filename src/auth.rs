@@ -49,6 +49,8 @@ pub struct Grant {
     pub role: Role,
     /// Rooms; `None` means all.
     rooms: Option<Vec<String>>,
+    /// When the token expires (Unix seconds); `None` without a token.
+    expires_at: Option<u64>,
 }
 
 impl Grant {
@@ -58,6 +60,7 @@ impl Grant {
             subject: String::new(),
             role: Role::Admin,
             rooms: None,
+            expires_at: None,
         }
     }
 
@@ -67,7 +70,17 @@ impl Grant {
             subject: c.sub,
             role: c.role,
             rooms: (!all).then_some(c.rooms),
+            expires_at: Some(c.exp),
         }
+    }
+
+    /// Whether the token behind this grant has expired at `now`: a session
+    /// must not outlive its token (it is closed with 1008 "token expired").
+    pub fn is_expired(&self, now: std::time::SystemTime) -> bool {
+        let now = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.expires_at.is_some_and(|exp| now >= exp)
     }
 
     /// May this grant touch `room_id`?

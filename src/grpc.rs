@@ -445,7 +445,13 @@ impl PeerStream {
                     break "going away";
                 }
                 () = out.closed() => break "peer gone",
-                _ = tick.tick() => self.expire_invites(),
+                _ = tick.tick() => {
+                    self.expire_invites();
+                    if self.handle.grant().is_expired(std::time::SystemTime::now()) {
+                        self.cut_off(Status::unauthenticated("token expired"));
+                        break "token expired";
+                    }
+                }
                 () = self.inbox.ready(), if self.inbox.is_waiting() => {}
             }
             // Apply, in order, what the rate allows now.

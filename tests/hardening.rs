@@ -118,6 +118,23 @@ async fn websocket_auth_refuses_before_the_upgrade_and_checks_every_command() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_does_not_outlive_its_token() {
+    common::bounded(async move {
+        let server = auth_server().await;
+        // Valid at the upgrade, expired two seconds later.
+        let mut p =
+            Peer::connect_with(&server.ws_url(), Some(&token(SECRET, Role::Sfu, &["*"], 2))).await;
+        p.join("r", "u", "U").await;
+        let close = p.close_frame().await;
+        assert_eq!(
+            (u16::from(close.code), close.reason.as_str()),
+            (1008, "token expired")
+        );
+    })
+    .await;
+}
+
 fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.metadata_mut()

@@ -69,6 +69,7 @@ impl From<Outbound> for WsOut {
 
 const SLOW_CONSUMER: &str = "slow consumer";
 const RATE_LIMITED: &str = "rate limit exceeded";
+const TOKEN_EXPIRED: &str = "token expired";
 
 /// How a session ended.
 #[derive(Debug)]
@@ -469,6 +470,10 @@ where
                 for room in ctx.invites.expire(now) {
                     ctx.handle
                         .invite_answered(&room, Err("not answered in time".into()));
+                }
+                if ctx.handle.grant().is_expired(std::time::SystemTime::now()) {
+                    tracing::info!("token expired: closing");
+                    return End::Close(CloseCode::Policy, TOKEN_EXPIRED);
                 }
             }
         }
