@@ -539,6 +539,7 @@ impl PeerStream {
             GrpcOut::Center(Outbound::Invite { .. }) => "invite",
         };
         self.handle.metrics().outbound(method);
+        tracing::debug!(session.id = self.handle.id(), method, "out");
         let kind = match item {
             GrpcOut::Result(r) => center_message::Kind::Result(r),
             GrpcOut::Center(Outbound::Event(d)) => center_message::Kind::Event(d.event.clone()),

@@ -85,7 +85,7 @@ pub fn init(options: &LogOptions) -> Result<LogGuard, BadLevel> {
     Ok(LogGuard(guard))
 }
 
-/// A debug span for one command (request or notification) of a session;
+/// A debug span for one request of a session;
 /// room and user ids are recorded once the command is known.
 pub fn command_span(method: &str) -> tracing::Span {
     tracing::debug_span!(
@@ -96,7 +96,18 @@ pub fn command_span(method: &str) -> tracing::Span {
     )
 }
 
-/// Records the room and user of `cmd` on a [`command_span`].
+/// A span for one notification from a peer, like [`command_span`].
+pub fn notification_span(method: &str) -> tracing::Span {
+    tracing::debug_span!(
+        "notification",
+        method = %method,
+        room.id = tracing::field::Empty,
+        user.id = tracing::field::Empty
+    )
+}
+
+/// Records the room and user of `cmd` on a [`command_span`] or
+/// [`notification_span`].
 pub fn record_command_ids(span: &tracing::Span, cmd: &crate::proto::Command) {
     let (room, user) = crate::translate::command_ids(cmd);
     if !room.is_empty() {

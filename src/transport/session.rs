@@ -345,7 +345,7 @@ fn on_text(ctx: &Ctx, text: &str, delayed: bool) {
             if delayed {
                 metrics.limited("notification");
             }
-            let span = telemetry::command_span(&method);
+            let span = telemetry::notification_span(&method);
             let _enter = span.enter();
             tracing::debug!(data = data.get(), "notification");
             let result = translate::notification_command(&method, data).and_then(|cmd| {
@@ -428,6 +428,7 @@ where
             WsOut::Center(Outbound::Invite { .. }) => "invite",
         };
         metrics.outbound(method);
+        tracing::debug!(session.id = ctx.handle.id(), method, "out");
         encode_item(item)
     };
     loop {
