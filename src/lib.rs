@@ -30,6 +30,7 @@ pub mod error;
 pub mod grpc;
 pub mod limits;
 pub mod metrics;
+pub mod operator;
 pub mod protoo;
 pub mod server;
 pub mod telemetry;

@@ -4,6 +4,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use pilot_center::auth::{self, Claims, Role};
 use pilot_center::config::Config;
+use pilot_center::operator::{self, Operator};
 use pilot_center::server::Server;
 use pilot_center::telemetry::{self, LogOptions};
 use std::path::PathBuf;
@@ -62,16 +63,87 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// List the rooms of a running center.
+    Rooms(Remote),
+    /// Show one room: users, sessions, pushers, MSU.
+    Room {
+        /// The room.
+        room_id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List the sessions (peer identity, transport, address, queue depth).
+    Sessions(Remote),
+    /// List the MSUs and their rooms.
+    Msus(Remote),
+    /// Remove a user from a room (its sessions get userLeave).
+    Kick {
+        /// The room.
+        room_id: String,
+        /// The user.
+        user_id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Close a room (every user leaves).
+    Close {
+        /// The room.
+        room_id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Say something in a room as the system.
+    Say {
+        /// The room.
+        room_id: String,
+        /// The message.
+        text: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Follow the event feed until interrupted.
+    Watch {
+        /// Only this room (repeat for several).
+        #[arg(long = "room")]
+        rooms: Vec<String>,
+        /// Only this kind, e.g. user_joined (repeat for several).
+        #[arg(long = "kind", value_parser = operator::parse_kind)]
+        kinds: Vec<pilot_center::proto::EventKind>,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
-fn mint(command: Command) -> anyhow::Result<()> {
+/// Where the running center is, and how to talk to it.
+#[derive(Debug, clap::Args)]
+struct Remote {
+    /// The center's gRPC listener.
+    #[arg(long, default_value = "127.0.0.1:9444")]
+    addr: String,
+    /// An admin token, when the center has auth on.
+    #[arg(long, env = "PILOT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// JSON instead of tables (one object per line for `watch`).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs a subcommand.
+fn subcommand(command: Command) -> anyhow::Result<()> {
     let Command::Token {
         role,
         rooms,
         ttl,
         sub,
         config,
-    } = command;
+    } = command
+    else {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the runtime")?;
+        return runtime.block_on(operate(command));
+    };
     let config = Config::load(&config).context("bad configuration")?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -83,6 +155,59 @@ fn mint(command: Command) -> anyhow::Result<()> {
         exp: (now + *ttl).as_secs(),
     };
     println!("{}", auth::mint(&config.auth.hs256_secret, &claims)?);
+    Ok(())
+}
+
+/// Runs an operator command against a running center.
+async fn operate(command: Command) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let remote = match &command {
+        Command::Token { .. } => anyhow::bail!("not an operator command"),
+        Command::Rooms(r) | Command::Sessions(r) | Command::Msus(r) => r,
+        Command::Room { remote, .. }
+        | Command::Kick { remote, .. }
+        | Command::Close { remote, .. }
+        | Command::Say { remote, .. }
+        | Command::Watch { remote, .. } => remote,
+    };
+    let json = remote.json;
+    let mut op = Operator::connect(&remote.addr, remote.token.as_deref()).await?;
+    let text = match &command {
+        Command::Token { .. } => String::new(),
+        Command::Rooms(_) => operator::show_rooms(&op.rooms().await?, json),
+        Command::Room { room_id, .. } => operator::show_room(&op.room(room_id).await?, json),
+        Command::Sessions(_) => operator::show_sessions(&op.sessions().await?, json),
+        Command::Msus(_) => operator::show_msus(&op.msus().await?, json),
+        Command::Kick {
+            room_id, user_id, ..
+        } => {
+            let n = op.kick(room_id, user_id).await?;
+            format!("removed {user_id} from {room_id}; {n} sessions told\n")
+        }
+        Command::Close { room_id, .. } => {
+            let n = op.close(room_id).await?;
+            format!("closed {room_id}; {n} users removed\n")
+        }
+        Command::Say { room_id, text, .. } => {
+            let n = op.say(room_id, text).await?;
+            format!("said in {room_id}; {n} sessions reached\n")
+        }
+        Command::Watch { rooms, kinds, .. } => {
+            let mut feed = op.watch(rooms.clone(), kinds.clone()).await?;
+            let mut out = std::io::stdout();
+            loop {
+                let event = tokio::select! {
+                    e = feed.message() => e.map_err(operator::OperatorError::from)?,
+                    r = tokio::signal::ctrl_c() => { r?; None }
+                };
+                let Some(event) = event else { break };
+                out.write_all(operator::show_event(&event, json).as_bytes())?;
+                out.flush()?;
+            }
+            String::new()
+        }
+    };
+    std::io::stdout().write_all(text.as_bytes())?;
     Ok(())
 }
 
@@ -164,7 +289,7 @@ fn main() -> std::process::ExitCode {
 fn start() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(command) = cli.command {
-        return mint(command);
+        return subcommand(command);
     }
     let config_path = cli.config.context("a configuration file is required")?;
     let _log = telemetry::init(&LogOptions {
