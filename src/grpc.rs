@@ -10,7 +10,8 @@ use crate::error::CenterError;
 use crate::limits::{Inbox, Next, RateSettings};
 use crate::proto::room_service_server::{RoomService, RoomServiceServer};
 use crate::proto::{
-    self, CenterMessage, PeerMessage, Transport, center_message, command_result, peer_message,
+    self, PeerSessionRequest, PeerSessionResponse, Transport, command_result, peer_session_request,
+    peer_session_response,
 };
 use crate::{telemetry, translate};
 use futures_util::StreamExt;
@@ -154,12 +155,12 @@ fn status(e: CenterError) -> Status {
 
 #[tonic::async_trait]
 impl RoomService for RoomServiceImpl {
-    type PeerSessionStream = BoxStream<CenterMessage>;
+    type PeerSessionStream = BoxStream<PeerSessionResponse>;
     type WatchEventsStream = BoxStream<proto::WatchEventsResponse>;
 
     async fn peer_session(
         &self,
-        request: Request<Streaming<PeerMessage>>,
+        request: Request<Streaming<PeerSessionRequest>>,
     ) -> Result<Response<Self::PeerSessionStream>, Status> {
         let grant = grant_of(&request)?;
         if grant.role == Role::Client {
@@ -350,7 +351,7 @@ struct PeerStream {
     /// `invite`s sent and not answered.
     invites: PendingInvites,
     /// Messages from the peer on their way in, at its rate.
-    inbox: Inbox<PeerMessage>,
+    inbox: Inbox<PeerSessionRequest>,
     /// Set when the session is cut off: the final status for the peer.
     cut: Arc<parking_lot::Mutex<Option<Status>>>,
 }
@@ -360,13 +361,13 @@ struct PeerStream {
 /// final status comes first: the backlog is of no use to a peer that fell
 /// behind, and it could not reach the status through a full queue.
 struct Outgoing {
-    rx: mpsc::Receiver<Result<CenterMessage, Status>>,
+    rx: mpsc::Receiver<Result<PeerSessionResponse, Status>>,
     cut: Arc<parking_lot::Mutex<Option<Status>>>,
     done: bool,
 }
 
 impl futures_util::Stream for Outgoing {
-    type Item = Result<CenterMessage, Status>;
+    type Item = Result<PeerSessionResponse, Status>;
 
     fn poll_next(
         mut self: Pin<&mut Self>,
@@ -392,9 +393,9 @@ impl PeerStream {
 
     async fn run(
         mut self,
-        mut inbound: Streaming<PeerMessage>,
+        mut inbound: Streaming<PeerSessionRequest>,
         mut center_rx: mpsc::Receiver<GrpcOut>,
-        out: mpsc::Sender<Result<CenterMessage, Status>>,
+        out: mpsc::Sender<Result<PeerSessionResponse, Status>>,
         shutdown: CancellationToken,
     ) {
         tracing::info!("session opened");
@@ -473,9 +474,9 @@ impl PeerStream {
     }
 
     /// Handles one message; `delayed`: it waited for the rate limit.
-    fn on_message(&mut self, msg: PeerMessage, delayed: bool) {
+    fn on_message(&mut self, msg: PeerSessionRequest, delayed: bool) {
         match msg.kind {
-            Some(peer_message::Kind::Command(c)) => {
+            Some(peer_session_request::Kind::Command(c)) => {
                 let metrics = self.handle.metrics();
                 let command = c.command.unwrap_or_default();
                 let method = command
@@ -514,7 +515,7 @@ impl PeerStream {
                     self.handle.execute_then(command, respond);
                 }
             }
-            Some(peer_message::Kind::InviteAnswer(a)) => match self.invites.answer(a.id) {
+            Some(peer_session_request::Kind::InviteAnswer(a)) => match self.invites.answer(a.id) {
                 Some(room) => self.handle.invite_answered(
                     &room,
                     if a.ok {
@@ -532,7 +533,7 @@ impl PeerStream {
         }
     }
 
-    fn encode(&mut self, item: GrpcOut) -> CenterMessage {
+    fn encode(&mut self, item: GrpcOut) -> PeerSessionResponse {
         let method = match &item {
             GrpcOut::Result(_) => "response",
             GrpcOut::Center(Outbound::Event(d)) => translate::event_method(&d.event),
@@ -541,17 +542,19 @@ impl PeerStream {
         self.handle.metrics().outbound(method);
         tracing::debug!(session.id = self.handle.id(), method, "out");
         let kind = match item {
-            GrpcOut::Result(r) => center_message::Kind::Result(r),
-            GrpcOut::Center(Outbound::Event(d)) => center_message::Kind::Event(d.event.clone()),
+            GrpcOut::Result(r) => peer_session_response::Kind::Result(r),
+            GrpcOut::Center(Outbound::Event(d)) => {
+                peer_session_response::Kind::Event(d.event.clone())
+            }
             GrpcOut::Center(Outbound::Invite { room_id }) => {
                 let id = self.invites.start(
                     room_id.clone(),
                     Instant::now() + self.settings.invite_timeout,
                 );
-                center_message::Kind::Invite(proto::InviteRequest { id, room_id })
+                peer_session_response::Kind::Invite(proto::InviteRequest { id, room_id })
             }
         };
-        CenterMessage { kind: Some(kind) }
+        PeerSessionResponse { kind: Some(kind) }
     }
 
     fn expire_invites(&self) {

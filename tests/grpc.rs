@@ -6,8 +6,8 @@ mod common;
 
 use common::{Peer, WAIT, rtp_param};
 use pilot_center::proto::{
-    self, CenterMessage, EventKind, PeerMessage, center_message, command, command_result,
-    peer_event, peer_message, watch_events_response::Event,
+    self, EventKind, PeerSessionRequest, PeerSessionResponse, command, command_result, peer_event,
+    peer_session_request, peer_session_response, watch_events_response::Event,
 };
 use serde_json::{Value, json};
 use std::collections::VecDeque;
@@ -18,9 +18,9 @@ use tonic::{Code, Streaming};
 
 /// A peer on the `PeerSession` stream.
 struct GrpcPeer {
-    tx: mpsc::Sender<PeerMessage>,
-    rx: Streaming<CenterMessage>,
-    pending: VecDeque<CenterMessage>,
+    tx: mpsc::Sender<PeerSessionRequest>,
+    rx: Streaming<PeerSessionResponse>,
+    pending: VecDeque<PeerSessionResponse>,
     next_id: u64,
 }
 
@@ -41,7 +41,7 @@ impl GrpcPeer {
         }
     }
 
-    async fn next(&mut self) -> Option<CenterMessage> {
+    async fn next(&mut self) -> Option<PeerSessionResponse> {
         if let Some(m) = self.pending.pop_front() {
             return Some(m);
         }
@@ -54,8 +54,8 @@ impl GrpcPeer {
     async fn run(&mut self, kind: command::Kind) -> command_result::Outcome {
         let id = self.next_id;
         self.next_id += 1;
-        let msg = PeerMessage {
-            kind: Some(peer_message::Kind::Command(proto::PeerCommand {
+        let msg = PeerSessionRequest {
+            kind: Some(peer_session_request::Kind::Command(proto::PeerCommand {
                 id,
                 command: Some(proto::Command { kind: Some(kind) }),
             })),
@@ -63,7 +63,7 @@ impl GrpcPeer {
         self.tx.send(msg).await.expect("send");
         loop {
             let m = self.next().await.expect("a result");
-            if let Some(center_message::Kind::Result(r)) = &m.kind
+            if let Some(peer_session_response::Kind::Result(r)) = &m.kind
                 && r.id == id
             {
                 return r.outcome.clone().expect("outcome");
@@ -74,7 +74,7 @@ impl GrpcPeer {
 
     async fn event(&mut self) -> peer_event::Kind {
         match self.next().await.expect("an event").kind {
-            Some(center_message::Kind::Event(e)) => e.kind.expect("kind"),
+            Some(peer_session_response::Kind::Event(e)) => e.kind.expect("kind"),
             other => panic!("expected an event, got {other:?}"),
         }
     }
@@ -235,12 +235,12 @@ async fn a_grpc_msu_gets_and_answers_invites() {
         );
         let mut w = Peer::connect(&server).await;
         w.join("r", "u", "U").await;
-        let Some(center_message::Kind::Invite(inv)) = m.next().await.unwrap().kind else {
+        let Some(peer_session_response::Kind::Invite(inv)) = m.next().await.unwrap().kind else {
             panic!("no invite")
         };
         assert_eq!(inv.room_id, "r");
-        m.tx.send(PeerMessage {
-            kind: Some(peer_message::Kind::InviteAnswer(proto::InviteAnswer {
+        m.tx.send(PeerSessionRequest {
+            kind: Some(peer_session_request::Kind::InviteAnswer(proto::InviteAnswer {
                 id: inv.id,
                 ok: true,
                 error: None,

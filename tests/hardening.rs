@@ -183,7 +183,7 @@ async fn grpc_auth_by_role() {
         assert_eq!(e.code(), Code::PermissionDenied);
 
         // PeerSession: a client token may not open one; an SFU token is bound by its rooms.
-        let (_tx, rx) = tokio::sync::mpsc::channel::<proto::PeerMessage>(4);
+        let (_tx, rx) = tokio::sync::mpsc::channel::<proto::PeerSessionRequest>(4);
         let client_token = token(SECRET, Role::Client, &["*"], 60);
         let e = client
             .peer_session(with_token(
@@ -193,7 +193,7 @@ async fn grpc_auth_by_role() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied);
-        let (tx, rx) = tokio::sync::mpsc::channel::<proto::PeerMessage>(4);
+        let (tx, rx) = tokio::sync::mpsc::channel::<proto::PeerSessionRequest>(4);
         let limited = token(SECRET, Role::Sfu, &["r1"], 60);
         let mut stream = client
             .peer_session(with_token(
@@ -203,8 +203,8 @@ async fn grpc_auth_by_role() {
             .await
             .unwrap()
             .into_inner();
-        let join = |room: &str| proto::PeerMessage {
-            kind: Some(proto::peer_message::Kind::Command(proto::PeerCommand {
+        let join = |room: &str| proto::PeerSessionRequest {
+            kind: Some(proto::peer_session_request::Kind::Command(proto::PeerCommand {
                 id: 1,
                 command: Some(proto::Command {
                     kind: Some(proto::command::Kind::Join(proto::JoinRequest {
@@ -221,7 +221,7 @@ async fn grpc_auth_by_role() {
             .unwrap()
             .unwrap()
             .unwrap();
-        let Some(proto::center_message::Kind::Result(r)) = m.kind else {
+        let Some(proto::peer_session_response::Kind::Result(r)) = m.kind else {
             panic!()
         };
         assert!(
@@ -527,7 +527,7 @@ async fn graceful_shutdown_closes_everything_in_order() {
             .await
             .unwrap()
             .into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel::<proto::PeerMessage>(4);
+        let (tx, rx) = tokio::sync::mpsc::channel::<proto::PeerSessionRequest>(4);
         let mut peer = client
             .peer_session(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
