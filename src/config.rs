@@ -261,6 +261,10 @@ pub struct CenterSection {
     /// Events buffered per event-feed watcher before it is told it lagged.
     #[serde(default = "default_feed_capacity")]
     pub event_feed_capacity: usize,
+    /// Events kept for watchers that resume from a cursor (`WatchEvents`
+    /// `after`); an older cursor gets OUT_OF_RANGE.
+    #[serde(default = "default_event_log")]
+    pub event_log_capacity: usize,
     /// Most rooms one session may put users into (0: no limit).
     #[serde(default)]
     pub max_rooms_per_session: usize,
@@ -285,6 +289,7 @@ impl Default for CenterSection {
         Self {
             invite_timeout_secs: default_invite_timeout(),
             event_feed_capacity: default_feed_capacity(),
+            event_log_capacity: default_event_log(),
             max_rooms_per_session: 0,
             max_users_per_session: 0,
             shutdown_grace_secs: default_grace(),
@@ -292,6 +297,10 @@ impl Default for CenterSection {
             duplicate_user: crate::center::DuplicatePolicy::default(),
         }
     }
+}
+
+fn default_event_log() -> usize {
+    10_000
 }
 
 fn default_reconnect_grace() -> u64 {

@@ -35,6 +35,9 @@ pub enum CenterError {
     /// registered by another session).
     #[error("{0}")]
     Conflict(String),
+    /// An event-feed cursor outside the events the center keeps.
+    #[error("{0}")]
+    OutOfRange(String),
     /// The center is shutting down.
     #[error("shutting down")]
     ShuttingDown,
@@ -59,6 +62,7 @@ impl CenterError {
             Self::Forbidden(_) => 403,
             Self::RoomNotFound(_) | Self::UserNotFound(_) | Self::UnknownMethod(_) => 404,
             Self::Conflict(_) => 409,
+            Self::OutOfRange(_) => 400,
             Self::LimitReached(_) => 429,
             Self::ShuttingDown => 503,
             Self::Internal(_) => 500,
@@ -80,6 +84,7 @@ impl From<CenterError> for tonic::Status {
             CenterError::Forbidden(_) => Status::permission_denied(e.to_string()),
             CenterError::LimitReached(_) => Status::resource_exhausted(e.to_string()),
             CenterError::Conflict(_) => Status::already_exists(e.to_string()),
+            CenterError::OutOfRange(_) => Status::out_of_range(e.to_string()),
             CenterError::ShuttingDown => Status::unavailable(e.to_string()),
             CenterError::Internal(_) => Status::internal(e.to_string()),
         }

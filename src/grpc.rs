@@ -4,7 +4,7 @@
 
 use crate::auth::{Authenticator, Grant, Role, bearer};
 use crate::center::{
-    Center, EventFilter, Outbound, PeerInfo, PendingInvites, SessionHandle, lagged,
+    Center, EventFilter, Outbound, PeerInfo, PendingInvites, Resumed, SessionHandle, lagged,
 };
 use crate::error::CenterError;
 use crate::limits::{Inbox, Next, RateSettings};
@@ -215,9 +215,8 @@ impl RoomService for RoomServiceImpl {
         request: Request<proto::ListRoomsRequest>,
     ) -> Result<Response<proto::ListRoomsResponse>, Status> {
         require_admin(&request)?;
-        Ok(Response::new(proto::ListRoomsResponse {
-            rooms: self.center.list_rooms(),
-        }))
+        let (rooms, cursor) = self.center.list_rooms_at();
+        Ok(Response::new(proto::ListRoomsResponse { rooms, cursor }))
     }
 
     async fn get_room(
@@ -225,11 +224,14 @@ impl RoomService for RoomServiceImpl {
         request: Request<proto::GetRoomRequest>,
     ) -> Result<Response<proto::GetRoomResponse>, Status> {
         require_admin(&request)?;
-        let room = self
+        let (room, cursor) = self
             .center
-            .get_room(&request.get_ref().room_id)
+            .get_room_at(&request.get_ref().room_id)
             .map_err(status)?;
-        Ok(Response::new(proto::GetRoomResponse { room: Some(room) }))
+        Ok(Response::new(proto::GetRoomResponse {
+            room: Some(room),
+            cursor,
+        }))
     }
 
     async fn list_sessions(
@@ -237,8 +239,10 @@ impl RoomService for RoomServiceImpl {
         request: Request<proto::ListSessionsRequest>,
     ) -> Result<Response<proto::ListSessionsResponse>, Status> {
         require_admin(&request)?;
+        let (sessions, cursor) = self.center.list_sessions_at();
         Ok(Response::new(proto::ListSessionsResponse {
-            sessions: self.center.list_sessions(),
+            sessions,
+            cursor,
         }))
     }
 
@@ -300,11 +304,14 @@ impl RoomService for RoomServiceImpl {
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         require_admin(&request)?;
         let filter = EventFilter::new(request.get_ref());
-        let feed = self.center.subscribe();
+        let resumed = self
+            .center
+            .resume(request.get_ref().after)
+            .map_err(status)?;
         let (tx, rx) = mpsc::channel(self.settings.queue);
         let metrics = self.center.clone();
         self.tracker
-            .spawn(watch(feed, filter, tx, self.shutdown.clone(), metrics));
+            .spawn(watch(resumed, filter, tx, self.shutdown.clone(), metrics));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -312,12 +319,19 @@ impl RoomService for RoomServiceImpl {
 /// Feeds one watcher. Tonic does not poll a stream whose client went away,
 /// so the producer is this task and a failed send is the disconnect.
 async fn watch(
-    mut feed: broadcast::Receiver<std::sync::Arc<proto::WatchEventsResponse>>,
+    resumed: Resumed,
     filter: EventFilter,
     tx: mpsc::Sender<Result<proto::WatchEventsResponse, Status>>,
     shutdown: CancellationToken,
     center: Center,
 ) {
+    // The kept events after the cursor first, then the live feed.
+    for event in resumed.backlog {
+        if filter.matches(&event) && tx.send(Ok((*event).clone())).await.is_err() {
+            return;
+        }
+    }
+    let mut feed = resumed.live;
     loop {
         let item = tokio::select! {
             () = shutdown.cancelled() => {

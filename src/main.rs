@@ -109,6 +109,10 @@ enum Command {
         /// Only this kind, e.g. user_joined (repeat for several).
         #[arg(long = "kind", value_parser = operator::parse_kind)]
         kinds: Vec<pilot_center::proto::EventKind>,
+        /// Resume after this sequence number (a listing's cursor, or the
+        /// last `seq` seen): no gap, no duplicate.
+        #[arg(long)]
+        after: Option<u64>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -192,8 +196,13 @@ async fn operate(command: Command) -> anyhow::Result<()> {
             let n = op.say(room_id, text).await?;
             format!("said in {room_id}; {n} sessions reached\n")
         }
-        Command::Watch { rooms, kinds, .. } => {
-            let mut feed = op.watch(rooms.clone(), kinds.clone()).await?;
+        Command::Watch {
+            rooms,
+            kinds,
+            after,
+            ..
+        } => {
+            let mut feed = op.watch(rooms.clone(), kinds.clone(), *after).await?;
             let mut out = std::io::stdout();
             loop {
                 let event = tokio::select! {

@@ -51,6 +51,7 @@ impl From<tonic::Status> for OperatorError {
             ),
             Code::InvalidArgument => format!("invalid argument: {}", s.message()),
             Code::Unavailable => format!("the center is unavailable: {}", s.message()),
+            Code::OutOfRange => format!("out of range: {}", s.message()),
             code => format!("{code:?}: {}", s.message()),
         })
     }
@@ -177,10 +178,12 @@ impl Operator {
         &mut self,
         room_ids: Vec<String>,
         kinds: Vec<EventKind>,
+        after: Option<u64>,
     ) -> Result<tonic::Streaming<proto::WatchEventsResponse>, OperatorError> {
         let r = self.request(proto::WatchEventsRequest {
             room_ids,
             kinds: kinds.into_iter().map(i32::from).collect(),
+            after,
         });
         Ok(self.client.watch_events(r).await?.into_inner())
     }

@@ -209,6 +209,7 @@ impl Server {
     pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Self, StartError> {
         let center = Center::new(CenterConfig {
             feed_capacity: config.center.event_feed_capacity,
+            event_log_capacity: config.center.event_log_capacity,
             max_rooms_per_session: config.center.max_rooms_per_session,
             max_users_per_session: config.center.max_users_per_session,
             reconnect_grace: Duration::from_secs(config.center.reconnect_grace_secs),

@@ -481,6 +481,7 @@ async fn watch_events_sees_a_scripted_scenario_in_order() {
                     EventKind::UserJoined as i32,
                     EventKind::UserDisconnected as i32,
                 ],
+                after: None,
             })
             .await
             .unwrap()
@@ -825,6 +826,92 @@ async fn a_vanished_grpc_peer_is_found_by_keepalive() {
         );
         assert_eq!(server.center().list_sessions().len(), 1);
         relay_task.abort();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_then_watch_from_the_cursor_has_no_gap_and_no_duplicate() {
+    common::bounded(async move {
+        let server = pilot_center::server::Server::start(&common::config_sections(
+            false,
+            "",
+            "",
+            "  event_log_capacity: 32\n",
+        ))
+        .await
+        .unwrap();
+        let mut client = common::grpc(&server).await;
+        let mut a = Peer::connect(&server).await;
+        a.join("r", "a1", "A").await;
+        let listed = client
+            .list_rooms(proto::ListRoomsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.rooms.len(), 1);
+        // Events after the listing, before anyone watches.
+        a.join("r", "a2", "A").await;
+        a.join("r", "a3", "A").await;
+        let mut watch = client
+            .watch_events(proto::WatchEventsRequest {
+                after: Some(listed.cursor),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        a.join("r", "a4", "A").await;
+        let events = take(&mut watch, 3).await;
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(
+            seqs,
+            vec![listed.cursor + 1, listed.cursor + 2, listed.cursor + 3],
+            "resumes right after the listing"
+        );
+        let users: Vec<String> = events
+            .iter()
+            .map(|e| match &e.event {
+                Some(Event::UserJoined(j)) => j.user_id.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(users, vec!["a2", "a3", "a4"]);
+        // A session's detail and the session list carry cursors too.
+        let detail = client
+            .get_room(proto::GetRoomRequest {
+                room_id: "r".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(detail.cursor, listed.cursor + 3);
+        // Older than the 32 kept events: OUT_OF_RANGE.
+        for i in 0..40 {
+            a.join("r", &format!("b{i}"), "B").await;
+        }
+        let e = client
+            .watch_events(proto::WatchEventsRequest {
+                after: Some(listed.cursor),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+        let sessions = client
+            .list_sessions(proto::ListSessionsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            client
+                .watch_events(proto::WatchEventsRequest {
+                    after: Some(sessions.cursor),
+                    ..Default::default()
+                })
+                .await
+                .is_ok()
+        );
     })
     .await;
 }

@@ -32,6 +32,7 @@ use crate::metrics::{Metrics, StateGauges};
 use crate::proto::watch_events_response::Event;
 use crate::proto::{self, Command, EventKind, Reply, Transport, command};
 use parking_lot::Mutex;
+pub use registry::Resumed;
 use registry::{Registry, SessionEntry};
 use rules::{Effects, Rooms, RulesConfig};
 use std::sync::Arc;
@@ -145,6 +146,8 @@ pub struct PeerInfo {
 pub struct CenterConfig {
     /// Events buffered per event-feed watcher before it is told it lagged.
     pub feed_capacity: usize,
+    /// Events kept for watchers that resume from a cursor.
+    pub event_log_capacity: usize,
     /// Most rooms one session may put users into (0: no limit).
     pub max_rooms_per_session: usize,
     /// Most users one session may hold (0: no limit).
@@ -162,6 +165,7 @@ impl Default for CenterConfig {
     fn default() -> Self {
         Self {
             feed_capacity: 4096,
+            event_log_capacity: 10_000,
             max_rooms_per_session: 0,
             max_users_per_session: 0,
             reconnect_grace: Duration::from_secs(30),
@@ -229,7 +233,7 @@ impl Center {
             inner: Arc::new(Inner {
                 state: Mutex::new(Shared {
                     rooms: Rooms::new(rules),
-                    registry: Registry::new(feed.clone()),
+                    registry: Registry::new(feed.clone(), config.event_log_capacity),
                 }),
                 feed,
                 next_session: AtomicU64::new(1),
@@ -334,25 +338,50 @@ impl Center {
         }
     }
 
-    /// Subscribes to the event feed (see [`feed`]).
+    /// Subscribes to the event feed from now on (see [`feed`]).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<proto::WatchEventsResponse>> {
         self.inner.feed.subscribe()
     }
 
+    /// Subscribes to the event feed after `after` (a listing's cursor or the
+    /// last sequence number seen; `None`: from now on): the kept events
+    /// after it, then the live feed, with no gap and no duplicate.
+    pub fn resume(&self, after: Option<u64>) -> Result<Resumed, CenterError> {
+        self.inner.state.lock().registry.resume(after)
+    }
+
     /// Every room with its counts, sorted by id.
     pub fn list_rooms(&self) -> Vec<proto::RoomSummary> {
-        self.inner.state.lock().rooms.list_rooms()
+        self.list_rooms_at().0
+    }
+
+    /// Every room, and the feed's cursor at which the list was taken.
+    pub fn list_rooms_at(&self) -> (Vec<proto::RoomSummary>, u64) {
+        let state = self.inner.state.lock();
+        (state.rooms.list_rooms(), state.registry.cursor())
     }
 
     /// One room in detail.
     pub fn get_room(&self, room_id: &str) -> Result<proto::RoomDetail, CenterError> {
-        self.inner.state.lock().rooms.get_room(room_id)
+        Ok(self.get_room_at(room_id)?.0)
+    }
+
+    /// One room in detail, and the feed's cursor at which it was read.
+    pub fn get_room_at(&self, room_id: &str) -> Result<(proto::RoomDetail, u64), CenterError> {
+        let state = self.inner.state.lock();
+        Ok((state.rooms.get_room(room_id)?, state.registry.cursor()))
     }
 
     /// Every session, sorted by id.
     pub fn list_sessions(&self) -> Vec<proto::SessionInfo> {
+        self.list_sessions_at().0
+    }
+
+    /// Every session, and the feed's cursor at which the list was taken.
+    pub fn list_sessions_at(&self) -> (Vec<proto::SessionInfo>, u64) {
         let state = self.inner.state.lock();
-        state
+        let cursor = state.registry.cursor();
+        let sessions = state
             .registry
             .sorted()
             .into_iter()
@@ -371,7 +400,8 @@ impl Center {
                     queue_depth: u32::try_from(s.outlet.depth()).unwrap_or(u32::MAX),
                 }
             })
-            .collect()
+            .collect();
+        (sessions, cursor)
     }
 
     /// Every MSU, sorted by id.

@@ -4,9 +4,10 @@
 
 use super::rules::Effects;
 use super::{Outbound, Outlet, OutletError, PeerInfo, SessionId, SessionStats, timestamp};
+use crate::error::CenterError;
 use crate::metrics::{Metrics, StateGauges};
 use crate::proto::{self, EventKind, watch_events_response::Event};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
@@ -44,16 +45,69 @@ pub struct Registry {
     feed: broadcast::Sender<Arc<proto::WatchEventsResponse>>,
     /// Sequence number of the last feed event.
     seq: u64,
+    /// The last `log_capacity` events, for watchers that resume from a cursor.
+    log: VecDeque<Arc<proto::WatchEventsResponse>>,
+    log_capacity: usize,
+}
+
+/// A resumed watch: the kept events after the cursor, then the live feed.
+pub struct Resumed {
+    /// Events after the cursor, oldest first.
+    pub backlog: Vec<Arc<proto::WatchEventsResponse>>,
+    /// Everything from the first event after `backlog`.
+    pub live: broadcast::Receiver<Arc<proto::WatchEventsResponse>>,
 }
 
 impl Registry {
-    /// No sessions; events go to `feed`.
-    pub fn new(feed: broadcast::Sender<Arc<proto::WatchEventsResponse>>) -> Self {
+    /// No sessions; events go to `feed`, and the last `log_capacity` are kept.
+    pub fn new(
+        feed: broadcast::Sender<Arc<proto::WatchEventsResponse>>,
+        log_capacity: usize,
+    ) -> Self {
         Self {
             sessions: HashMap::new(),
             feed,
             seq: 0,
+            log: VecDeque::new(),
+            log_capacity,
         }
+    }
+
+    /// The sequence number of the last event: a listing taken now is
+    /// followed, with no gap and no duplicate, by the events after it.
+    pub fn cursor(&self) -> u64 {
+        self.seq
+    }
+
+    /// Subscribes to the feed after `after` (`None`: from now on). Called
+    /// under the center's lock, so no event falls between the backlog and
+    /// the live feed. An `after` older than the kept window is refused.
+    pub fn resume(&self, after: Option<u64>) -> Result<Resumed, CenterError> {
+        let live = self.feed.subscribe();
+        let Some(after) = after else {
+            return Ok(Resumed {
+                backlog: Vec::new(),
+                live,
+            });
+        };
+        if after > self.seq {
+            return Err(CenterError::OutOfRange(format!(
+                "cursor {after} is ahead of the feed ({})",
+                self.seq
+            )));
+        }
+        let oldest_kept = self.seq + 1 - self.log.len() as u64;
+        if after + 1 < oldest_kept {
+            return Err(CenterError::OutOfRange(format!(
+                "cursor {after} is older than the kept events ({oldest_kept}..={})",
+                self.seq
+            )));
+        }
+        let skip = usize::try_from(after + 1 - oldest_kept).unwrap_or(usize::MAX);
+        Ok(Resumed {
+            backlog: self.log.iter().skip(skip).cloned().collect(),
+            live,
+        })
     }
 
     /// Adds a session.
@@ -127,22 +181,27 @@ impl Registry {
         }
     }
 
-    /// Puts one event on the feed. The sequence number advances whether or
-    /// not anyone watches, so watchers see no gaps.
+    /// Puts one event on the feed and in the log. The sequence number
+    /// advances with every event, so watchers see no gaps.
     pub fn emit(&mut self, room_id: &str, kind: EventKind, event: Event) {
         self.seq += 1;
-        if self.feed.receiver_count() == 0 {
-            return;
-        }
-        let event = proto::WatchEventsResponse {
+        let event = Arc::new(proto::WatchEventsResponse {
             seq: self.seq,
             time: Some(timestamp(SystemTime::now())),
             room_id: room_id.to_owned(),
             kind: kind.into(),
             event: Some(event),
-        };
-        // Err only means every receiver went away meanwhile.
-        let _ = self.feed.send(Arc::new(event));
+        });
+        if self.log_capacity > 0 {
+            if self.log.len() == self.log_capacity {
+                self.log.pop_front();
+            }
+            self.log.push_back(event.clone());
+        }
+        if self.feed.receiver_count() > 0 {
+            // Err only means every receiver went away meanwhile.
+            let _ = self.feed.send(event);
+        }
     }
 
     /// Sessions by transport and queue depths, for `/metrics`.
