@@ -7,7 +7,6 @@
 mod common;
 
 use common::{Peer, WAIT, eventually};
-use pilot_center::clock::Clock;
 use pilot_center::server::Server;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -44,11 +43,7 @@ async fn identity_comes_from_the_peer_name_or_the_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_wait_for_their_session_and_leave_when_the_grace_ends() {
     common::bounded(async move {
-        let clock = Clock::manual();
-        let config = common::config_sections(false, "", "", "  reconnect_grace_secs: 30\n");
-        let server = Server::start_with_clock(&config, clock.clone())
-            .await
-            .unwrap();
+        let (server, clock) = common::start_with_grace(false).await;
         let mut a = Peer::connect_url(&url_as(&server, "sfu-a")).await;
         let mut b = Peer::connect_url(&url_as(&server, "sfu-b")).await;
         a.join("r", "a1", "A1").await;
@@ -119,11 +114,7 @@ async fn users_wait_for_their_session_and_leave_when_the_grace_ends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grace_timer_ends_graces_by_itself() {
     common::bounded(async move {
-        let clock = Clock::manual();
-        let config = common::config_sections(false, "", "", "  reconnect_grace_secs: 30\n");
-        let server = Server::start_with_clock(&config, clock.clone())
-            .await
-            .unwrap();
+        let (server, clock) = common::start_with_grace(false).await;
         let mut a = Peer::connect_url(&url_as(&server, "sfu-a")).await;
         let mut b = Peer::connect_url(&url_as(&server, "sfu-b")).await;
         a.join("r", "a1", "A1").await;
@@ -451,11 +442,7 @@ async fn an_sfu_with_20000_users_drops_and_the_other_sfus_hear_every_one() {
         const ROOMS: usize = 1000;
         const PER_ROOM: usize = 20;
         const USERS: usize = ROOMS * PER_ROOM;
-        let clock = Clock::manual();
-        let config = common::config_sections(false, "", "", "  reconnect_grace_secs: 30\n");
-        let server = Server::start_with_clock(&config, clock.clone())
-            .await
-            .unwrap();
+        let (server, clock) = common::start_with_grace(false).await;
         let mut others = [Peer::connect(&server).await, Peer::connect(&server).await];
         for (i, o) in others.iter_mut().enumerate() {
             let joins: Vec<(String, String)> = (0..ROOMS)

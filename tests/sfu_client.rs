@@ -7,8 +7,6 @@ mod common;
 
 use common::sfu::{Sfu, parse_101_like_sfu, upgrade_request};
 use common::{Peer, WAIT, rtp_param};
-use pilot_center::clock::Clock;
-use pilot_center::server::Server;
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -287,20 +285,10 @@ async fn pongs_come_fast_while_the_room_floods() {
     .await;
 }
 
-/// A server over wss with a 30 s reconnect grace counted on a manual clock.
-async fn start_with_grace() -> (Server, Clock) {
-    let clock = Clock::manual();
-    let config = common::config_sections(true, "", "", "  reconnect_grace_secs: 30\n");
-    let server = Server::start_with_clock(&config, clock.clone())
-        .await
-        .unwrap();
-    (server, clock)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sfu_that_reconnects_within_the_grace_keeps_its_users_and_streams() {
     common::bounded(async move {
-        let (server, clock) = start_with_grace().await;
+        let (server, clock) = common::start_with_grace(true).await;
         let addr = server.ws_addr();
         let mut s1 = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-1").await;
         let mut s2 = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-2").await;
@@ -371,7 +359,7 @@ async fn an_sfu_that_reconnects_within_the_grace_keeps_its_users_and_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sfu_that_never_returns_loses_its_users_when_the_grace_ends() {
     common::bounded(async move {
-        let (server, clock) = start_with_grace().await;
+        let (server, clock) = common::start_with_grace(true).await;
         let addr = server.ws_addr();
         let mut s1 = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-1").await;
         let mut s2 = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-2").await;

@@ -100,6 +100,17 @@ pub async fn start() -> Server {
         .expect("server starts")
 }
 
+/// Starts a server (wss when `tls`) whose 30 s reconnect grace, rate
+/// limits and outbound ages run on the returned manual clock.
+pub async fn start_with_grace(tls: bool) -> (Server, pilot_center::clock::Clock) {
+    let clock = pilot_center::clock::Clock::manual();
+    let config = config_sections(tls, "", "", "  reconnect_grace_secs: 30\n");
+    let server = Server::start_with_clock(&config, clock.clone())
+        .await
+        .expect("server starts");
+    (server, clock)
+}
+
 /// Starts a server over TLS (self-signed).
 pub async fn start_tls() -> Server {
     Server::start(&config(true, ""))
