@@ -183,8 +183,8 @@ pub struct WebSocketConfig {
     /// item is always accepted by an empty queue).
     #[serde(default = "default_outbound_max_bytes")]
     pub outbound_max_bytes: usize,
-    /// Seconds a session may leave queued items unsent before it counts as
-    /// a slow consumer.
+    /// Seconds a write to the peer may take before the session counts as a
+    /// slow consumer (what waits behind it is that old).
     #[serde(default = "default_outbound_max_delay")]
     pub outbound_max_delay_secs: u64,
     /// Seconds between the center's pings.

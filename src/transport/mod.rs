@@ -14,7 +14,6 @@ use crate::config::WebSocketConfig;
 use crate::limits::RateSettings;
 use crate::proto::Transport;
 use handshake::{Parsed, Refusal, Rejection};
-use outbox::OutboxLimits;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -272,11 +271,9 @@ impl Gateway {
                 center: &self.center,
                 peer,
                 transport,
-                outbox: OutboxLimits {
-                    max_bytes: self.config.outbound_max_bytes,
-                    max_delay: Duration::from_secs(self.config.outbound_max_delay_secs),
-                    clock: self.rate.clock.clone(),
-                },
+                outbound_max_bytes: self.config.outbound_max_bytes,
+                outbound_max_delay: Duration::from_secs(self.config.outbound_max_delay_secs),
+                clock: self.rate.clock.clone(),
                 ping_interval: self.config.ping_interval(),
                 pong_timeout: self.config.pong_timeout(),
                 invite_timeout: self.invite_timeout,

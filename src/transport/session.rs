@@ -7,7 +7,8 @@
 //! busy the room or full the queue. The writer owns the sink: it sends what
 //! is queued, pings, and expires unanswered `invite`s.
 
-use super::outbox::{Outbox, OutboxLimits, OutboxReceiver, outbox};
+use super::outbox::{Outbox, OutboxReceiver, outbox};
+use crate::clock::Clock;
 use crate::auth::Grant;
 use crate::center::{Center, Outbound, OutletError, PeerInfo, PendingInvites, SessionHandle};
 use crate::limits::{Inbox, Next, RateSettings};
@@ -36,8 +37,12 @@ pub struct Settings<'a> {
     pub peer: SocketAddr,
     /// ws or wss.
     pub transport: Transport,
-    /// Bounds of the outbound queue.
-    pub outbox: OutboxLimits,
+    /// Bytes queued and unsent before the peer is a slow consumer.
+    pub outbound_max_bytes: usize,
+    /// Longest a write to the peer may take before it is a slow consumer.
+    pub outbound_max_delay: Duration,
+    /// The time `outbound_max_delay` is counted in.
+    pub clock: Clock,
     /// Time between pings.
     pub ping_interval: Duration,
     /// Silence after a ping before the peer is dropped.
@@ -121,7 +126,7 @@ pub async fn run<S>(ws: WebSocketStream<S>, settings: Settings<'_>, shutdown: Ca
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (tx, mut rx) = outbox(settings.outbox.clone());
+    let (tx, mut rx) = outbox(settings.outbound_max_bytes);
     let peer = PeerInfo {
         addr: settings.peer.to_string(),
         transport: settings.transport,
@@ -144,23 +149,11 @@ where
     let end = {
         let reader = read_loop(&mut stream, &ctx, Inbox::new(&settings.rate));
         let writer = write_loop(&mut sink, &mut rx, &ctx, &settings);
-        // Apart from the writer, which may be stuck in a write.
-        let stalled = async {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                if ctx.tx.is_stalled() {
-                    tracing::warn!("queued items left unsent too long: closing slow consumer");
-                    return;
-                }
-            }
-        };
-        tokio::pin!(reader, writer, stalled);
+        tokio::pin!(reader, writer);
         tokio::select! {
             end = &mut reader => end,
             end = &mut writer => end,
             () = ctx.handle.overflow().cancelled() => End::Close(CloseCode::Policy, SLOW_CONSUMER),
-            () = &mut stalled => End::Close(CloseCode::Policy, SLOW_CONSUMER),
             () = shutdown.cancelled() => End::Shutdown,
         }
     };
@@ -435,7 +428,10 @@ where
         tokio::select! {
             item = rx.recv() => {
                 let Some(item) = item else { return End::Gone("queue closed") };
-                let result = async {
+                // A write that cannot finish in time means the peer does not
+                // read: what waits behind it is too old (the age bound).
+                let deadline = settings.clock.elapsed() + settings.outbound_max_delay;
+                let write = async {
                     sink.feed(encode(item)).await?;
                     for _ in 1..BATCH {
                         match rx.try_recv() {
@@ -444,8 +440,14 @@ where
                         }
                     }
                     sink.flush().await
-                }
-                .await;
+                };
+                let result = tokio::select! {
+                    result = write => result,
+                    () = settings.clock.sleep_until(deadline) => {
+                        tracing::warn!("a write waited too long for the peer to read: closing slow consumer");
+                        return End::Close(CloseCode::Policy, SLOW_CONSUMER);
+                    }
+                };
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "write failed");
                     return End::Gone("write failed");
