@@ -3,9 +3,7 @@
 //! live here.
 
 use crate::auth::{Authenticator, Grant, Role, bearer};
-use crate::center::{
-    Center, EventFilter, Outbound, PeerInfo, PendingInvites, Resumed, SessionHandle, lagged,
-};
+use crate::center::{Center, EventFilter, Outbound, PeerInfo, Resumed, SessionHandle, lagged};
 use crate::error::CenterError;
 use crate::limits::{Inbox, Next, RateSettings};
 use crate::proto::room_service_server::{RoomService, RoomServiceServer};
@@ -195,7 +193,6 @@ impl RoomService for RoomServiceImpl {
             center_tx,
             cut: cut.clone(),
             settings: self.settings.clone(),
-            invites: PendingInvites::default(),
             inbox: Inbox::new(&self.settings.rate),
         };
         let shutdown = self.shutdown.clone();
@@ -362,8 +359,6 @@ struct PeerStream {
     handle: SessionHandle,
     center_tx: mpsc::Sender<GrpcOut>,
     settings: GrpcSettings,
-    /// `invite`s sent and not answered.
-    invites: PendingInvites,
     /// Messages from the peer on their way in, at its rate.
     inbox: Inbox<PeerSessionRequest>,
     /// Set when the session is cut off: the final status for the peer.
@@ -461,10 +456,9 @@ impl PeerStream {
                 }
                 () = out.closed() => break "peer gone",
                 _ = tick.tick() => {
-                    self.expire_invites();
-                    if self.handle.grant().is_expired(std::time::SystemTime::now()) {
-                        self.cut_off(Status::unauthenticated("token expired"));
-                        break "token expired";
+                    if let Some(reason) = self.handle.tick(Instant::now()) {
+                        self.cut_off(Status::unauthenticated(reason));
+                        break reason;
                     }
                 }
                 () = self.inbox.ready(), if self.inbox.is_waiting() => {}
@@ -529,20 +523,17 @@ impl PeerStream {
                     self.handle.execute_then(command, respond);
                 }
             }
-            Some(peer_session_request::Kind::InviteAnswer(a)) => match self.invites.answer(a.id) {
-                Some(room) => self.handle.invite_answered(
-                    &room,
-                    if a.ok {
-                        Ok(())
-                    } else {
-                        Err(a
-                            .error
-                            .map(|e| format!("{} {}", e.code, e.reason))
-                            .unwrap_or_default())
-                    },
-                ),
-                None => tracing::debug!(id = a.id, "answer to no pending invite"),
-            },
+            Some(peer_session_request::Kind::InviteAnswer(a)) => self.handle.invite_answered(
+                a.id,
+                if a.ok {
+                    Ok(())
+                } else {
+                    Err(a
+                        .error
+                        .map(|e| format!("{} {}", e.code, e.reason))
+                        .unwrap_or_default())
+                },
+            ),
             None => tracing::debug!("empty peer message ignored"),
         }
     }
@@ -561,7 +552,7 @@ impl PeerStream {
                 peer_session_response::Kind::Event(d.event.clone())
             }
             GrpcOut::Center(Outbound::Invite { room_id }) => {
-                let id = self.invites.start(
+                let id = self.handle.invite_sent(
                     room_id.clone(),
                     Instant::now() + self.settings.invite_timeout,
                 );
@@ -569,12 +560,5 @@ impl PeerStream {
             }
         };
         PeerSessionResponse { kind: Some(kind) }
-    }
-
-    fn expire_invites(&self) {
-        for room in self.invites.expire(Instant::now()) {
-            self.handle
-                .invite_answered(&room, Err("not answered in time".into()));
-        }
     }
 }

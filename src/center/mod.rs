@@ -22,7 +22,7 @@ mod registry;
 mod rules;
 
 pub use feed::{EventFilter, lagged};
-pub use invites::PendingInvites;
+use invites::PendingInvites;
 pub use rules::DuplicatePolicy;
 
 use crate::auth::Grant;
@@ -307,6 +307,7 @@ impl Center {
         }
         SessionHandle {
             center: self.clone(),
+            invites: PendingInvites::default(),
             id,
             stats,
             overflow,
@@ -459,6 +460,8 @@ impl Center {
 /// One peer session's access to the center. Dropping it closes the session.
 pub struct SessionHandle {
     center: Center,
+    /// `invite`s sent to this session's MSU and not answered yet.
+    invites: PendingInvites,
     id: SessionId,
     stats: Arc<SessionStats>,
     overflow: CancellationToken,
@@ -556,9 +559,23 @@ impl SessionHandle {
         out
     }
 
-    /// An MSU's answer to `invite`: a refusal (or a timeout, `Err`) moves
-    /// the room to another live MSU.
-    pub fn invite_answered(&self, room_id: &str, outcome: Result<(), String>) {
+    /// Records an `invite` for `room_id` this session's MSU must answer by
+    /// `deadline`; returns the request id to send it with.
+    pub fn invite_sent(&self, room_id: String, deadline: tokio::time::Instant) -> u64 {
+        self.invites.start(room_id, deadline)
+    }
+
+    /// The MSU's answer to invite `id`: a refusal (`Err` with its reason)
+    /// moves the room to another live MSU. Answers to no pending invite are
+    /// logged and ignored.
+    pub fn invite_answered(&self, id: u64, outcome: Result<(), String>) {
+        match self.invites.answer(id) {
+            Some(room_id) => self.invite_outcome(&room_id, outcome),
+            None => tracing::debug!(id, "answer to no pending invite"),
+        }
+    }
+
+    fn invite_outcome(&self, room_id: &str, outcome: Result<(), String>) {
         match outcome {
             Ok(()) => tracing::debug!(room.id = room_id, "invite accepted"),
             Err(reason) => {
@@ -568,6 +585,20 @@ impl SessionHandle {
                     .step(|rooms, fx| rooms.invite_failed(room_id, sid, fx));
             }
         }
+    }
+
+    /// The per-session checks both front ends run once a second: invites
+    /// not answered in time move their rooms; a session whose token expired
+    /// must close, and this returns why.
+    pub fn tick(&self, now: tokio::time::Instant) -> Option<&'static str> {
+        for room_id in self.invites.expire(now) {
+            self.invite_outcome(&room_id, Err("not answered in time".into()));
+        }
+        if self.grant.is_expired(SystemTime::now()) {
+            tracing::info!("token expired: closing");
+            return Some("token expired");
+        }
+        None
     }
 
     /// Closes the session now, with a reason for the event feed.

@@ -8,9 +8,9 @@
 //! is queued, pings, and expires unanswered `invite`s.
 
 use super::outbox::{Outbox, OutboxReceiver, outbox};
-use crate::clock::Clock;
 use crate::auth::Grant;
-use crate::center::{Center, Outbound, OutletError, PeerInfo, PendingInvites, SessionHandle};
+use crate::center::{Center, Outbound, OutletError, PeerInfo, SessionHandle};
+use crate::clock::Clock;
 use crate::limits::{Inbox, Next, RateSettings};
 use crate::metrics::method_label;
 use crate::proto::Transport;
@@ -74,7 +74,6 @@ impl From<Outbound> for WsOut {
 
 const SLOW_CONSUMER: &str = "slow consumer";
 const RATE_LIMITED: &str = "rate limit exceeded";
-const TOKEN_EXPIRED: &str = "token expired";
 
 /// How a session ended.
 #[derive(Debug)]
@@ -93,7 +92,6 @@ enum End {
 struct Ctx {
     handle: SessionHandle,
     tx: Outbox,
-    invites: PendingInvites,
     started: Instant,
     /// Milliseconds since `started` of the last frame from the peer.
     last_in_ms: AtomicU64,
@@ -140,7 +138,6 @@ where
     let ctx = Ctx {
         handle,
         tx,
-        invites: PendingInvites::default(),
         started: Instant::now(),
         last_in_ms: AtomicU64::new(0),
     };
@@ -356,23 +353,18 @@ fn on_text(ctx: &Ctx, text: &str, delayed: bool) {
             error_reason,
         }) => {
             metrics.inbound("response");
-            let room = serde_json::from_str::<u64>(id.get())
-                .ok()
-                .and_then(|id| ctx.invites.answer(id));
-            match room {
-                Some(room) => ctx.handle.invite_answered(
-                    &room,
-                    if ok {
-                        Ok(())
-                    } else {
-                        Err(format!(
-                            "{} {}",
-                            error_code.unwrap_or(0),
-                            error_reason.unwrap_or_default()
-                        ))
-                    },
-                ),
-                None => tracing::debug!(id = id.get(), "response to no pending request"),
+            let outcome = if ok {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} {}",
+                    error_code.unwrap_or(0),
+                    error_reason.unwrap_or_default()
+                ))
+            };
+            match serde_json::from_str::<u64>(id.get()) {
+                Ok(id) => ctx.handle.invite_answered(id, outcome),
+                Err(_) => tracing::debug!(id = id.get(), "response to no pending request"),
             }
         }
         Err(protoo::FrameError::BadRequest { id, reason }) => {
@@ -404,8 +396,8 @@ where
     let encode_item = |item: WsOut| match item {
         WsOut::Center(Outbound::Invite { room_id }) => {
             let id = ctx
-                .invites
-                .start(room_id.clone(), Instant::now() + settings.invite_timeout);
+                .handle
+                .invite_sent(room_id.clone(), Instant::now() + settings.invite_timeout);
             tracing::debug!(room.id = %room_id, id, "invite sent");
             Message::Text(Utf8Bytes::from(translate::invite_request(id, &room_id)))
         }
@@ -470,13 +462,8 @@ where
                         return End::Gone("write failed");
                     }
                 }
-                for room in ctx.invites.expire(now) {
-                    ctx.handle
-                        .invite_answered(&room, Err("not answered in time".into()));
-                }
-                if ctx.handle.grant().is_expired(std::time::SystemTime::now()) {
-                    tracing::info!("token expired: closing");
-                    return End::Close(CloseCode::Policy, TOKEN_EXPIRED);
+                if let Some(reason) = ctx.handle.tick(now) {
+                    return End::Close(CloseCode::Policy, reason);
                 }
             }
         }
