@@ -213,7 +213,14 @@ impl RoomService for RoomServiceImpl {
     ) -> Result<Response<proto::ListRoomsResponse>, Status> {
         require_admin(&request)?;
         let (rooms, cursor) = self.center.list_rooms_at();
-        Ok(Response::new(proto::ListRoomsResponse { rooms, cursor }))
+        let r = request.get_ref();
+        let (rooms, next_page_token) =
+            page(rooms, |x| x.room_id.clone(), r.page_size, &r.page_token);
+        Ok(Response::new(proto::ListRoomsResponse {
+            rooms,
+            cursor,
+            next_page_token,
+        }))
     }
 
     async fn get_room(
@@ -237,9 +244,18 @@ impl RoomService for RoomServiceImpl {
     ) -> Result<Response<proto::ListSessionsResponse>, Status> {
         require_admin(&request)?;
         let (sessions, cursor) = self.center.list_sessions_at();
+        let r = request.get_ref();
+        // Zero-padded, so that the text order is the numeric order.
+        let (sessions, next_page_token) = page(
+            sessions,
+            |x| format!("{:020}", x.session_id),
+            r.page_size,
+            &r.page_token,
+        );
         Ok(Response::new(proto::ListSessionsResponse {
             sessions,
             cursor,
+            next_page_token,
         }))
     }
 
@@ -248,8 +264,16 @@ impl RoomService for RoomServiceImpl {
         request: Request<proto::ListMsusRequest>,
     ) -> Result<Response<proto::ListMsusResponse>, Status> {
         require_admin(&request)?;
+        let r = request.get_ref();
+        let (msus, next_page_token) = page(
+            self.center.list_msus(),
+            |x| x.msu_id.clone(),
+            r.page_size,
+            &r.page_token,
+        );
         Ok(Response::new(proto::ListMsusResponse {
-            msus: self.center.list_msus(),
+            msus,
+            next_page_token,
         }))
     }
 
@@ -311,6 +335,31 @@ impl RoomService for RoomServiceImpl {
             .spawn(watch(resumed, filter, tx, self.shutdown.clone(), metrics));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Items in a listing's page when the caller does not say.
+const PAGE_DEFAULT: usize = 1000;
+/// The largest page: a cluster of 100,000 rooms does not fit in one 4 MiB
+/// message, pages of 10,000 do.
+const PAGE_MAX: usize = 10_000;
+
+/// One page of `items` (sorted by `key`): those after `token`, at most
+/// `size` (0: the default), and the token of the next page (empty: last).
+fn page<T>(items: Vec<T>, key: impl Fn(&T) -> String, size: u32, token: &str) -> (Vec<T>, String) {
+    let size = match usize::try_from(size).unwrap_or(PAGE_MAX) {
+        0 => PAGE_DEFAULT,
+        n => n.min(PAGE_MAX),
+    };
+    let mut rest = items
+        .into_iter()
+        .filter(|i| token.is_empty() || key(i).as_str() > token)
+        .peekable();
+    let page: Vec<T> = rest.by_ref().take(size).collect();
+    let next = match (rest.peek(), page.last()) {
+        (Some(_), Some(last)) => key(last),
+        _ => String::new(),
+    };
+    (page, next)
 }
 
 /// Feeds one watcher. Tonic does not poll a stream whose client went away,

@@ -107,8 +107,19 @@ impl Operator {
 
     /// Every room.
     pub async fn rooms(&mut self) -> Result<Vec<proto::RoomSummary>, OperatorError> {
-        let r = self.request(proto::ListRoomsRequest {});
-        Ok(self.client.list_rooms(r).await?.into_inner().rooms)
+        let (mut all, mut token) = (Vec::new(), String::new());
+        loop {
+            let r = self.request(proto::ListRoomsRequest {
+                page_size: 0,
+                page_token: token,
+            });
+            let page = self.client.list_rooms(r).await?.into_inner();
+            all.extend(page.rooms);
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            token = page.next_page_token;
+        }
     }
 
     /// One room in detail.
@@ -126,14 +137,36 @@ impl Operator {
 
     /// Every session.
     pub async fn sessions(&mut self) -> Result<Vec<proto::SessionInfo>, OperatorError> {
-        let r = self.request(proto::ListSessionsRequest {});
-        Ok(self.client.list_sessions(r).await?.into_inner().sessions)
+        let (mut all, mut token) = (Vec::new(), String::new());
+        loop {
+            let r = self.request(proto::ListSessionsRequest {
+                page_size: 0,
+                page_token: token,
+            });
+            let page = self.client.list_sessions(r).await?.into_inner();
+            all.extend(page.sessions);
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            token = page.next_page_token;
+        }
     }
 
     /// Every MSU.
     pub async fn msus(&mut self) -> Result<Vec<proto::MsuInfo>, OperatorError> {
-        let r = self.request(proto::ListMsusRequest {});
-        Ok(self.client.list_msus(r).await?.into_inner().msus)
+        let (mut all, mut token) = (Vec::new(), String::new());
+        loop {
+            let r = self.request(proto::ListMsusRequest {
+                page_size: 0,
+                page_token: token,
+            });
+            let page = self.client.list_msus(r).await?.into_inner();
+            all.extend(page.msus);
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            token = page.next_page_token;
+        }
     }
 
     /// Removes a user; returns the sessions told.

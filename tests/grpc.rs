@@ -250,7 +250,7 @@ async fn a_grpc_msu_gets_and_answers_invites() {
         .unwrap();
         let msus = common::grpc(&server)
             .await
-            .list_msus(proto::ListMsusRequest {})
+            .list_msus(proto::ListMsusRequest::default())
             .await
             .unwrap()
             .into_inner()
@@ -277,7 +277,7 @@ async fn operator_rpcs_over_websocket_state() {
         b.join("s", "b2", "Bo2").await;
 
         let rooms = client
-            .list_rooms(proto::ListRoomsRequest {})
+            .list_rooms(proto::ListRoomsRequest::default())
             .await
             .unwrap()
             .into_inner()
@@ -314,7 +314,7 @@ async fn operator_rpcs_over_websocket_state() {
         assert_ne!(a1.session_id, room.users[2].session_id);
 
         let sessions = client
-            .list_sessions(proto::ListSessionsRequest {})
+            .list_sessions(proto::ListSessionsRequest::default())
             .await
             .unwrap()
             .into_inner()
@@ -332,7 +332,7 @@ async fn operator_rpcs_over_websocket_state() {
         assert!(sa.peer_addr.starts_with("127.0.0.1:"));
 
         let msus = client
-            .list_msus(proto::ListMsusRequest {})
+            .list_msus(proto::ListMsusRequest::default())
             .await
             .unwrap()
             .into_inner()
@@ -845,7 +845,7 @@ async fn list_then_watch_from_the_cursor_has_no_gap_and_no_duplicate() {
         let mut a = Peer::connect(&server).await;
         a.join("r", "a1", "A").await;
         let listed = client
-            .list_rooms(proto::ListRoomsRequest {})
+            .list_rooms(proto::ListRoomsRequest::default())
             .await
             .unwrap()
             .into_inner();
@@ -899,7 +899,7 @@ async fn list_then_watch_from_the_cursor_has_no_gap_and_no_duplicate() {
             .unwrap_err();
         assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
         let sessions = client
-            .list_sessions(proto::ListSessionsRequest {})
+            .list_sessions(proto::ListSessionsRequest::default())
             .await
             .unwrap()
             .into_inner();
@@ -912,6 +912,68 @@ async fn list_then_watch_from_the_cursor_has_no_gap_and_no_duplicate() {
                 .await
                 .is_ok()
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_come_in_pages() {
+    common::bounded(async move {
+        let server = common::start().await;
+        let mut client = common::grpc(&server).await;
+        let mut sfu = Peer::connect(&server).await;
+        let mut want = Vec::new();
+        for i in 0..25 {
+            let room = format!("room{i:02}");
+            sfu.join(&room, "u", "U").await;
+            want.push(room);
+        }
+        let (mut got, mut token, mut pages) = (Vec::new(), String::new(), Vec::new());
+        loop {
+            let page = client
+                .list_rooms(proto::ListRoomsRequest {
+                    page_size: 10,
+                    page_token: token,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            pages.push(page.rooms.len());
+            got.extend(page.rooms.into_iter().map(|r| r.room_id));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(pages, vec![10, 10, 5]);
+        assert_eq!(got, want, "every room once, in order");
+        // Sessions page by id too.
+        let _others = [Peer::connect(&server).await, Peer::connect(&server).await];
+        let first = client
+            .list_sessions(proto::ListSessionsRequest {
+                page_size: 2,
+                page_token: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let rest = client
+            .list_sessions(proto::ListSessionsRequest {
+                page_size: 2,
+                page_token: first.next_page_token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let ids: Vec<u64> = first
+            .sessions
+            .iter()
+            .chain(&rest.sessions)
+            .map(|s| s.session_id)
+            .collect();
+        assert_eq!(ids.len(), 3);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        assert!(rest.next_page_token.is_empty());
     })
     .await;
 }

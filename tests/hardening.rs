@@ -148,31 +148,31 @@ async fn grpc_auth_by_role() {
         let server = auth_server().await;
         let mut client = common::grpc(&server).await;
         let e = client
-            .list_rooms(proto::ListRoomsRequest {})
+            .list_rooms(proto::ListRoomsRequest::default())
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
         let e = client
-            .list_rooms(with_token(proto::ListRoomsRequest {}, "nope"))
+            .list_rooms(with_token(proto::ListRoomsRequest::default(), "nope"))
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
         let expired = token(SECRET, Role::Admin, &["*"], -3600);
         let e = client
-            .list_rooms(with_token(proto::ListRoomsRequest {}, &expired))
+            .list_rooms(with_token(proto::ListRoomsRequest::default(), &expired))
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated);
         let sfu = token(SECRET, Role::Sfu, &["*"], 60);
         let e = client
-            .list_rooms(with_token(proto::ListRoomsRequest {}, &sfu))
+            .list_rooms(with_token(proto::ListRoomsRequest::default(), &sfu))
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied);
         let admin = token(SECRET, Role::Admin, &["*"], 60);
         assert!(
             client
-                .list_rooms(with_token(proto::ListRoomsRequest {}, &admin))
+                .list_rooms(with_token(proto::ListRoomsRequest::default(), &admin))
                 .await
                 .is_ok()
         );
