@@ -947,8 +947,12 @@ async fn listings_come_in_pages() {
         }
         assert_eq!(pages, vec![10, 10, 5]);
         assert_eq!(got, want, "every room once, in order");
-        // Sessions page by id too.
-        let _others = [Peer::connect(&server).await, Peer::connect(&server).await];
+        // Sessions page by id too. An answered echo shows a session is open
+        // (the upgrade completes a moment before the center registers it).
+        let mut others = [Peer::connect(&server).await, Peer::connect(&server).await];
+        for p in &mut others {
+            p.expect_silence().await;
+        }
         let first = client
             .list_sessions(proto::ListSessionsRequest {
                 page_size: 2,

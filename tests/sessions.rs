@@ -27,8 +27,12 @@ fn url_as(server: &Server, peer: &str) -> String {
 async fn identity_comes_from_the_peer_name_or_the_address() {
     common::bounded(async move {
         let server = common::start().await;
-        let _named = Peer::connect_url(&url_as(&server, "sfu-7")).await;
-        let _anonymous = Peer::connect(&server).await;
+        let mut named = Peer::connect_url(&url_as(&server, "sfu-7")).await;
+        // An answered echo shows the session is open (the upgrade completes a
+        // moment before the center registers it); in this order.
+        named.expect_silence().await;
+        let mut anonymous = Peer::connect(&server).await;
+        anonymous.expect_silence().await;
         let ids: Vec<String> = server
             .center()
             .list_sessions()
