@@ -105,21 +105,41 @@ impl Operator {
         r
     }
 
-    /// Every room.
-    pub async fn rooms(&mut self) -> Result<Vec<proto::RoomSummary>, OperatorError> {
+    /// Every item of a paged listing: `request` makes the request for a
+    /// page token, `call` sends it and returns the page and the next token.
+    async fn every_page<Req, T, Fut>(
+        &self,
+        request: impl Fn(String) -> Req,
+        call: impl Fn(RoomServiceClient<Channel>, tonic::Request<Req>) -> Fut,
+    ) -> Result<Vec<T>, OperatorError>
+    where
+        Fut: std::future::Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+    {
         let (mut all, mut token) = (Vec::new(), String::new());
         loop {
-            let r = self.request(proto::ListRoomsRequest {
-                page_size: 0,
-                page_token: token,
-            });
-            let page = self.client.list_rooms(r).await?.into_inner();
-            all.extend(page.rooms);
-            if page.next_page_token.is_empty() {
+            let r = self.request(request(token));
+            let (items, next) = call(self.client.clone(), r).await?;
+            all.extend(items);
+            if next.is_empty() {
                 return Ok(all);
             }
-            token = page.next_page_token;
+            token = next;
         }
+    }
+
+    /// Every room, page after page.
+    pub async fn rooms(&mut self) -> Result<Vec<proto::RoomSummary>, OperatorError> {
+        self.every_page(
+            |page_token| proto::ListRoomsRequest {
+                page_size: 0,
+                page_token,
+            },
+            |mut client, r| async move {
+                let page = client.list_rooms(r).await?.into_inner();
+                Ok((page.rooms, page.next_page_token))
+            },
+        )
+        .await
     }
 
     /// One room in detail.
@@ -137,36 +157,32 @@ impl Operator {
 
     /// Every session.
     pub async fn sessions(&mut self) -> Result<Vec<proto::SessionInfo>, OperatorError> {
-        let (mut all, mut token) = (Vec::new(), String::new());
-        loop {
-            let r = self.request(proto::ListSessionsRequest {
+        self.every_page(
+            |page_token| proto::ListSessionsRequest {
                 page_size: 0,
-                page_token: token,
-            });
-            let page = self.client.list_sessions(r).await?.into_inner();
-            all.extend(page.sessions);
-            if page.next_page_token.is_empty() {
-                return Ok(all);
-            }
-            token = page.next_page_token;
-        }
+                page_token,
+            },
+            |mut client, r| async move {
+                let page = client.list_sessions(r).await?.into_inner();
+                Ok((page.sessions, page.next_page_token))
+            },
+        )
+        .await
     }
 
     /// Every MSU.
     pub async fn msus(&mut self) -> Result<Vec<proto::MsuInfo>, OperatorError> {
-        let (mut all, mut token) = (Vec::new(), String::new());
-        loop {
-            let r = self.request(proto::ListMsusRequest {
+        self.every_page(
+            |page_token| proto::ListMsusRequest {
                 page_size: 0,
-                page_token: token,
-            });
-            let page = self.client.list_msus(r).await?.into_inner();
-            all.extend(page.msus);
-            if page.next_page_token.is_empty() {
-                return Ok(all);
-            }
-            token = page.next_page_token;
-        }
+                page_token,
+            },
+            |mut client, r| async move {
+                let page = client.list_msus(r).await?.into_inner();
+                Ok((page.msus, page.next_page_token))
+            },
+        )
+        .await
     }
 
     /// Removes a user; returns the sessions told.

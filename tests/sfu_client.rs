@@ -285,24 +285,30 @@ async fn pongs_come_fast_while_the_room_floods() {
     .await;
 }
 
+/// sfu-1 with u1 and sfu-2 with u2 in room1, each having heard of the other.
+async fn two_named_sfus_in_room1(addr: std::net::SocketAddr) -> (Sfu, Sfu) {
+    let mut s1 = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-1").await;
+    let mut s2 = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-2").await;
+    s1.request(
+        "join",
+        json!({"roomId": "room1", "userId": "u1", "userName": "Ann"}),
+    )
+    .await;
+    s2.request(
+        "join",
+        json!({"roomId": "room1", "userId": "u2", "userName": "Ben"}),
+    )
+    .await;
+    s1.expect("newUser").await;
+    (s1, s2)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sfu_that_reconnects_within_the_grace_keeps_its_users_and_streams() {
     common::bounded(async move {
         let (server, clock) = common::start_with_grace(true).await;
         let addr = server.ws_addr();
-        let mut s1 = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-1").await;
-        let mut s2 = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-2").await;
-        s1.request(
-            "join",
-            json!({"roomId": "room1", "userId": "u1", "userName": "Ann"}),
-        )
-        .await;
-        s2.request(
-            "join",
-            json!({"roomId": "room1", "userId": "u2", "userName": "Ben"}),
-        )
-        .await;
-        s1.expect("newUser").await;
+        let (mut s1, mut s2) = two_named_sfus_in_room1(addr).await;
         let publishers = json!([{"pusherId": "u1-video", "rtpParam": rtp_param(4242)}]);
         s1.notify(
             "push",
@@ -361,19 +367,7 @@ async fn an_sfu_that_never_returns_loses_its_users_when_the_grace_ends() {
     common::bounded(async move {
         let (server, clock) = common::start_with_grace(true).await;
         let addr = server.ws_addr();
-        let mut s1 = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-1").await;
-        let mut s2 = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-2").await;
-        s1.request(
-            "join",
-            json!({"roomId": "room1", "userId": "u1", "userName": "Ann"}),
-        )
-        .await;
-        s2.request(
-            "join",
-            json!({"roomId": "room1", "userId": "u2", "userName": "Ben"}),
-        )
-        .await;
-        s1.expect("newUser").await;
+        let (s1, mut s2) = two_named_sfus_in_room1(addr).await;
         s1.reset();
         s2.expect("userDisconnect").await;
         // During the grace a pull for u1 is dropped and counted, never misrouted.
