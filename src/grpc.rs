@@ -372,8 +372,8 @@ async fn watch(
     center: Center,
 ) {
     // The kept events after the cursor first, then the live feed.
-    for event in resumed.backlog {
-        if filter.matches(&event) && tx.send(Ok((*event).clone())).await.is_err() {
+    for event in resumed.backlog() {
+        if filter.matches(&event) && tx.send(Ok(event)).await.is_err() {
             return;
         }
     }

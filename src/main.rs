@@ -260,24 +260,31 @@ fn trim_heap() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim_heap() {}
 
-/// Gives freed heap back after a crowd leaves: every 5 s, when sessions plus
-/// users have fallen by a quarter (and at least 256) from their peak since
-/// the last trim. Users count because those of closed sessions leave only
-/// when their reconnect grace ends. Rare by design: trimming after every
-/// departure brought back the p99 stalls [`tune_allocator`] removed.
+/// Gives freed heap back after a crowd leaves: checked every second (a
+/// coarser sample misses short spikes), once
+/// sessions plus users have fallen by a quarter (and at least 256) from their
+/// peak since the last trim *and* held still for one check. Waiting for the
+/// departures to settle matters: a trim in the middle of them frees little
+/// (live blocks still pin the top of each arena) and resets the peak, so the
+/// rest of the crowd would never trigger another. Users count because those
+/// of closed sessions leave only when their reconnect grace ends. Rare by
+/// design: trimming after every departure brought back the p99 stalls
+/// [`tune_allocator`] removed.
 async fn trim_after_crowds_leave(center: pilot_center::center::Center) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    let mut peak = 0usize;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let (mut peak, mut last) = (0usize, 0usize);
     loop {
         tick.tick().await;
         let (sessions, _, users, _) = center.counts();
         let load = sessions + users;
         peak = peak.max(load);
-        if peak - load >= (peak / 4).max(256) {
+        let settled = load == last;
+        last = load;
+        if settled && peak - load >= (peak / 4).max(256) {
             let started = std::time::Instant::now();
             // Off the runtime's workers: a trim of a large heap takes a while.
             let _ = tokio::task::spawn_blocking(trim_heap).await;
-            tracing::debug!(from = peak, to = load, took = ?started.elapsed(), "heap trimmed after sessions and users left");
+            tracing::info!(from = peak, to = load, took = ?started.elapsed(), "heap trimmed after sessions and users left");
             peak = load;
         }
     }

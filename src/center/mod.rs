@@ -290,7 +290,7 @@ impl Center {
         let reclaimed = state.rooms.open_session(id, &identity, &mut fx);
         // The opening comes first on the feed, then what it took back.
         state.registry.emit(
-            "",
+            String::new(),
             EventKind::SessionOpened,
             Event::SessionOpened(proto::SessionOpened {
                 users_reclaimed: reclaimed,

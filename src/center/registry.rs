@@ -2,12 +2,13 @@
 //! information, and the event feed's sequence. It carries the [`Effects`]
 //! of the rules to sessions and watchers, in the order they were made.
 
+use super::feed::{EncodedEvents, EventLog};
 use super::rules::Effects;
 use super::{Outbound, Outlet, OutletError, PeerInfo, SessionId, SessionStats, timestamp};
 use crate::error::CenterError;
 use crate::metrics::{Metrics, StateGauges};
 use crate::proto::{self, EventKind, watch_events_response::Event};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
@@ -45,17 +46,24 @@ pub struct Registry {
     feed: broadcast::Sender<Arc<proto::WatchEventsResponse>>,
     /// Sequence number of the last feed event.
     seq: u64,
-    /// The last `log_capacity` events, for watchers that resume from a cursor.
-    log: VecDeque<Arc<proto::WatchEventsResponse>>,
-    log_capacity: usize,
+    /// The last events, for watchers that resume from a cursor.
+    log: EventLog,
 }
 
 /// A resumed watch: the kept events after the cursor, then the live feed.
 pub struct Resumed {
-    /// Events after the cursor, oldest first.
-    pub backlog: Vec<Arc<proto::WatchEventsResponse>>,
+    /// Events after the cursor, oldest first, still encoded: they are
+    /// decoded by [`Resumed::backlog`] outside the center's lock.
+    encoded: EncodedEvents,
     /// Everything from the first event after `backlog`.
     pub live: broadcast::Receiver<Arc<proto::WatchEventsResponse>>,
+}
+
+impl Resumed {
+    /// The kept events after the cursor, oldest first.
+    pub fn backlog(&self) -> impl Iterator<Item = proto::WatchEventsResponse> + '_ {
+        self.encoded.decode()
+    }
 }
 
 impl Registry {
@@ -68,8 +76,7 @@ impl Registry {
             sessions: HashMap::new(),
             feed,
             seq: 0,
-            log: VecDeque::new(),
-            log_capacity,
+            log: EventLog::new(log_capacity),
         }
     }
 
@@ -86,7 +93,7 @@ impl Registry {
         let live = self.feed.subscribe();
         let Some(after) = after else {
             return Ok(Resumed {
-                backlog: Vec::new(),
+                encoded: EncodedEvents::default(),
                 live,
             });
         };
@@ -103,9 +110,9 @@ impl Registry {
                 self.seq
             )));
         }
-        let skip = usize::try_from(after + 1 - oldest_kept).unwrap_or(usize::MAX);
+        let newer = usize::try_from(self.seq - after).unwrap_or(usize::MAX);
         Ok(Resumed {
-            backlog: self.log.iter().skip(skip).cloned().collect(),
+            encoded: self.log.newest(newer),
             live,
         })
     }
@@ -148,7 +155,7 @@ impl Registry {
             }
         }
         for (room_id, kind, event) in fx.events {
-            self.emit(&room_id, kind, event);
+            self.emit(room_id, kind, event);
         }
         if fx.pulls_dropped > 0 {
             metrics.pulls_dropped.inc_by(fx.pulls_dropped);
@@ -183,24 +190,19 @@ impl Registry {
 
     /// Puts one event on the feed and in the log. The sequence number
     /// advances with every event, so watchers see no gaps.
-    pub fn emit(&mut self, room_id: &str, kind: EventKind, event: Event) {
+    pub fn emit(&mut self, room_id: String, kind: EventKind, event: Event) {
         self.seq += 1;
-        let event = Arc::new(proto::WatchEventsResponse {
+        let event = proto::WatchEventsResponse {
             seq: self.seq,
             time: Some(timestamp(SystemTime::now())),
-            room_id: room_id.to_owned(),
+            room_id,
             kind: kind.into(),
             event: Some(event),
-        });
-        if self.log_capacity > 0 {
-            if self.log.len() == self.log_capacity {
-                self.log.pop_front();
-            }
-            self.log.push_back(event.clone());
-        }
+        };
+        self.log.push(&event);
         if self.feed.receiver_count() > 0 {
             // Err only means every receiver went away meanwhile.
-            let _ = self.feed.send(event);
+            let _ = self.feed.send(Arc::new(event));
         }
     }
 
