@@ -17,6 +17,8 @@
 //!   rate limits. Both enforced the same way for both front ends.
 //! - [`admin`]: the HTTP admin listener (`/metrics`, `/healthz`, `/readyz`);
 //!   [`metrics`]: the Prometheus registry.
+//! - [`operator`]: the operator CLI, a gRPC client; [`view`]: listings and
+//!   events as tables and JSON, for the CLI and the admin page.
 //! - [`config`]: `center.yaml`. [`tls`]: certificates. [`server`]: wiring of
 //!   listeners and graceful shutdown. [`telemetry`]: logging.
 //! - `main.rs`: the command line, nothing else.
@@ -37,6 +39,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod translate;
 pub mod transport;
+pub mod view;
 
 /// Code generated from `proto/pilot/v1/center.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -7,6 +7,7 @@ use pilot_center::config::Config;
 use pilot_center::operator::{self, Operator};
 use pilot_center::server::Server;
 use pilot_center::telemetry::{self, LogOptions};
+use pilot_center::view;
 use std::path::PathBuf;
 use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -178,10 +179,10 @@ async fn operate(command: Command) -> anyhow::Result<()> {
     let mut op = Operator::connect(&remote.addr, remote.token.as_deref()).await?;
     let text = match &command {
         Command::Token { .. } => String::new(),
-        Command::Rooms(_) => operator::show_rooms(&op.rooms().await?, json),
-        Command::Room { room_id, .. } => operator::show_room(&op.room(room_id).await?, json),
-        Command::Sessions(_) => operator::show_sessions(&op.sessions().await?, json),
-        Command::Msus(_) => operator::show_msus(&op.msus().await?, json),
+        Command::Rooms(_) => view::show_rooms(&op.rooms().await?, json),
+        Command::Room { room_id, .. } => view::show_room(&op.room(room_id).await?, json),
+        Command::Sessions(_) => view::show_sessions(&op.sessions().await?, json),
+        Command::Msus(_) => view::show_msus(&op.msus().await?, json),
         Command::Kick {
             room_id, user_id, ..
         } => {
@@ -210,7 +211,7 @@ async fn operate(command: Command) -> anyhow::Result<()> {
                     r = tokio::signal::ctrl_c() => { r?; None }
                 };
                 let Some(event) = event else { break };
-                out.write_all(operator::show_event(&event, json).as_bytes())?;
+                out.write_all(view::show_event(&event, json).as_bytes())?;
                 out.flush()?;
             }
             String::new()

@@ -282,9 +282,10 @@ impl Server {
             let state = AdminState {
                 center: center.clone(),
                 ready: ready.clone(),
+                auth: auth.clone(),
             };
             let task = tokio::spawn(admin::serve(listener, state, admin_stop.clone()));
-            tracing::info!(addr = %addr, "admin listening (/metrics, /healthz, /readyz)");
+            tracing::info!(addr = %addr, "admin listening (/ admin page, /metrics, /healthz, /readyz)");
             Some((addr, task))
         } else {
             None

@@ -1,7 +1,8 @@
-//! Interop with clients nobody here wrote: npm `protoo-client` over wss, and
-//! a Python gRPC client that only uses server reflection. They need Node and
-//! Python packages, so they are `#[ignore]`d in a plain `cargo test` and run
-//! by `.ci/run` (which installs the packages) with `--ignored`.
+//! Interop with clients nobody here wrote: npm `protoo-client` over wss, a
+//! Python gRPC client that only uses server reflection, the real grpcurl,
+//! and the admin page in Debian's Chromium. They need Node and Python
+//! packages and a browser, so they are `#[ignore]`d in a plain `cargo test`
+//! and run by `.ci/run` (which installs them) with `--ignored`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
@@ -30,6 +31,49 @@ async fn npm_protoo_client_over_wss() {
         let server = common::start_tls().await;
         let url = server.ws_url();
         run("node", &["protoo_client.js", &url]).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and tests/interop/node_modules (npm ci); run by .ci/run"]
+async fn the_admin_page_in_a_real_browser() {
+    common::bounded(async move {
+        let server = common::start().await;
+        let url = server.ws_url();
+        let admin = format!("http://{}/", server.admin_addr().unwrap());
+        // Kept for people to look at: CI keeps target/test-artifacts.
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-artifacts");
+        std::fs::create_dir_all(dir).unwrap();
+        let shot = format!("{dir}/admin-page.png");
+        let _ = std::fs::remove_file(&shot);
+        run("node", &["admin_page.js", &url, &admin, &shot]).await;
+        let png = std::fs::read(&shot).expect("screenshot written");
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and tests/interop/node_modules (npm ci); run by .ci/run"]
+async fn the_admin_page_asks_for_and_uses_an_admin_token() {
+    common::bounded(async move {
+        const SECRET: &str = "admin-page-secret-0123456789";
+        let auth = format!("  enabled: true\n  hs256_secret: \"{SECRET}\"\n");
+        let config = common::config_full(false, "", "", "", "  messages_per_sec: 0\n", &auth);
+        let server = pilot_center::server::Server::start(&config).await.unwrap();
+        let sfu = common::token(SECRET, pilot_center::auth::Role::Sfu, &["*"], 600);
+        let admin_token = common::token(SECRET, pilot_center::auth::Role::Admin, &["*"], 600);
+        let url = format!("{}?token={sfu}", server.ws_url());
+        let admin = format!("http://{}/", server.admin_addr().unwrap());
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-artifacts");
+        std::fs::create_dir_all(dir).unwrap();
+        let shot = format!("{dir}/admin-page-auth.png");
+        run(
+            "node",
+            &["admin_page.js", &url, &admin, &shot, &admin_token],
+        )
+        .await;
     })
     .await;
 }

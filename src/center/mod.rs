@@ -381,51 +381,31 @@ impl Center {
     /// Every session, and the feed's cursor at which the list was taken.
     pub fn list_sessions_at(&self) -> (Vec<proto::SessionInfo>, u64) {
         let state = self.inner.state.lock();
-        let cursor = state.registry.cursor();
-        let sessions = state
-            .registry
-            .sorted()
-            .into_iter()
-            .map(|(id, s)| {
-                let (_, user_count, msu_ids) = state.rooms.session_view(id).unwrap_or_default();
-                proto::SessionInfo {
-                    session_id: id,
-                    peer_addr: s.peer.addr.clone(),
-                    transport: s.peer.transport.into(),
-                    user_count,
-                    connected_at: Some(timestamp(s.connected_at)),
-                    messages_in: s.stats.messages_in.load(Ordering::Relaxed),
-                    messages_out: s.stats.messages_out.load(Ordering::Relaxed),
-                    msu_ids,
-                    peer_id: s.peer.identity.clone(),
-                    queue_depth: u32::try_from(s.outlet.depth()).unwrap_or(u32::MAX),
-                }
-            })
-            .collect();
-        (sessions, cursor)
+        (sessions_of(&state), state.registry.cursor())
     }
 
     /// Every MSU, sorted by id.
     pub fn list_msus(&self) -> Vec<proto::MsuInfo> {
+        msus_of(&self.inner.state.lock())
+    }
+
+    /// What the admin page shows, read under one lock so that it is one
+    /// moment of the center: the first `max_rooms` rooms (by id) in detail,
+    /// every session and MSU, and the feed's cursor to follow on from.
+    pub fn overview(&self, max_rooms: usize) -> Overview {
         let state = self.inner.state.lock();
-        state
-            .rooms
-            .msus()
-            .into_iter()
-            .map(|(msu_id, session_id, room_ids, registered_at)| {
-                let seen_ms = state
-                    .registry
-                    .get(session_id)
-                    .map_or(0, |s| s.stats.last_seen_ms.load(Ordering::Relaxed));
-                let seen = SystemTime::UNIX_EPOCH + Duration::from_millis(seen_ms);
-                proto::MsuInfo {
-                    msu_id,
-                    session_id,
-                    room_ids,
-                    last_seen: Some(timestamp(seen.max(registered_at))),
-                }
-            })
-            .collect()
+        let summaries = state.rooms.list_rooms();
+        Overview {
+            rooms_total: summaries.len(),
+            rooms: summaries
+                .iter()
+                .take(max_rooms)
+                .filter_map(|r| state.rooms.get_room(&r.room_id).ok())
+                .collect(),
+            sessions: sessions_of(&state),
+            msus: msus_of(&state),
+            cursor: state.registry.cursor(),
+        }
     }
 
     /// Removes a user; every session of the room (its own too) gets `userLeave`.
@@ -455,6 +435,65 @@ impl Center {
         let (rooms, users, msus) = state.rooms.counts();
         (state.registry.len(), rooms, users, msus)
     }
+}
+
+/// One moment of the center, for the admin page (see [`Center::overview`]).
+#[derive(Debug, Clone, Default)]
+pub struct Overview {
+    /// The first rooms by id, in detail.
+    pub rooms: Vec<proto::RoomDetail>,
+    /// How many rooms there are in all.
+    pub rooms_total: usize,
+    /// Every session, sorted by id.
+    pub sessions: Vec<proto::SessionInfo>,
+    /// Every MSU, sorted by id.
+    pub msus: Vec<proto::MsuInfo>,
+    /// The feed's sequence number at that moment.
+    pub cursor: u64,
+}
+
+fn sessions_of(state: &Shared) -> Vec<proto::SessionInfo> {
+    state
+        .registry
+        .sorted()
+        .into_iter()
+        .map(|(id, s)| {
+            let (_, user_count, msu_ids) = state.rooms.session_view(id).unwrap_or_default();
+            proto::SessionInfo {
+                session_id: id,
+                peer_addr: s.peer.addr.clone(),
+                transport: s.peer.transport.into(),
+                user_count,
+                connected_at: Some(timestamp(s.connected_at)),
+                messages_in: s.stats.messages_in.load(Ordering::Relaxed),
+                messages_out: s.stats.messages_out.load(Ordering::Relaxed),
+                msu_ids,
+                peer_id: s.peer.identity.clone(),
+                queue_depth: u32::try_from(s.outlet.depth()).unwrap_or(u32::MAX),
+            }
+        })
+        .collect()
+}
+
+fn msus_of(state: &Shared) -> Vec<proto::MsuInfo> {
+    state
+        .rooms
+        .msus()
+        .into_iter()
+        .map(|(msu_id, session_id, room_ids, registered_at)| {
+            let seen_ms = state
+                .registry
+                .get(session_id)
+                .map_or(0, |s| s.stats.last_seen_ms.load(Ordering::Relaxed));
+            let seen = SystemTime::UNIX_EPOCH + Duration::from_millis(seen_ms);
+            proto::MsuInfo {
+                msu_id,
+                session_id,
+                room_ids,
+                last_seen: Some(timestamp(seen.max(registered_at))),
+            }
+        })
+        .collect()
 }
 
 /// One peer session's access to the center. Dropping it closes the session.

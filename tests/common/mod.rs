@@ -405,12 +405,32 @@ pub fn rtp_param(ssrc: u64) -> Value {
 
 /// A plain HTTP/1.1 GET over a fresh connection: (status, body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path, "", "").await
+}
+
+/// One HTTP/1.1 request over a fresh connection (`headers`: lines ending in
+/// `\r\n`; a body gets its length): (status, body).
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut out = String::new();
     tokio::time::timeout(WAIT, async {
         let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let length = if body.is_empty() && method == "GET" {
+            String::new()
+        } else {
+            format!("Content-Length: {}\r\n", body.len())
+        };
         tcp.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}{length}\r\n{body}"
+            )
+            .as_bytes(),
         )
         .await
         .expect("write");

@@ -1,0 +1,308 @@
+//! The HTTP admin listener: the live admin page (`/`), its JSON API
+//! (`/api/...`), `/metrics` (Prometheus text), `/healthz` (process alive) and
+//! `/readyz` (listeners up and not draining).
+//!
+//! The page is one HTML file embedded in the binary (no build step, no CDN).
+//! It reads [`Center::overview`] and follows the event feed from that
+//! overview's cursor, so it misses nothing between the two; actions (kick,
+//! close a room, send text) call the same room-service API as gRPC. With auth
+//! on, every `/api` call needs an admin token (`Authorization: Bearer`); the
+//! page itself holds no data. Actions take JSON bodies only, so a form on
+//! another site cannot post them (a cross-origin JSON post needs a CORS
+//! preflight, which this listener never grants).
+
+use crate::auth::{self, Authenticator, Role};
+use crate::center::{Center, Overview};
+use crate::error::CenterError;
+use crate::view;
+use axum::Router;
+use axum::extract::{Json, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+/// The page, embedded at build time.
+const PAGE: &str = include_str!("page.html");
+
+/// Rooms the page shows in detail; the rest are counted. The page is for
+/// people: a list longer than this is for `pilot-center rooms` or gRPC.
+pub const PAGE_ROOMS: usize = 500;
+
+/// Events buffered per page on their way out; a page that falls further
+/// behind waits (the producer waits, then the feed marks it lagged).
+const PAGE_EVENTS_QUEUE: usize = 1024;
+
+/// What the admin handlers read.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The room service (for state gauges, metrics, the page and its actions).
+    pub center: Center,
+    /// True once every listener is up; false again while draining.
+    pub ready: Arc<AtomicBool>,
+    /// Verifies admin tokens for `/api`; `None` when auth is off.
+    pub auth: Option<Arc<Authenticator>>,
+}
+
+/// [`AdminState`] plus the stop signal that ends event streams.
+#[derive(Clone)]
+struct Shared {
+    state: AdminState,
+    stop: CancellationToken,
+}
+
+async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
+    let center = &s.state.center;
+    let body = center.metrics().render(&center.state_gauges());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
+    if s.state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn page() -> impl IntoResponse {
+    (
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            // Everything the page needs is in it; nothing may be loaded from elsewhere.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+            ),
+        ],
+        Html(PAGE),
+    )
+}
+
+/// An `/api` refusal: HTTP status and `{"error": code, "reason": text}`.
+struct ApiError(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let ApiError(status, code, reason) = self;
+        (status, Json(json!({"error": code, "reason": reason}))).into_response()
+    }
+}
+
+impl From<CenterError> for ApiError {
+    fn from(e: CenterError) -> Self {
+        let status =
+            StatusCode::from_u16(e.protoo_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let code = match status {
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::BAD_REQUEST => "invalid_argument",
+            StatusCode::FORBIDDEN => "permission_denied",
+            StatusCode::CONFLICT => "conflict",
+            StatusCode::TOO_MANY_REQUESTS => "limit_reached",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            _ => "internal",
+        };
+        ApiError(status, code, e.to_string())
+    }
+}
+
+/// Lets the call through when auth is off, or with an admin token.
+fn require_admin(s: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(auth) = &s.state.auth else {
+        return Ok(());
+    };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(auth::bearer)
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "an admin token is required (Authorization: Bearer TOKEN)".into(),
+            )
+        })?;
+    let grant = auth
+        .verify(token)
+        .map_err(|e| ApiError(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()))?;
+    if grant.role != Role::Admin {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            format!("{:?} tokens may not use the admin page", grant.role).to_lowercase(),
+        ));
+    }
+    Ok(())
+}
+
+/// The page's view of the center at one moment, with the cursor to follow.
+fn overview_json(o: &Overview) -> Value {
+    json!({
+        "cursor": o.cursor,
+        "roomsTotal": o.rooms_total,
+        "rooms": o.rooms.iter().map(view::room_json).collect::<Vec<_>>(),
+        "sessions": o.sessions.iter().map(view::session_json).collect::<Vec<_>>(),
+        "msus": o.msus.iter().map(view::msu_json).collect::<Vec<_>>(),
+    })
+}
+
+async fn overview(State(s): State<Shared>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers)?;
+    Ok(Json(overview_json(&s.state.center.overview(PAGE_ROOMS))))
+}
+
+/// `GET /api/events?after=CURSOR`: server-sent events, one per feed event
+/// (`id` is its `seq`), from just after the cursor. An `after` older than the
+/// kept window gets 400 `out_of_range`: reload the overview and follow on.
+async fn events(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&s, &headers)?;
+    let after = match auth::query_param(query.as_deref(), "after") {
+        None => None,
+        Some(v) => Some(v.parse::<u64>().map_err(|_| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                format!("after: not a cursor: {v:?}"),
+            )
+        })?),
+    };
+    let resumed = s.state.center.resume(after)?;
+    let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(PAGE_EVENTS_QUEUE);
+    // The producer is a task, so a page that went away is noticed by a failed
+    // send, and the stop signal ends the stream (the listener's graceful
+    // shutdown waits for open responses).
+    tokio::spawn(async move {
+        let sse = |e: &crate::proto::WatchEventsResponse| {
+            SseEvent::default()
+                .id(e.seq.to_string())
+                .data(view::event_json(e).to_string())
+        };
+        for event in resumed.backlog() {
+            if tx.send(Ok(sse(&event))).await.is_err() {
+                return;
+            }
+        }
+        let mut feed = resumed.live;
+        loop {
+            let item = tokio::select! {
+                () = s.stop.cancelled() => return,
+                () = tx.closed() => return,
+                item = feed.recv() => item,
+            };
+            let out = match item {
+                Ok(event) => sse(&event),
+                // The page reloads the overview and follows on from there.
+                Err(broadcast::error::RecvError::Lagged(skipped)) => SseEvent::default()
+                    .event("lagged")
+                    .data(json!({"skipped": skipped}).to_string()),
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            if tx.send(Ok(out)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))
+}
+
+/// Body of `POST /api/kick`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KickBody {
+    room_id: String,
+    user_id: String,
+}
+
+/// Body of `POST /api/close`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CloseBody {
+    room_id: String,
+}
+
+/// Body of `POST /api/say`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SayBody {
+    room_id: String,
+    message: String,
+}
+
+async fn kick(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Json(b): Json<KickBody>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers)?;
+    let n = s.state.center.remove_user(&b.room_id, &b.user_id)?;
+    tracing::info!(room.id = %b.room_id, user.id = %b.user_id, "user removed from the admin page");
+    Ok(Json(json!({"sessionsNotified": n})))
+}
+
+async fn close(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Json(b): Json<CloseBody>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers)?;
+    let n = s.state.center.close_room(&b.room_id)?;
+    tracing::info!(room.id = %b.room_id, "room closed from the admin page");
+    Ok(Json(json!({"usersRemoved": n})))
+}
+
+async fn say(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    Json(b): Json<SayBody>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers)?;
+    let n = s.state.center.send_text(&b.room_id, "", "", &b.message)?;
+    Ok(Json(json!({"sessionsReached": n})))
+}
+
+/// Serves the admin endpoints on `listener` until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationToken) {
+    let app = Router::new()
+        .route("/", get(page))
+        .route("/api/overview", get(overview))
+        .route("/api/events", get(events))
+        .route("/api/kick", post(kick))
+        .route("/api/close", post(close))
+        .route("/api/say", post(say))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(Shared {
+            state,
+            stop: stop.clone(),
+        });
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "admin listener failed");
+    }
+}

@@ -1,0 +1,289 @@
+//! What operators see: listings and events as tables for people and as
+//! JSON for scripts and the admin page. The operator CLI and the admin
+//! page's API both use these, so a field is named the same in both.
+
+use crate::proto::{self, EventKind};
+use serde_json::{Value, json};
+
+/// A room of `rooms`, as JSON.
+pub fn room_summary_json(r: &proto::RoomSummary) -> Value {
+    json!({"roomId": r.room_id, "users": r.user_count, "sessions": r.session_count, "msuId": r.msu_id})
+}
+
+/// A room in detail, as JSON: its users with their session (0: unbound,
+/// waiting out the reconnect grace) and pushers.
+pub fn room_json(room: &proto::RoomDetail) -> Value {
+    let users: Vec<Value> = room
+        .users
+        .iter()
+        .map(|u| {
+            let pushers: Vec<&str> = u.pushers.iter().map(|p| p.pusher_id.as_str()).collect();
+            json!({"userId": u.user_id, "userName": u.user_name, "audience": u.audience, "sessionId": u.session_id, "pushers": pushers})
+        })
+        .collect();
+    json!({"roomId": room.room_id, "msuId": room.msu_id, "sessionIds": room.session_ids, "users": users})
+}
+
+/// A session, as JSON.
+pub fn session_json(s: &proto::SessionInfo) -> Value {
+    json!({"sessionId": s.session_id, "peerId": s.peer_id, "transport": transport(s.transport), "peerAddr": s.peer_addr, "users": s.user_count, "queueDepth": s.queue_depth, "messagesIn": s.messages_in, "messagesOut": s.messages_out, "msuIds": s.msu_ids, "connectedAt": time(s.connected_at.as_ref())})
+}
+
+/// An MSU, as JSON.
+pub fn msu_json(m: &proto::MsuInfo) -> Value {
+    json!({"msuId": m.msu_id, "sessionId": m.session_id, "roomIds": m.room_ids, "lastSeen": time(m.last_seen.as_ref())})
+}
+
+/// An event of the feed, as JSON.
+pub fn event_json(e: &proto::WatchEventsResponse) -> Value {
+    json!({"seq": e.seq, "time": time(e.time.as_ref()), "roomId": e.room_id, "kind": kind_name(e.kind), "detail": event_detail(e)})
+}
+
+/// The short name of an event kind (`user_joined`).
+pub fn kind_name(kind: i32) -> String {
+    EventKind::try_from(kind)
+        .map(|k| k.as_str_name())
+        .unwrap_or("EVENT_KIND_UNSPECIFIED")
+        .trim_start_matches("EVENT_KIND_")
+        .to_ascii_lowercase()
+}
+
+/// Left-aligned columns under a header, two spaces apart.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        s.trim_end().to_owned()
+    };
+    let mut out = line(header.to_vec());
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+        out.push('\n');
+    }
+    out
+}
+
+fn time(t: Option<&prost_types::Timestamp>) -> String {
+    t.map(|t| {
+        let at = std::time::UNIX_EPOCH
+            + std::time::Duration::new(
+                u64::try_from(t.seconds).unwrap_or(0),
+                u32::try_from(t.nanos).unwrap_or(0),
+            );
+        humantime::format_rfc3339_seconds(at).to_string()
+    })
+    .unwrap_or_default()
+}
+
+fn transport(t: i32) -> String {
+    proto::Transport::try_from(t)
+        .map(|t| t.as_str_name())
+        .unwrap_or("TRANSPORT_UNSPECIFIED")
+        .trim_start_matches("TRANSPORT_")
+        .to_ascii_lowercase()
+}
+
+/// `rooms`, as a table or JSON.
+pub fn show_rooms(rooms: &[proto::RoomSummary], as_json: bool) -> String {
+    if as_json {
+        let v: Vec<Value> = rooms.iter().map(room_summary_json).collect();
+        return format!("{}\n", Value::from(v));
+    }
+    let rows: Vec<Vec<String>> = rooms
+        .iter()
+        .map(|r| {
+            vec![
+                r.room_id.clone(),
+                r.user_count.to_string(),
+                r.session_count.to_string(),
+                r.msu_id.clone(),
+            ]
+        })
+        .collect();
+    table(&["ROOM", "USERS", "SESSIONS", "MSU"], &rows)
+}
+
+/// `room ID`, as a table or JSON.
+pub fn show_room(room: &proto::RoomDetail, as_json: bool) -> String {
+    if as_json {
+        return format!("{}\n", room_json(room));
+    }
+    let rows: Vec<Vec<String>> = room
+        .users
+        .iter()
+        .map(|u| {
+            vec![
+                u.user_id.clone(),
+                u.user_name.clone(),
+                if u.session_id == 0 {
+                    "-".to_owned()
+                } else {
+                    u.session_id.to_string()
+                },
+                if u.audience { "yes" } else { "" }.to_owned(),
+                u.pushers
+                    .iter()
+                    .map(|p| p.pusher_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]
+        })
+        .collect();
+    format!(
+        "room {}  msu {}  sessions {:?}\n{}",
+        room.room_id,
+        if room.msu_id.is_empty() {
+            "-"
+        } else {
+            &room.msu_id
+        },
+        room.session_ids,
+        table(&["USER", "NAME", "SESSION", "AUDIENCE", "PUSHERS"], &rows)
+    )
+}
+
+/// `sessions`, as a table or JSON.
+pub fn show_sessions(sessions: &[proto::SessionInfo], as_json: bool) -> String {
+    if as_json {
+        let v: Vec<Value> = sessions.iter().map(session_json).collect();
+        return format!("{}\n", Value::from(v));
+    }
+    let rows: Vec<Vec<String>> = sessions
+        .iter()
+        .map(|s| {
+            vec![
+                s.session_id.to_string(),
+                s.peer_id.clone(),
+                transport(s.transport),
+                s.peer_addr.clone(),
+                s.user_count.to_string(),
+                s.queue_depth.to_string(),
+                format!("{}/{}", s.messages_in, s.messages_out),
+                s.msu_ids.join(","),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SESSION",
+            "PEER",
+            "TRANSPORT",
+            "ADDRESS",
+            "USERS",
+            "QUEUE",
+            "IN/OUT",
+            "MSUS",
+        ],
+        &rows,
+    )
+}
+
+/// `msus`, as a table or JSON.
+pub fn show_msus(msus: &[proto::MsuInfo], as_json: bool) -> String {
+    if as_json {
+        let v: Vec<Value> = msus.iter().map(msu_json).collect();
+        return format!("{}\n", Value::from(v));
+    }
+    let rows: Vec<Vec<String>> = msus
+        .iter()
+        .map(|m| {
+            vec![
+                m.msu_id.clone(),
+                m.session_id.to_string(),
+                m.room_ids.len().to_string(),
+                time(m.last_seen.as_ref()),
+            ]
+        })
+        .collect();
+    table(&["MSU", "SESSION", "ROOMS", "LAST SEEN"], &rows)
+}
+
+/// What an event says beyond its kind and room, as `key=value` words.
+pub fn event_detail(e: &proto::WatchEventsResponse) -> String {
+    use proto::watch_events_response::Event;
+    match &e.event {
+        Some(Event::UserJoined(x)) => format!(
+            "user={} name={} session={}",
+            x.user_id, x.user_name, x.session_id
+        ),
+        Some(Event::UserLeft(x)) => format!("user={} reason={}", x.user_id, x.reason),
+        Some(Event::UserDisconnected(x)) => format!("user={} reason={}", x.user_id, x.reason),
+        Some(Event::UserReconnected(x)) => format!(
+            "user={} session={} reason={}",
+            x.user_id, x.session_id, x.reason
+        ),
+        Some(Event::SessionOpened(x)) => format!(
+            "session={} peer={} addr={} reclaimed={}",
+            x.session_id, x.peer_id, x.peer_addr, x.users_reclaimed
+        ),
+        Some(Event::SessionClosed(x)) => format!("session={} reason={}", x.session_id, x.reason),
+        Some(Event::TextMessage(x)) => format!("user={} message={:?}", x.user_id, x.message),
+        Some(Event::Lagged(x)) => format!("skipped={}", x.skipped),
+        Some(Event::RoomCreated(_) | Event::RoomClosed(_)) | None => String::new(),
+        Some(Event::PusherAdded(x)) => format!(
+            "user={} pushers={}",
+            x.user_id,
+            x.pushers
+                .iter()
+                .map(|p| p.pusher_id.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        Some(Event::PullForwarded(x)) => format!(
+            "pusher={} of user={} from session={} to session={}",
+            x.pusher_id, x.pusher_user_id, x.from_session_id, x.to_session_id
+        ),
+        Some(Event::MsuRegistered(x)) => format!("msu={} session={}", x.msu_id, x.session_id),
+        Some(Event::MsuInvited(x)) => format!("msu={}", x.msu_id),
+        Some(Event::MsuLost(x)) => format!("msu={} rooms={}", x.msu_id, x.room_ids.join(",")),
+    }
+}
+
+/// One event of `watch`, as a line of text or JSON.
+pub fn show_event(e: &proto::WatchEventsResponse, as_json: bool) -> String {
+    if as_json {
+        return format!("{}\n", event_json(e));
+    }
+    let detail = event_detail(e);
+    format!(
+        "{:>6}  {}  {:<12}  {:<18}  {}\n",
+        e.seq,
+        time(e.time.as_ref()),
+        if e.room_id.is_empty() {
+            "-"
+        } else {
+            &e.room_id
+        },
+        kind_name(e.kind),
+        detail
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_names_are_short() {
+        assert_eq!(kind_name(EventKind::UserLeft.into()), "user_left");
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(&["A", "BB"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A    BB\nxyz  1\n");
+    }
+}
