@@ -652,6 +652,116 @@ async fn sigterm_stops_the_binary_gracefully() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_never_appear_in_the_logs_even_at_debug() {
+    common::bounded(async move {
+        const SECRET: &str = "log-secret-0123456789";
+        let dir = std::env::temp_dir().join(format!("pilot-logs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("center.yaml");
+        std::fs::write(
+            &config,
+            format!("websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\ngrpc:\n  listen_ip: 127.0.0.1\n  listen_port: 0\nadmin:\n  listen_ip: 127.0.0.1\n  listen_port: 0\ncenter:\n  shutdown_grace_secs: 5\nauth:\n  enabled: true\n  hs256_secret: \"{SECRET}\"\n"),
+        )
+        .unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pilot-center"))
+            .arg(&config)
+            .args(["--log-level", "debug"])
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines =
+            tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stderr.take().unwrap()));
+        let mut log = String::new();
+        let (mut ws, mut grpc, mut admin) = (None, None, None);
+        let addr_after = |line: &str, what: &str| {
+            line.contains(what)
+                .then(|| line.split(" addr=").nth(1))
+                .flatten()
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_owned)
+        };
+        while ws.is_none() || grpc.is_none() || admin.is_none() {
+            let line = tokio::time::timeout(WAIT, lines.next_line())
+                .await
+                .unwrap()
+                .unwrap()
+                .expect("a log line");
+            ws = ws.or(addr_after(&line, "websocket listening"));
+            grpc = grpc.or(addr_after(&line, "grpc listening"));
+            admin = admin.or(addr_after(&line, "admin listening"));
+            log.push_str(&line);
+        }
+        let (ws, grpc, admin) = (ws.unwrap(), grpc.unwrap(), admin.unwrap());
+        let sfu = token(SECRET, Role::Sfu, &["*"], 600);
+        let sfu2 = token(SECRET, Role::Sfu, &["*"], 601);
+        let admin_token = token(SECRET, Role::Admin, &["*"], 600);
+        let expired = token(SECRET, Role::Sfu, &["*"], -600);
+
+        // A token in the query string, one in a header, one refused.
+        let url = format!("ws://{ws}/pilot/center");
+        let mut a = Peer::connect_url(&format!("{url}?token={sfu}")).await;
+        a.join("r", "a", "A").await;
+        let mut b = Peer::connect_with(&url, Some(&sfu2)).await;
+        b.join("r", "b", "B").await;
+        a.expect("newUser").await;
+        assert_eq!(
+            upgrade_status(ws.parse().unwrap(), &format!("/pilot/center?token={expired}"), "").await,
+            401
+        );
+        // gRPC metadata and the admin page's API.
+        let mut client =
+            proto::room_service_client::RoomServiceClient::connect(format!("http://{grpc}"))
+                .await
+                .unwrap();
+        let mut request = tonic::Request::new(proto::ListRoomsRequest::default());
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {admin_token}").parse().unwrap(),
+        );
+        client.list_rooms(request).await.unwrap();
+        let (status, _) = common::http(
+            admin.parse().unwrap(),
+            "GET",
+            "/api/overview",
+            &format!("Authorization: Bearer {admin_token}\r\n"),
+            "",
+        )
+        .await;
+        assert_eq!(status, 200);
+        a.request("echo", json!({})).await;
+
+        let pid = child.id().unwrap().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        while let Some(line) = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            log.push_str(&line);
+        }
+        // The debug log did see these sessions (so the check has teeth) ...
+        assert!(log.contains("DEBUG"), "{log}");
+        assert!(log.contains("join"), "{log}");
+        // ... and no token, nor the signature that makes one usable.
+        for t in [&sfu, &sfu2, &admin_token, &expired] {
+            let signature = t.rsplit('.').next().unwrap();
+            assert!(!log.contains(signature), "a token in the log: {log}");
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_in_every_method_is_answered_and_harmless() {
     common::bounded(async move {
         let server = common::start().await;
