@@ -224,9 +224,19 @@ pub struct GrpcConfig {
     /// PEM private key.
     #[serde(default)]
     pub key_path: PathBuf,
-    /// Items queued per `PeerSession` stream before it counts as a slow consumer.
+    /// Messages buffered in each `PeerSession` stream (and per event
+    /// watcher) on their way to HTTP/2. A full `PeerSession` buffer makes the
+    /// session wait for its peer, up to `outbound_max_delay_secs`.
     #[serde(default = "default_outbound_queue")]
     pub outbound_queue: usize,
+    /// Bytes queued to one `PeerSession` before it counts as a slow consumer
+    /// (as `websocket.outbound_max_bytes`).
+    #[serde(default = "default_outbound_max_bytes")]
+    pub outbound_max_bytes: usize,
+    /// Seconds a `PeerSession` may wait for its peer to take a message before
+    /// it counts as a slow consumer (as `websocket.outbound_max_delay_secs`).
+    #[serde(default = "default_outbound_max_delay")]
+    pub outbound_max_delay_secs: u64,
     /// Seconds between HTTP/2 pings to each gRPC peer (0: none).
     #[serde(default = "default_keepalive_interval")]
     pub keepalive_interval_secs: u64,
@@ -245,6 +255,8 @@ impl Default for GrpcConfig {
             cert_path: PathBuf::new(),
             key_path: PathBuf::new(),
             outbound_queue: default_outbound_queue(),
+            outbound_max_bytes: default_outbound_max_bytes(),
+            outbound_max_delay_secs: default_outbound_max_delay(),
             keepalive_interval_secs: default_keepalive_interval(),
             keepalive_timeout_secs: default_keepalive_timeout(),
         }
@@ -481,6 +493,7 @@ impl Config {
             ("websocket.max_message_size", ws.max_message_size),
             ("websocket.outbound_max_bytes", ws.outbound_max_bytes),
             ("grpc.outbound_queue", g.outbound_queue),
+            ("grpc.outbound_max_bytes", g.outbound_max_bytes),
             (
                 "center.event_feed_capacity",
                 self.center.event_feed_capacity,

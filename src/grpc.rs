@@ -3,9 +3,13 @@
 //! live here.
 
 use crate::auth::{Authenticator, Grant, Role, bearer};
-use crate::center::{Center, EventFilter, Outbound, PeerInfo, Resumed, SessionHandle, lagged};
+use crate::center::{
+    Center, EventFilter, Outbound, OutletError, PeerInfo, Resumed, SessionHandle, lagged,
+};
+use crate::clock::Clock;
 use crate::error::CenterError;
 use crate::limits::{Inbox, Next, RateSettings};
+use crate::outbox::{Outbox, OutboxReceiver, WireSize, outbox};
 use crate::proto::room_service_server::{RoomService, RoomServiceServer};
 use crate::proto::{
     self, PeerSessionRequest, PeerSessionResponse, Transport, command_result, peer_session_request,
@@ -26,9 +30,16 @@ use tonic::{Request, Response, Status, Streaming};
 /// Settings of the gRPC front end.
 #[derive(Debug, Clone)]
 pub struct GrpcSettings {
-    /// Items queued per `PeerSession` stream (and per watcher) before it
-    /// counts as a slow consumer.
+    /// Messages buffered per `PeerSession` stream on their way to HTTP/2,
+    /// and per event watcher before it counts as lagging.
     pub queue: usize,
+    /// Bytes queued to one `PeerSession` before it is a slow consumer.
+    pub max_bytes: usize,
+    /// How long a `PeerSession` waits for its peer to take a message before
+    /// it is a slow consumer.
+    pub max_delay: Duration,
+    /// The time `max_delay` is counted in (manual in tests).
+    pub clock: Clock,
     /// Time an MSU has to answer `invite`.
     pub invite_timeout: Duration,
     /// Per-stream rate limit for `PeerSession`.
@@ -139,6 +150,15 @@ pub enum GrpcOut {
     Result(proto::CommandResult),
 }
 
+impl WireSize for GrpcOut {
+    fn wire_size(&self) -> usize {
+        match self {
+            Self::Center(o) => o.wire_size(),
+            Self::Result(r) => prost::Message::encoded_len(r),
+        }
+    }
+}
+
 impl From<Outbound> for GrpcOut {
     fn from(o: Outbound) -> Self {
         Self::Center(o)
@@ -176,7 +196,7 @@ impl RoomService for RoomServiceImpl {
         let identity = crate::auth::peer_identity(&grant, named, ip);
         let inbound = request.into_inner();
         let (out_tx, out_rx) = mpsc::channel(self.settings.queue);
-        let (center_tx, center_rx) = mpsc::channel::<GrpcOut>(self.settings.queue);
+        let (center_tx, center_rx) = outbox::<GrpcOut>(self.settings.max_bytes);
         let handle = self.center.open_session(
             PeerInfo {
                 addr: addr.clone(),
@@ -406,7 +426,7 @@ async fn watch(
 /// One `PeerSession` stream: the gRPC twin of a WebSocket session.
 struct PeerStream {
     handle: SessionHandle,
-    center_tx: mpsc::Sender<GrpcOut>,
+    center_tx: Outbox<GrpcOut>,
     settings: GrpcSettings,
     /// Messages from the peer on their way in, at its rate.
     inbox: Inbox<PeerSessionRequest>,
@@ -452,7 +472,7 @@ impl PeerStream {
     async fn run(
         mut self,
         mut inbound: Streaming<PeerSessionRequest>,
-        mut center_rx: mpsc::Receiver<GrpcOut>,
+        mut center_rx: OutboxReceiver<GrpcOut>,
         out: mpsc::Sender<Result<PeerSessionResponse, Status>>,
         shutdown: CancellationToken,
     ) {
@@ -479,10 +499,25 @@ impl PeerStream {
                     let message = self.encode(item);
                     match out.try_send(Ok(message)) {
                         Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            self.handle.metrics().slow_consumers.inc();
-                            self.cut_off(Status::resource_exhausted("slow consumer"));
-                            break "slow consumer";
+                        // The stream's buffer is full: wait for the peer to
+                        // read, as long as the age bound allows (the byte
+                        // bound meanwhile holds what the center queues).
+                        Err(mpsc::error::TrySendError::Full(message)) => {
+                            // Behind: too old, or over the byte bound meanwhile.
+                            let behind = tokio::select! {
+                                sent = out.send(message) => match sent {
+                                    Ok(()) => false,
+                                    Err(_) => break "peer gone",
+                                },
+                                () = self.settings.clock.sleep_until(self.settings.clock.elapsed() + self.settings.max_delay) => true,
+                                () = self.handle.overflow().cancelled() => true,
+                                () = shutdown.cancelled() => break "going away",
+                            };
+                            if behind {
+                                self.handle.metrics().slow_consumers.inc();
+                                self.cut_off(Status::resource_exhausted("slow consumer"));
+                                break "slow consumer";
+                            }
                         }
                         Err(mpsc::error::TrySendError::Closed(_)) => break "peer gone",
                     }
@@ -494,7 +529,7 @@ impl PeerStream {
                 }
                 () = shutdown.cancelled() => {
                     // Deliver queued results first, then end the stream.
-                    while let Ok(item) = center_rx.try_recv() {
+                    while let Some(item) = center_rx.try_recv() {
                         let message = self.encode(item);
                         if out.try_send(Ok(message)).is_err() {
                             break;
@@ -560,10 +595,10 @@ impl PeerStream {
                         id: c.id,
                         outcome: Some(outcome),
                     };
-                    match self.center_tx.try_send(GrpcOut::Result(result)) {
+                    match self.center_tx.push(GrpcOut::Result(result)) {
                         Ok(()) => self.handle.note_outbound(),
-                        Err(mpsc::error::TrySendError::Full(_)) => self.handle.overflow().cancel(),
-                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                        Err(OutletError::Full) => self.handle.overflow().cancel(),
+                        Err(OutletError::Closed) => {}
                     }
                 };
                 if let Err(e) = translate::check_command(&command) {

@@ -11,6 +11,8 @@
 //!   the event feed. State and rules, no sockets.
 //! - [`transport`]: WebSocket front end: accept, TLS, our own HTTP upgrade
 //!   ([`transport::handshake`]), one task pair per session, bounded queues.
+//! - [`outbox`]: a peer session's outbound queue, bounded in bytes, for both
+//!   front ends.
 //! - [`grpc`]: the gRPC front end: the same room service over tonic, with
 //!   reflection and health.
 //! - [`auth`]: JWT tokens and what each role may do; [`limits`]: per-session
@@ -33,6 +35,7 @@ pub mod grpc;
 pub mod limits;
 pub mod metrics;
 pub mod operator;
+pub mod outbox;
 pub mod protoo;
 pub mod server;
 pub mod telemetry;

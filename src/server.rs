@@ -124,6 +124,9 @@ async fn start_grpc(
         center.clone(),
         GrpcSettings {
             queue: g.outbound_queue,
+            max_bytes: g.outbound_max_bytes,
+            max_delay: Duration::from_secs(g.outbound_max_delay_secs),
+            clock: clock.clone(),
             invite_timeout,
             rate: config.limits.rate(clock),
         },

@@ -696,7 +696,7 @@ async fn a_grpc_peer_that_stops_reading_is_cut_off() {
         let server = pilot_center::server::Server::start(&common::config_sections(
             false,
             "",
-            "  outbound_queue: 8\n",
+            "  outbound_queue: 8\n  outbound_max_bytes: 65536\n",
             "",
         ))
         .await
@@ -708,7 +708,8 @@ async fn a_grpc_peer_that_stops_reading_is_cut_off() {
         g.event().await;
         // g stops reading; w floods the room until the center finds g
         // behind. HTTP/2 flow control stops the center's sends after a few
-        // MiB whatever the kernel's buffers; 16 MiB is the bound.
+        // MiB whatever the kernel's buffers; then the 64 KiB byte bound is
+        // reached (16 MiB is the test's own bound).
         let pad = "p".repeat(4096);
         let center = server.center().clone();
         let mut sent = 0;
@@ -732,6 +733,60 @@ async fn a_grpc_peer_that_stops_reading_is_cut_off() {
         assert_eq!(w.expect("userDisconnect").await["userId"], json!("g"));
         w.expect_silence().await;
         // The stream ends with RESOURCE_EXHAUSTED once g reads again.
+        let status = common::end_status(&mut g.rx).await;
+        assert_eq!(status, Code::ResourceExhausted);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_peer_that_takes_nothing_for_the_age_bound_is_cut_off() {
+    common::bounded(async move {
+        // The byte bound is far away (32 MiB); what cuts the stalled peer
+        // off is that nothing it was sent was taken for 30 s (center clock).
+        let clock = pilot_center::clock::Clock::manual();
+        let config = common::config_sections(false, "", "  outbound_queue: 8\n", "");
+        let server = pilot_center::server::Server::start_with_clock(&config, clock.clone())
+            .await
+            .unwrap();
+        let mut g = GrpcPeer::open(&server).await;
+        g.run(join("r", "g", "G")).await;
+        let mut w = Peer::connect(&server).await;
+        w.join("r", "w", "W").await;
+        g.event().await;
+        let pad = "p".repeat(4096);
+        let center = server.center().clone();
+        let depth_of_g = || {
+            center
+                .list_sessions()
+                .iter()
+                .find(|s| s.transport == proto::Transport::Grpc as i32)
+                .map_or(0, |s| s.queue_depth)
+        };
+        // Flood until the center queues for g faster than g's session can
+        // hand on: it waits for HTTP/2 flow control, g having stopped reading.
+        let mut sent = 0;
+        while depth_of_g() < 64 {
+            assert!(sent < 4096, "the stalled gRPC peer never backed up");
+            for i in sent..sent + 64 {
+                w.notify(
+                    "textMessage",
+                    json!({"roomId": "r", "userId": "w", "message": format!("{i}{pad}")}),
+                )
+                .await;
+            }
+            w.request("echo", json!("step")).await;
+            sent += 64;
+        }
+        assert_eq!(center.metrics().slow_consumers.get(), 0);
+        // Time passes on the center's clock only when the test says so.
+        common::eventually("the stalled gRPC session to be cut off", || {
+            clock.advance(std::time::Duration::from_secs(30));
+            center.list_sessions().len() == 1
+        })
+        .await;
+        assert_eq!(center.metrics().slow_consumers.get(), 1);
+        assert_eq!(w.expect("userDisconnect").await["userId"], json!("g"));
         let status = common::end_status(&mut g.rx).await;
         assert_eq!(status, Code::ResourceExhausted);
     })
@@ -978,6 +1033,49 @@ async fn listings_come_in_pages() {
         assert_eq!(ids.len(), 3);
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
         assert!(rest.next_page_token.is_empty());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_peer_hears_every_user_of_a_large_sfu_that_drops() {
+    common::bounded(async move {
+        // 10,000 users leave in one step: more than `grpc.outbound_queue`
+        // messages, which the byte-bounded queue takes without calling the
+        // gRPC peer a slow consumer.
+        const ROOMS: usize = 500;
+        const USERS: usize = 10_000;
+        let server = common::start().await;
+        let mut g = GrpcPeer::open(&server).await;
+        for r in 0..ROOMS {
+            let outcome = g
+                .run(join(&format!("room{r}"), &format!("g{r}"), "G"))
+                .await;
+            assert!(matches!(outcome, command_result::Outcome::Reply(_)));
+        }
+        let mut big = Peer::connect(&server).await;
+        let joins: Vec<(String, String)> = (0..USERS)
+            .map(|k| (format!("room{}", k % ROOMS), format!("big-{k}")))
+            .collect();
+        big.join_pipelined(&joins).await;
+        for _ in 0..USERS {
+            assert!(matches!(g.event().await, peer_event::Kind::NewUser(_)));
+        }
+        drop(big);
+        let mut gone = std::collections::BTreeSet::new();
+        for _ in 0..USERS {
+            let (room, user) = match g.event().await {
+                peer_event::Kind::UserLeft(x) => (x.room_id, x.user_id),
+                peer_event::Kind::UserDisconnected(x) => (x.room_id, x.user_id),
+                other => panic!("unexpected {other:?}"),
+            };
+            assert!(gone.insert((room, user)), "twice");
+        }
+        assert_eq!(gone.len(), USERS);
+        // Still open: a command is answered.
+        let outcome = g.run(join("room0", "g-late", "G")).await;
+        assert!(matches!(outcome, command_result::Outcome::Reply(_)));
+        assert_eq!(server.center().metrics().slow_consumers.get(), 0);
     })
     .await;
 }

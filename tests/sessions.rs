@@ -405,24 +405,6 @@ async fn every_view_built_from_answers_and_notifications_matches_the_room() {
     .await;
 }
 
-/// Joins `(room, user)`s 500 at a time, each batch sent before its answers
-/// are read; the answers must all be ok.
-async fn join_pipelined(p: &mut Peer, joins: &[(String, String)]) {
-    for (b, batch) in joins.chunks(500).enumerate() {
-        for (i, (room, user)) in batch.iter().enumerate() {
-            p.send_text(
-                json!({"request": true, "id": format!("j{b}-{i}"), "method": "join", "data": {"roomId": room, "userId": user, "userName": "n"}})
-                    .to_string(),
-            )
-            .await;
-        }
-        for i in 0..batch.len() {
-            let r = p.response_to(&json!(format!("j{b}-{i}"))).await;
-            assert_eq!(r["ok"], json!(true), "{r}");
-        }
-    }
-}
-
 /// Reads `n` notifications of `method`, counting each user once per room.
 async fn read_all(p: &mut Peer, method: &str, n: usize) -> BTreeSet<(String, String)> {
     let mut seen = BTreeSet::new();
@@ -452,7 +434,7 @@ async fn an_sfu_with_20000_users_drops_and_the_other_sfus_hear_every_one() {
             let joins: Vec<(String, String)> = (0..ROOMS)
                 .map(|r| (format!("room{r}"), format!("o{i}-{r}")))
                 .collect();
-            join_pipelined(o, &joins).await;
+            o.join_pipelined(&joins).await;
         }
         for _ in 0..ROOMS {
             others[0].expect("newUser").await;
@@ -461,7 +443,7 @@ async fn an_sfu_with_20000_users_drops_and_the_other_sfus_hear_every_one() {
         let joins: Vec<(String, String)> = (0..USERS)
             .map(|k| (format!("room{}", k % ROOMS), format!("big-{k}")))
             .collect();
-        join_pipelined(&mut big, &joins).await;
+        big.join_pipelined(&joins).await;
         for o in &mut others {
             assert_eq!(read_all(o, "newUser", USERS).await.len(), USERS);
             o.expect_silence().await;

@@ -85,6 +85,17 @@ pub enum Outbound {
     },
 }
 
+impl Outbound {
+    /// Roughly what this item costs on the wire (an event's serialized
+    /// size; an invite is a small request), for byte-bounded queues.
+    pub fn wire_size(&self) -> usize {
+        match self {
+            Self::Event(d) => d.size,
+            Self::Invite { room_id } => 64 + room_id.len(),
+        }
+    }
+}
+
 /// Why an item could not be queued for a session.
 #[derive(Debug, PartialEq, Eq)]
 pub enum OutletError {

@@ -5,7 +5,6 @@
 //! TLS or HTTP handshake is logged at debug and dropped.
 
 pub mod handshake;
-pub mod outbox;
 pub mod session;
 
 use crate::auth::{Authenticator, Grant};

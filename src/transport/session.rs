@@ -7,12 +7,12 @@
 //! busy the room or full the queue. The writer owns the sink: it sends what
 //! is queued, pings, and expires unanswered `invite`s.
 
-use super::outbox::{Outbox, OutboxReceiver, outbox};
 use crate::auth::Grant;
 use crate::center::{Center, Outbound, OutletError, PeerInfo, SessionHandle};
 use crate::clock::Clock;
 use crate::limits::{Inbox, Next, RateSettings};
 use crate::metrics::method_label;
+use crate::outbox::{Outbox, OutboxReceiver, WireSize, outbox};
 use crate::proto::Transport;
 use crate::protoo::{self, Message as Protoo};
 use crate::{telemetry, translate};
@@ -66,6 +66,15 @@ pub enum WsOut {
     Text(Utf8Bytes),
 }
 
+impl WireSize for WsOut {
+    fn wire_size(&self) -> usize {
+        match self {
+            Self::Text(t) => t.len(),
+            Self::Center(o) => o.wire_size(),
+        }
+    }
+}
+
 impl From<Outbound> for WsOut {
     fn from(o: Outbound) -> Self {
         Self::Center(o)
@@ -91,7 +100,7 @@ enum End {
 /// State shared by the reader and the writer of one session.
 struct Ctx {
     handle: SessionHandle,
-    tx: Outbox,
+    tx: Outbox<WsOut>,
     started: Instant,
     /// Milliseconds since `started` of the last frame from the peer.
     last_in_ms: AtomicU64,
@@ -170,7 +179,7 @@ async fn finish<S>(
     end: End,
     sink: &mut SplitSink<WebSocketStream<S>, Message>,
     stream: &mut SplitStream<WebSocketStream<S>>,
-    rx: &mut OutboxReceiver,
+    rx: &mut OutboxReceiver<WsOut>,
 ) -> &'static str
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -379,7 +388,7 @@ fn on_text(ctx: &Ctx, text: &str, delayed: bool) {
 
 async fn write_loop<S>(
     sink: &mut SplitSink<WebSocketStream<S>, Message>,
-    rx: &mut OutboxReceiver,
+    rx: &mut OutboxReceiver<WsOut>,
     ctx: &Ctx,
     settings: &Settings<'_>,
 ) -> End

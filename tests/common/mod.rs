@@ -378,6 +378,24 @@ impl Peer {
         }
     }
 
+    /// Joins `(room, user)`s 500 at a time, each batch sent before its
+    /// answers are read; the answers must all be ok.
+    pub async fn join_pipelined(&mut self, joins: &[(String, String)]) {
+        for (b, batch) in joins.chunks(500).enumerate() {
+            for (i, (room, user)) in batch.iter().enumerate() {
+                self.send_text(
+                    json!({"request": true, "id": format!("j{b}-{i}"), "method": "join", "data": {"roomId": room, "userId": user, "userName": "n"}})
+                        .to_string(),
+                )
+                .await;
+            }
+            for i in 0..batch.len() {
+                let r = self.response_to(&json!(format!("j{b}-{i}"))).await;
+                assert_eq!(r["ok"], json!(true), "{r}");
+            }
+        }
+    }
+
     /// Joins a user; returns the response data.
     pub async fn join(&mut self, room: &str, user: &str, name: &str) -> Value {
         let r = self
