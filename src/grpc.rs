@@ -206,7 +206,10 @@ impl RoomService for RoomServiceImpl {
             grant,
             center_tx.clone(),
         );
-        let span = tracing::info_span!("session", peer.addr = %addr, peer.id = %identity, transport = "grpc", session.id = handle.id());
+        // DEBUG, as the WebSocket session's span (see transport): INFO lines
+        // carry the session's ids themselves.
+        let span = tracing::debug_span!("session", peer.addr = %addr, peer.id = %identity, transport = "grpc", session.id = handle.id());
+        tracing::info!(session.id = handle.id(), peer.addr = %addr, peer.id = %identity, transport = "grpc", "session opened");
         let cut: Arc<parking_lot::Mutex<Option<Status>>> = Arc::default();
         let run = PeerStream {
             handle,
@@ -476,7 +479,6 @@ impl PeerStream {
         out: mpsc::Sender<Result<PeerSessionResponse, Status>>,
         shutdown: CancellationToken,
     ) {
-        tracing::info!("session opened");
         let second = Duration::from_secs(1);
         let mut tick = tokio::time::interval_at(Instant::now() + second, second);
         let reason = loop {
@@ -561,7 +563,7 @@ impl PeerStream {
                 break "rate limit exceeded";
             }
         };
-        tracing::info!(reason, "session closed");
+        tracing::info!(session.id = self.handle.id(), reason, "session closed");
         self.handle.close(reason);
     }
 

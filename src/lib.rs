@@ -51,4 +51,16 @@ pub mod proto {
 
     /// The encoded descriptor set, for gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("pilot_descriptor");
+
+    impl Transport {
+        /// The name operators see: `ws`, `wss`, `grpc` (`other` when unset).
+        pub fn short_name(self) -> &'static str {
+            match self {
+                Self::Ws => "ws",
+                Self::Wss => "wss",
+                Self::Grpc => "grpc",
+                Self::Unspecified => "other",
+            }
+        }
+    }
 }

@@ -88,12 +88,8 @@ fn time(t: Option<&prost_types::Timestamp>) -> String {
     .unwrap_or_default()
 }
 
-fn transport(t: i32) -> String {
-    proto::Transport::try_from(t)
-        .map(|t| t.as_str_name())
-        .unwrap_or("TRANSPORT_UNSPECIFIED")
-        .trim_start_matches("TRANSPORT_")
-        .to_ascii_lowercase()
+fn transport(t: i32) -> &'static str {
+    proto::Transport::try_from(t).map_or("other", proto::Transport::short_name)
 }
 
 /// `rooms`, as a table or JSON.
@@ -167,7 +163,7 @@ pub fn show_sessions(sessions: &[proto::SessionInfo], as_json: bool) -> String {
             vec![
                 s.session_id.to_string(),
                 s.peer_id.clone(),
-                transport(s.transport),
+                transport(s.transport).to_owned(),
                 s.peer_addr.clone(),
                 s.user_count.to_string(),
                 s.queue_depth.to_string(),

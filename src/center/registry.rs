@@ -211,12 +211,7 @@ impl Registry {
         let mut by_transport: Vec<(&'static str, i64)> = Vec::new();
         let (mut depth, mut depth_max) = (0i64, 0i64);
         for s in self.sessions.values() {
-            let name = match s.peer.transport {
-                proto::Transport::Ws => "ws",
-                proto::Transport::Wss => "wss",
-                proto::Transport::Grpc => "grpc",
-                proto::Transport::Unspecified => "other",
-            };
+            let name = s.peer.transport.short_name();
             match by_transport.iter_mut().find(|(k, _)| *k == name) {
                 Some((_, n)) => *n += 1,
                 None => by_transport.push((name, 1)),

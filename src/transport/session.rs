@@ -143,7 +143,7 @@ where
         .center
         .open_session(peer, settings.grant.clone(), tx.clone());
     let session_id = handle.id();
-    tracing::info!(session.id = session_id, "session opened");
+    tracing::info!(session.id = session_id, peer.addr = %settings.peer, peer.id = %settings.identity, transport = settings.transport.short_name(), "session opened");
     let ctx = Ctx {
         handle,
         tx,
@@ -170,7 +170,7 @@ where
         _ => 0,
     };
     let reason = finish(end, &mut sink, &mut stream, &mut rx).await;
-    tracing::info!(session.id = session_id, reason, "session closed");
+    tracing::info!(session.id = session_id, peer.id = %settings.identity, reason, "session closed");
     ctx.handle.close(reason);
 }
 
