@@ -24,10 +24,26 @@ pub type Ws = WebSocketStream<Box<dyn Io>>;
 /// Where and how to connect.
 #[derive(Clone)]
 pub struct Target {
-    /// ws:// or wss:// URL.
-    pub url: String,
+    /// ws:// or wss:// URLs: one center, or the nodes of a cluster, which
+    /// connections are spread over in turn.
+    pub urls: Vec<String>,
     /// Accept any certificate.
     pub insecure: bool,
+}
+
+impl Target {
+    /// The URL for the `n`th connection (round robin over the nodes).
+    pub fn url(&self, n: usize) -> &str {
+        match self.urls.len() {
+            0 => "",
+            len => &self.urls[n % len],
+        }
+    }
+
+    /// Every URL, as reports name the target.
+    pub fn describe(&self) -> String {
+        self.urls.join(",")
+    }
 }
 
 fn tls_connector(insecure: bool) -> anyhow::Result<tokio_rustls::TlsConnector> {
@@ -45,20 +61,29 @@ fn tls_connector(insecure: bool) -> anyhow::Result<tokio_rustls::TlsConnector> {
 static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Opens one connection, from `source` when given (to spread many
-/// connections over several loopback addresses). Each connection names
-/// itself (`peer=bench-PID-N`) as a distinct SFU would: connections from one
-/// address would otherwise share an identity, and a new one would take back
-/// the users of one that vanished (PROTOCOL.md §6).
+/// connections over several loopback addresses), to the next of the
+/// target's URLs in turn. Each connection names itself (`peer=bench-PID-N`)
+/// as a distinct SFU would: connections from one address would otherwise
+/// share an identity, and a new one would take back the users of one that
+/// vanished (PROTOCOL.md §6).
 pub async fn connect(target: &Target, source: Option<IpAddr>) -> anyhow::Result<Ws> {
     let n = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    connect_as(target, source, &format!("bench-{}-{n}", std::process::id())).await
+    let name = format!("bench-{}-{n}", std::process::id());
+    connect_as(target, usize::try_from(n).unwrap_or(0), source, &name).await
 }
 
-/// Opens one connection with the peer name `name` (two connections with
-/// one name are one SFU reconnecting).
-pub async fn connect_as(target: &Target, source: Option<IpAddr>, name: &str) -> anyhow::Result<Ws> {
-    let sep = if target.url.contains('?') { '&' } else { '?' };
-    let url = format!("{}{sep}peer={name}", target.url);
+/// Opens one connection to the target's `node`th URL (round robin) with the
+/// peer name `name` (two connections with one name are one SFU
+/// reconnecting, to the same node or to another).
+pub async fn connect_as(
+    target: &Target,
+    node: usize,
+    source: Option<IpAddr>,
+    name: &str,
+) -> anyhow::Result<Ws> {
+    let base = target.url(node);
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}peer={name}");
     let mut request = url.as_str().into_client_request()?;
     request
         .headers_mut()

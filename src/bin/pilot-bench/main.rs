@@ -22,13 +22,16 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
-    /// The center's WebSocket URL (loopback only).
+    /// The center's WebSocket URL (loopback only). Repeat it for the nodes
+    /// of a cluster: sessions are spread over them in turn, and every
+    /// delivery is still checked exactly once.
     #[arg(
-        long,
+        long = "url",
         default_value = "ws://127.0.0.1:9443/pilot/center",
-        global = true
+        global = true,
+        action = clap::ArgAction::Append
     )]
-    url: String,
+    urls: Vec<String>,
     /// Accept any TLS certificate (self-signed centers).
     #[arg(long, global = true)]
     insecure: bool,
@@ -90,6 +93,10 @@ enum Scenario {
         /// Operations awaiting their notifications at once.
         #[arg(long, default_value_t = 2048)]
         inflight: i64,
+        /// Seconds a phase may wait for missing notifications; then the run
+        /// stops and reports what is missing.
+        #[arg(long, default_value_t = 30.0)]
+        phase_timeout: f64,
         /// Only join (and keep) the users: for measuring state size.
         #[arg(long)]
         join_only: bool,
@@ -189,10 +196,10 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn ctx(cli: &Cli, url: &str) -> Ctx {
+fn ctx(cli: &Cli, urls: &[String]) -> Ctx {
     Ctx {
         target: conn::Target {
-            url: url.to_owned(),
+            urls: urls.to_vec(),
             insecure: cli.insecure,
         },
         server_pid: cli.server_pid,
@@ -209,8 +216,8 @@ fn emit(cli: &Cli, reports: &[Report]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn one(cli: &Cli, scenario: &Scenario, url: &str) -> anyhow::Result<Report> {
-    let c = ctx(cli, url);
+async fn one(cli: &Cli, scenario: &Scenario, urls: &[String]) -> anyhow::Result<Report> {
+    let c = ctx(cli, urls);
     match scenario.clone() {
         Scenario::Rtt { sessions, seconds } => scenarios::rtt(&c, sessions, seconds).await,
         Scenario::Fanout {
@@ -225,6 +232,7 @@ async fn one(cli: &Cli, scenario: &Scenario, url: &str) -> anyhow::Result<Report
             users_per_room,
             rate,
             inflight,
+            phase_timeout,
             join_only,
             hold,
             no_msu,
@@ -237,6 +245,7 @@ async fn one(cli: &Cli, scenario: &Scenario, url: &str) -> anyhow::Result<Report
                     users: users_per_room,
                     rate,
                     inflight,
+                    phase_timeout: Duration::from_secs_f64(phase_timeout),
                     join_only,
                     msu: !no_msu,
                 },
@@ -322,9 +331,10 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             let mut reports = Vec::new();
             let mut clean = true;
             for _ in 0..*runs {
-                for (url, figs) in [(&relay_url, &mut relay_figs), (&cli.url, &mut center_figs)] {
-                    let mut rep = one(&cli, &inner, url).await?;
-                    if url == &relay_url {
+                let relay = std::slice::from_ref(&relay_url);
+                for (urls, figs) in [(relay, &mut relay_figs), (&cli.urls[..], &mut center_figs)] {
+                    let mut rep = one(&cli, &inner, urls).await?;
+                    if urls == relay {
                         // The relay echoes requests and forwards frames unparsed; its CPU is not the center's.
                         rep.server_before = None;
                         rep.server_after = None;
@@ -352,7 +362,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             Ok(clean && cli.min.is_none_or(|m| ratio >= m))
         }
         scenario => {
-            let rep = one(&cli, scenario, &cli.url).await?;
+            let rep = one(&cli, scenario, &cli.urls).await?;
             emit(&cli, std::slice::from_ref(&rep))?;
             let main = rep.throughput.first().map_or(0.0, |t| t.1);
             Ok(rep.errors.is_empty() && cli.min.is_none_or(|m| main >= m))

@@ -115,7 +115,7 @@ pub async fn reconnect(ctx: &Ctx, rooms: usize, users: usize) -> anyhow::Result<
     let obs = observer(ctx, &room_ids, &heard).await?;
     let before = ctx.usage();
     let name = format!("bench-reconnect-{run}");
-    let mut sfu = conn::connect_as(&ctx.target, None, &name).await?;
+    let mut sfu = conn::connect_as(&ctx.target, 0, None, &name).await?;
     let joins = user_ids.iter().enumerate().map(|(k, u)| {
         format!(
             r#"{{"request":true,"id":{k},"method":"join","data":{{"roomId":"{}","userId":"{u}","userName":"{u}"}}}}"#,
@@ -139,9 +139,10 @@ pub async fn reconnect(ctx: &Ctx, rooms: usize, users: usize) -> anyhow::Result<
     let dropped = Instant::now();
     until(&heard, "userDisconnect", users, Duration::from_secs(60)).await?;
     let announced = dropped.elapsed();
-    // Back under the same name: the center gives it its users back.
+    // Back under the same name (to the next node, when there are several):
+    // the center gives it its users back.
     let started = Instant::now();
-    let mut sfu = conn::connect_as(&ctx.target, None, &name).await?;
+    let mut sfu = conn::connect_as(&ctx.target, 1, None, &name).await?;
     request(&mut sfu, 1, "echo", "{}").await?;
     let pulled: Heard = Arc::default();
     let _sfu = Conn::spawn(sfu, 1, counting(&pulled));

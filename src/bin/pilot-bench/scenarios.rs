@@ -50,7 +50,7 @@ impl Ctx {
     pub(crate) fn report(&self, scenario: &str, seconds: f64) -> Report {
         Report {
             scenario: scenario.to_owned(),
-            url: self.target.url.clone(),
+            url: self.target.describe(),
             seconds,
             throughput: Vec::new(),
             latency: Vec::new(),
@@ -544,6 +544,9 @@ pub struct SfuSettings {
     pub rate: u64,
     /// Most operations awaiting their notifications at once.
     pub inflight: i64,
+    /// How long a phase may wait for missing notifications; then the run
+    /// stops (a lost delivery fails it already; waiting on adds nothing).
+    pub phase_timeout: Duration,
     /// Only join (for the state-size measurement); keep the users.
     pub join_only: bool,
     /// Register an MSU that answers every `invite`.
@@ -724,14 +727,23 @@ pub async fn sfu(ctx: &Ctx, s: SfuSettings) -> anyhow::Result<Report> {
     // own queueing instead of the center.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let per_tick = s.rate.div_ceil(1000).max(1);
-    for (label, ops) in phases {
+    'phases: for (label, ops) in phases {
         tick.reset();
         for chunk in ops.chunks(per_tick as usize) {
             if s.rate > 0 {
                 tick.tick().await;
             }
             for (at, text, k, mask, is_request) in chunk {
+                let deadline = Instant::now() + s.phase_timeout;
                 while tracker.outstanding.load(Ordering::Relaxed) >= s.inflight {
+                    if Instant::now() > deadline {
+                        tracker.error(format!(
+                            "phase {label}: {} operations in flight got no notifications for {:?}",
+                            tracker.outstanding.load(Ordering::Relaxed),
+                            s.phase_timeout
+                        ));
+                        break 'phases;
+                    }
                     tokio::task::yield_now().await;
                 }
                 tracker.expect(*k, *mask, *is_request);
@@ -743,14 +755,15 @@ pub async fn sfu(ctx: &Ctx, s: SfuSettings) -> anyhow::Result<Report> {
                 tokio::task::yield_now().await;
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + s.phase_timeout;
         while tracker.outstanding.load(Ordering::Relaxed) > 0 {
             if Instant::now() > deadline {
                 tracker.error(format!(
-                    "phase {label}: {} operations still missing notifications after 30 s",
-                    tracker.outstanding.load(Ordering::Relaxed)
+                    "phase {label}: {} operations still missing notifications after {:?}",
+                    tracker.outstanding.load(Ordering::Relaxed),
+                    s.phase_timeout
                 ));
-                break;
+                break 'phases;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
