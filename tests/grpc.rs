@@ -690,6 +690,27 @@ async fn health_and_reflection_are_served() {
     .await;
 }
 
+/// Sends 4 KiB `textMessage`s into room `r` from `w`, 64 at a time, until
+/// `done` (checked after each batch is handled: the echo is a barrier);
+/// panics with `never` after 4,096 (16 MiB).
+async fn flood_until(w: &mut Peer, never: &str, mut done: impl FnMut() -> bool) {
+    let pad = "p".repeat(4096);
+    let mut sent = 0;
+    while !done() {
+        assert!(sent < 4096, "{never}");
+        for i in sent..sent + 64 {
+            w.notify(
+                "textMessage",
+                json!({"roomId": "r", "userId": "w", "message": format!("{i}{pad}")}),
+            )
+            .await;
+        }
+        // The center has handled what w sent before it answers this.
+        w.request("echo", json!("step")).await;
+        sent += 64;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_peer_that_stops_reading_is_cut_off() {
     common::bounded(async move {
@@ -710,22 +731,11 @@ async fn a_grpc_peer_that_stops_reading_is_cut_off() {
         // behind. HTTP/2 flow control stops the center's sends after a few
         // MiB whatever the kernel's buffers; then the 64 KiB byte bound is
         // reached (16 MiB is the test's own bound).
-        let pad = "p".repeat(4096);
         let center = server.center().clone();
-        let mut sent = 0;
-        while center.metrics().slow_consumers.get() == 0 {
-            assert!(sent < 4096, "the stalled gRPC peer was never cut off");
-            for i in sent..sent + 64 {
-                w.notify(
-                    "textMessage",
-                    json!({"roomId": "r", "userId": "w", "message": format!("{i}{pad}")}),
-                )
-                .await;
-            }
-            // The center has handled what w sent before it answers this.
-            w.request("echo", json!("step")).await;
-            sent += 64;
-        }
+        flood_until(&mut w, "the stalled gRPC peer was never cut off", || {
+            center.metrics().slow_consumers.get() > 0
+        })
+        .await;
         common::eventually("the stalled gRPC session to be closed", || {
             center.list_sessions().len() == 1
         })
@@ -754,7 +764,6 @@ async fn a_grpc_peer_that_takes_nothing_for_the_age_bound_is_cut_off() {
         let mut w = Peer::connect(&server).await;
         w.join("r", "w", "W").await;
         g.event().await;
-        let pad = "p".repeat(4096);
         let center = server.center().clone();
         let depth_of_g = || {
             center
@@ -765,19 +774,10 @@ async fn a_grpc_peer_that_takes_nothing_for_the_age_bound_is_cut_off() {
         };
         // Flood until the center queues for g faster than g's session can
         // hand on: it waits for HTTP/2 flow control, g having stopped reading.
-        let mut sent = 0;
-        while depth_of_g() < 64 {
-            assert!(sent < 4096, "the stalled gRPC peer never backed up");
-            for i in sent..sent + 64 {
-                w.notify(
-                    "textMessage",
-                    json!({"roomId": "r", "userId": "w", "message": format!("{i}{pad}")}),
-                )
-                .await;
-            }
-            w.request("echo", json!("step")).await;
-            sent += 64;
-        }
+        flood_until(&mut w, "the stalled gRPC peer never backed up", || {
+            depth_of_g() >= 64
+        })
+        .await;
         assert_eq!(center.metrics().slow_consumers.get(), 0);
         // Time passes on the center's clock only when the test says so.
         common::eventually("the stalled gRPC session to be cut off", || {

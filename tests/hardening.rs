@@ -602,36 +602,81 @@ async fn graceful_shutdown_closes_everything_in_order() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_stops_the_binary_gracefully() {
-    common::bounded(async move {
-        let dir = std::env::temp_dir().join(format!("pilot-sigterm-{}", std::process::id()));
+/// The center's binary on a configuration of its own, its log read as it
+/// comes.
+struct Binary {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    /// Everything logged so far, one line after another.
+    log: String,
+    /// Listeners seen in the log: (what, address).
+    listening: Vec<(String, String)>,
+    dir: std::path::PathBuf,
+}
+
+impl Binary {
+    /// Starts `pilot-center CONFIG ARGS` on `yaml`, logging without colour.
+    async fn start(name: &str, yaml: &str, args: &[&str]) -> Binary {
+        let dir = std::env::temp_dir().join(format!("pilot-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("center.yaml");
-        std::fs::write(&config, "websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\ngrpc:\n  enabled: false\nadmin:\n  enabled: false\ncenter:\n  shutdown_grace_secs: 5\n").unwrap();
+        std::fs::write(&config, yaml).unwrap();
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pilot-center"))
             .arg(&config)
-            .env("RUST_LOG", "info")
+            .args(args)
+            .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let mut lines =
-            tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stderr.take().unwrap()));
-        let addr = loop {
-            let line = tokio::time::timeout(WAIT, lines.next_line())
-                .await
-                .unwrap()
-                .unwrap()
-                .expect("a log line");
-            if let Some(rest) = line.split("websocket listening addr=").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_owned();
+        let lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+            child.stderr.take().unwrap(),
+        ));
+        Binary {
+            child,
+            lines,
+            log: String::new(),
+            listening: Vec::new(),
+            dir,
+        }
+    }
+
+    /// The next log line; `None` once the process closed its stderr.
+    async fn line(&mut self) -> Option<String> {
+        let line = tokio::time::timeout(WAIT, self.lines.next_line())
+            .await
+            .expect("a log line in time")
+            .unwrap()?;
+        if let Some((what, rest)) = line.split_once(" listening")
+            && let Some(addr) = rest.split(" addr=").nth(1)
+        {
+            let what = what.rsplit(' ').next().unwrap_or_default().to_owned();
+            let addr = addr
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            self.listening.push((what, addr));
+        }
+        self.log.push_str(&line);
+        self.log.push('\n');
+        Some(line)
+    }
+
+    /// The address `what` (websocket, grpc, admin) listens on, from the log.
+    async fn addr(&mut self, what: &str) -> String {
+        loop {
+            if let Some((_, a)) = self.listening.iter().find(|(w, _)| w == what) {
+                return a.clone();
             }
-        };
-        let mut p = Peer::connect_url(&format!("ws://{addr}/pilot/center")).await;
-        p.join("r", "u", "U").await;
-        let pid = child.id().unwrap().to_string();
+            self.line().await.expect("the listener is logged");
+        }
+    }
+
+    /// Sends SIGTERM.
+    fn sigterm(&self) {
+        let pid = self.child.id().unwrap().to_string();
         assert!(
             std::process::Command::new("kill")
                 .args(["-TERM", &pid])
@@ -639,14 +684,40 @@ async fn sigterm_stops_the_binary_gracefully() {
                 .unwrap()
                 .success()
         );
+    }
+
+    /// Reads the log to its end (after the process stopped logging).
+    async fn read_to_end(&mut self) {
+        while self.line().await.is_some() {}
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_binary_gracefully() {
+    common::bounded(async move {
+        let mut center = Binary::start(
+            "sigterm",
+            "websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\ngrpc:\n  enabled: false\nadmin:\n  enabled: false\ncenter:\n  shutdown_grace_secs: 5\n",
+            &["--log-level", "info"],
+        )
+        .await;
+        let addr = center.addr("websocket").await;
+        let mut p = Peer::connect_url(&format!("ws://{addr}/pilot/center")).await;
+        p.join("r", "u", "U").await;
+        center.sigterm();
         let close = p.close_frame().await;
         assert_eq!(u16::from(close.code), 1001);
-        let status = tokio::time::timeout(WAIT, child.wait())
+        let status = tokio::time::timeout(WAIT, center.child.wait())
             .await
             .expect("exits by itself after SIGTERM")
             .unwrap();
         assert!(status.success(), "{status}");
-        std::fs::remove_dir_all(&dir).ok();
     })
     .await;
 }
@@ -655,46 +726,15 @@ async fn sigterm_stops_the_binary_gracefully() {
 async fn tokens_never_appear_in_the_logs_even_at_debug() {
     common::bounded(async move {
         const SECRET: &str = "log-secret-0123456789";
-        let dir = std::env::temp_dir().join(format!("pilot-logs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("center.yaml");
-        std::fs::write(
-            &config,
-            format!("websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\ngrpc:\n  listen_ip: 127.0.0.1\n  listen_port: 0\nadmin:\n  listen_ip: 127.0.0.1\n  listen_port: 0\ncenter:\n  shutdown_grace_secs: 5\nauth:\n  enabled: true\n  hs256_secret: \"{SECRET}\"\n"),
+        let mut center = Binary::start(
+            "logs",
+            &format!("websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\ngrpc:\n  listen_ip: 127.0.0.1\n  listen_port: 0\nadmin:\n  listen_ip: 127.0.0.1\n  listen_port: 0\ncenter:\n  shutdown_grace_secs: 5\nauth:\n  enabled: true\n  hs256_secret: \"{SECRET}\"\n"),
+            &["--log-level", "debug"],
         )
-        .unwrap();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pilot-center"))
-            .arg(&config)
-            .args(["--log-level", "debug"])
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines =
-            tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stderr.take().unwrap()));
-        let mut log = String::new();
-        let (mut ws, mut grpc, mut admin) = (None, None, None);
-        let addr_after = |line: &str, what: &str| {
-            line.contains(what)
-                .then(|| line.split(" addr=").nth(1))
-                .flatten()
-                .and_then(|rest| rest.split_whitespace().next())
-                .map(str::to_owned)
-        };
-        while ws.is_none() || grpc.is_none() || admin.is_none() {
-            let line = tokio::time::timeout(WAIT, lines.next_line())
-                .await
-                .unwrap()
-                .unwrap()
-                .expect("a log line");
-            ws = ws.or(addr_after(&line, "websocket listening"));
-            grpc = grpc.or(addr_after(&line, "grpc listening"));
-            admin = admin.or(addr_after(&line, "admin listening"));
-            log.push_str(&line);
-        }
-        let (ws, grpc, admin) = (ws.unwrap(), grpc.unwrap(), admin.unwrap());
+        .await;
+        let ws = center.addr("websocket").await;
+        let grpc = center.addr("grpc").await;
+        let admin = center.addr("admin").await;
         let sfu = token(SECRET, Role::Sfu, &["*"], 600);
         let sfu2 = token(SECRET, Role::Sfu, &["*"], 601);
         let admin_token = token(SECRET, Role::Admin, &["*"], 600);
@@ -733,21 +773,9 @@ async fn tokens_never_appear_in_the_logs_even_at_debug() {
         assert_eq!(status, 200);
         a.request("echo", json!({})).await;
 
-        let pid = child.id().unwrap().to_string();
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        while let Some(line) = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-        {
-            log.push_str(&line);
-        }
+        center.sigterm();
+        center.read_to_end().await;
+        let log = &center.log;
         // The debug log did see these sessions (so the check has teeth) ...
         assert!(log.contains("DEBUG"), "{log}");
         assert!(log.contains("join"), "{log}");
@@ -756,7 +784,6 @@ async fn tokens_never_appear_in_the_logs_even_at_debug() {
             let signature = t.rsplit('.').next().unwrap();
             assert!(!log.contains(signature), "a token in the log: {log}");
         }
-        std::fs::remove_dir_all(&dir).ok();
     })
     .await;
 }

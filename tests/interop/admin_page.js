@@ -6,37 +6,13 @@
 // Usage: node admin_page.js WS_URL ADMIN_URL SCREENSHOT.png [ADMIN_TOKEN]
 'use strict';
 const assert = require('assert');
-const protooClient = require('protoo-client');
+const peer = require('./peer');
 const { chromium } = require('playwright-core');
 
 const [wsUrl, adminUrl, screenshot, token] = process.argv.slice(2);
 const WAIT = 20000; // ms, for each condition on the page
 
-function connect(name) {
-  const sep = wsUrl.includes('?') ? '&' : '?';
-  const transport = new protooClient.WebSocketTransport(`${wsUrl}${sep}peer=${name}`, {
-    retry: { retries: 0 },
-    clientConfig: { tlsOptions: { rejectUnauthorized: false } },
-  });
-  const peer = new protooClient.Peer(transport);
-  const notifications = [];
-  const waiters = [];
-  peer.on('notification', (n) => {
-    notifications.push(n);
-    for (const w of waiters.splice(0)) w();
-  });
-  peer.next = async (method, pred = () => true) => {
-    for (;;) {
-      const i = notifications.findIndex((n) => n.method === method && pred(n.data));
-      if (i >= 0) return notifications.splice(i, 1)[0].data;
-      await new Promise((resolve) => waiters.push(resolve));
-    }
-  };
-  return new Promise((resolve, reject) => {
-    peer.on('open', () => resolve(peer));
-    peer.on('failed', () => reject(new Error(`${name}: connection failed`)));
-  });
-}
+const connect = (name) => peer.connect(wsUrl, name);
 
 async function main() {
   const sfuA = await connect('sfu-a');

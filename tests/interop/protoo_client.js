@@ -3,36 +3,13 @@
 // Usage: node protoo_client.js wss://127.0.0.1:PORT/pilot/center
 'use strict';
 const assert = require('assert');
-const protooClient = require('protoo-client');
+const peer = require('./peer');
 
 const url = process.argv[2];
 let checks = 0;
 const check = (cond, what) => { assert.ok(cond, what); checks++; };
 
-function connect() {
-  const transport = new protooClient.WebSocketTransport(url, {
-    retry: { retries: 0 },
-    clientConfig: { tlsOptions: { rejectUnauthorized: false } },
-  });
-  const peer = new protooClient.Peer(transport);
-  const notifications = [];
-  const waiters = [];
-  peer.on('notification', (n) => {
-    notifications.push(n);
-    for (const w of waiters.splice(0)) w();
-  });
-  peer.next = async (method) => {
-    for (;;) {
-      const i = notifications.findIndex((n) => n.method === method);
-      if (i >= 0) return notifications.splice(i, 1)[0].data;
-      await new Promise((resolve) => waiters.push(resolve));
-    }
-  };
-  return new Promise((resolve, reject) => {
-    peer.on('open', () => resolve(peer));
-    peer.on('failed', () => reject(new Error('connection failed')));
-  });
-}
+const connect = () => peer.connect(url);
 
 async function main() {
   const a = await connect();
