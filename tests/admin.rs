@@ -32,7 +32,7 @@ struct EventStream {
 impl EventStream {
     async fn open(admin: SocketAddr, path: &str) -> Self {
         let mut tcp = TcpStream::connect(admin).await.unwrap();
-        tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\n\r\n").as_bytes())
             .await
             .unwrap();
         Self {
@@ -215,6 +215,45 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             overview(admin, "").await["rooms"][0]["users"][0]["userId"],
             "alice"
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_off_the_api_answers_only_requests_by_address() {
+    common::bounded(async move {
+        // A page of another site whose name was rebound to this address
+        // sends its own name as Host: with auth off it is refused.
+        let server = common::start().await;
+        let admin = server.admin_addr().unwrap();
+        let mut a = Peer::connect(&server).await;
+        a.join("lobby", "alice", "Alice").await;
+        let raw = |host: &'static str, method: &'static str, path: &'static str| async move {
+            let mut tcp = TcpStream::connect(admin).await.unwrap();
+            let body = r#"{"roomId":"lobby"}"#;
+            tcp.write_all(
+                format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n{JSON}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut out = String::new();
+            tokio::time::timeout(WAIT, tcp.read_to_string(&mut out))
+                .await
+                .unwrap()
+                .unwrap();
+            out
+        };
+        let out = raw("evil.example:9445", "GET", "/api/overview").await;
+        assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+        assert!(out.contains("turn auth on"), "{out}");
+        let out = raw("evil.example:9445", "POST", "/api/close").await;
+        assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+        a.expect_silence().await;
+        let out = raw("localhost:9445", "GET", "/api/overview").await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        // The page itself, health and metrics are not the API.
+        assert!(raw("evil.example", "GET", "/").await.starts_with("HTTP/1.1 200"));
     })
     .await;
 }

@@ -125,10 +125,39 @@ impl From<CenterError> for ApiError {
     }
 }
 
-/// Lets the call through when auth is off, or with an admin token.
+/// True when `host` (a `Host` header) names the listener by address or as
+/// `localhost`, as a person typing the admin URL does. A page of another
+/// site that rebinds its own name to this address (DNS rebinding) sends its
+/// own name, and with auth off that is all that stands between it and the
+/// API: a token cannot be read across origins, so with auth on this check
+/// is not needed.
+fn host_is_direct(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// Lets the call through with an admin token, or when auth is off and the
+/// page was reached by address (see [`host_is_direct`]).
 fn require_admin(s: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(auth) = &s.state.auth else {
-        return Ok(());
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if host_is_direct(host) {
+            return Ok(());
+        }
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            format!(
+                "with auth off the admin API answers only requests to an IP address or localhost, not {host:?}; open the page by address or turn auth on"
+            ),
+        ));
     };
     let token = headers
         .get(header::AUTHORIZATION)
@@ -304,5 +333,32 @@ pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationT
         .await
     {
         tracing::error!(error = %e, "admin listener failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_is_direct;
+
+    #[test]
+    fn hosts_named_by_address_or_localhost_are_direct() {
+        for host in [
+            "127.0.0.1:9445",
+            "127.0.0.1",
+            "10.1.2.3:80",
+            "[::1]:9445",
+            "localhost:9445",
+            "LOCALHOST",
+        ] {
+            assert!(host_is_direct(host), "{host}");
+        }
+        for host in [
+            "evil.example:9445",
+            "evil.example",
+            "",
+            "localhost.evil.example:1",
+        ] {
+            assert!(!host_is_direct(host), "{host}");
+        }
     }
 }

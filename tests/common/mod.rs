@@ -446,7 +446,7 @@ pub async fn http(
         };
         tcp.write_all(
             format!(
-                "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}{length}\r\n{body}"
+                "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}{length}\r\n{body}"
             )
             .as_bytes(),
         )
