@@ -141,6 +141,10 @@ impl RoomServiceImpl {
     }
 }
 
+/// How long a closing `PeerSession` may take to hand on what is queued
+/// (as a WebSocket session's close).
+const DRAIN: Duration = Duration::from_secs(2);
+
 /// An item of a `PeerSession` stream's outbound queue.
 #[derive(Debug)]
 pub enum GrpcOut {
@@ -530,13 +534,18 @@ impl PeerStream {
                     break "slow consumer";
                 }
                 () = shutdown.cancelled() => {
-                    // Deliver queued results first, then end the stream.
-                    while let Some(item) = center_rx.try_recv() {
-                        let message = self.encode(item);
-                        if out.try_send(Ok(message)).is_err() {
-                            break;
+                    // As a WebSocket session: deliver what is already queued
+                    // (responses in flight) within the drain bound, then end
+                    // the stream.
+                    let _ = tokio::time::timeout(DRAIN, async {
+                        while let Some(item) = center_rx.try_recv() {
+                            let message = self.encode(item);
+                            if out.send(Ok(message)).await.is_err() {
+                                break;
+                            }
                         }
-                    }
+                    })
+                    .await;
                     let _ = tokio::time::timeout(second, out.send(Err(Status::unavailable("the center is shutting down")))).await;
                     break "going away";
                 }
