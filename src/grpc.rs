@@ -476,6 +476,39 @@ impl PeerStream {
         *self.cut.lock() = Some(status);
     }
 
+    /// Ends a peer that does not keep up; returns the reason to close with.
+    fn slow_consumer(&self) -> &'static str {
+        self.handle.metrics().slow_consumers.inc();
+        self.cut_off(Status::resource_exhausted("slow consumer"));
+        "slow consumer"
+    }
+
+    /// At shutdown, as a WebSocket session: hands on `first` and what is
+    /// already queued (responses in flight) within the drain bound, then
+    /// ends the stream with `UNAVAILABLE`.
+    async fn drain(
+        &mut self,
+        first: Option<Result<PeerSessionResponse, Status>>,
+        center_rx: &mut OutboxReceiver<GrpcOut>,
+        out: &mpsc::Sender<Result<PeerSessionResponse, Status>>,
+    ) {
+        let _ = tokio::time::timeout(DRAIN, async {
+            if let Some(message) = first
+                && out.send(message).await.is_err()
+            {
+                return;
+            }
+            while let Some(item) = center_rx.try_recv() {
+                if out.send(Ok(self.encode(item))).await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        let going_away = Status::unavailable("the center is shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(1), out.send(Err(going_away))).await;
+    }
+
     async fn run(
         mut self,
         mut inbound: Streaming<PeerSessionRequest>,
@@ -509,44 +542,29 @@ impl PeerStream {
                         // read, as long as the age bound allows (the byte
                         // bound meanwhile holds what the center queues).
                         Err(mpsc::error::TrySendError::Full(message)) => {
-                            // Behind: too old, or over the byte bound meanwhile.
-                            let behind = tokio::select! {
-                                sent = out.send(message) => match sent {
-                                    Ok(()) => false,
+                            // Too old, or over the byte bound meanwhile: behind.
+                            let permit = tokio::select! {
+                                permit = out.reserve() => match permit {
+                                    Ok(permit) => permit,
                                     Err(_) => break "peer gone",
                                 },
-                                () = self.settings.clock.sleep_until(self.settings.clock.elapsed() + self.settings.max_delay) => true,
-                                () = self.handle.overflow().cancelled() => true,
-                                () = shutdown.cancelled() => break "going away",
+                                () = self.settings.clock.sleep_until(self.settings.clock.elapsed() + self.settings.max_delay) => {
+                                    break self.slow_consumer();
+                                }
+                                () = self.handle.overflow().cancelled() => break self.slow_consumer(),
+                                () = shutdown.cancelled() => {
+                                    self.drain(Some(message), &mut center_rx, &out).await;
+                                    break "going away";
+                                }
                             };
-                            if behind {
-                                self.handle.metrics().slow_consumers.inc();
-                                self.cut_off(Status::resource_exhausted("slow consumer"));
-                                break "slow consumer";
-                            }
+                            permit.send(message);
                         }
                         Err(mpsc::error::TrySendError::Closed(_)) => break "peer gone",
                     }
                 }
-                () = self.handle.overflow().cancelled() => {
-                    self.handle.metrics().slow_consumers.inc();
-                    self.cut_off(Status::resource_exhausted("slow consumer"));
-                    break "slow consumer";
-                }
+                () = self.handle.overflow().cancelled() => break self.slow_consumer(),
                 () = shutdown.cancelled() => {
-                    // As a WebSocket session: deliver what is already queued
-                    // (responses in flight) within the drain bound, then end
-                    // the stream.
-                    let _ = tokio::time::timeout(DRAIN, async {
-                        while let Some(item) = center_rx.try_recv() {
-                            let message = self.encode(item);
-                            if out.send(Ok(message)).await.is_err() {
-                                break;
-                            }
-                        }
-                    })
-                    .await;
-                    let _ = tokio::time::timeout(second, out.send(Err(Status::unavailable("the center is shutting down")))).await;
+                    self.drain(None, &mut center_rx, &out).await;
                     break "going away";
                 }
                 () = out.closed() => break "peer gone",
