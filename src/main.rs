@@ -262,9 +262,9 @@ fn trim_heap() {
 fn trim_heap() {}
 
 /// Gives freed heap back after a crowd leaves: checked every second (a
-/// coarser sample misses short spikes), once
-/// sessions plus users have fallen by a quarter (and at least 256) from their
-/// peak since the last trim *and* held still for one check. Waiting for the
+/// coarser sample misses short spikes), once sessions plus users have fallen
+/// by a quarter (and at least 256) from their peak since the last trim *and*
+/// held still for one check. Waiting for the
 /// departures to settle matters: a trim in the middle of them frees little
 /// (live blocks still pin the top of each arena) and resets the peak, so the
 /// rest of the crowd would never trigger another. Users count because those

@@ -690,6 +690,17 @@ async fn health_and_reflection_are_served() {
     .await;
 }
 
+/// A gRPC peer `g` and a WebSocket peer `w` in room `r`, `g` having heard
+/// `w` join.
+async fn grpc_and_ws_in_room_r(server: &pilot_center::server::Server) -> (GrpcPeer, Peer) {
+    let mut g = GrpcPeer::open(server).await;
+    g.run(join("r", "g", "G")).await;
+    let mut w = Peer::connect(server).await;
+    w.join("r", "w", "W").await;
+    g.event().await;
+    (g, w)
+}
+
 /// Sends 4 KiB `textMessage`s into room `r` from `w`, 64 at a time, until
 /// `done` (checked after each batch is handled: the echo is a barrier);
 /// panics with `never` after 4,096 (16 MiB).
@@ -722,11 +733,7 @@ async fn a_grpc_peer_that_stops_reading_is_cut_off() {
         ))
         .await
         .unwrap();
-        let mut g = GrpcPeer::open(&server).await;
-        g.run(join("r", "g", "G")).await;
-        let mut w = Peer::connect(&server).await;
-        w.join("r", "w", "W").await;
-        g.event().await;
+        let (mut g, mut w) = grpc_and_ws_in_room_r(&server).await;
         // g stops reading; w floods the room until the center finds g
         // behind. HTTP/2 flow control stops the center's sends after a few
         // MiB whatever the kernel's buffers; then the 64 KiB byte bound is
@@ -759,11 +766,7 @@ async fn a_grpc_peer_that_takes_nothing_for_the_age_bound_is_cut_off() {
         let server = pilot_center::server::Server::start_with_clock(&config, clock.clone())
             .await
             .unwrap();
-        let mut g = GrpcPeer::open(&server).await;
-        g.run(join("r", "g", "G")).await;
-        let mut w = Peer::connect(&server).await;
-        w.join("r", "w", "W").await;
-        g.event().await;
+        let (mut g, mut w) = grpc_and_ws_in_room_r(&server).await;
         let center = server.center().clone();
         let depth_of_g = || {
             center
