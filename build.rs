@@ -4,7 +4,10 @@
 use prost::Message as _;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/pilot/v1/center.proto"];
+    let files = [
+        "proto/pilot/v1/center.proto",
+        "proto/pilot/cluster/v1/entry.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

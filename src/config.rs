@@ -60,6 +60,58 @@ pub struct Config {
     /// Authentication (off by default).
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Several centers sharing state in Redis (off by default).
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// `cluster:` section: several centers sharing one state in Redis
+/// (docs/CLUSTER.md). With `redis_url` empty the center is one process with
+/// its state in memory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://host:port/db` or `rediss://...`; empty: no cluster.
+    #[serde(default)]
+    pub redis_url: String,
+    /// This node's id, for operators (default: host name and pid).
+    #[serde(default)]
+    pub node_id: String,
+    /// Seconds after its last lease renewal a silent node is declared lost.
+    #[serde(default = "default_node_ttl")]
+    pub node_ttl_secs: u64,
+    /// Prefix of every Redis key, so several clusters can share one Redis.
+    /// Keys carry it as a hash tag (`{pilot}:log`): one Redis Cluster slot.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// Seconds a change waits for Redis to take it before the peer gets
+    /// 503 "state store unavailable".
+    #[serde(default = "default_store_timeout")]
+    pub store_timeout_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: String::new(),
+            node_id: String::new(),
+            node_ttl_secs: default_node_ttl(),
+            key_prefix: default_key_prefix(),
+            store_timeout_secs: default_store_timeout(),
+        }
+    }
+}
+
+fn default_node_ttl() -> u64 {
+    10
+}
+
+fn default_key_prefix() -> String {
+    "pilot".into()
+}
+
+fn default_store_timeout() -> u64 {
+    5
 }
 
 /// `admin:` section.
@@ -517,6 +569,11 @@ impl Config {
                 "center.invite_timeout_secs",
                 self.center.invite_timeout_secs,
             ),
+            ("cluster.node_ttl_secs", self.cluster.node_ttl_secs),
+            (
+                "cluster.store_timeout_secs",
+                self.cluster.store_timeout_secs,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid {
@@ -524,6 +581,22 @@ impl Config {
                     reason: "must be at least 1 second".into(),
                 });
             }
+        }
+        let c = &self.cluster;
+        if !c.redis_url.is_empty()
+            && !c.redis_url.starts_with("redis://")
+            && !c.redis_url.starts_with("rediss://")
+        {
+            return Err(ConfigError::Invalid {
+                key: "cluster.redis_url",
+                reason: "must start with redis:// or rediss://".into(),
+            });
+        }
+        if c.key_prefix.is_empty() || c.key_prefix.contains(['{', '}']) {
+            return Err(ConfigError::Invalid {
+                key: "cluster.key_prefix",
+                reason: "must be non-empty, without braces".into(),
+            });
         }
         Ok(())
     }

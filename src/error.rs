@@ -41,6 +41,10 @@ pub enum CenterError {
     /// The center is shutting down.
     #[error("shutting down")]
     ShuttingDown,
+    /// The shared state store (Redis) could not take or confirm the change
+    /// in time; it was not applied by this request.
+    #[error("state store unavailable")]
+    StoreUnavailable,
     /// A bug or an impossible state; logged.
     #[error("internal error: {0}")]
     Internal(String),
@@ -64,7 +68,7 @@ impl CenterError {
             Self::Conflict(_) => 409,
             Self::OutOfRange(_) => 400,
             Self::LimitReached(_) => 429,
-            Self::ShuttingDown => 503,
+            Self::ShuttingDown | Self::StoreUnavailable => 503,
             Self::Internal(_) => 500,
         }
     }
@@ -85,7 +89,9 @@ impl From<CenterError> for tonic::Status {
             CenterError::LimitReached(_) => Status::resource_exhausted(e.to_string()),
             CenterError::Conflict(_) => Status::already_exists(e.to_string()),
             CenterError::OutOfRange(_) => Status::out_of_range(e.to_string()),
-            CenterError::ShuttingDown => Status::unavailable(e.to_string()),
+            CenterError::ShuttingDown | CenterError::StoreUnavailable => {
+                Status::unavailable(e.to_string())
+            }
             CenterError::Internal(_) => Status::internal(e.to_string()),
         }
     }

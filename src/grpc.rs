@@ -3,9 +3,7 @@
 //! live here.
 
 use crate::auth::{Authenticator, Grant, Role, bearer};
-use crate::center::{
-    Center, EventFilter, Outbound, OutletError, PeerInfo, Resumed, SessionHandle, lagged,
-};
+use crate::center::{Center, EventFilter, Outbound, PeerInfo, Resumed, SessionHandle, lagged};
 use crate::clock::Clock;
 use crate::error::CenterError;
 use crate::limits::{Inbox, Next, RateSettings};
@@ -313,6 +311,7 @@ impl RoomService for RoomServiceImpl {
         let sessions_notified = self
             .center
             .remove_user(&r.room_id, &r.user_id)
+            .await
             .map_err(status)?;
         Ok(Response::new(proto::RemoveUserResponse {
             sessions_notified,
@@ -327,6 +326,7 @@ impl RoomService for RoomServiceImpl {
         let users_removed = self
             .center
             .close_room(&request.get_ref().room_id)
+            .await
             .map_err(status)?;
         Ok(Response::new(proto::CloseRoomResponse { users_removed }))
     }
@@ -340,6 +340,7 @@ impl RoomService for RoomServiceImpl {
         let sessions_reached = self
             .center
             .send_text(&r.room_id, &r.user_id, &r.user_name, &r.message)
+            .await
             .map_err(status)?;
         Ok(Response::new(proto::SendTextMessageResponse {
             sessions_reached,
@@ -612,23 +613,20 @@ impl PeerStream {
                     metrics.limited("request");
                 }
                 // The result is queued in the same step as what the command caused.
-                let respond = |result: Result<proto::Reply, CenterError>| {
+                let (tx, tally, id) = (self.center_tx.clone(), self.handle.tally(), c.id);
+                let respond = move |result: Result<proto::Reply, CenterError>| {
                     let outcome = match result {
                         Ok(reply) => command_result::Outcome::Reply(reply),
                         Err(e) => {
-                            metrics.error(e.protoo_code());
+                            tally.metrics().error(e.protoo_code());
                             command_result::Outcome::Error((&e).into())
                         }
                     };
                     let result = proto::CommandResult {
-                        id: c.id,
+                        id,
                         outcome: Some(outcome),
                     };
-                    match self.center_tx.push(GrpcOut::Result(result)) {
-                        Ok(()) => self.handle.note_outbound(),
-                        Err(OutletError::Full) => self.handle.overflow().cancel(),
-                        Err(OutletError::Closed) => {}
-                    }
+                    tally.queued(tx.push(GrpcOut::Result(result)));
                 };
                 if let Err(e) = translate::check_command(&command) {
                     respond(Err(e));

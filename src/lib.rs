@@ -21,6 +21,8 @@
 //!   [`metrics`]: the Prometheus registry.
 //! - [`operator`]: the operator CLI, a gRPC client; [`view`]: listings and
 //!   events as tables and JSON, for the CLI and the admin page.
+//! - [`cluster`]: several centers sharing one state through a log in Redis
+//!   (docs/CLUSTER.md); off by default.
 //! - [`config`]: `center.yaml`. [`tls`]: certificates. [`server`]: wiring of
 //!   listeners and graceful shutdown. [`telemetry`]: logging.
 //! - `main.rs`: the command line, nothing else.
@@ -29,6 +31,7 @@ pub mod admin;
 pub mod auth;
 pub mod center;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod grpc;
@@ -44,23 +47,45 @@ pub mod translate;
 pub mod transport;
 pub mod view;
 
-/// Code generated from `proto/pilot/v1/center.proto`.
+/// Code generated from `proto/`, nested as the protobuf packages are (the
+/// cluster's entries refer to `pilot.v1` types by relative path).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
-pub mod proto {
-    tonic::include_proto!("pilot.v1");
+pub mod pb {
+    /// Package `pilot`.
+    pub mod pilot {
+        /// Package `pilot.v1`: the API (see [`crate::proto`]).
+        pub mod v1 {
+            tonic::include_proto!("pilot.v1");
 
-    /// The encoded descriptor set, for gRPC server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("pilot_descriptor");
+            /// The encoded descriptor set, for gRPC server reflection.
+            pub const FILE_DESCRIPTOR_SET: &[u8] =
+                tonic::include_file_descriptor_set!("pilot_descriptor");
 
-    impl Transport {
-        /// The name operators see: `ws`, `wss`, `grpc` (`other` when unset).
-        pub fn short_name(self) -> &'static str {
-            match self {
-                Self::Ws => "ws",
-                Self::Wss => "wss",
-                Self::Grpc => "grpc",
-                Self::Unspecified => "other",
+            impl Transport {
+                /// The name operators see: `ws`, `wss`, `grpc` (`other` when unset).
+                pub fn short_name(self) -> &'static str {
+                    match self {
+                        Self::Ws => "ws",
+                        Self::Wss => "wss",
+                        Self::Grpc => "grpc",
+                        Self::Unspecified => "other",
+                    }
+                }
+            }
+        }
+
+        /// Package `pilot.cluster`.
+        pub mod cluster {
+            /// Package `pilot.cluster.v1`: the entries of the log several
+            /// centers share (internal, not an API).
+            pub mod v1 {
+                tonic::include_proto!("pilot.cluster.v1");
             }
         }
     }
 }
+
+/// The cluster log's entries (`proto/pilot/cluster/v1/entry.proto`).
+pub use pb::pilot::cluster::v1 as cluster_proto;
+/// The API's messages and services (`proto/pilot/v1/center.proto`).
+pub use pb::pilot::v1 as proto;

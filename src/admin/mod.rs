@@ -286,7 +286,7 @@ async fn kick(
     Json(b): Json<KickBody>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&s, &headers)?;
-    let n = s.state.center.remove_user(&b.room_id, &b.user_id)?;
+    let n = s.state.center.remove_user(&b.room_id, &b.user_id).await?;
     tracing::info!(room.id = %b.room_id, user.id = %b.user_id, "user removed from the admin page");
     Ok(Json(json!({"sessionsNotified": n})))
 }
@@ -297,7 +297,7 @@ async fn close(
     Json(b): Json<CloseBody>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&s, &headers)?;
-    let n = s.state.center.close_room(&b.room_id)?;
+    let n = s.state.center.close_room(&b.room_id).await?;
     tracing::info!(room.id = %b.room_id, "room closed from the admin page");
     Ok(Json(json!({"usersRemoved": n})))
 }
@@ -308,7 +308,11 @@ async fn say(
     Json(b): Json<SayBody>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&s, &headers)?;
-    let n = s.state.center.send_text(&b.room_id, "", "", &b.message)?;
+    let n = s
+        .state
+        .center
+        .send_text(&b.room_id, "", "", &b.message)
+        .await?;
     Ok(Json(json!({"sessionsReached": n})))
 }
 

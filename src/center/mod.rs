@@ -16,30 +16,34 @@
 //! A session whose outlet is full is marked as a slow consumer and closed by
 //! its own task; the room carries on.
 
+mod entry;
 mod feed;
 mod invites;
 mod registry;
 mod rules;
 
+pub use entry::{Entry, node_of};
 pub use feed::{EventFilter, lagged};
 use invites::PendingInvites;
 pub use rules::DuplicatePolicy;
 
 use crate::auth::Grant;
 use crate::clock::Clock;
+use crate::cluster_proto::{self as cp, entry::Kind};
 use crate::error::CenterError;
 use crate::metrics::{Metrics, StateGauges};
-use crate::proto::watch_events_response::Event;
-use crate::proto::{self, Command, EventKind, Reply, Transport, command};
+use crate::proto::{self, Command, Reply, Transport, command};
+use entry::{At, Outcome};
 use parking_lot::Mutex;
 pub use registry::Resumed;
 use registry::{Registry, SessionEntry};
-use rules::{Effects, Rooms, RulesConfig};
+use rules::{Rooms, RulesConfig};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
@@ -186,6 +190,74 @@ impl Default for CenterConfig {
     }
 }
 
+/// Where a cluster node's entries go: the shared log (docs/CLUSTER.md).
+/// The log hands every entry back to every node, in its order, through
+/// [`Center::apply_logged`].
+pub trait EntryLog: Send + Sync + 'static {
+    /// Queues `entry` for the log without waiting. An error means it will
+    /// not be applied (the store is unreachable or too far behind).
+    fn append(&self, entry: Entry) -> Result<(), CenterError>;
+}
+
+/// This process as a node of a cluster: its id, its number (the high 32 bits
+/// of its session ids) and the shared log its changes go to.
+pub struct ClusterNode {
+    /// The node's id, for operators.
+    pub id: String,
+    /// The node's number, unique in the cluster for this process's life.
+    pub number: u32,
+    /// The shared log.
+    pub log: Arc<dyn EntryLog>,
+    /// Whether the log's store answers (for `/readyz`).
+    pub healthy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Who waits for an entry to be applied.
+enum Waiter {
+    /// Nobody.
+    None,
+    /// A peer's command: its reply is queued in the step that applies it.
+    Reply(Box<dyn FnOnce(Result<Reply, CenterError>) + Send>),
+    /// An operator action.
+    Count(oneshot::Sender<Result<u32, CenterError>>),
+    /// The grace timer.
+    Done(oneshot::Sender<()>),
+}
+
+impl Waiter {
+    fn complete(self, outcome: Outcome) {
+        match (self, outcome) {
+            (Self::Reply(respond), Outcome::Reply(r)) => respond(r),
+            (Self::Count(tx), Outcome::Count(r)) => {
+                let _ = tx.send(r);
+            }
+            (Self::Done(tx), _) => {
+                let _ = tx.send(());
+            }
+            (Self::Reply(respond), _) => {
+                respond(Err(CenterError::Internal("the entry had no reply".into())))
+            }
+            (Self::Count(tx), _) => {
+                let _ = tx.send(Err(CenterError::Internal("the entry had no count".into())));
+            }
+            (Self::None, _) => {}
+        }
+    }
+
+    fn fail(self, e: CenterError) {
+        match self {
+            Self::Reply(respond) => respond(Err(e)),
+            Self::Count(tx) => {
+                let _ = tx.send(Err(e));
+            }
+            Self::Done(_) | Self::None => {}
+        }
+    }
+}
+
+/// How long an operator action waits for the shared log to apply it.
+const OPERATOR_WAIT: Duration = Duration::from_secs(10);
+
 /// The room service handle. Cheap to clone; all clones share one state.
 #[derive(Clone)]
 pub struct Center {
@@ -198,20 +270,6 @@ struct Shared {
     registry: Registry,
 }
 
-impl Shared {
-    /// Applies `step` to the rules and carries out its effects.
-    fn step<T>(
-        &mut self,
-        metrics: &Metrics,
-        step: impl FnOnce(&mut Rooms, &mut Effects) -> T,
-    ) -> T {
-        let mut fx = Effects::default();
-        let out = step(&mut self.rooms, &mut fx);
-        self.registry.apply(fx, metrics);
-        out
-    }
-}
-
 struct Inner {
     /// The only copy of the state. Held for one step at a time, never
     /// across an await.
@@ -221,6 +279,11 @@ struct Inner {
     next_session: AtomicU64,
     metrics: Arc<Metrics>,
     clock: Clock,
+    /// Set when this process is a node of a cluster.
+    cluster: Option<ClusterNode>,
+    /// Entries this node appended, by origin number, whose maker waits.
+    pending: Mutex<HashMap<u64, Waiter>>,
+    next_origin: AtomicU64,
 }
 
 impl Default for Center {
@@ -230,8 +293,18 @@ impl Default for Center {
 }
 
 impl Center {
-    /// An empty center.
+    /// An empty center holding its state in memory.
     pub fn new(config: CenterConfig) -> Self {
+        Self::build(config, None)
+    }
+
+    /// An empty cluster node: its changes go to `node.log`, and it applies
+    /// what the log hands back ([`Center::apply_logged`]).
+    pub fn clustered(config: CenterConfig, node: ClusterNode) -> Self {
+        Self::build(config, Some(node))
+    }
+
+    fn build(config: CenterConfig, cluster: Option<ClusterNode>) -> Self {
         let (feed, _) = broadcast::channel(config.feed_capacity.max(16));
         let metrics = Arc::new(Metrics::new());
         let rules = RulesConfig {
@@ -244,12 +317,19 @@ impl Center {
             inner: Arc::new(Inner {
                 state: Mutex::new(Shared {
                     rooms: Rooms::new(rules),
-                    registry: Registry::new(feed.clone(), config.event_log_capacity),
+                    registry: Registry::new(
+                        cluster.as_ref().map(|n| n.id.clone()).unwrap_or_default(),
+                        feed.clone(),
+                        config.event_log_capacity,
+                    ),
                 }),
                 feed,
                 next_session: AtomicU64::new(1),
                 metrics,
                 clock: config.clock,
+                cluster,
+                pending: Mutex::new(HashMap::new()),
+                next_origin: AtomicU64::new(1),
             }),
         }
     }
@@ -265,8 +345,121 @@ impl Center {
         state.registry.gauges(state.rooms.counts())
     }
 
-    fn step<T>(&self, step: impl FnOnce(&mut Rooms, &mut Effects) -> T) -> T {
-        self.inner.state.lock().step(&self.inner.metrics, step)
+    /// This node's id in a cluster ("" for a single center).
+    pub fn node_id(&self) -> &str {
+        self.inner.cluster.as_ref().map_or("", |n| n.id.as_str())
+    }
+
+    /// Whether the state store answers (always, for a single center).
+    pub fn store_ready(&self) -> bool {
+        self.inner
+            .cluster
+            .as_ref()
+            .is_none_or(|n| n.healthy.load(Ordering::Relaxed))
+    }
+
+    /// Every session id known here (this node's and, in a cluster, the
+    /// others'), for lease checks.
+    pub fn session_ids(&self) -> Vec<SessionId> {
+        let state = self.inner.state.lock();
+        let mut ids: Vec<SessionId> = state
+            .registry
+            .ids()
+            .chain(state.rooms.session_ids())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Makes a change nobody waits for (a cluster's "node lost").
+    pub fn append_entry(&self, kind: Kind) {
+        self.submit(kind, Waiter::None);
+    }
+
+    /// The time graces are counted in: the center's clock alone, Unix time
+    /// in a cluster (where entries carry the log's time).
+    fn grace_now(&self) -> Duration {
+        match self.inner.cluster {
+            None => self.inner.clock.elapsed(),
+            Some(_) => SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Makes a change: applied at once by a single center (with `waiter`
+    /// completed in the same step), appended to the shared log by a cluster
+    /// node (`waiter` completed when the log hands it back).
+    fn submit(&self, kind: Kind, waiter: Waiter) {
+        match &self.inner.cluster {
+            None => {
+                let at = At {
+                    grace: self.inner.clock.elapsed(),
+                    wall: SystemTime::now(),
+                };
+                let mut state = self.inner.state.lock();
+                let outcome = state.apply("", kind, at, &self.inner.metrics);
+                waiter.complete(outcome);
+            }
+            Some(node) => {
+                let origin_seq = self.inner.next_origin.fetch_add(1, Ordering::Relaxed);
+                if !matches!(waiter, Waiter::None) {
+                    self.inner.pending.lock().insert(origin_seq, waiter);
+                }
+                let entry = Entry {
+                    node_id: node.id.clone(),
+                    origin_seq,
+                    kind: Some(kind),
+                };
+                if let Err(e) = node.log.append(entry) {
+                    self.abandon(origin_seq, e);
+                }
+            }
+        }
+    }
+
+    /// The log could not take entry `origin_seq` of this node: whoever waits
+    /// for it gets `e` (it will not be applied).
+    pub fn abandon(&self, origin_seq: u64, e: CenterError) {
+        let waiter = self.inner.pending.lock().remove(&origin_seq);
+        if let Some(w) = waiter {
+            w.fail(e);
+        }
+    }
+
+    /// Applies an entry the shared log handed back, at `unix_ms` (the log's
+    /// time for it). Every node applies every entry in the log's order; the
+    /// node that made it answers its maker in the same step.
+    pub fn apply_logged(&self, entry: Entry, unix_ms: u64) {
+        let Some(kind) = entry.kind else {
+            return;
+        };
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_millis(unix_ms);
+        let at = At {
+            grace: Duration::from_millis(unix_ms),
+            wall,
+        };
+        let mine = entry.node_id == self.node_id();
+        let mut state = self.inner.state.lock();
+        let outcome = state.apply(&entry.node_id, kind, at, &self.inner.metrics);
+        if mine {
+            let waiter = self.inner.pending.lock().remove(&entry.origin_seq);
+            if let Some(w) = waiter {
+                w.complete(outcome);
+            }
+        }
+    }
+
+    /// Makes an operator change and waits for its count (bounded in a
+    /// cluster: the store may be unreachable).
+    async fn operator(&self, kind: Kind) -> Result<u32, CenterError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(kind, Waiter::Count(tx));
+        match tokio::time::timeout(OPERATOR_WAIT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) | Err(_) => Err(CenterError::StoreUnavailable),
+        }
     }
 
     /// Opens a session whose outbound items go to `outlet`. It takes back
@@ -275,19 +468,20 @@ impl Center {
     /// The returned handle closes the session (with its clean-up) when it is
     /// dropped, so a session task that ends in any way leaves no state behind.
     pub fn open_session(&self, peer: PeerInfo, grant: Grant, outlet: impl Outlet) -> SessionHandle {
-        let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
+        let number = self.inner.cluster.as_ref().map_or(0, |n| n.number);
+        let id = (u64::from(number) << 32)
+            | (self.inner.next_session.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff);
         let stats = Arc::new(SessionStats::default());
         let overflow = CancellationToken::new();
-        let mut state = self.inner.state.lock();
-        let opened = proto::SessionOpened {
+        let opened = cp::SessionOpen {
             session_id: id,
             peer_addr: peer.addr.clone(),
             transport: peer.transport.into(),
             peer_id: peer.identity.clone(),
-            users_reclaimed: 0,
         };
-        let identity = peer.identity.clone();
-        state.registry.open(
+        // Registered before its opening is applied, so that what the opening
+        // takes back reaches it.
+        self.inner.state.lock().registry.open(
             id,
             SessionEntry {
                 peer,
@@ -297,25 +491,7 @@ impl Center {
                 connected_at: SystemTime::now(),
             },
         );
-        let mut fx = Effects::default();
-        let reclaimed = state.rooms.open_session(id, &identity, &mut fx);
-        // The opening comes first on the feed, then what it took back.
-        state.registry.emit(
-            String::new(),
-            EventKind::SessionOpened,
-            Event::SessionOpened(proto::SessionOpened {
-                users_reclaimed: reclaimed,
-                ..opened
-            }),
-        );
-        state.registry.apply(fx, &self.inner.metrics);
-        drop(state);
-        if reclaimed > 0 {
-            self.inner
-                .metrics
-                .users_reclaimed
-                .inc_by(u64::from(reclaimed));
-        }
+        self.submit(Kind::SessionOpen(opened), Waiter::None);
         SessionHandle {
             center: self.clone(),
             invites: PendingInvites::default(),
@@ -328,9 +504,12 @@ impl Center {
     }
 
     /// Users whose reconnect grace ended leave (`userLeave` to their rooms).
-    pub fn expire_grace(&self) {
-        let now = self.inner.clock.elapsed();
-        self.step(|rooms, fx| rooms.expire(now, fx));
+    /// In a cluster this is an entry of the log; the returned receiver
+    /// resolves when it was applied (at once for a single center).
+    pub fn expire_grace(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Kind::ExpireGrace(cp::ExpireGrace {}), Waiter::Done(tx));
+        rx
     }
 
     /// Ends reconnect graces on time until `shutdown`: wakes at the next
@@ -338,14 +517,32 @@ impl Center {
     pub async fn run_grace_timer(self, shutdown: CancellationToken) {
         let clock = self.inner.clock.clone();
         loop {
-            let now = clock.elapsed();
+            let now = self.grace_now();
             let next = self.inner.state.lock().rooms.next_deadline();
+            if self.inner.cluster.is_some() {
+                // Every node may append the expiry; applying it twice is a no-op.
+                if next.is_some_and(|d| d <= now) {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        _ = tokio::time::timeout(OPERATOR_WAIT, self.expire_grace()) => {}
+                    }
+                }
+                let wait = next.map_or(Duration::from_secs(1), |d| {
+                    d.saturating_sub(now)
+                        .clamp(Duration::from_millis(10), Duration::from_secs(1))
+                });
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                continue;
+            }
             let wake = next.map_or(now + Duration::from_secs(1), |d| {
                 d.clamp(now, now + Duration::from_secs(1))
             });
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = clock.sleep_until(wake) => self.expire_grace(),
+                () = clock.sleep_until(wake) => drop(self.expire_grace()),
             }
         }
     }
@@ -420,24 +617,37 @@ impl Center {
     }
 
     /// Removes a user; every session of the room (its own too) gets `userLeave`.
-    pub fn remove_user(&self, room_id: &str, user_id: &str) -> Result<u32, CenterError> {
-        self.step(|rooms, fx| rooms.remove_user(room_id, user_id, fx))
+    pub async fn remove_user(&self, room_id: &str, user_id: &str) -> Result<u32, CenterError> {
+        self.operator(Kind::RemoveUser(proto::RemoveUserRequest {
+            room_id: room_id.to_owned(),
+            user_id: user_id.to_owned(),
+        }))
+        .await
     }
 
     /// Closes a room; every session gets `userLeave` for each user.
-    pub fn close_room(&self, room_id: &str) -> Result<u32, CenterError> {
-        self.step(|rooms, fx| rooms.close_room(room_id, fx))
+    pub async fn close_room(&self, room_id: &str) -> Result<u32, CenterError> {
+        self.operator(Kind::CloseRoom(proto::CloseRoomRequest {
+            room_id: room_id.to_owned(),
+        }))
+        .await
     }
 
     /// Sends `textMessage` into a room as the system (`user_id` empty) or a user.
-    pub fn send_text(
+    pub async fn send_text(
         &self,
         room_id: &str,
         user_id: &str,
         user_name: &str,
         message: &str,
     ) -> Result<u32, CenterError> {
-        self.step(|rooms, fx| rooms.send_text(room_id, user_id, user_name, message, fx))
+        self.operator(Kind::SendText(proto::SendTextMessageRequest {
+            room_id: room_id.to_owned(),
+            user_id: user_id.to_owned(),
+            user_name: user_name.to_owned(),
+            message: message.to_owned(),
+        }))
+        .await
     }
 
     /// Counts: (sessions, rooms, users, msus).
@@ -468,19 +678,25 @@ fn sessions_of(state: &Shared) -> Vec<proto::SessionInfo> {
         .registry
         .sorted()
         .into_iter()
-        .map(|(id, s)| {
-            let (_, user_count, msu_ids) = state.rooms.session_view(id).unwrap_or_default();
+        .map(|row| {
+            let (_, user_count, msu_ids) = state.rooms.session_view(row.id).unwrap_or_default();
+            let stat = |f: fn(&SessionStats) -> &AtomicU64| {
+                row.local.map_or(0, |e| f(&e.stats).load(Ordering::Relaxed))
+            };
             proto::SessionInfo {
-                session_id: id,
-                peer_addr: s.peer.addr.clone(),
-                transport: s.peer.transport.into(),
+                session_id: row.id,
+                peer_addr: row.peer.addr.clone(),
+                transport: row.peer.transport.into(),
                 user_count,
-                connected_at: Some(timestamp(s.connected_at)),
-                messages_in: s.stats.messages_in.load(Ordering::Relaxed),
-                messages_out: s.stats.messages_out.load(Ordering::Relaxed),
+                connected_at: Some(timestamp(row.connected_at)),
+                messages_in: stat(|s| &s.messages_in),
+                messages_out: stat(|s| &s.messages_out),
                 msu_ids,
-                peer_id: s.peer.identity.clone(),
-                queue_depth: u32::try_from(s.outlet.depth()).unwrap_or(u32::MAX),
+                peer_id: row.peer.identity.clone(),
+                queue_depth: row
+                    .local
+                    .map_or(0, |e| u32::try_from(e.outlet.depth()).unwrap_or(u32::MAX)),
+                node_id: row.node_id.to_owned(),
             }
         })
         .collect()
@@ -505,6 +721,35 @@ fn msus_of(state: &Shared) -> Vec<proto::MsuInfo> {
             }
         })
         .collect()
+}
+
+/// What queuing a reply to a session's peer needs, detached from the
+/// session's handle: a cluster node queues a reply when the shared log
+/// hands the command back, after the front end moved on.
+#[derive(Clone)]
+pub struct ReplyTally {
+    stats: Arc<SessionStats>,
+    overflow: CancellationToken,
+    metrics: Arc<Metrics>,
+}
+
+impl ReplyTally {
+    /// Counts a reply queued to the peer; a full queue makes the session a
+    /// slow consumer.
+    pub fn queued(&self, result: Result<(), OutletError>) {
+        match result {
+            Ok(()) => {
+                self.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(OutletError::Full) => self.overflow.cancel(),
+            Err(OutletError::Closed) => {}
+        }
+    }
+
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
 }
 
 /// One peer session's access to the center. Dropping it closes the session.
@@ -533,6 +778,15 @@ impl SessionHandle {
     /// The process's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.center.inner.metrics
+    }
+
+    /// What a reply queued later (see [`SessionHandle::execute_then`]) needs.
+    pub fn tally(&self) -> ReplyTally {
+        ReplyTally {
+            stats: self.stats.clone(),
+            overflow: self.overflow.clone(),
+            metrics: self.center.inner.metrics.clone(),
+        }
     }
 
     /// This session's counters.
@@ -564,7 +818,14 @@ impl SessionHandle {
     /// center's lock held: `respond` queues the reply and must not call back
     /// into the center. So no peer ever gets an answer that describes an
     /// older state than a notification it already received.
-    pub fn execute_then(&self, command: Command, respond: impl FnOnce(Result<Reply, CenterError>)) {
+    ///
+    /// In a cluster the command is appended to the shared log and `respond`
+    /// runs when this node applies it, hence `Send + 'static`.
+    pub fn execute_then(
+        &self,
+        command: Command,
+        respond: impl FnOnce(Result<Reply, CenterError>) + Send + 'static,
+    ) {
         if let Err(e) = self.grant.permits(&command) {
             return respond(Err(CenterError::Forbidden(e)));
         }
@@ -577,36 +838,40 @@ impl SessionHandle {
                 data_json: r.data_json,
             }))));
         }
-        let sid = self.id;
-        let now = SystemTime::now();
-        let mut state = self.center.inner.state.lock();
-        let result = state.step(&self.center.inner.metrics, |rooms, fx| {
-            Ok(match kind {
-                command::Kind::Echo(r) => proto::reply::Kind::Echo(proto::EchoResponse {
-                    data_json: r.data_json,
-                }),
-                command::Kind::RegisterMsu(r) => {
-                    proto::reply::Kind::RegisterMsu(rooms.register_msu(sid, r, now, fx)?)
-                }
-                command::Kind::Join(r) => proto::reply::Kind::Join(rooms.join(sid, r, fx)?),
-                command::Kind::Push(r) => ack(rooms.push(sid, r, fx)?),
-                command::Kind::PullRemoteStream(r) => ack(rooms.pull_remote_stream(sid, r, fx)?),
-                command::Kind::UserDisconnect(r) => ack(rooms.user_disconnect(sid, r, fx)?),
-                command::Kind::UserLeave(r) => ack(rooms.user_leave(sid, r, fx)?),
-                command::Kind::TextMessage(r) => ack(rooms.text_message(sid, r, fx)?),
-                command::Kind::UserReconnect(r) => ack(rooms.user_reconnect(sid, r, fx)?),
-            })
+        let entry = Kind::PeerCommand(cp::PeerCommand {
+            session_id: self.id,
+            command: Some(Command { kind: Some(kind) }),
         });
-        respond(result.map(reply));
+        if self.center.inner.cluster.is_some() {
+            return self.center.submit(entry, Waiter::Reply(Box::new(respond)));
+        }
+        // A single center answers in the same step, without boxing.
+        let at = At {
+            grace: self.center.inner.clock.elapsed(),
+            wall: SystemTime::now(),
+        };
+        let mut state = self.center.inner.state.lock();
+        match state.apply("", entry, at, &self.center.inner.metrics) {
+            Outcome::Reply(r) => respond(r),
+            _ => respond(Err(CenterError::Internal("a command had no reply".into()))),
+        }
         drop(state);
     }
 
     /// Runs one command and returns its result (for callers that do not
     /// queue replies, such as tests of the rules).
+    /// In a cluster the reply only comes when the log hands the command back:
+    /// use [`SessionHandle::execute_then`] there.
     pub fn execute(&self, command: Command) -> Result<Reply, CenterError> {
-        let mut out = Err(CenterError::Internal("no result".into()));
-        self.execute_then(command, |r| out = r);
-        out
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.execute_then(command, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.try_recv().unwrap_or_else(|_| {
+            Err(CenterError::Internal(
+                "the reply comes when the shared log applies the command".into(),
+            ))
+        })
     }
 
     /// Records an `invite` for `room_id` this session's MSU must answer by
@@ -630,9 +895,13 @@ impl SessionHandle {
             Ok(()) => tracing::debug!(room.id = room_id, "invite accepted"),
             Err(reason) => {
                 tracing::warn!(room.id = room_id, %reason, "invite failed: the room moves to another MSU");
-                let sid = self.id;
-                self.center
-                    .step(|rooms, fx| rooms.invite_failed(room_id, sid, fx));
+                self.center.submit(
+                    Kind::InviteFailed(cp::InviteFailed {
+                        room_id: room_id.to_owned(),
+                        session_id: self.id,
+                    }),
+                    Waiter::None,
+                );
             }
         }
     }
@@ -660,30 +929,22 @@ impl SessionHandle {
 impl Drop for SessionHandle {
     fn drop(&mut self) {
         let reason = self.close_reason.take().unwrap_or_else(|| "closed".into());
-        let sid = self.id;
-        let now = self.center.inner.clock.elapsed();
-        let mut state = self.center.inner.state.lock();
-        state.registry.close(sid);
-        state.step(&self.center.inner.metrics, |rooms, fx| {
-            rooms.close_session(sid, now, fx);
-            fx.events.push((
-                String::new(),
-                EventKind::SessionClosed,
-                Event::SessionClosed(proto::SessionClosed {
-                    session_id: sid,
-                    reason,
-                }),
-            ));
-        });
+        // Nothing reaches it from now on, whenever its closing is applied.
+        if self.center.inner.cluster.is_some() {
+            self.center.inner.state.lock().registry.close(self.id);
+        }
+        self.center.submit(
+            Kind::SessionClose(cp::SessionClose {
+                session_id: self.id,
+                reason,
+            }),
+            Waiter::None,
+        );
     }
 }
 
 fn reply(kind: proto::reply::Kind) -> Reply {
     Reply { kind: Some(kind) }
-}
-
-fn ack((): ()) -> proto::reply::Kind {
-    proto::reply::Kind::Ack(proto::Ack {})
 }
 
 /// Milliseconds since the Unix epoch.

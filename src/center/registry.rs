@@ -29,6 +29,31 @@ pub struct SessionEntry {
     pub connected_at: SystemTime,
 }
 
+/// A session another node of the cluster holds: known for listings and for
+/// when that node is lost; nothing is delivered to it from here.
+pub struct RemoteSession {
+    /// Who it is.
+    pub peer: PeerInfo,
+    /// The node that holds it.
+    pub node_id: String,
+    /// When its opening was applied here.
+    pub connected_at: SystemTime,
+}
+
+/// One row of a session listing.
+pub struct SessionRow<'a> {
+    /// Session id.
+    pub id: SessionId,
+    /// Who it is.
+    pub peer: &'a PeerInfo,
+    /// The node that holds it ("" for this process when it is not a cluster node).
+    pub node_id: &'a str,
+    /// When it opened.
+    pub connected_at: SystemTime,
+    /// Its counters and outlet, when this process holds it.
+    pub local: Option<&'a SessionEntry>,
+}
+
 /// Gives a map's memory back once it holds a small fraction of what it
 /// once did (a crowd left), so the heap can be trimmed; rare enough to cost
 /// nothing in steady state.
@@ -40,7 +65,11 @@ pub fn shrink_after_crowd<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
 
 /// Live sessions and the event feed.
 pub struct Registry {
+    /// This process's id as a cluster node ("" when it is not one).
+    node_id: String,
     sessions: HashMap<SessionId, SessionEntry>,
+    /// Sessions other cluster nodes hold.
+    remote: HashMap<SessionId, RemoteSession>,
     /// Event feed. A receiver that falls further behind than its capacity
     /// gets `Lagged(n)`. Senders never wait.
     feed: broadcast::Sender<Arc<proto::WatchEventsResponse>>,
@@ -69,11 +98,14 @@ impl Resumed {
 impl Registry {
     /// No sessions; events go to `feed`, and the last `log_capacity` are kept.
     pub fn new(
+        node_id: String,
         feed: broadcast::Sender<Arc<proto::WatchEventsResponse>>,
         log_capacity: usize,
     ) -> Self {
         Self {
+            node_id,
             sessions: HashMap::new(),
+            remote: HashMap::new(),
             feed,
             seq: 0,
             log: EventLog::new(log_capacity),
@@ -122,28 +154,88 @@ impl Registry {
         self.sessions.insert(sid, entry);
     }
 
+    /// Applies a session's opening from the shared log: a session another
+    /// node holds becomes known here (this process's own are already open).
+    pub fn note_open(&mut self, node_id: &str, o: &crate::cluster_proto::SessionOpen) {
+        if self.sessions.contains_key(&o.session_id) {
+            return;
+        }
+        self.remote.insert(
+            o.session_id,
+            RemoteSession {
+                peer: PeerInfo {
+                    addr: o.peer_addr.clone(),
+                    transport: proto::Transport::try_from(o.transport).unwrap_or_default(),
+                    identity: o.peer_id.clone(),
+                },
+                node_id: node_id.to_owned(),
+                connected_at: SystemTime::now(),
+            },
+        );
+    }
+
+    /// Whether this process holds session `sid`.
+    pub fn is_local(&self, sid: SessionId) -> bool {
+        self.sessions.contains_key(&sid)
+    }
+
+    /// Every session known here, this process's and other nodes'.
+    pub fn ids(&self) -> impl Iterator<Item = SessionId> + '_ {
+        self.sessions.keys().chain(self.remote.keys()).copied()
+    }
+
+    /// The cluster declared the node holding `sid` lost: a session held here
+    /// (this node was cut off from the store for too long) must close, so
+    /// its peer reconnects and takes its users back; another node's is
+    /// forgotten.
+    pub fn lose(&mut self, sid: SessionId) {
+        if let Some(entry) = self.sessions.get(&sid) {
+            entry.overflow.cancel();
+        }
+        self.remote.remove(&sid);
+    }
+
     /// Removes a session; nothing reaches it any more.
     pub fn close(&mut self, sid: SessionId) -> Option<SessionEntry> {
+        self.remote.remove(&sid);
         let entry = self.sessions.remove(&sid);
         shrink_after_crowd(&mut self.sessions);
+        shrink_after_crowd(&mut self.remote);
         entry
     }
 
-    /// A live session.
+    /// A live session this process holds.
     pub fn get(&self, sid: SessionId) -> Option<&SessionEntry> {
         self.sessions.get(&sid)
     }
 
-    /// Every live session, sorted by id.
-    pub fn sorted(&self) -> Vec<(SessionId, &SessionEntry)> {
-        let mut all: Vec<_> = self.sessions.iter().map(|(id, e)| (*id, e)).collect();
-        all.sort_by_key(|(id, _)| *id);
+    /// Every live session, this process's and other nodes', sorted by id.
+    pub fn sorted(&self) -> Vec<SessionRow<'_>> {
+        let mut all: Vec<_> = self
+            .sessions
+            .iter()
+            .map(|(id, e)| SessionRow {
+                id: *id,
+                peer: &e.peer,
+                node_id: &self.node_id,
+                connected_at: e.connected_at,
+                local: Some(e),
+            })
+            .chain(self.remote.iter().map(|(id, r)| SessionRow {
+                id: *id,
+                peer: &r.peer,
+                node_id: &r.node_id,
+                connected_at: r.connected_at,
+                local: None,
+            }))
+            .collect();
+        all.sort_by_key(|r| r.id);
         all
     }
 
-    /// How many sessions are live.
+    /// How many sessions are live, this process's and other nodes'.
     pub fn len(&self) -> usize {
-        self.sessions.len()
+        self.sessions.len() + self.remote.len()
     }
 
     /// Carries out what the rules decided: items to sessions, then events to

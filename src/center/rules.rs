@@ -1261,6 +1261,11 @@ impl Rooms {
         })
     }
 
+    /// The sessions the rules know of (open, holding users or MSUs).
+    pub fn session_ids(&self) -> Vec<SessionId> {
+        self.sessions.keys().copied().collect()
+    }
+
     /// What the rules know of a session: (identity, users held, MSU ids).
     pub fn session_view(&self, sid: SessionId) -> Option<(String, u32, Vec<String>)> {
         let h = self.sessions.get(&sid)?;

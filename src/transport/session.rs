@@ -319,13 +319,25 @@ fn on_text(ctx: &Ctx, text: &str, delayed: bool) {
             let _enter = span.enter();
             tracing::debug!(data = data.get(), "request");
             let started = std::time::Instant::now();
-            // The reply is queued in the same step as what the command caused.
-            let respond = |result: Result<_, crate::error::CenterError>| match result {
-                Ok(reply) => ctx.send_text(protoo::ok_response(id, &translate::reply_data(&reply))),
-                Err(e) => {
-                    tracing::debug!(code = e.protoo_code(), error = %e, "request failed");
-                    respond_error(Some(id), e.protoo_code(), &e.to_string());
-                }
+            // The reply is queued in the same step as what the command caused
+            // (for a cluster node: when the shared log hands the command back).
+            let (tx, tally, id_owned) = (ctx.tx.clone(), ctx.handle.tally(), id.to_owned());
+            let label = method_label(&method);
+            let respond = move |result: Result<_, crate::error::CenterError>| {
+                let text = match result {
+                    Ok(reply) => protoo::ok_response(&id_owned, &translate::reply_data(&reply)),
+                    Err(e) => {
+                        tracing::debug!(code = e.protoo_code(), error = %e, "request failed");
+                        tally.metrics().error(e.protoo_code());
+                        protoo::error_response(Some(&id_owned), e.protoo_code(), &e.to_string())
+                    }
+                };
+                tally.queued(tx.push(WsOut::Text(Utf8Bytes::from(text))));
+                tally
+                    .metrics()
+                    .request_seconds
+                    .get_or_create(&label)
+                    .observe(started.elapsed().as_secs_f64());
             };
             match translate::request_command(&method, data) {
                 Ok(cmd) => {
@@ -334,10 +346,6 @@ fn on_text(ctx: &Ctx, text: &str, delayed: bool) {
                 }
                 Err(e) => respond(Err(e)),
             }
-            metrics
-                .request_seconds
-                .get_or_create(&method_label(&method))
-                .observe(started.elapsed().as_secs_f64());
         }
         Ok(Protoo::Notification { method, data }) => {
             metrics.inbound(&method);
@@ -347,12 +355,17 @@ fn on_text(ctx: &Ctx, text: &str, delayed: bool) {
             let span = telemetry::notification_span(&method);
             let _enter = span.enter();
             tracing::debug!(data = data.get(), "notification");
-            let result = translate::notification_command(&method, data).and_then(|cmd| {
-                telemetry::record_command_ids(&span, &cmd);
-                ctx.handle.execute(cmd)
-            });
-            if let Err(e) = result {
+            let parsed = translate::notification_command(&method, data);
+            let log_refusal = move |e: crate::error::CenterError| {
                 tracing::debug!(method = %method, error = %e, "notification ignored");
+            };
+            match parsed {
+                Ok(cmd) => {
+                    telemetry::record_command_ids(&span, &cmd);
+                    ctx.handle
+                        .execute_then(cmd, move |r| r.map_or_else(log_refusal, drop));
+                }
+                Err(e) => log_refusal(e),
             }
         }
         Ok(Protoo::Response {

@@ -1,0 +1,166 @@
+//! Every change to the state as a value, an [`Entry`], applied by one
+//! function, [`Shared::apply`]. The in-memory center applies an entry the
+//! moment it is made; a cluster node appends it to the shared log and every
+//! node applies it when the log hands it back, in the log's order
+//! (docs/CLUSTER.md). Either way the same rules run on the same values.
+
+use super::rules::Effects;
+use super::{SessionId, Shared};
+use crate::cluster_proto::{self as cp, entry::Kind};
+use crate::error::CenterError;
+use crate::metrics::Metrics;
+use crate::proto::{self, EventKind, Reply, command, watch_events_response::Event};
+use std::time::{Duration, SystemTime};
+
+pub use cp::Entry;
+
+/// When an entry is applied: the time reconnect graces are counted in, and
+/// the wall time MSU registrations are stamped with. In a cluster both come
+/// from the entry's place in the log, so every node agrees.
+#[derive(Debug, Clone, Copy)]
+pub struct At {
+    /// Grace time.
+    pub grace: Duration,
+    /// Wall time.
+    pub wall: SystemTime,
+}
+
+/// What applying an entry produced for whoever made it.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A peer command's reply.
+    Reply(Result<Reply, CenterError>),
+    /// An operator action's count (users told, users removed).
+    Count(Result<u32, CenterError>),
+    /// Nothing to answer.
+    Done,
+}
+
+/// The node number in a cluster-wide session id (its high 32 bits).
+pub fn node_of(sid: SessionId) -> u32 {
+    u32::try_from(sid >> 32).unwrap_or(u32::MAX)
+}
+
+impl Shared {
+    /// Applies one entry to the rules and carries its effects to the
+    /// sessions this process holds and to the event feed.
+    /// `origin`: the node that made it ("" when not a cluster).
+    pub(super) fn apply(&mut self, origin: &str, kind: Kind, at: At, metrics: &Metrics) -> Outcome {
+        let mut fx = Effects::default();
+        let outcome = match kind {
+            Kind::SessionOpen(o) => {
+                self.registry.note_open(origin, &o);
+                let reclaimed = self.rooms.open_session(o.session_id, &o.peer_id, &mut fx);
+                if reclaimed > 0 && self.registry.is_local(o.session_id) {
+                    metrics.users_reclaimed.inc_by(u64::from(reclaimed));
+                }
+                // The opening comes first on the feed, then what it took back.
+                fx.events.insert(
+                    0,
+                    (
+                        String::new(),
+                        EventKind::SessionOpened,
+                        Event::SessionOpened(proto::SessionOpened {
+                            session_id: o.session_id,
+                            peer_addr: o.peer_addr,
+                            transport: o.transport,
+                            peer_id: o.peer_id,
+                            users_reclaimed: reclaimed,
+                        }),
+                    ),
+                );
+                Outcome::Done
+            }
+            Kind::SessionClose(c) => {
+                self.close_session(c.session_id, c.reason, at, &mut fx);
+                Outcome::Done
+            }
+            Kind::NodeLost(n) => {
+                let mut lost: Vec<SessionId> = self
+                    .rooms
+                    .session_ids()
+                    .into_iter()
+                    .chain(self.registry.ids())
+                    .filter(|sid| node_of(*sid) == n.node_number)
+                    .collect();
+                lost.sort_unstable();
+                lost.dedup();
+                tracing::warn!(node.id = %n.node_id, node.number = n.node_number, sessions = lost.len(), "node lost: its sessions end");
+                for sid in lost {
+                    self.registry.lose(sid);
+                    self.close_session(sid, "node lost".into(), at, &mut fx);
+                }
+                Outcome::Done
+            }
+            Kind::PeerCommand(c) => Outcome::Reply(self.command(c, at, &mut fx)),
+            Kind::ExpireGrace(_) => {
+                self.rooms.expire(at.grace, &mut fx);
+                Outcome::Done
+            }
+            Kind::InviteFailed(f) => {
+                self.rooms.invite_failed(&f.room_id, f.session_id, &mut fx);
+                Outcome::Done
+            }
+            Kind::RemoveUser(r) => {
+                Outcome::Count(self.rooms.remove_user(&r.room_id, &r.user_id, &mut fx))
+            }
+            Kind::CloseRoom(r) => Outcome::Count(self.rooms.close_room(&r.room_id, &mut fx)),
+            Kind::SendText(r) => Outcome::Count(self.rooms.send_text(
+                &r.room_id,
+                &r.user_id,
+                &r.user_name,
+                &r.message,
+                &mut fx,
+            )),
+        };
+        self.registry.apply(fx, metrics);
+        outcome
+    }
+
+    fn close_session(&mut self, sid: SessionId, reason: String, at: At, fx: &mut Effects) {
+        self.registry.close(sid);
+        self.rooms.close_session(sid, at.grace, fx);
+        fx.events.push((
+            String::new(),
+            EventKind::SessionClosed,
+            Event::SessionClosed(proto::SessionClosed {
+                session_id: sid,
+                reason,
+            }),
+        ));
+    }
+
+    fn command(
+        &mut self,
+        c: cp::PeerCommand,
+        at: At,
+        fx: &mut Effects,
+    ) -> Result<Reply, CenterError> {
+        let sid = c.session_id;
+        let rooms = &mut self.rooms;
+        let kind = c
+            .command
+            .and_then(|c| c.kind)
+            .ok_or_else(|| CenterError::invalid("command", "empty command"))?;
+        let kind = match kind {
+            command::Kind::Echo(r) => proto::reply::Kind::Echo(proto::EchoResponse {
+                data_json: r.data_json,
+            }),
+            command::Kind::RegisterMsu(r) => {
+                proto::reply::Kind::RegisterMsu(rooms.register_msu(sid, r, at.wall, fx)?)
+            }
+            command::Kind::Join(r) => proto::reply::Kind::Join(rooms.join(sid, r, fx)?),
+            command::Kind::Push(r) => ack(rooms.push(sid, r, fx)?),
+            command::Kind::PullRemoteStream(r) => ack(rooms.pull_remote_stream(sid, r, fx)?),
+            command::Kind::UserDisconnect(r) => ack(rooms.user_disconnect(sid, r, fx)?),
+            command::Kind::UserLeave(r) => ack(rooms.user_leave(sid, r, fx)?),
+            command::Kind::TextMessage(r) => ack(rooms.text_message(sid, r, fx)?),
+            command::Kind::UserReconnect(r) => ack(rooms.user_reconnect(sid, r, fx)?),
+        };
+        Ok(Reply { kind: Some(kind) })
+    }
+}
+
+fn ack((): ()) -> proto::reply::Kind {
+    proto::reply::Kind::Ack(proto::Ack {})
+}
