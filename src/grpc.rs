@@ -237,6 +237,7 @@ impl RoomService for RoomServiceImpl {
         request: Request<proto::ListRoomsRequest>,
     ) -> Result<Response<proto::ListRoomsResponse>, Status> {
         require_admin(&request)?;
+        self.center.settle().await.map_err(status)?;
         let (rooms, cursor) = self.center.list_rooms_at();
         let r = request.get_ref();
         let (rooms, next_page_token) =
@@ -253,6 +254,7 @@ impl RoomService for RoomServiceImpl {
         request: Request<proto::GetRoomRequest>,
     ) -> Result<Response<proto::GetRoomResponse>, Status> {
         require_admin(&request)?;
+        self.center.settle().await.map_err(status)?;
         let (room, cursor) = self
             .center
             .get_room_at(&request.get_ref().room_id)
@@ -268,6 +270,7 @@ impl RoomService for RoomServiceImpl {
         request: Request<proto::ListSessionsRequest>,
     ) -> Result<Response<proto::ListSessionsResponse>, Status> {
         require_admin(&request)?;
+        self.center.settle().await.map_err(status)?;
         let (sessions, cursor) = self.center.list_sessions_at();
         let r = request.get_ref();
         // Zero-padded, so that the text order is the numeric order.
@@ -289,6 +292,7 @@ impl RoomService for RoomServiceImpl {
         request: Request<proto::ListMsusRequest>,
     ) -> Result<Response<proto::ListMsusResponse>, Status> {
         require_admin(&request)?;
+        self.center.settle().await.map_err(status)?;
         let r = request.get_ref();
         let (msus, next_page_token) = page(
             self.center.list_msus(),

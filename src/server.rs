@@ -53,6 +53,9 @@ pub enum StartError {
     /// Authentication could not be set up.
     #[error("auth: {0}")]
     Auth(#[from] AuthError),
+    /// The cluster could not be joined.
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// A running center: both listeners and the room service.
@@ -69,6 +72,9 @@ pub struct Server {
     admin_stop: CancellationToken,
     ready: Arc<AtomicBool>,
     tracker: TaskTracker,
+    /// Stops a cluster node's log tasks (after the sessions).
+    cluster_stop: CancellationToken,
+    cluster_tracker: TaskTracker,
 }
 
 /// Binds `addr`; returns the listener and the address it got (port 0 picks one).
@@ -210,7 +216,7 @@ impl Server {
     /// Like [`Server::start`], with rate limits reading `clock` (a manual
     /// clock makes them exact in tests).
     pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Self, StartError> {
-        let center = Center::new(CenterConfig {
+        let center_config = CenterConfig {
             feed_capacity: config.center.event_feed_capacity,
             event_log_capacity: config.center.event_log_capacity,
             max_rooms_per_session: config.center.max_rooms_per_session,
@@ -218,7 +224,24 @@ impl Server {
             reconnect_grace: Duration::from_secs(config.center.reconnect_grace_secs),
             duplicate_user: config.center.duplicate_user,
             clock: clock.clone(),
-        });
+        };
+        // A cluster node's log tasks outlive its sessions: the sessions'
+        // closings still go to the log after `shutdown`.
+        let cluster_stop = CancellationToken::new();
+        let cluster_tracker = TaskTracker::new();
+        let center = if config.cluster.redis_url.is_empty() {
+            Center::new(center_config)
+        } else {
+            crate::cluster::join(
+                &config.cluster,
+                center_config,
+                &cluster_stop,
+                &cluster_tracker,
+            )
+            .await?
+            .center
+        };
+        cluster_tracker.close();
         let shutdown = CancellationToken::new();
         let admin_stop = CancellationToken::new();
         let ready = Arc::new(AtomicBool::new(false));
@@ -307,6 +330,8 @@ impl Server {
             admin_stop,
             ready,
             tracker,
+            cluster_stop,
+            cluster_tracker,
         })
     }
 
@@ -350,6 +375,10 @@ impl Server {
         let in_time = tokio::time::timeout(grace, self.tracker.wait())
             .await
             .is_ok();
+        // Then a cluster node writes what its sessions' closings queued and
+        // gives up its lease.
+        self.cluster_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.cluster_tracker.wait()).await;
         // The admin listener closes last, so `/readyz` answers while draining.
         self.admin_stop.cancel();
         if let Some(task) = self.admin_task {

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::binary::Binary;
 use common::sfu::Sfu;
 use common::{Peer, WAIT, config_full, eventually, http_get, token, upgrade_status};
 use futures_util::StreamExt;
@@ -600,102 +601,6 @@ async fn graceful_shutdown_closes_everything_in_order() {
         assert!(tokio::net::TcpStream::connect(admin).await.is_err());
     })
     .await;
-}
-
-/// The center's binary on a configuration of its own, its log read as it
-/// comes.
-struct Binary {
-    child: tokio::process::Child,
-    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
-    /// Everything logged so far, one line after another.
-    log: String,
-    /// Listeners seen in the log: (what, address).
-    listening: Vec<(String, String)>,
-    dir: std::path::PathBuf,
-}
-
-impl Binary {
-    /// Starts `pilot-center CONFIG ARGS` on `yaml`, logging without colour.
-    async fn start(name: &str, yaml: &str, args: &[&str]) -> Binary {
-        let dir = std::env::temp_dir().join(format!("pilot-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("center.yaml");
-        std::fs::write(&config, yaml).unwrap();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pilot-center"))
-            .arg(&config)
-            .args(args)
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
-            child.stderr.take().unwrap(),
-        ));
-        Binary {
-            child,
-            lines,
-            log: String::new(),
-            listening: Vec::new(),
-            dir,
-        }
-    }
-
-    /// The next log line; `None` once the process closed its stderr.
-    async fn line(&mut self) -> Option<String> {
-        let line = tokio::time::timeout(WAIT, self.lines.next_line())
-            .await
-            .expect("a log line in time")
-            .unwrap()?;
-        if let Some((what, rest)) = line.split_once(" listening")
-            && let Some(addr) = rest.split(" addr=").nth(1)
-        {
-            let what = what.rsplit(' ').next().unwrap_or_default().to_owned();
-            let addr = addr
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            self.listening.push((what, addr));
-        }
-        self.log.push_str(&line);
-        self.log.push('\n');
-        Some(line)
-    }
-
-    /// The address `what` (websocket, grpc, admin) listens on, from the log.
-    async fn addr(&mut self, what: &str) -> String {
-        loop {
-            if let Some((_, a)) = self.listening.iter().find(|(w, _)| w == what) {
-                return a.clone();
-            }
-            self.line().await.expect("the listener is logged");
-        }
-    }
-
-    /// Sends SIGTERM.
-    fn sigterm(&self) {
-        let pid = self.child.id().unwrap().to_string();
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-
-    /// Reads the log to its end (after the process stopped logging).
-    async fn read_to_end(&mut self) {
-        while self.line().await.is_some() {}
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.dir).ok();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

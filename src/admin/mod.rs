@@ -77,7 +77,9 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
-    if s.state.ready.load(Ordering::Relaxed) {
+    if !s.state.center.store_ready() {
+        (StatusCode::SERVICE_UNAVAILABLE, "state store unavailable\n")
+    } else if s.state.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
@@ -196,6 +198,7 @@ fn overview_json(o: &Overview) -> Value {
 
 async fn overview(State(s): State<Shared>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     require_admin(&s, &headers)?;
+    s.state.center.settle().await?;
     Ok(Json(overview_json(&s.state.center.overview(PAGE_ROOMS))))
 }
 

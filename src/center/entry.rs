@@ -93,6 +93,7 @@ impl Shared {
                 Outcome::Done
             }
             Kind::PeerCommand(c) => Outcome::Reply(self.command(c, at, &mut fx)),
+            Kind::Barrier(_) => Outcome::Done,
             Kind::ExpireGrace(_) => {
                 self.rooms.expire(at.grace, &mut fx);
                 Outcome::Done

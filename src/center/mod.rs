@@ -372,6 +372,22 @@ impl Center {
         ids
     }
 
+    /// Waits until this node has applied every change made anywhere in the
+    /// cluster before the call (at once for a single center), so that a
+    /// listing taken next is not older than what a peer of another node was
+    /// already told. Bounded: the store may be unreachable.
+    pub async fn settle(&self) -> Result<(), CenterError> {
+        if self.inner.cluster.is_none() {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.submit(Kind::Barrier(cp::Barrier {}), Waiter::Done(tx));
+        match tokio::time::timeout(OPERATOR_WAIT, rx).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(CenterError::StoreUnavailable),
+        }
+    }
+
     /// Makes a change nobody waits for (a cluster's "node lost").
     pub fn append_entry(&self, kind: Kind) {
         self.submit(kind, Waiter::None);

@@ -2,6 +2,8 @@
 //! sockets with a real WebSocket client.
 #![allow(dead_code)]
 
+pub mod binary;
+pub mod redis;
 pub mod sfu;
 
 use futures_util::{SinkExt, StreamExt};
