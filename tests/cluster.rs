@@ -3,11 +3,9 @@
 //! process, or the real binary where a node must die with `kill -9`), and
 //! plays the SFU byte for byte over real sockets.
 //!
-//! A note on barriers: an `echo` is answered by the node the session is on,
-//! at once; a notification caused on another node reaches the session when
-//! its node applies the log entry. So "nothing more arrives" is proven by
-//! [`settle`] on the session's node (it has applied everything appended
-//! before) followed by the echo barrier.
+//! A cluster node answers `echo` in the log's order, so the echo barrier
+//! ("nothing more is due to this session") holds across nodes as it does on
+//! one center; [`settle`] is the same barrier for reads of a node's state.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
@@ -157,8 +155,7 @@ async fn three_nodes_behave_as_one_center() {
             a.expect("userLeave").await,
             json!({"roomId": "r1", "userId": "u2"})
         );
-        for (s, n) in [(&mut a, &n1), (&mut b, &n2)] {
-            settle(n).await;
+        for s in [&mut a, &mut b] {
             s.expect_silence().await;
             s.assert_clean();
         }
@@ -423,6 +420,69 @@ async fn a_node_that_joins_later_replays_the_clusters_state() {
             .await;
         assert_eq!(ok(&d)["users"].as_array().map(Vec::len), Some(2), "{d}");
         assert_eq!(a.expect("newUser").await["userId"], json!("u3"));
+    })
+    .await;
+}
+
+/// Every node restarted in turn while SFUs are connected: each SFU comes back
+/// with its identity (here to the restarted node), takes its users back, and
+/// no user, no pusher is lost and nobody hears `userLeave`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_loses_no_user_and_sends_no_user_leave() {
+    common::bounded(async move {
+        let Some(redis) = RedisServer::start("rolling", false).await else {
+            return;
+        };
+        let grace = "  reconnect_grace_secs: 60\n";
+        let mut nodes = vec![
+            node(&redis, "n1", grace, "").await,
+            node(&redis, "n2", grace, "").await,
+        ];
+        let ids = ["sfu-a", "sfu-b"];
+        let path = |i: usize| format!("/pilot/center?peer={}", ids[i]);
+        let mut sfus = Vec::new();
+        for i in 0..2 {
+            let mut s = Sfu::connect_to(nodes[i].ws_addr(), false, &path(i)).await;
+            let user = format!("u{i}");
+            ok(&s
+                .request("join", json!({"roomId": "r", "userId": user, "userName": user}))
+                .await);
+            s.notify(
+                "push",
+                json!({"roomId": "r", "userId": user, "userName": user, "publishers": [{"pusherId": format!("p{i}"), "rtpParam": rtp_param(i as u64)}]}),
+            )
+            .await;
+            sfus.push(s);
+        }
+        sfus[0].expect("newUser").await;
+        sfus[0].expect("newPusher").await;
+
+        for i in 0..2 {
+            let other = 1 - i;
+            let old = std::mem::replace(&mut nodes[i], node(&redis, &format!("n{i}-new"), grace, "").await);
+            assert!(old.shutdown(std::time::Duration::from_secs(5)).await);
+            assert_eq!(
+                sfus[other].expect("userDisconnect").await["userId"],
+                json!(format!("u{i}"))
+            );
+            sfus[i] = Sfu::connect_to(nodes[i].ws_addr(), false, &path(i)).await;
+            assert_eq!(
+                sfus[other].expect("userReConnect").await["userId"],
+                json!(format!("u{i}"))
+            );
+        }
+        for s in &mut sfus {
+            s.expect_silence().await;
+            s.assert_clean();
+        }
+        settle(&nodes[0]).await;
+        let room = nodes[0].center().get_room("r").expect("the room");
+        assert_eq!(room.users.len(), 2);
+        assert!(room.users.iter().all(|u| u.pushers.len() == 1), "{room:?}");
+        // A pull reaches the SFU on its new session.
+        let pull = json!({"roomId": "r", "pusher_user_id": "u0", "udp_ip": "10.0.0.1", "udp_port": 5000, "mediaType": "video", "pushInfo": {"pusherId": "p0"}});
+        sfus[1].notify("pullRemoteStream", pull.clone()).await;
+        assert_eq!(sfus[0].expect("pullRemoteStream").await, pull);
     })
     .await;
 }

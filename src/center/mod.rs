@@ -848,11 +848,25 @@ impl SessionHandle {
         let Some(kind) = command.kind else {
             return respond(Err(CenterError::invalid("command", "empty command")));
         };
-        if let command::Kind::Echo(r) = kind {
-            // The heartbeat needs no state: never wait for the lock.
-            return respond(Ok(reply(proto::reply::Kind::Echo(proto::EchoResponse {
-                data_json: r.data_json,
-            }))));
+        if let command::Kind::Echo(r) = &kind {
+            let echo = reply(proto::reply::Kind::Echo(proto::EchoResponse {
+                data_json: r.data_json.clone(),
+            }));
+            if self.center.inner.cluster.is_none() {
+                // The heartbeat needs no state: never wait for the lock.
+                return respond(Ok(echo));
+            }
+            // A cluster node answers it in the log's order, so an echo stays
+            // a barrier (everything due to this session before it arrives
+            // first); but the heartbeat never fails for want of the store.
+            let entry = Kind::PeerCommand(cp::PeerCommand {
+                session_id: self.id,
+                command: Some(Command { kind: Some(kind) }),
+            });
+            let respond = move |r: Result<Reply, CenterError>| {
+                respond(r.or(Ok(echo)));
+            };
+            return self.center.submit(entry, Waiter::Reply(Box::new(respond)));
         }
         let entry = Kind::PeerCommand(cp::PeerCommand {
             session_id: self.id,
