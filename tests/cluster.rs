@@ -242,10 +242,13 @@ async fn a_killed_nodes_sfu_takes_its_users_back_on_another_node() {
             json!({"roomId": "r", "userId": "u1", "userName": "Ann", "publishers": publishers}),
         )
         .await;
+        // A notification has no answer: A's echo, ordered after its push in
+        // the log, shows the push was applied.
+        a.expect_silence().await;
         let d = b
             .request("join", json!({"roomId": "r", "userId": "u2", "userName": "Ben"}))
             .await;
-        // The push was appended before B's join: B's snapshot has the pusher.
+        // So B's snapshot has the pusher.
         assert_eq!(ok(&d)["users"][0]["pushers"], publishers);
 
         doomed.kill9();
