@@ -253,15 +253,16 @@ async fn a_killed_nodes_sfu_takes_its_users_back_on_another_node() {
 
         doomed.kill9();
         drop(a);
+        // The SFU reconnects to the survivor with the same identity, at once:
+        // most likely before the dead node's lease lapses, so its users are
+        // taken over when the node is declared lost.
+        let mut a2 =
+            Sfu::connect_to(survivor.ws_addr(), false, "/pilot/center?peer=sfu-a").await;
         assert_eq!(
             b.expect("userDisconnect").await,
             json!({"roomId": "r", "userId": "u1"}),
             "the survivor declares the node lost when its lease lapses"
         );
-
-        // The SFU reconnects to the survivor with the same identity.
-        let mut a2 =
-            Sfu::connect_to(survivor.ws_addr(), false, "/pilot/center?peer=sfu-a").await;
         assert_eq!(
             b.expect("userReConnect").await,
             json!({"roomId": "r", "userId": "u1", "userName": "Ann"})
@@ -296,8 +297,9 @@ async fn a_killed_nodes_users_leave_when_the_grace_ends() {
         let doomed_addr: std::net::SocketAddr =
             doomed.addr("websocket").await.parse().expect("addr");
         let survivor = node(&redis, "survivor", grace, lease).await;
-        let mut a = Sfu::connect(doomed_addr, false).await;
-        let mut b = Sfu::connect(survivor.ws_addr(), false).await;
+        // Named: unnamed SFUs on one address would share an identity.
+        let mut a = Sfu::connect_to(doomed_addr, false, "/pilot/center?peer=sfu-a").await;
+        let mut b = Sfu::connect_to(survivor.ws_addr(), false, "/pilot/center?peer=sfu-b").await;
         ok(&a
             .request(
                 "join",
@@ -437,15 +439,15 @@ async fn a_rolling_restart_loses_no_user_and_sends_no_user_leave() {
             return;
         };
         let grace = "  reconnect_grace_secs: 60\n";
-        let mut nodes = vec![
+        let mut nodes = [
             node(&redis, "n1", grace, "").await,
             node(&redis, "n2", grace, "").await,
         ];
         let ids = ["sfu-a", "sfu-b"];
         let path = |i: usize| format!("/pilot/center?peer={}", ids[i]);
         let mut sfus = Vec::new();
-        for i in 0..2 {
-            let mut s = Sfu::connect_to(nodes[i].ws_addr(), false, &path(i)).await;
+        for (i, n) in nodes.iter().enumerate() {
+            let mut s = Sfu::connect_to(n.ws_addr(), false, &path(i)).await;
             let user = format!("u{i}");
             ok(&s
                 .request("join", json!({"roomId": "r", "userId": user, "userName": user}))
@@ -460,6 +462,7 @@ async fn a_rolling_restart_loses_no_user_and_sends_no_user_leave() {
         sfus[0].expect("newUser").await;
         sfus[0].expect("newPusher").await;
 
+        #[allow(clippy::needless_range_loop)] // both arrays, by the node's index
         for i in 0..2 {
             let other = 1 - i;
             let old = std::mem::replace(&mut nodes[i], node(&redis, &format!("n{i}-new"), grace, "").await);

@@ -115,6 +115,31 @@ async fn users_wait_for_their_session_and_leave_when_the_grace_ends() {
     .await;
 }
 
+/// The peer reconnects before its old connection is found dead (a half-open
+/// TCP connection; in a cluster, a node lost after its SFU moved): when the
+/// old session ends, the newer one with the same identity takes the users
+/// at once, instead of leaving them to the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_back_before_its_old_session_ends_takes_its_users_when_it_does() {
+    common::bounded(async move {
+        let (server, _clock) = common::start_with_grace(false).await;
+        let mut old = Peer::connect_url(&url_as(&server, "sfu-a")).await;
+        let mut b = Peer::connect_url(&url_as(&server, "sfu-b")).await;
+        old.join("r", "a1", "A1").await;
+        b.join("r", "b1", "B1").await;
+        let mut new = Peer::connect_url(&url_as(&server, "sfu-a")).await;
+        new.expect_silence().await;
+        drop(old);
+        assert_eq!(b.expect("userDisconnect").await["userId"], json!("a1"));
+        assert_eq!(b.expect("userReConnect").await["userId"], json!("a1"));
+        let pull = json!({"roomId": "r", "pusher_user_id": "a1", "udp_ip": "10.0.0.1", "udp_port": 1, "mediaType": "video", "pushInfo": {}});
+        b.notify("pullRemoteStream", pull.clone()).await;
+        assert_eq!(new.expect("pullRemoteStream").await, pull);
+        b.expect_silence().await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grace_timer_ends_graces_by_itself() {
     common::bounded(async move {

@@ -165,6 +165,8 @@ impl Room {
 /// What the rules know of a live session.
 struct Holdings {
     identity: Arc<str>,
+    /// Its place in the order sessions opened (the log's order in a cluster).
+    opened: u64,
     /// Room id -> users it holds there.
     rooms: HashMap<String, HashSet<String>>,
     /// MSUs registered through it.
@@ -189,6 +191,8 @@ pub struct Rooms {
     /// Grace deadlines -> (room, user). Entries whose user was claimed
     /// meanwhile are skipped when they come due.
     deadlines: BTreeMap<Duration, Vec<(String, String)>>,
+    /// Sessions opened so far.
+    opened: u64,
 }
 
 fn required(value: &str, field: &'static str, reason: &str) -> Result<(), CenterError> {
@@ -236,6 +240,7 @@ impl Rooms {
             msus: HashMap::new(),
             orphans: HashMap::new(),
             deadlines: BTreeMap::new(),
+            opened: 0,
         }
     }
 
@@ -441,15 +446,22 @@ impl Rooms {
     /// of each room). Returns how many it took.
     pub fn open_session(&mut self, sid: SessionId, identity: &str, fx: &mut Effects) -> u32 {
         let identity: Arc<str> = Arc::from(identity);
+        self.opened += 1;
         self.sessions.insert(
             sid,
             Holdings {
                 identity: identity.clone(),
+                opened: self.opened,
                 rooms: HashMap::new(),
                 msus: HashSet::new(),
             },
         );
-        let Some(orphans) = self.orphans.remove(&identity) else {
+        self.take_orphans(sid, &identity, fx)
+    }
+
+    /// `sid` takes back every orphan of `identity`; returns how many.
+    fn take_orphans(&mut self, sid: SessionId, identity: &Arc<str>, fx: &mut Effects) -> u32 {
+        let Some(orphans) = self.orphans.remove(identity) else {
             return 0;
         };
         let mut orphans: Vec<(String, String)> = orphans.into_iter().collect();
@@ -585,6 +597,18 @@ impl Rooms {
         msus.sort();
         for msu_id in msus {
             self.lose_msu(&msu_id, fx);
+        }
+        // The peer came back before its old session was found dead (a
+        // half-open connection, a node lost after its SFU reconnected
+        // elsewhere): the newer session takes the users now.
+        let newer = self
+            .sessions
+            .iter()
+            .filter(|(_, n)| n.identity == h.identity && n.opened > h.opened)
+            .max_by_key(|(_, n)| n.opened)
+            .map(|(id, _)| *id);
+        if let Some(newer) = newer {
+            self.take_orphans(newer, &h.identity, fx);
         }
     }
 
