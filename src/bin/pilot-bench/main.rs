@@ -140,6 +140,11 @@ enum Scenario {
         /// Users on the SFU that drops.
         #[arg(long, default_value_t = 10_000)]
         users: usize,
+        /// Failover instead: the pid of the center behind the first `--url`
+        /// (a cluster node), killed with SIGKILL where the SFU would drop;
+        /// the observer sits on the second URL, where the SFU comes back.
+        #[arg(long)]
+        kill: Option<u32>,
     },
     /// One SFU sends userReConnect + push for every user at once.
     Storm {
@@ -266,7 +271,9 @@ async fn one(cli: &Cli, scenario: &Scenario, urls: &[String]) -> anyhow::Result<
             seconds,
             rooms,
         } => scenarios::churn(&c, rate, seconds, rooms).await,
-        Scenario::Reconnect { rooms, users } => recovery::reconnect(&c, rooms, users).await,
+        Scenario::Reconnect { rooms, users, kill } => {
+            recovery::reconnect(&c, rooms, users, kill).await
+        }
         Scenario::Storm { rooms, users } => recovery::storm(&c, rooms, users).await,
         Scenario::Relay { .. } | Scenario::Compare { .. } => anyhow::bail!("not a load scenario"),
     }

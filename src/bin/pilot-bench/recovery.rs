@@ -80,9 +80,26 @@ fn check(heard: &Heard, users: &[String], want: &[(&str, u32)], errors: &mut Vec
     }
 }
 
-/// An observer joined to every room as `obs-R`.
-async fn observer(ctx: &Ctx, rooms: &[String], heard: &Heard) -> anyhow::Result<Conn> {
-    let mut ws = conn::connect(&ctx.target, None).await?;
+/// An observer joined to every room as `obs-R` (on the target's `node`th
+/// URL when given).
+async fn observer(
+    ctx: &Ctx,
+    rooms: &[String],
+    heard: &Heard,
+    node: Option<usize>,
+) -> anyhow::Result<Conn> {
+    let mut ws = match node {
+        Some(n) => {
+            conn::connect_as(
+                &ctx.target,
+                n,
+                None,
+                &format!("bench-observer-{}", std::process::id()),
+            )
+            .await?
+        }
+        None => conn::connect(&ctx.target, None).await?,
+    };
     for (i, room) in rooms.iter().enumerate() {
         let data = format!(r#"{{"roomId":"{room}","userId":"obs-{i}","userName":"obs"}}"#);
         request(&mut ws, i as u64 + 1, "join", &data).await?;
@@ -106,13 +123,24 @@ async fn flood(ws: &mut Ws, texts: impl Iterator<Item = String>) -> anyhow::Resu
 /// time from the reconnect until every pull has reached the SFU again. The
 /// observer must hear one `userDisconnect` and one `userReConnect` per user
 /// and no `userLeave`.
-pub async fn reconnect(ctx: &Ctx, rooms: usize, users: usize) -> anyhow::Result<Report> {
+///
+/// With `kill` (failover), the SFU's center (a cluster node, the first URL)
+/// is killed with SIGKILL instead, the SFU reconnects at once to the second
+/// URL, where the observer is, and the figure runs from the kill until every
+/// pull has reached the SFU again (the survivors must first notice the
+/// dead node by its lease).
+pub async fn reconnect(
+    ctx: &Ctx,
+    rooms: usize,
+    users: usize,
+    kill: Option<u32>,
+) -> anyhow::Result<Report> {
     let run = std::process::id();
     let room_ids: Vec<String> = (0..rooms).map(|r| format!("rc-{run}-{r}")).collect();
     let user_ids: Vec<String> = (0..users).map(|k| format!("rc{k}")).collect();
     let room_of = |k: usize| &room_ids[k % rooms];
     let heard: Heard = Arc::default();
-    let obs = observer(ctx, &room_ids, &heard).await?;
+    let obs = observer(ctx, &room_ids, &heard, kill.map(|_| 1)).await?;
     let before = ctx.usage();
     let name = format!("bench-reconnect-{run}");
     let mut sfu = conn::connect_as(&ctx.target, 0, None, &name).await?;
@@ -134,15 +162,34 @@ pub async fn reconnect(ctx: &Ctx, rooms: usize, users: usize) -> anyhow::Result<
     )
     .await?;
     until(&heard, "newPusher", users, Duration::from_secs(60)).await?;
-    // The link drops without a close frame.
-    drop(sfu);
-    let dropped = Instant::now();
-    until(&heard, "userDisconnect", users, Duration::from_secs(60)).await?;
-    let announced = dropped.elapsed();
-    // Back under the same name (to the next node, when there are several):
-    // the center gives it its users back.
-    let started = Instant::now();
-    let mut sfu = conn::connect_as(&ctx.target, 1, None, &name).await?;
+    let (started, announced, mut sfu) = if let Some(pid) = kill {
+        // Its node dies; the SFU is back on another node at once.
+        let status = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -KILL {pid} failed");
+        let killed = Instant::now();
+        drop(sfu);
+        let sfu = conn::connect_as(&ctx.target, 1, None, &name).await?;
+        until(&heard, "userDisconnect", users, Duration::from_secs(60)).await?;
+        let announced = killed.elapsed();
+        until(&heard, "userReConnect", users, Duration::from_secs(60)).await?;
+        (killed, announced, sfu)
+    } else {
+        // The link drops without a close frame.
+        drop(sfu);
+        let dropped = Instant::now();
+        until(&heard, "userDisconnect", users, Duration::from_secs(60)).await?;
+        let announced = dropped.elapsed();
+        // Back under the same name (to the next node, when there are
+        // several): the center gives it its users back.
+        let started = Instant::now();
+        (
+            started,
+            announced,
+            conn::connect_as(&ctx.target, 1, None, &name).await?,
+        )
+    };
     request(&mut sfu, 1, "echo", "{}").await?;
     let pulled: Heard = Arc::default();
     let _sfu = Conn::spawn(sfu, 1, counting(&pulled));
@@ -176,11 +223,21 @@ pub async fn reconnect(ctx: &Ctx, rooms: usize, users: usize) -> anyhow::Result<
     check(&pulled, &keys, &[("pullRemoteStream", 1)], &mut rep.errors);
     rep.figures.push(("users carried".into(), users as f64));
     rep.figures.push((
-        "drop -> every userDisconnect heard (ms)".into(),
+        if kill.is_some() {
+            "node killed -> every userDisconnect heard (ms)"
+        } else {
+            "drop -> every userDisconnect heard (ms)"
+        }
+        .into(),
         announced.as_secs_f64() * 1e3,
     ));
     rep.figures.push((
-        "reconnect -> every pull routed again (ms)".into(),
+        if kill.is_some() {
+            "node killed -> every pull routed again (ms)"
+        } else {
+            "reconnect -> every pull routed again (ms)"
+        }
+        .into(),
         routed.as_secs_f64() * 1e3,
     ));
     rep.server_before = before;
@@ -196,7 +253,7 @@ pub async fn storm(ctx: &Ctx, rooms: usize, users: usize) -> anyhow::Result<Repo
     let room_ids: Vec<String> = (0..rooms).map(|r| format!("st-{run}-{r}")).collect();
     let user_ids: Vec<String> = (0..users).map(|k| format!("st{k}")).collect();
     let heard: Heard = Arc::default();
-    let _obs = observer(ctx, &room_ids, &heard).await?;
+    let _obs = observer(ctx, &room_ids, &heard, None).await?;
     let before = ctx.usage();
     let mut sfu = conn::connect(&ctx.target, None).await?;
     let texts = user_ids.iter().enumerate().flat_map(|(k, u)| {
