@@ -102,7 +102,7 @@ async fn register_msu() {
         let mut m = Peer::connect(&server).await;
         let r = m.request("register", json!({"id": "msu-1"})).await;
         assert_eq!(r["data"], json!({"registered": true, "msuId": "msu-1"}));
-        assert_eq!(server.center().list_msus()[0].msu_id, "msu-1");
+        assert_eq!(server.settled().await.list_msus()[0].msu_id, "msu-1");
     })
     .await;
 }
@@ -288,8 +288,7 @@ async fn disconnect_leave_and_text_message() {
         a.expect_silence().await;
         // Kept (it may come back), but unbound: pulls for it go nowhere.
         assert_eq!(
-            server
-                .center()
+            server.settled().await
                 .get_room("r")
                 .unwrap()
                 .users
@@ -316,7 +315,7 @@ async fn disconnect_leave_and_text_message() {
             json!({"roomId": "r", "userId": "b1"})
         );
         b.expect_silence().await;
-        let room = server.center().get_room("r").unwrap();
+        let room = server.settled().await.get_room("r").unwrap();
         assert!(room.users.iter().all(|u| u.user_id != "b1"));
 
         // Notifications without a roomId, or of unknown methods, are ignored.
@@ -379,7 +378,7 @@ async fn join_from_another_session_rebinds_the_user() {
         );
         assert_eq!(c.expect("newUser").await["userId"], json!("u"));
         a.expect_silence().await;
-        let room = server.center().get_room("r").unwrap();
+        let room = server.settled().await.get_room("r").unwrap();
         assert_eq!(room.session_ids.len(), 2, "A left the room's broadcast set");
         // Pulls for u now go to B only.
         c.notify("pullRemoteStream", json!({"roomId": "r", "pusher_user_id": "u", "udp_ip": "1.1.1.1", "udp_port": 5, "mediaType": "video"})).await;
@@ -426,7 +425,7 @@ async fn closed_sessions_are_cleaned_up_with_and_without_close_frames() {
             c.expect("userDisconnect").await,
             json!({"roomId": "r", "userId": "b1"})
         );
-        let room = server.center().get_room("r").unwrap();
+        let room = server.settled().await.get_room("r").unwrap();
         assert_eq!(
             room.users
                 .iter()
@@ -439,7 +438,10 @@ async fn closed_sessions_are_cleaned_up_with_and_without_close_frames() {
         c.notify("userLeave", json!({"roomId": "r", "userId": "c1"}))
             .await;
         c.expect_silence().await;
-        assert!(server.center().list_rooms().is_empty(), "room not deleted");
+        assert!(
+            server.settled().await.list_rooms().is_empty(),
+            "room not deleted"
+        );
         drop(c);
         let center = server.center().clone();
         eventually("an empty center", || center.counts() == (0, 0, 0, 0)).await;
@@ -452,14 +454,13 @@ async fn msu_invites_never_delay_joins() {
     common::bounded(async move {
         // MSUs get 30 s to answer: a join that waited for one would take
         // that long, far beyond the bound below however slow the machine.
-        let server = pilot_center::server::Server::start(&common::config_sections(
+        let server = common::start_server(&common::config_sections(
             false,
             "",
             "",
             "  invite_timeout_secs: 30\n",
         ))
-        .await
-        .unwrap();
+        .await;
         const PROMPT: Duration = Duration::from_secs(10);
         let mut m1 = Peer::connect(&server).await;
         m1.request("register", json!({"id": "m1"})).await;
@@ -509,7 +510,7 @@ async fn msu_invites_never_delay_joins() {
             m2.next_within(WAIT).await.unwrap()["data"],
             json!({"roomId": "r1"})
         );
-        assert_eq!(server.center().get_room("r1").unwrap().msu_id, "m2");
+        assert_eq!(server.settled().await.get_room("r1").unwrap().msu_id, "m2");
     })
     .await;
 }
@@ -517,12 +518,8 @@ async fn msu_invites_never_delay_joins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn junk_never_kills_the_session() {
     common::bounded(async move {
-        let server = pilot_center::server::Server::start(&common::config(
-            false,
-            "  max_message_size: 65536\n",
-        ))
-        .await
-        .unwrap();
+        let server =
+            common::start_server(&common::config(false, "  max_message_size: 65536\n")).await;
         let mut p = Peer::connect(&server).await;
         let mut other = Peer::connect(&server).await;
         for junk in [
@@ -599,7 +596,7 @@ async fn wss_with_certificate_files() {
         let yaml = "websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n  cert_path: c.pem\n  key_path: k.pem\ngrpc:\n  enabled: false\nadmin:\n  enabled: false\n";
         std::fs::write(dir.join("center.yaml"), yaml).unwrap();
         let config = pilot_center::config::Config::load(&dir.join("center.yaml")).unwrap();
-        let server = pilot_center::server::Server::start(&config).await.unwrap();
+        let server = common::start_server(&config).await;
         assert!(server.ws_url().starts_with("wss://"));
         let (mut a, mut b) = (Peer::connect(&server).await, Peer::connect(&server).await);
         a.join("r", "a", "A").await;

@@ -13,13 +13,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-async fn start_with(center: &str) -> Server {
-    Server::start(&common::config_sections(false, "", "", center))
-        .await
-        .unwrap()
+async fn start_with(center: &str) -> common::TestServer {
+    common::start_server(&common::config_sections(false, "", "", center)).await
 }
 
-fn url_as(server: &Server, peer: &str) -> String {
+fn url_as(server: &impl common::Target, peer: &str) -> String {
     format!("{}?peer={peer}", server.ws_url())
 }
 
@@ -34,7 +32,8 @@ async fn identity_comes_from_the_peer_name_or_the_address() {
         let mut anonymous = Peer::connect(&server).await;
         anonymous.expect_silence().await;
         let ids: Vec<String> = server
-            .center()
+            .settled()
+            .await
             .list_sessions()
             .into_iter()
             .map(|s| s.peer_id)
@@ -178,7 +177,7 @@ async fn a_duplicate_join_moves_the_user_or_is_refused() {
         // A still holds x, so it hears u arrive on B.
         assert_eq!(a.expect("newUser").await["userId"], json!("u"));
         a.expect_silence().await;
-        assert_eq!(server.center().metrics().users_replaced.get(), 1);
+        assert_eq!(server.settled().await.metrics().users_replaced.get(), 1);
 
         // reject: 409, and nothing moves.
         let server = start_with("  duplicate_user: reject\n").await;
@@ -195,7 +194,7 @@ async fn a_duplicate_join_moves_the_user_or_is_refused() {
             )
         );
         a.expect_silence().await;
-        let room = server.center().get_room("r").unwrap();
+        let room = server.settled().await.get_room("r").unwrap();
         assert_eq!(room.session_ids.len(), 1);
     })
     .await;
@@ -221,7 +220,7 @@ async fn reports_about_users_the_session_does_not_hold_are_ignored() {
         }
         b.expect_silence().await;
         a.expect_silence().await;
-        let room = server.center().get_room("r").unwrap();
+        let room = server.settled().await.get_room("r").unwrap();
         assert!(room.users.iter().all(|u| u.session_id != 0), "{room:?}");
         // A second userDisconnect of the same user tells nobody anything new.
         a.notify("userDisconnect", json!({"roomId": "r", "userId": "a1"}))
@@ -266,7 +265,7 @@ async fn msu_ids_are_owned_and_rooms_move_when_an_msu_fails() {
         m2.send_text(json!({"response": true, "id": inv["id"], "ok": true}).to_string())
             .await;
         m2.expect_silence().await;
-        assert_eq!(server.center().get_room("r1").unwrap().msu_id, "m2");
+        assert_eq!(server.settled().await.get_room("r1").unwrap().msu_id, "m2");
 
         // r2 goes to m1, which never answers: after the invite timeout (1 s
         // in tests) it moves to m2.
@@ -416,7 +415,8 @@ async fn every_view_built_from_answers_and_notifications_matches_the_room() {
             peers.push(peer);
         }
         let room: BTreeSet<String> = server
-            .center()
+            .settled()
+            .await
             .get_room("r")
             .unwrap()
             .users

@@ -155,7 +155,7 @@ async fn a_rooms_whole_life_with_three_sfus_over_wss() {
             pull,
             "pulls reach the SFU again after userReConnect"
         );
-        let room = server.center().get_room("room1").unwrap();
+        let room = server.settled().await.get_room("room1").unwrap();
         assert_eq!(
             room.users
                 .iter()

@@ -95,11 +95,141 @@ pub async fn grpc(
         .expect("grpc connect")
 }
 
-/// Starts a plain-ws server.
-pub async fn start() -> Server {
-    Server::start(&config(false, ""))
+/// Where the suites keep the center's state, from `PILOT_TEST_STORE`:
+/// unset, in memory; `redis`, one cluster node on a `redis-server` of the
+/// test's own; `redis2`, two nodes on one Redis with the peers spread over
+/// them (`.ci/run` runs the protocol, SFU and session suites both ways).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    /// One center, state in memory (the default).
+    Memory,
+    /// One cluster node on Redis.
+    Redis,
+    /// Two cluster nodes on one Redis; peers connect to them in turn.
+    RedisTwoNodes,
+}
+
+/// The store the suites run on (see [`Store`]).
+pub fn store() -> Store {
+    match std::env::var("PILOT_TEST_STORE").as_deref() {
+        Ok("redis") => Store::Redis,
+        Ok("redis2") => Store::RedisTwoNodes,
+        Ok("") | Ok("memory") | Err(_) => Store::Memory,
+        Ok(other) => panic!("PILOT_TEST_STORE={other}: expected memory, redis or redis2"),
+    }
+}
+
+/// Something peers connect to: a server, or a test's set of nodes.
+pub trait Target {
+    /// The WebSocket URL the next peer connects to.
+    fn ws_url(&self) -> String;
+}
+
+impl Target for Server {
+    fn ws_url(&self) -> String {
+        Server::ws_url(self)
+    }
+}
+
+/// What [`start_server`] started: one center, or the cluster nodes of
+/// [`store`] on a `redis-server` of their own, which stops with them. It
+/// derefs to the first node; [`TestServer::ws_url`] hands the nodes out in
+/// turn, so consecutive peers land on different nodes.
+pub struct TestServer {
+    nodes: Vec<Server>,
+    next: std::sync::atomic::AtomicUsize,
+    redis: Option<redis::RedisServer>,
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.nodes[0]
+    }
+}
+
+impl Target for TestServer {
+    fn ws_url(&self) -> String {
+        TestServer::ws_url(self)
+    }
+}
+
+impl TestServer {
+    /// The next node in turn (the only one for a single center).
+    fn next_node(&self) -> &Server {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.nodes[i % self.nodes.len()]
+    }
+
+    /// The URL of the next node in turn.
+    pub fn ws_url(&self) -> String {
+        self.next_node().ws_url()
+    }
+
+    /// The WebSocket address of the next node in turn.
+    pub fn ws_addr(&self) -> std::net::SocketAddr {
+        self.next_node().ws_addr()
+    }
+
+    /// The first node's center once it has applied everything any node
+    /// appended before this call (a read barrier; nothing to wait for on a
+    /// single center). Use it for one-shot reads of state that peers on
+    /// other nodes changed.
+    pub async fn settled(&self) -> &pilot_center::center::Center {
+        let center = self.nodes[0].center();
+        center.settle().await.expect("the store answers");
+        center
+    }
+
+    /// Shuts the nodes down (see [`Server::shutdown`]), then their Redis.
+    pub async fn shutdown(self, grace: Duration) -> bool {
+        let mut done = true;
+        for node in self.nodes {
+            done &= node.shutdown(grace).await;
+        }
+        drop(self.redis);
+        done
+    }
+}
+
+/// Starts the center of [`store`] on `config`: as it is, or as one or two
+/// cluster nodes on a Redis of their own.
+pub async fn start_server(config: &Config) -> TestServer {
+    let count = match store() {
+        Store::Memory => {
+            let server = Server::start(config).await.expect("server starts");
+            assert_eq!(server.center().node_id(), "", "a single center");
+            return TestServer {
+                nodes: vec![server],
+                next: Default::default(),
+                redis: None,
+            };
+        }
+        Store::Redis => 1,
+        Store::RedisTwoNodes => 2,
+    };
+    let redis = redis::RedisServer::start("suite", false)
         .await
-        .expect("server starts")
+        .expect("PILOT_TEST_STORE asks for Redis: install redis-server");
+    let mut nodes = Vec::new();
+    for n in 1..=count {
+        let mut config = config.clone();
+        config.cluster.redis_url = redis.url();
+        config.cluster.node_id = format!("suite-node-{n}");
+        let server = Server::start(&config).await.expect("node starts");
+        assert_eq!(server.center().node_id(), config.cluster.node_id);
+        nodes.push(server);
+    }
+    TestServer {
+        nodes,
+        next: Default::default(),
+        redis: Some(redis),
+    }
+}
+
+/// Starts a plain-ws server.
+pub async fn start() -> TestServer {
+    start_server(&config(false, "")).await
 }
 
 /// Starts a server (wss when `tls`) whose 30 s reconnect grace, rate
@@ -114,10 +244,8 @@ pub async fn start_with_grace(tls: bool) -> (Server, pilot_center::clock::Clock)
 }
 
 /// Starts a server over TLS (self-signed).
-pub async fn start_tls() -> Server {
-    Server::start(&config(true, ""))
-        .await
-        .expect("server starts")
+pub async fn start_tls() -> TestServer {
+    start_server(&config(true, "")).await
 }
 
 /// A TLS connector that trusts any certificate, as the real SFU does.
@@ -148,7 +276,7 @@ pub struct Peer {
 
 impl Peer {
     /// Connects to the server's WebSocket listener, offering `protoo`.
-    pub async fn connect(server: &Server) -> Peer {
+    pub async fn connect(server: &impl Target) -> Peer {
         Self::connect_url(&server.ws_url()).await
     }
 
@@ -166,7 +294,7 @@ impl Peer {
     /// before the connection opens, so the TCP window stays small): a peer
     /// that stops reading backs the center up after a few KiB, whatever the
     /// kernel's default buffer sizes.
-    pub async fn connect_small_window(server: &Server, bytes: u32) -> Peer {
+    pub async fn connect_small_window(server: &impl Target, bytes: u32) -> Peer {
         Self::connect_full(&server.ws_url(), None, Some(bytes)).await
     }
 

@@ -37,7 +37,11 @@ impl RedisServer {
             eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
             return None;
         };
-        let dir = std::env::temp_dir().join(format!("pilot-redis-{name}-{}", std::process::id()));
+        // Tests of one binary run at once: each Redis gets a directory of its own.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("pilot-redis-{name}-{}-{n}", std::process::id()));
         std::fs::remove_dir_all(&dir).ok();
         std::fs::create_dir_all(&dir).expect("redis dir");
         let port = free_port();
