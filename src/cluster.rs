@@ -76,6 +76,14 @@ pub enum ClusterError {
 struct Keys {
     log: String,
     node_numbers: String,
+    /// Hash: `after` (the last entry it includes), `data` (a `Snapshot`).
+    snapshot: String,
+    /// Taken by the node writing a snapshot.
+    snapshot_lock: String,
+    /// The id below which the log was last trimmed.
+    trimmed: String,
+    /// Hash: node number -> the last entry it applied.
+    positions: String,
     prefix: String,
 }
 
@@ -84,12 +92,21 @@ impl Keys {
         Self {
             log: format!("{{{prefix}}}:log"),
             node_numbers: format!("{{{prefix}}}:node-numbers"),
+            snapshot: format!("{{{prefix}}}:snapshot"),
+            snapshot_lock: format!("{{{prefix}}}:snapshot-lock"),
+            trimmed: format!("{{{prefix}}}:trimmed"),
+            positions: format!("{{{prefix}}}:positions"),
             prefix: prefix.to_owned(),
         }
     }
 
     fn lease(&self, number: u32) -> String {
-        format!("{{{}}}:node:{number}", self.prefix)
+        format!("{}{number}", self.lease_prefix())
+    }
+
+    /// What every node's lease key starts with (followed by its number).
+    fn lease_prefix(&self) -> String {
+        format!("{{{}}}:node:", self.prefix)
     }
 }
 
@@ -200,6 +217,7 @@ pub async fn join(
         config.node_id.clone()
     };
     let healthy = Arc::new(AtomicBool::new(true));
+    let stale = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel(APPEND_QUEUE);
     let center = Center::clustered(
         center_config,
@@ -208,6 +226,7 @@ pub async fn join(
             number,
             log: Arc::new(RedisLog { tx }),
             healthy: healthy.clone(),
+            stale: stale.clone(),
         },
     );
     let ttl = Duration::from_secs(config.node_ttl_secs);
@@ -226,6 +245,23 @@ pub async fn join(
         .await
         .map_err(redis_err)?;
     let mut last = "0-0".to_owned();
+    let (after, data): (Option<String>, Option<Vec<u8>>) = redis::cmd("HMGET")
+        .arg(&keys.snapshot)
+        .arg("after")
+        .arg("data")
+        .query_async(&mut reader)
+        .await
+        .map_err(redis_err)?;
+    if let (Some(after), Some(data)) = (after, data) {
+        let snap = cp::Snapshot::decode(data.as_slice()).map_err(|e| ClusterError::BadEntry {
+            url: url.clone(),
+            id: format!("snapshot after {after}"),
+            reason: e.to_string(),
+        })?;
+        center.load_snapshot(&snap);
+        tracing::info!(after = %after, bytes = data.len(), sessions = snap.sessions.len(), rooms = snap.rooms.len(), "cluster snapshot loaded");
+        last = after;
+    }
     if let Some(end_id) = end.ids.first().map(|e| e.id.clone()) {
         let mut applied = 0u64;
         while !passed(&last, &end_id) {
@@ -250,6 +286,10 @@ pub async fn join(
         tracing::info!(entries = applied, last = %last, "cluster log replayed");
     }
     tracing::info!(node.id = %id, node.number = number, redis = %url, "joined the cluster");
+    let position = Arc::new(parking_lot::Mutex::new(last.clone()));
+    set_position(&mut writer, &keys, number, &last)
+        .await
+        .map_err(redis_err)?;
 
     tracker.spawn(write_entries(
         rx,
@@ -264,6 +304,11 @@ pub async fn join(
         reader,
         keys.clone(),
         last,
+        Snapshots {
+            every: config.snapshot_every,
+            node_id: id.clone(),
+            position: position.clone(),
+        },
         center.clone(),
         healthy,
         shutdown.clone(),
@@ -274,6 +319,8 @@ pub async fn join(
         number,
         id.clone(),
         ttl,
+        position,
+        stale,
         center.clone(),
         shutdown.clone(),
     ));
@@ -382,18 +429,33 @@ async fn write_entries(
     }
 }
 
+/// When and as whom a node's tailer takes snapshots.
+struct Snapshots {
+    /// `cluster.snapshot_every`.
+    every: u64,
+    node_id: String,
+    /// The last entry this node applied, for its lease renewals.
+    position: Arc<parking_lot::Mutex<String>>,
+}
+
 /// Applies every entry of the log after `last`, in order, until shutdown.
 /// Redis errors are retried (the connection manager reconnects); entries
 /// are never skipped, so a node that was cut off resumes where it was.
+/// Every quarter of `snapshot_every` entries it checks whether the log is
+/// due for a snapshot ([`snapshot_if_due`]): here, between batches, the
+/// state is exactly that after `last`.
 async fn tail(
     mut conn: ConnectionManager,
     keys: Keys,
     mut last: String,
+    snapshots: Snapshots,
     center: Center,
     healthy: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(50);
+    let check_every = (snapshots.every / 4).max(1);
+    let mut since_check = 0u64;
     loop {
         let batch = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -402,6 +464,7 @@ async fn tail(
         match batch {
             Ok(entries) => {
                 backoff = Duration::from_millis(50);
+                since_check += entries.len() as u64;
                 for (id, bytes) in entries {
                     match Entry::decode(bytes.as_slice()) {
                         Ok(entry) => center.apply_logged(entry, stream_ms(&id)),
@@ -410,6 +473,15 @@ async fn tail(
                         }
                     }
                     last = id;
+                }
+                snapshots.position.lock().clone_from(&last);
+                if since_check >= check_every {
+                    since_check = 0;
+                    if let Err(e) =
+                        snapshot_if_due(&mut conn, &keys, &center, &last, &snapshots).await
+                    {
+                        tracing::warn!(error = %e, "cannot write a snapshot of the cluster state");
+                    }
                 }
             }
             Err(e) => {
@@ -424,6 +496,123 @@ async fn tail(
             }
         }
     }
+}
+
+/// Stores `data` as the snapshot after entry `after` unless a newer one is
+/// there, then trims the log below the previous snapshot (and below the
+/// oldest position a node with a lease reported, so no live node loses an
+/// entry it has not applied) and releases the lock. ARGV: the snapshot's
+/// last entry, its bytes, the lease keys' prefix. Returns 0 when a newer snapshot was
+/// there, else 1 + the entries trimmed.
+const STORE_SNAPSHOT: &str = r"
+local function id(s)
+  local ms, seq = string.match(s, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function after(a, b)
+  local am, as = id(a)
+  local bm, bs = id(b)
+  return am > bm or (am == bm and as > bs)
+end
+local previous = redis.call('HGET', KEYS[1], 'after')
+if previous and not after(ARGV[1], previous) then
+  redis.call('DEL', KEYS[4])
+  return 0
+end
+redis.call('HSET', KEYS[1], 'after', ARGV[1], 'data', ARGV[2])
+local below = previous or '0-0'
+local positions = redis.call('HGETALL', KEYS[5])
+for i = 1, #positions, 2 do
+  if redis.call('EXISTS', ARGV[3] .. positions[i]) == 1 then
+    if after(below, positions[i + 1]) then below = positions[i + 1] end
+  else
+    -- A node without a lease is gone: it holds nothing back.
+    redis.call('HDEL', KEYS[5], positions[i])
+  end
+end
+local trimmed = 0
+if below ~= '0-0' then
+  trimmed = redis.call('XTRIM', KEYS[2], 'MINID', below)
+  redis.call('SET', KEYS[3], below)
+end
+redis.call('DEL', KEYS[4])
+return 1 + trimmed
+";
+
+/// Writes a snapshot of the state after `last` when the log has grown by
+/// `snapshot_every` entries past the last one (one node at a time, by a
+/// lock), and trims the log below the previous snapshot.
+async fn snapshot_if_due(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    center: &Center,
+    last: &str,
+    snapshots: &Snapshots,
+) -> redis::RedisResult<()> {
+    let (len, have): (u64, Option<String>) = redis::pipe()
+        .cmd("XLEN")
+        .arg(&keys.log)
+        .cmd("HGET")
+        .arg(&keys.snapshot)
+        .arg("after")
+        .query_async(conn)
+        .await?;
+    // The log keeps the entries since the previous snapshot: about one
+    // interval after a trim, two when the next snapshot is due.
+    let due = match have {
+        None => len >= snapshots.every,
+        Some(ref after) => len >= 2 * snapshots.every && !passed(after, last),
+    };
+    if !due {
+        return Ok(());
+    }
+    let locked: Option<String> = redis::cmd("SET")
+        .arg(&keys.snapshot_lock)
+        .arg(&snapshots.node_id)
+        .arg("NX")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(conn)
+        .await?;
+    if locked.is_none() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let snap = center.snapshot(last);
+    let built = started.elapsed();
+    let data = snap.encode_to_vec();
+    let stored: i64 = redis::cmd("EVAL")
+        .arg(STORE_SNAPSHOT)
+        .arg(5)
+        .arg(&keys.snapshot)
+        .arg(&keys.log)
+        .arg(&keys.trimmed)
+        .arg(&keys.snapshot_lock)
+        .arg(&keys.positions)
+        .arg(last)
+        .arg(data.as_slice())
+        .arg(keys.lease_prefix())
+        .query_async(conn)
+        .await?;
+    if stored > 0 {
+        tracing::info!(after = %last, bytes = data.len(), built = ?built, trimmed = stored - 1, "cluster snapshot written, log trimmed");
+    }
+    Ok(())
+}
+
+/// Reports the last entry this node applied: no trim goes past it.
+async fn set_position(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    number: u32,
+    last: &str,
+) -> redis::RedisResult<()> {
+    redis::cmd("HSET")
+        .arg(&keys.positions)
+        .arg(number)
+        .arg(last)
+        .query_async(conn)
+        .await
 }
 
 async fn renew_lease(
@@ -445,12 +634,15 @@ async fn renew_lease(
 /// Renews this node's lease and declares lost the nodes whose leases lapsed
 /// while their sessions are still listed. On shutdown the lease is dropped,
 /// so the others act at once on what is left.
+#[allow(clippy::too_many_arguments)] // one task's whole context, passed once
 async fn leases(
     mut conn: ConnectionManager,
     keys: Keys,
     number: u32,
     id: String,
     ttl: Duration,
+    position: Arc<parking_lot::Mutex<String>>,
+    stale: Arc<AtomicBool>,
     center: Center,
     shutdown: CancellationToken,
 ) {
@@ -464,6 +656,27 @@ async fn leases(
         if let Err(e) = renew_lease(&mut conn, &keys, number, &id, ttl).await {
             tracing::warn!(error = %e, "cannot renew this node's lease");
             continue;
+        }
+        let applied = position.lock().clone();
+        let trimmed: redis::RedisResult<Option<String>> = redis::pipe()
+            .cmd("HSET")
+            .arg(&keys.positions)
+            .arg(number)
+            .arg(&applied)
+            .ignore()
+            .cmd("GET")
+            .arg(&keys.trimmed)
+            .query_async::<(Option<String>,)>(&mut conn)
+            .await
+            .map(|(t,)| t);
+        // The log was trimmed past what this node applied (it was cut off
+        // from Redis while the others went on): its state has a gap only a
+        // restart (which loads the snapshot) closes.
+        if let Ok(Some(trimmed)) = trimmed
+            && !passed(&applied, &trimmed)
+            && !stale.swap(true, Ordering::Relaxed)
+        {
+            tracing::error!(applied = %applied, trimmed = %trimmed, "the cluster log was trimmed past this node's position: its state is stale; restart it (it then loads the latest snapshot)");
         }
         let mut others: Vec<u32> = center
             .session_ids()
@@ -485,6 +698,11 @@ async fn leases(
             if alive == Ok(false) {
                 tracing::warn!(node.number = n, "node lease lapsed: declaring it lost");
                 declared.insert(n);
+                let _: redis::RedisResult<()> = redis::cmd("HDEL")
+                    .arg(&keys.positions)
+                    .arg(n)
+                    .query_async(&mut conn)
+                    .await;
                 center.append_entry(Kind::NodeLost(cp::NodeLost {
                     node_number: n,
                     node_id: String::new(),
@@ -492,8 +710,14 @@ async fn leases(
             }
         }
     }
-    let _: redis::RedisResult<()> = redis::cmd("DEL")
+    let _: redis::RedisResult<()> = redis::pipe()
+        .cmd("DEL")
         .arg(keys.lease(number))
+        .ignore()
+        .cmd("HDEL")
+        .arg(&keys.positions)
+        .arg(number)
+        .ignore()
         .query_async(&mut conn)
         .await;
 }

@@ -88,6 +88,12 @@ pub struct ClusterConfig {
     /// 503 "state store unavailable".
     #[serde(default = "default_store_timeout")]
     pub store_timeout_secs: u64,
+    /// Every this many log entries one node writes a snapshot of the state
+    /// and trims the log below the snapshot before it: the log holds about
+    /// two intervals, and a joining node loads the snapshot and replays
+    /// less than that.
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every: u64,
 }
 
 impl Default for ClusterConfig {
@@ -98,8 +104,13 @@ impl Default for ClusterConfig {
             node_ttl_secs: default_node_ttl(),
             key_prefix: default_key_prefix(),
             store_timeout_secs: default_store_timeout(),
+            snapshot_every: default_snapshot_every(),
         }
     }
+}
+
+fn default_snapshot_every() -> u64 {
+    100_000
 }
 
 fn default_node_ttl() -> u64 {
@@ -584,6 +595,12 @@ impl Config {
             }
         }
         let c = &self.cluster;
+        if c.snapshot_every < 10 {
+            return Err(ConfigError::Invalid {
+                key: "cluster.snapshot_every",
+                reason: "must be at least 10 entries".into(),
+            });
+        }
         if !c.redis_url.is_empty()
             && !c.redis_url.starts_with("redis://")
             && !c.redis_url.starts_with("rediss://")

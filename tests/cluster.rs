@@ -492,3 +492,111 @@ async fn a_rolling_restart_loses_no_user_and_sends_no_user_leave() {
     })
     .await;
 }
+
+/// `XLEN` of the cluster's log and whether a snapshot is stored.
+async fn log_length(redis: &RedisServer) -> (u64, bool) {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::pipe()
+        .cmd("XLEN")
+        .arg("{pilot}:log")
+        .cmd("EXISTS")
+        .arg("{pilot}:snapshot")
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// With a small `snapshot_every` the log is trimmed as the cluster goes on,
+/// and a node that joins afterwards starts from the latest snapshot: it has
+/// every room, user, pusher, session and waiting user, routes a pull to the
+/// pusher's node, and gives an SFU that comes back to it its users.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_trimmed_and_a_late_node_starts_from_the_snapshot() {
+    common::bounded(async move {
+        let Some(redis) = RedisServer::start("snapshot", false).await else {
+            return;
+        };
+        const GRACE: &str = "  reconnect_grace_secs: 30\n";
+        const EVERY: &str = "  snapshot_every: 20\n";
+        let n1 = node(&redis, "n1", GRACE, EVERY).await;
+        let path = |peer: &str| format!("/pilot/center?peer={peer}");
+        let mut a = Sfu::connect_to(n1.ws_addr(), false, &path("sfu-a")).await;
+        const USERS: usize = 60;
+        for i in 0..USERS {
+            let join = json!({"roomId": format!("big{}", i % 3), "userId": format!("a{i}"), "userName": "A"});
+            ok(&a.request("join", join).await);
+        }
+        let mut b = Sfu::connect_to(n1.ws_addr(), false, &path("sfu-b")).await;
+        ok(&b.request("join", json!({"roomId": "r", "userId": "b1", "userName": "B"})).await);
+        let publishers = json!([{"pusherId": "b1-video", "rtpParam": rtp_param(77)}]);
+        b.notify(
+            "push",
+            json!({"roomId": "r", "userId": "b1", "userName": "B", "publishers": publishers}),
+        )
+        .await;
+        let mut gone = Sfu::connect_to(n1.ws_addr(), false, &path("sfu-gone")).await;
+        ok(&gone.request("join", json!({"roomId": "r", "userId": "g1", "userName": "G"})).await);
+        assert_eq!(b.expect("newUser").await["userId"], json!("g1"));
+        drop(gone);
+        assert_eq!(b.expect("userDisconnect").await["userId"], json!("g1"));
+
+        // More than USERS entries were appended; a log shorter than that
+        // was trimmed. Echoes (entries too) keep the tailer checking.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (len, snapshot) = log_length(&redis).await;
+            if snapshot && len < (USERS as u64) * 3 / 4 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the log was not trimmed: {len} entries, snapshot stored: {snapshot}"
+            );
+            ok(&a.request("echo", json!({})).await);
+        }
+
+        let n2 = node(&redis, "n2", GRACE, EVERY).await;
+        settle(&n1).await;
+        settle(&n2).await;
+        for room in ["big0", "big1", "big2", "r"] {
+            assert_eq!(
+                n2.center().get_room(room).unwrap(),
+                n1.center().get_room(room).unwrap(),
+                "room {room}"
+            );
+        }
+        let sessions = |s: &Server| -> Vec<(u64, String, String)> {
+            s.center()
+                .list_sessions()
+                .into_iter()
+                .map(|s| (s.session_id, s.peer_id, s.node_id))
+                .collect()
+        };
+        assert_eq!(sessions(&n2), sessions(&n1));
+        assert_eq!(n2.center().counts().2, USERS + 2, "every user, the waiting one too");
+        // The event feed goes on with the same numbers: a cursor taken on
+        // one node means the same on the other.
+        assert_eq!(
+            n2.center().get_room_at("r").unwrap().1,
+            n1.center().get_room_at("r").unwrap().1
+        );
+
+        // The late node acts on that state.
+        let mut c = Sfu::connect_to(n2.ws_addr(), false, &path("sfu-c")).await;
+        let d = c
+            .request("join", json!({"roomId": "r", "userId": "c1", "userName": "C"}))
+            .await;
+        let users = ok(&d)["users"].as_array().unwrap().clone();
+        let b1 = users.iter().find(|u| u["userId"] == json!("b1")).unwrap();
+        assert_eq!(b1["pushers"], publishers);
+        assert_eq!(b.expect("newUser").await["userId"], json!("c1"));
+        let pull = json!({"roomId": "r", "pusher_user_id": "b1", "udp_ip": "10.0.0.9", "udp_port": 40001, "mediaType": "video", "pushInfo": {"pusherId": "b1-video", "rtpParam": rtp_param(77)}});
+        c.notify("pullRemoteStream", pull.clone()).await;
+        assert_eq!(b.expect("pullRemoteStream").await, pull);
+        let _back = Sfu::connect_to(n2.ws_addr(), false, &path("sfu-gone")).await;
+        assert_eq!(b.expect("userReConnect").await["userId"], json!("g1"));
+        assert_eq!(c.expect("userReConnect").await["userId"], json!("g1"));
+    })
+    .await;
+}

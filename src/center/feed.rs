@@ -110,6 +110,35 @@ impl EventLog {
         }
     }
 
+    /// Every kept event, encoded, oldest first (for a cluster snapshot).
+    pub fn export(&self) -> Vec<Vec<u8>> {
+        let mut at = 0usize;
+        self.lens
+            .iter()
+            .map(|&len| {
+                let end = at + len as usize;
+                let event = self.bytes.range(at..end).copied().collect();
+                at = end;
+                event
+            })
+            .collect()
+    }
+
+    /// Keeps `events` (encoded, oldest first) instead of what it kept: the
+    /// newest of them up to the capacity.
+    pub fn load(&mut self, events: &[Vec<u8>]) {
+        self.bytes.clear();
+        self.lens.clear();
+        let skip = events.len().saturating_sub(self.capacity);
+        for event in &events[skip..] {
+            let Ok(len) = u32::try_from(event.len()) else {
+                continue;
+            };
+            self.bytes.extend(event.iter());
+            self.lens.push_back(len);
+        }
+    }
+
     /// Copies the newest `n` events (all kept if fewer), oldest first, to
     /// be decoded by [`EncodedEvents::decode`] away from any lock.
     pub fn newest(&self, n: usize) -> EncodedEvents {
@@ -184,6 +213,21 @@ mod tests {
         assert_eq!(seqs(&log.newest(0)), Vec::<u64>::new());
         let last: Vec<_> = log.newest(1).decode().collect();
         assert_eq!(last, [event(5, "rrrrr")]);
+    }
+
+    #[test]
+    fn exported_events_load_into_another_log() {
+        let mut log = EventLog::new(3);
+        for seq in 1..=4 {
+            log.push(&event(seq, &"r".repeat(seq as usize)));
+        }
+        let mut other = EventLog::new(2);
+        other.push(&event(9, "x"));
+        other.load(&log.export());
+        assert_eq!(seqs(&other.newest(10)), [3, 4]);
+        let mut same = EventLog::new(3);
+        same.load(&log.export());
+        assert_eq!(same.export(), log.export());
     }
 
     #[test]

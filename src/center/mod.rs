@@ -210,6 +210,9 @@ pub struct ClusterNode {
     pub log: Arc<dyn EntryLog>,
     /// Whether the log's store answers (for `/readyz`).
     pub healthy: Arc<std::sync::atomic::AtomicBool>,
+    /// Set when the log was trimmed past what this node applied: its state
+    /// has a gap, and it reports not ready until restarted.
+    pub stale: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Who waits for an entry to be applied.
@@ -355,7 +358,7 @@ impl Center {
         self.inner
             .cluster
             .as_ref()
-            .is_none_or(|n| n.healthy.load(Ordering::Relaxed))
+            .is_none_or(|n| n.healthy.load(Ordering::Relaxed) && !n.stale.load(Ordering::Relaxed))
     }
 
     /// Every session id known here (this node's and, in a cluster, the
@@ -442,6 +445,28 @@ impl Center {
         if let Some(w) = waiter {
             w.fail(e);
         }
+    }
+
+    /// The whole state as applied so far, for a cluster snapshot taken
+    /// after log entry `after`. Built under the state lock (every session
+    /// of this node waits meanwhile), encoded by the caller outside it.
+    pub fn snapshot(&self, after: &str) -> cp::Snapshot {
+        let mut snap = cp::Snapshot {
+            after: after.to_owned(),
+            ..Default::default()
+        };
+        let state = self.inner.state.lock();
+        state.rooms.export(&mut snap);
+        state.registry.export(&mut snap);
+        snap
+    }
+
+    /// Replaces the state by a snapshot's, before a joining node replays
+    /// the log after it and serves anyone.
+    pub fn load_snapshot(&self, snap: &cp::Snapshot) {
+        let mut state = self.inner.state.lock();
+        state.rooms.load(snap);
+        state.registry.load(snap);
     }
 
     /// Applies an entry the shared log handed back, at `unix_ms` (the log's

@@ -174,6 +174,54 @@ impl Registry {
         );
     }
 
+    /// Adds what the registry knows to a snapshot the rules wrote
+    /// ([`super::rules::Rooms::export`]): each session's address, transport,
+    /// node and opening time, and the event feed's position and kept events.
+    pub fn export(&self, snap: &mut crate::cluster_proto::Snapshot) {
+        let rows: HashMap<SessionId, SessionRow<'_>> =
+            self.sorted().into_iter().map(|r| (r.id, r)).collect();
+        for s in &mut snap.sessions {
+            if let Some(row) = rows.get(&s.session_id) {
+                s.peer_addr = row.peer.addr.clone();
+                s.transport = row.peer.transport.into();
+                s.node_id = row.node_id.to_owned();
+                s.connected_at_unix_ms = row
+                    .connected_at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            }
+        }
+        snap.feed_seq = self.seq;
+        snap.feed_events = self.log.export();
+    }
+
+    /// Takes the sessions (all held by other nodes: this one has just
+    /// joined) and the feed's position from a snapshot.
+    pub fn load(&mut self, snap: &crate::cluster_proto::Snapshot) {
+        self.remote = snap
+            .sessions
+            .iter()
+            .filter(|s| !self.sessions.contains_key(&s.session_id))
+            .map(|s| {
+                (
+                    s.session_id,
+                    RemoteSession {
+                        peer: PeerInfo {
+                            addr: s.peer_addr.clone(),
+                            transport: proto::Transport::try_from(s.transport).unwrap_or_default(),
+                            identity: s.peer_id.clone(),
+                        },
+                        node_id: s.node_id.clone(),
+                        connected_at: SystemTime::UNIX_EPOCH
+                            + std::time::Duration::from_millis(s.connected_at_unix_ms),
+                    },
+                )
+            })
+            .collect();
+        self.seq = snap.feed_seq;
+        self.log.load(&snap.feed_events);
+    }
+
     /// Whether this process holds session `sid`.
     pub fn is_local(&self, sid: SessionId) -> bool {
         self.sessions.contains_key(&sid)

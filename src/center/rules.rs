@@ -15,6 +15,7 @@
 //!   leave when the grace ends.
 
 use super::{Delivery, Outbound, SessionId};
+use crate::cluster_proto as cp;
 use crate::error::CenterError;
 use crate::proto::{self, EventKind, peer_event, watch_events_response::Event};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -224,6 +225,10 @@ fn room_user(user_id: &str, user: &User) -> proto::RoomUser {
         user_name: user.name.clone(),
         pushers: user.pushers.clone(),
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn count(n: usize) -> u32 {
@@ -618,7 +623,10 @@ impl Rooms {
             if *entry.key() > now {
                 break;
             }
-            let (deadline, due) = entry.remove_entry();
+            let (deadline, mut due) = entry.remove_entry();
+            // Sorted: every node, including one that loaded a snapshot
+            // (which rebuilds these lists), announces them in one order.
+            due.sort();
             for (room_id, user_id) in due {
                 let still_orphan = self
                     .rooms
@@ -1314,6 +1322,167 @@ impl Rooms {
         msus
     }
 
+    // ----- snapshots (a cluster node joining loads one) ------------------
+
+    /// Writes the rules' state into `snap`: the sessions (id, identity,
+    /// opening order; the registry adds the rest), rooms and MSUs. Sorted,
+    /// so equal states give equal snapshots.
+    pub fn export(&self, snap: &mut cp::Snapshot) {
+        snap.sessions_opened = self.opened;
+        snap.sessions = self
+            .sessions
+            .iter()
+            .map(|(sid, h)| cp::SnapshotSession {
+                session_id: *sid,
+                peer_id: h.identity.to_string(),
+                opened: h.opened,
+                ..Default::default()
+            })
+            .collect();
+        snap.sessions.sort_by_key(|s| s.session_id);
+        snap.rooms = self
+            .rooms
+            .iter()
+            .map(|(room_id, room)| {
+                let mut users: Vec<cp::SnapshotUser> = room
+                    .users
+                    .iter()
+                    .map(|(user_id, u)| cp::SnapshotUser {
+                        user_id: user_id.clone(),
+                        user_name: u.name.clone(),
+                        audience: u.audience,
+                        pushers: u.pushers.clone(),
+                        holder: Some(match &u.holder {
+                            Holder::Session { sid, connected } => {
+                                cp::snapshot_user::Holder::Session(cp::SnapshotHeld {
+                                    session_id: *sid,
+                                    connected: *connected,
+                                })
+                            }
+                            Holder::Orphan { identity, deadline } => {
+                                cp::snapshot_user::Holder::Orphan(cp::SnapshotOrphan {
+                                    peer_id: identity.to_string(),
+                                    deadline_ms: millis(*deadline),
+                                })
+                            }
+                        }),
+                    })
+                    .collect();
+                users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+                cp::SnapshotRoom {
+                    room_id: room_id.clone(),
+                    msu_id: room.msu.clone().unwrap_or_default(),
+                    users,
+                }
+            })
+            .collect();
+        snap.rooms.sort_by(|a, b| a.room_id.cmp(&b.room_id));
+        snap.msus = self
+            .msus()
+            .into_iter()
+            .map(|(msu_id, session_id, room_ids, at)| cp::SnapshotMsu {
+                msu_id,
+                session_id,
+                room_ids,
+                registered_at_unix_ms: at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, millis),
+            })
+            .collect();
+    }
+
+    /// Replaces the state by the one `snap` describes (see
+    /// [`Rooms::export`]); what only points elsewhere (who hears a room, a
+    /// session's holdings, orphans by identity, grace deadlines) is rebuilt
+    /// from the users.
+    pub fn load(&mut self, snap: &cp::Snapshot) {
+        *self = Self::import(self.config.clone(), snap);
+    }
+
+    fn import(config: RulesConfig, snap: &cp::Snapshot) -> Self {
+        let mut rules = Self::new(config);
+        rules.opened = snap.sessions_opened;
+        // One shared string per identity, as sessions opening would make.
+        let mut identities: HashMap<&str, Arc<str>> = HashMap::new();
+        fn intern<'a>(identities: &mut HashMap<&'a str, Arc<str>>, id: &'a str) -> Arc<str> {
+            identities
+                .entry(id)
+                .or_insert_with(|| Arc::from(id))
+                .clone()
+        }
+        for s in &snap.sessions {
+            rules.sessions.insert(
+                s.session_id,
+                Holdings {
+                    identity: intern(&mut identities, &s.peer_id),
+                    opened: s.opened,
+                    rooms: HashMap::new(),
+                    msus: HashSet::new(),
+                },
+            );
+        }
+        for r in &snap.rooms {
+            let mut room = Room {
+                msu: (!r.msu_id.is_empty()).then(|| r.msu_id.clone()),
+                ..Room::default()
+            };
+            for u in &r.users {
+                let holder = match &u.holder {
+                    Some(cp::snapshot_user::Holder::Session(h)) => {
+                        *room.listeners.entry(h.session_id).or_default() += 1;
+                        if let Some(held) = rules.sessions.get_mut(&h.session_id) {
+                            held.rooms
+                                .entry(r.room_id.clone())
+                                .or_default()
+                                .insert(u.user_id.clone());
+                        }
+                        Holder::Session {
+                            sid: h.session_id,
+                            connected: h.connected,
+                        }
+                    }
+                    Some(cp::snapshot_user::Holder::Orphan(o)) => {
+                        let identity = intern(&mut identities, &o.peer_id);
+                        let deadline = Duration::from_millis(o.deadline_ms);
+                        let key = (r.room_id.clone(), u.user_id.clone());
+                        rules
+                            .orphans
+                            .entry(identity.clone())
+                            .or_default()
+                            .insert(key.clone());
+                        rules.deadlines.entry(deadline).or_default().push(key);
+                        Holder::Orphan { identity, deadline }
+                    }
+                    // Written by every export; a snapshot without it is not ours.
+                    None => continue,
+                };
+                room.users.insert(
+                    u.user_id.clone(),
+                    User {
+                        name: u.user_name.clone(),
+                        audience: u.audience,
+                        holder,
+                        pushers: u.pushers.clone(),
+                    },
+                );
+            }
+            rules.rooms.insert(r.room_id.clone(), room);
+        }
+        for m in &snap.msus {
+            if let Some(held) = rules.sessions.get_mut(&m.session_id) {
+                held.msus.insert(m.msu_id.clone());
+            }
+            rules.msus.insert(
+                m.msu_id.clone(),
+                Msu {
+                    session: m.session_id,
+                    rooms: m.room_ids.iter().cloned().collect(),
+                    registered_at: SystemTime::UNIX_EPOCH
+                        + Duration::from_millis(m.registered_at_unix_ms),
+                },
+            );
+        }
+        rules
+    }
+
     /// Counts: (rooms, users, msus).
     pub fn counts(&self) -> (usize, usize, usize) {
         (
@@ -1321,5 +1490,164 @@ impl Rooms {
             self.rooms.values().map(|r| r.users.len()).sum(),
             self.msus.len(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+
+    /// Everything the rules hold, indexes included, in a stable order.
+    fn fingerprint(r: &Rooms) -> String {
+        let mut rooms: Vec<_> = r
+            .rooms
+            .iter()
+            .map(|(id, room)| {
+                let mut users: Vec<_> = room
+                    .users
+                    .iter()
+                    .map(|(u, user)| {
+                        format!(
+                            "{u}:{}:{}:{:?}:{:?}",
+                            user.name, user.audience, user.holder, user.pushers
+                        )
+                    })
+                    .collect();
+                users.sort();
+                let mut listeners: Vec<_> = room.listeners.iter().collect();
+                listeners.sort();
+                format!("{id} msu={:?} users={users:?} hear={listeners:?}", room.msu)
+            })
+            .collect();
+        rooms.sort();
+        let mut sessions: Vec<_> = r
+            .sessions
+            .iter()
+            .map(|(sid, h)| {
+                let mut held: Vec<_> = h
+                    .rooms
+                    .iter()
+                    .map(|(room, users)| {
+                        let mut users: Vec<_> = users.iter().collect();
+                        users.sort();
+                        format!("{room}={users:?}")
+                    })
+                    .collect();
+                held.sort();
+                let mut msus: Vec<_> = h.msus.iter().collect();
+                msus.sort();
+                format!("{sid}:{}:{}:{held:?}:{msus:?}", h.identity, h.opened)
+            })
+            .collect();
+        sessions.sort();
+        let mut orphans: Vec<_> = r
+            .orphans
+            .iter()
+            .map(|(id, set)| {
+                let mut set: Vec<_> = set.iter().collect();
+                set.sort();
+                format!("{id}={set:?}")
+            })
+            .collect();
+        orphans.sort();
+        // Deadlines may hold entries of users claimed since; only the due
+        // orphans they name matter.
+        let deadlines: Vec<_> =
+            r.deadlines
+                .iter()
+                .flat_map(|(d, due)| due.iter().map(move |k| (*d, k.clone())))
+                .filter(|(d, (room, user))| {
+                    r.rooms.get(room).and_then(|x| x.users.get(user)).is_some_and(
+                    |u| matches!(u.holder, Holder::Orphan { deadline, .. } if deadline == *d),
+                )
+                })
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+        format!(
+            "opened={} rooms={rooms:#?} sessions={sessions:#?} orphans={orphans:?} deadlines={deadlines:?} msus={:?}",
+            r.opened,
+            r.msus()
+        )
+    }
+
+    fn join(r: &mut Rooms, sid: SessionId, room: &str, user: &str) {
+        let req = proto::JoinRequest {
+            room_id: room.into(),
+            user_id: user.into(),
+            user_name: user.to_uppercase(),
+            ..Default::default()
+        };
+        r.join(sid, req, &mut Effects::default()).unwrap();
+    }
+
+    #[test]
+    fn a_snapshot_restores_every_rule_and_index() {
+        let config = RulesConfig {
+            reconnect_grace: Duration::from_secs(30),
+            ..RulesConfig::default()
+        };
+        let mut r = Rooms::new(config.clone());
+        let fx = &mut Effects::default();
+        for (sid, identity) in [(1, "sfu-a"), (2, "sfu-b"), (3, "msu"), (4, "sfu-c")] {
+            r.open_session(sid, identity, fx);
+        }
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        r.register_msu(
+            3,
+            proto::RegisterMsuRequest {
+                msu_id: "m1".into(),
+            },
+            at,
+            fx,
+        )
+        .unwrap();
+        join(&mut r, 1, "r1", "u1");
+        join(&mut r, 2, "r1", "u2");
+        join(&mut r, 1, "r2", "u3");
+        join(&mut r, 4, "r2", "u4");
+        let push = proto::PushRequest {
+            room_id: "r1".into(),
+            user_id: "u1".into(),
+            publishers: vec![proto::Publisher {
+                pusher_id: "p1".into(),
+                rtp_param_json: r#"{"x": 1.50}"#.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        r.push(1, push, fx).unwrap();
+        let gone = proto::UserDisconnectRequest {
+            room_id: "r1".into(),
+            user_id: "u2".into(),
+            ..Default::default()
+        };
+        r.user_disconnect(2, gone, fx).unwrap();
+        r.close_session(1, Duration::from_secs(10), fx);
+
+        let mut snap = cp::Snapshot::default();
+        r.export(&mut snap);
+        let snap = cp::Snapshot::decode(snap.encode_to_vec().as_slice()).unwrap();
+        let mut loaded = Rooms::new(config);
+        loaded.open_session(99, "stale", &mut Effects::default());
+        join(&mut loaded, 99, "stale", "x"); // replaced by the load
+        loaded.load(&snap);
+        assert_eq!(fingerprint(&loaded), fingerprint(&r));
+        let mut again = cp::Snapshot::default();
+        loaded.export(&mut again);
+        assert_eq!(again, snap);
+
+        // And both go on alike: sfu-a back takes its users, then the rest
+        // of the grace ends.
+        let (mut a, mut b) = (Effects::default(), Effects::default());
+        assert_eq!(r.open_session(5, "sfu-a", &mut a), 2);
+        assert_eq!(loaded.open_session(5, "sfu-a", &mut b), 2);
+        r.close_session(2, Duration::from_secs(20), &mut a);
+        loaded.close_session(2, Duration::from_secs(20), &mut b);
+        r.expire(Duration::from_secs(60), &mut a);
+        loaded.expire(Duration::from_secs(60), &mut b);
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        assert_eq!(fingerprint(&loaded), fingerprint(&r));
     }
 }
