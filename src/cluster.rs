@@ -76,7 +76,8 @@ pub enum ClusterError {
 struct Keys {
     log: String,
     node_numbers: String,
-    /// Hash: `after` (the last entry it includes), `data` (a `Snapshot`).
+    /// Hash: `after` (the last entry it includes), `key` (where its bytes,
+    /// a `Snapshot`, are).
     snapshot: String,
     /// Taken by the node writing a snapshot.
     snapshot_lock: String,
@@ -102,6 +103,11 @@ impl Keys {
 
     fn lease(&self, number: u32) -> String {
         format!("{}{number}", self.lease_prefix())
+    }
+
+    /// Where the bytes of the snapshot after entry `after` are stored.
+    fn snapshot_data(&self, after: &str) -> String {
+        format!("{{{}}}:snapshot:{after}", self.prefix)
     }
 
     /// What every node's lease key starts with (followed by its number).
@@ -204,6 +210,12 @@ pub async fn join(
         .await
         .map_err(|_| bounded(config.store_timeout_secs))?
         .map_err(redis_err)?;
+    // Snapshots (megabytes) go on a connection of their own, so that the
+    // writer's appends never queue behind one.
+    let snapshot_store = connect(timeout * 10)
+        .await
+        .map_err(|_| bounded(config.store_timeout_secs))?
+        .map_err(redis_err)?;
     let keys = Keys::new(&config.key_prefix);
     let number: u64 = redis::cmd("INCR")
         .arg(&keys.node_numbers)
@@ -245,14 +257,10 @@ pub async fn join(
         .await
         .map_err(redis_err)?;
     let mut last = "0-0".to_owned();
-    let (after, data): (Option<String>, Option<Vec<u8>>) = redis::cmd("HMGET")
-        .arg(&keys.snapshot)
-        .arg("after")
-        .arg("data")
-        .query_async(&mut reader)
+    if let Some((after, data)) = latest_snapshot(&mut reader, &keys)
         .await
-        .map_err(redis_err)?;
-    if let (Some(after), Some(data)) = (after, data) {
+        .map_err(redis_err)?
+    {
         let snap = cp::Snapshot::decode(data.as_slice()).map_err(|e| ClusterError::BadEntry {
             url: url.clone(),
             id: format!("snapshot after {after}"),
@@ -306,6 +314,10 @@ pub async fn join(
         last,
         Snapshots {
             every: config.snapshot_every,
+            number,
+            seen: None,
+            applied_since: 0,
+            store: snapshot_store,
             node_id: id.clone(),
             position: position.clone(),
         },
@@ -325,6 +337,33 @@ pub async fn join(
         shutdown.clone(),
     ));
     Ok(Node { center, id, number })
+}
+
+/// The current snapshot: the entry it was taken after, and its bytes.
+async fn latest_snapshot(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+) -> redis::RedisResult<Option<(String, Vec<u8>)>> {
+    // A newer snapshot may replace (and drop) the one just named: look again.
+    for _ in 0..5 {
+        let (after, key): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(&keys.snapshot)
+            .arg("after")
+            .arg("key")
+            .query_async(conn)
+            .await?;
+        let (Some(after), Some(key)) = (after, key) else {
+            return Ok(None);
+        };
+        let data: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query_async(conn).await?;
+        if let Some(data) = data {
+            return Ok(Some((after, data)));
+        }
+    }
+    Err(redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "the cluster snapshot kept changing while it was read",
+    )))
 }
 
 /// Whether stream id `a` is at or after `b` (ids compare as (ms, seq)).
@@ -433,6 +472,15 @@ async fn write_entries(
 struct Snapshots {
     /// `cluster.snapshot_every`.
     every: u64,
+    /// This node's number.
+    number: u32,
+    /// The entry the latest snapshot this node saw was taken after.
+    seen: Option<String>,
+    /// Entries applied since that snapshot (about: counted from when this
+    /// node saw it), or since this node joined.
+    applied_since: u64,
+    /// The connection snapshots are stored on.
+    store: ConnectionManager,
     node_id: String,
     /// The last entry this node applied, for its lease renewals.
     position: Arc<parking_lot::Mutex<String>>,
@@ -448,7 +496,7 @@ async fn tail(
     mut conn: ConnectionManager,
     keys: Keys,
     mut last: String,
-    snapshots: Snapshots,
+    mut snapshots: Snapshots,
     center: Center,
     healthy: Arc<AtomicBool>,
     shutdown: CancellationToken,
@@ -465,6 +513,7 @@ async fn tail(
             Ok(entries) => {
                 backoff = Duration::from_millis(50);
                 since_check += entries.len() as u64;
+                snapshots.applied_since += entries.len() as u64;
                 for (id, bytes) in entries {
                     match Entry::decode(bytes.as_slice()) {
                         Ok(entry) => center.apply_logged(entry, stream_ms(&id)),
@@ -478,7 +527,7 @@ async fn tail(
                 if since_check >= check_every {
                     since_check = 0;
                     if let Err(e) =
-                        snapshot_if_due(&mut conn, &keys, &center, &last, &snapshots).await
+                        snapshot_if_due(&mut conn, &keys, &center, &last, &mut snapshots).await
                     {
                         tracing::warn!(error = %e, "cannot write a snapshot of the cluster state");
                     }
@@ -498,13 +547,15 @@ async fn tail(
     }
 }
 
-/// Stores `data` as the snapshot after entry `after` unless a newer one is
-/// there, then trims the log below the previous snapshot (and below the
+/// Makes the snapshot stored at `ARGV[2]` (after entry `ARGV[1]`) the
+/// current one unless a newer one is there (then it is dropped), drops the
+/// previous one, trims the log below the previous snapshot (and below the
 /// oldest position a node with a lease reported, so no live node loses an
-/// entry it has not applied) and releases the lock. ARGV: the snapshot's
-/// last entry, its bytes, the lease keys' prefix. Returns 0 when a newer snapshot was
-/// there, else 1 + the entries trimmed.
-const STORE_SNAPSHOT: &str = r"
+/// entry it has not applied) and releases the lock. The snapshot's bytes
+/// are stored by a plain `SET` before: through a script they would be
+/// copied twice while Redis serves nobody else. `ARGV[3]`: the lease keys'
+/// prefix. Returns 0 when a newer snapshot was there, else 1.
+const SWITCH_SNAPSHOT: &str = r"
 local function id(s)
   local ms, seq = string.match(s, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
@@ -514,13 +565,16 @@ local function after(a, b)
   local bm, bs = id(b)
   return am > bm or (am == bm and as > bs)
 end
-local previous = redis.call('HGET', KEYS[1], 'after')
-if previous and not after(ARGV[1], previous) then
-  redis.call('DEL', KEYS[4])
+local previous = redis.call('HMGET', KEYS[1], 'after', 'key')
+redis.call('DEL', KEYS[4])
+if previous[1] and not after(ARGV[1], previous[1]) then
+  redis.call('UNLINK', ARGV[2])
   return 0
 end
-redis.call('HSET', KEYS[1], 'after', ARGV[1], 'data', ARGV[2])
-local below = previous or '0-0'
+redis.call('HSET', KEYS[1], 'after', ARGV[1], 'key', ARGV[2])
+redis.call('PERSIST', ARGV[2])
+if previous[2] then redis.call('UNLINK', previous[2]) end
+local below = previous[1] or '0-0'
 local positions = redis.call('HGETALL', KEYS[5])
 for i = 1, #positions, 2 do
   if redis.call('EXISTS', ARGV[3] .. positions[i]) == 1 then
@@ -530,13 +584,12 @@ for i = 1, #positions, 2 do
     redis.call('HDEL', KEYS[5], positions[i])
   end
 end
-local trimmed = 0
 if below ~= '0-0' then
-  trimmed = redis.call('XTRIM', KEYS[2], 'MINID', below)
+  -- Exact: with '~' Redis trims at most 10,000 entries per call.
+  redis.call('XTRIM', KEYS[2], 'MINID', below)
   redis.call('SET', KEYS[3], below)
 end
-redis.call('DEL', KEYS[4])
-return 1 + trimmed
+return 1
 ";
 
 /// Writes a snapshot of the state after `last` when the log has grown by
@@ -547,23 +600,27 @@ async fn snapshot_if_due(
     keys: &Keys,
     center: &Center,
     last: &str,
-    snapshots: &Snapshots,
+    snapshots: &mut Snapshots,
 ) -> redis::RedisResult<()> {
-    let (len, have): (u64, Option<String>) = redis::pipe()
-        .cmd("XLEN")
-        .arg(&keys.log)
+    // Report this node's position (no trim goes past it) and see whether
+    // another node stored a snapshot since the last look.
+    let (have,): (Option<String>,) = redis::pipe()
+        .cmd("HSET")
+        .arg(&keys.positions)
+        .arg(snapshots.number)
+        .arg(last)
+        .ignore()
         .cmd("HGET")
         .arg(&keys.snapshot)
         .arg("after")
         .query_async(conn)
         .await?;
-    // The log keeps the entries since the previous snapshot: about one
-    // interval after a trim, two when the next snapshot is due.
-    let due = match have {
-        None => len >= snapshots.every,
-        Some(ref after) => len >= 2 * snapshots.every && !passed(after, last),
-    };
-    if !due {
+    if have != snapshots.seen {
+        // Taken moments ago, near this node's position: count from here.
+        snapshots.seen = have;
+        snapshots.applied_since = 0;
+    }
+    if snapshots.applied_since < snapshots.every {
         return Ok(());
     }
     let locked: Option<String> = redis::cmd("SET")
@@ -577,28 +634,82 @@ async fn snapshot_if_due(
     if locked.is_none() {
         return Ok(());
     }
+    snapshots.applied_since = 0;
+    // Only this step holds the state lock (the rooms are shared, not
+    // copied); the tailer goes on applying while a task copies, encodes and
+    // stores the snapshot on a connection of its own.
     let started = std::time::Instant::now();
-    let snap = center.snapshot(last);
-    let built = started.elapsed();
-    let data = snap.encode_to_vec();
-    let stored: i64 = redis::cmd("EVAL")
-        .arg(STORE_SNAPSHOT)
-        .arg(5)
-        .arg(&keys.snapshot)
-        .arg(&keys.log)
-        .arg(&keys.trimmed)
-        .arg(&keys.snapshot_lock)
-        .arg(&keys.positions)
-        .arg(last)
-        .arg(data.as_slice())
-        .arg(keys.lease_prefix())
-        .query_async(conn)
-        .await?;
-    if stored > 0 {
-        tracing::info!(after = %last, bytes = data.len(), built = ?built, trimmed = stored - 1, "cluster snapshot written, log trimmed");
-    }
+    let frozen = center.freeze(last);
+    let frozen_in = started.elapsed();
+    let mut store = snapshots.store.clone();
+    let (keys, last) = (keys.clone(), last.to_owned());
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Copying every user out takes a while on a large state: a thread
+        // of its own, at the lowest priority, so sessions keep the CPU.
+        let spawned = std::thread::Builder::new()
+            .name("pilot-snapshot".into())
+            .spawn(move || {
+                lower_this_threads_priority();
+                let _ = tx.send(frozen.into_snapshot().encode_to_vec());
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the snapshot thread");
+            return;
+        }
+        let Ok(data) = rx.await else {
+            return;
+        };
+        let built = started.elapsed();
+        let key = keys.snapshot_data(&last);
+        let stored: redis::RedisResult<i64> = redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg(data.as_slice())
+            // Kept only if the switch below runs (it makes it permanent).
+            .arg("PX")
+            .arg(600_000)
+            .ignore()
+            .cmd("EVAL")
+            .arg(SWITCH_SNAPSHOT)
+            .arg(5)
+            .arg(&keys.snapshot)
+            .arg(&keys.log)
+            .arg(&keys.trimmed)
+            .arg(&keys.snapshot_lock)
+            .arg(&keys.positions)
+            .arg(&last)
+            .arg(&key)
+            .arg(keys.lease_prefix())
+            .query_async::<(i64,)>(&mut store)
+            .await
+            .map(|(n,)| n);
+        match stored {
+            Ok(n) if n > 0 => {
+                tracing::info!(after = %last, bytes = data.len(), locked = ?frozen_in, built = ?built, "cluster snapshot written, log trimmed");
+            }
+            Ok(_) => tracing::debug!(after = %last, "a newer cluster snapshot was there"),
+            Err(e) => tracing::warn!(error = %e, "cannot store a snapshot of the cluster state"),
+        }
+    });
     Ok(())
 }
+
+/// Gives the calling thread the lowest CPU priority (nice 19), on Linux.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn lower_this_threads_priority() {
+    // SAFETY: gettid and setpriority only read and set the scheduling
+    // priority of the calling thread; no memory is shared.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_this_threads_priority() {}
 
 /// Reports the last entry this node applied: no trim goes past it.
 async fn set_position(

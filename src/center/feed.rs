@@ -110,20 +110,6 @@ impl EventLog {
         }
     }
 
-    /// Every kept event, encoded, oldest first (for a cluster snapshot).
-    pub fn export(&self) -> Vec<Vec<u8>> {
-        let mut at = 0usize;
-        self.lens
-            .iter()
-            .map(|&len| {
-                let end = at + len as usize;
-                let event = self.bytes.range(at..end).copied().collect();
-                at = end;
-                event
-            })
-            .collect()
-    }
-
     /// Keeps `events` (encoded, oldest first) instead of what it kept: the
     /// newest of them up to the capacity.
     pub fn load(&mut self, events: &[Vec<u8>]) {
@@ -167,6 +153,20 @@ pub struct EncodedEvents {
 }
 
 impl EncodedEvents {
+    /// Each event's bytes, oldest first (for a cluster snapshot).
+    pub fn split(&self) -> Vec<Vec<u8>> {
+        let mut at = 0usize;
+        self.lens
+            .iter()
+            .map(|&len| {
+                let end = at + len as usize;
+                let event = self.bytes.get(at..end).unwrap_or_default().to_vec();
+                at = end;
+                event
+            })
+            .collect()
+    }
+
     /// The events, oldest first. Each was encoded from a valid message, so
     /// none fails to decode; one that did would be skipped (a gap in `seq`
     /// the watcher can see).
@@ -223,11 +223,12 @@ mod tests {
         }
         let mut other = EventLog::new(2);
         other.push(&event(9, "x"));
-        other.load(&log.export());
+        let all = log.newest(log.len()).split();
+        other.load(&all);
         assert_eq!(seqs(&other.newest(10)), [3, 4]);
         let mut same = EventLog::new(3);
-        same.load(&log.export());
-        assert_eq!(same.export(), log.export());
+        same.load(&all);
+        assert_eq!(same.newest(3).split(), all);
     }
 
     #[test]

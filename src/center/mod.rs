@@ -215,6 +215,26 @@ pub struct ClusterNode {
     pub stale: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// The state at one moment ([`Center::freeze`]), not yet a snapshot.
+pub struct FrozenState {
+    after: String,
+    rules: rules::FrozenRules,
+    registry: registry::FrozenRegistry,
+}
+
+impl FrozenState {
+    /// The snapshot message (the costly part: every user copied out).
+    pub fn into_snapshot(self) -> cp::Snapshot {
+        let mut snap = cp::Snapshot {
+            after: self.after,
+            ..Default::default()
+        };
+        self.rules.write(&mut snap);
+        self.registry.write(&mut snap);
+        snap
+    }
+}
+
 /// Who waits for an entry to be applied.
 enum Waiter {
     /// Nobody.
@@ -448,17 +468,16 @@ impl Center {
     }
 
     /// The whole state as applied so far, for a cluster snapshot taken
-    /// after log entry `after`. Built under the state lock (every session
-    /// of this node waits meanwhile), encoded by the caller outside it.
-    pub fn snapshot(&self, after: &str) -> cp::Snapshot {
-        let mut snap = cp::Snapshot {
-            after: after.to_owned(),
-            ..Default::default()
-        };
+    /// after log entry `after`. Holds the state lock only to share the
+    /// rooms and copy the sessions and feed; [`FrozenState::into_snapshot`]
+    /// does the rest without it.
+    pub fn freeze(&self, after: &str) -> FrozenState {
         let state = self.inner.state.lock();
-        state.rooms.export(&mut snap);
-        state.registry.export(&mut snap);
-        snap
+        FrozenState {
+            after: after.to_owned(),
+            rules: state.rooms.freeze(),
+            registry: state.registry.freeze(),
+        }
     }
 
     /// Replaces the state by a snapshot's, before a joining node replays

@@ -63,6 +63,30 @@ pub fn shrink_after_crowd<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
     }
 }
 
+/// The registry's part of a snapshot ([`Registry::freeze`]).
+pub struct FrozenRegistry {
+    sessions: HashMap<SessionId, (PeerInfo, String, u64)>,
+    seq: u64,
+    events: EncodedEvents,
+}
+
+impl FrozenRegistry {
+    /// Completes the sessions the rules wrote into `snap`, and adds the
+    /// feed's position and kept events.
+    pub fn write(mut self, snap: &mut crate::cluster_proto::Snapshot) {
+        for s in &mut snap.sessions {
+            if let Some((peer, node_id, at)) = self.sessions.remove(&s.session_id) {
+                s.peer_addr = peer.addr;
+                s.transport = peer.transport.into();
+                s.node_id = node_id;
+                s.connected_at_unix_ms = at;
+            }
+        }
+        snap.feed_seq = self.seq;
+        snap.feed_events = self.events.split();
+    }
+}
+
 /// Live sessions and the event feed.
 pub struct Registry {
     /// This process's id as a cluster node ("" when it is not one).
@@ -174,25 +198,25 @@ impl Registry {
         );
     }
 
-    /// Adds what the registry knows to a snapshot the rules wrote
-    /// ([`super::rules::Rooms::export`]): each session's address, transport,
-    /// node and opening time, and the event feed's position and kept events.
-    pub fn export(&self, snap: &mut crate::cluster_proto::Snapshot) {
-        let rows: HashMap<SessionId, SessionRow<'_>> =
-            self.sorted().into_iter().map(|r| (r.id, r)).collect();
-        for s in &mut snap.sessions {
-            if let Some(row) = rows.get(&s.session_id) {
-                s.peer_addr = row.peer.addr.clone();
-                s.transport = row.peer.transport.into();
-                s.node_id = row.node_id.to_owned();
-                s.connected_at_unix_ms = row
-                    .connected_at
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-            }
+    /// What the registry adds to a snapshot, taken under the center's lock:
+    /// each session's address, transport, node and opening time, and the
+    /// event feed's position and kept events.
+    pub fn freeze(&self) -> FrozenRegistry {
+        FrozenRegistry {
+            sessions: self
+                .sorted()
+                .into_iter()
+                .map(|r| {
+                    let at = r
+                        .connected_at
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                    (r.id, (r.peer.clone(), r.node_id.to_owned(), at))
+                })
+                .collect(),
+            seq: self.seq,
+            events: self.log.newest(self.log.len()),
         }
-        snap.feed_seq = self.seq;
-        snap.feed_events = self.log.export();
     }
 
     /// Takes the sessions (all held by other nodes: this one has just

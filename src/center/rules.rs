@@ -101,6 +101,7 @@ enum Holder {
 }
 
 /// One user of a room.
+#[derive(Clone)]
 struct User {
     name: String,
     audience: bool,
@@ -129,8 +130,10 @@ impl User {
     }
 }
 
-/// One room.
-#[derive(Default)]
+/// One room. Shared (`Arc`) so that a snapshot can hold every room while
+/// the rules go on: a room changed meanwhile is copied first
+/// (`Arc::make_mut`), the snapshot keeps the room as it was.
+#[derive(Default, Clone)]
 struct Room {
     users: HashMap<String, User>,
     /// Session -> users of this room it holds: the sessions that hear it.
@@ -185,7 +188,7 @@ struct Msu {
 pub struct Rooms {
     config: RulesConfig,
     sessions: HashMap<SessionId, Holdings>,
-    rooms: HashMap<String, Room>,
+    rooms: HashMap<String, Arc<Room>>,
     msus: HashMap<String, Msu>,
     /// Identity -> (room, user) of its orphans, for taking them back.
     orphans: HashMap<Arc<str>, HashSet<(String, String)>>,
@@ -194,6 +197,81 @@ pub struct Rooms {
     deadlines: BTreeMap<Duration, Vec<(String, String)>>,
     /// Sessions opened so far.
     opened: u64,
+}
+
+/// The rules' state at one moment ([`Rooms::freeze`]).
+pub struct FrozenRules {
+    opened: u64,
+    sessions: Vec<(SessionId, Arc<str>, u64)>,
+    rooms: Vec<(String, Arc<Room>)>,
+    msus: Vec<(String, SessionId, Vec<String>, SystemTime)>,
+}
+
+impl FrozenRules {
+    /// Writes the sessions (id, identity, opening order; the registry adds
+    /// the rest), rooms and MSUs into `snap`. Sorted, so equal states give
+    /// equal snapshots.
+    pub fn write(self, snap: &mut cp::Snapshot) {
+        snap.sessions_opened = self.opened;
+        snap.sessions = self
+            .sessions
+            .into_iter()
+            .map(|(session_id, identity, opened)| cp::SnapshotSession {
+                session_id,
+                peer_id: identity.to_string(),
+                opened,
+                ..Default::default()
+            })
+            .collect();
+        snap.sessions.sort_by_key(|s| s.session_id);
+        snap.rooms = self
+            .rooms
+            .into_iter()
+            .map(|(room_id, room)| {
+                let mut users: Vec<cp::SnapshotUser> = room
+                    .users
+                    .iter()
+                    .map(|(user_id, u)| cp::SnapshotUser {
+                        user_id: user_id.clone(),
+                        user_name: u.name.clone(),
+                        audience: u.audience,
+                        pushers: u.pushers.clone(),
+                        holder: Some(match &u.holder {
+                            Holder::Session { sid, connected } => {
+                                cp::snapshot_user::Holder::Session(cp::SnapshotHeld {
+                                    session_id: *sid,
+                                    connected: *connected,
+                                })
+                            }
+                            Holder::Orphan { identity, deadline } => {
+                                cp::snapshot_user::Holder::Orphan(cp::SnapshotOrphan {
+                                    peer_id: identity.to_string(),
+                                    deadline_ms: millis(*deadline),
+                                })
+                            }
+                        }),
+                    })
+                    .collect();
+                users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+                cp::SnapshotRoom {
+                    room_id,
+                    msu_id: room.msu.clone().unwrap_or_default(),
+                    users,
+                }
+            })
+            .collect();
+        snap.rooms.sort_by(|a, b| a.room_id.cmp(&b.room_id));
+        snap.msus = self
+            .msus
+            .into_iter()
+            .map(|(msu_id, session_id, room_ids, at)| cp::SnapshotMsu {
+                msu_id,
+                session_id,
+                room_ids,
+                registered_at_unix_ms: at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, millis),
+            })
+            .collect();
+    }
 }
 
 fn required(value: &str, field: &'static str, reason: &str) -> Result<(), CenterError> {
@@ -255,7 +333,7 @@ impl Rooms {
     /// whoever held it. A live session that loses the user this way gets
     /// `userLeave` for it: its SFU must not keep a user another one carries.
     fn take(&mut self, room_id: &str, user_id: &str, sid: SessionId, fx: &mut Effects) {
-        let Some(room) = self.rooms.get_mut(room_id) else {
+        let Some(room) = self.rooms.get_mut(room_id).map(Arc::make_mut) else {
             return;
         };
         let Some(user) = room.users.get_mut(user_id) else {
@@ -290,7 +368,7 @@ impl Rooms {
             }
             Holder::Orphan { identity, .. } => self.unorphan(&identity, room_id, user_id),
         }
-        if let Some(room) = self.rooms.get_mut(room_id) {
+        if let Some(room) = self.rooms.get_mut(room_id).map(Arc::make_mut) {
             *room.listeners.entry(sid).or_default() += 1;
         }
         if let Some(h) = self.sessions.get_mut(&sid) {
@@ -323,7 +401,7 @@ impl Rooms {
 
     /// Removes a user and whatever pointed at it; returns whether it existed.
     fn remove(&mut self, room_id: &str, user_id: &str) -> bool {
-        let Some(room) = self.rooms.get_mut(room_id) else {
+        let Some(room) = self.rooms.get_mut(room_id).map(Arc::make_mut) else {
             return false;
         };
         let Some(user) = room.users.remove(user_id) else {
@@ -342,7 +420,8 @@ impl Rooms {
     /// The room `room_id`, created when missing (then it gets an MSU).
     fn room_entry(&mut self, room_id: &str, fx: &mut Effects) {
         if !self.rooms.contains_key(room_id) {
-            self.rooms.insert(room_id.to_owned(), Room::default());
+            self.rooms
+                .insert(room_id.to_owned(), Arc::new(Room::default()));
             tracing::info!(room.id = room_id, "room created");
             fx.event(
                 room_id,
@@ -365,7 +444,7 @@ impl Rooms {
             return;
         };
         super::registry::shrink_after_crowd(&mut self.rooms);
-        if let Some(msu) = room.msu.and_then(|m| self.msus.get_mut(&m)) {
+        if let Some(msu) = room.msu.as_ref().and_then(|m| self.msus.get_mut(m)) {
             msu.rooms.remove(room_id);
         }
         tracing::info!(room.id = room_id, "room closed");
@@ -417,7 +496,7 @@ impl Rooms {
     ) -> bool {
         let created = !self.rooms.contains_key(room_id);
         self.room_entry(room_id, fx);
-        let Some(room) = self.rooms.get_mut(room_id) else {
+        let Some(room) = self.rooms.get_mut(room_id).map(Arc::make_mut) else {
             return created;
         };
         if !room.users.contains_key(user_id) {
@@ -545,7 +624,7 @@ impl Rooms {
             .collect();
         held.sort();
         for (room_id, users) in held {
-            let Some(room) = self.rooms.get_mut(&room_id) else {
+            let Some(room) = self.rooms.get_mut(&room_id).map(Arc::make_mut) else {
                 continue;
             };
             room.listeners.remove(&sid);
@@ -710,7 +789,7 @@ impl Rooms {
     /// Sends `invite` to the room's MSU, first choosing the live MSU with the
     /// fewest rooms (not `avoid`) when the room has none. Never waits.
     fn invite_msu(&mut self, room_id: &str, avoid: Option<&str>, fx: &mut Effects) {
-        let Some(room) = self.rooms.get_mut(room_id) else {
+        let Some(room) = self.rooms.get_mut(room_id).map(Arc::make_mut) else {
             return;
         };
         let current = room.msu.clone().filter(|m| self.msus.contains_key(m));
@@ -755,7 +834,7 @@ impl Rooms {
         let mut room_ids: Vec<String> = msu.rooms.into_iter().collect();
         room_ids.sort();
         for room_id in &room_ids {
-            if let Some(room) = self.rooms.get_mut(room_id) {
+            if let Some(room) = self.rooms.get_mut(room_id).map(Arc::make_mut) {
                 room.msu = None;
             }
         }
@@ -776,7 +855,7 @@ impl Rooms {
     /// An MSU refused an `invite` or let it time out: the room moves to
     /// another live MSU (or stays without one when there is none).
     pub fn invite_failed(&mut self, room_id: &str, msu_session: SessionId, fx: &mut Effects) {
-        let Some(room) = self.rooms.get_mut(room_id) else {
+        let Some(room) = self.rooms.get_mut(room_id).map(Arc::make_mut) else {
             return;
         };
         let Some(msu_id) = room.msu.clone() else {
@@ -824,6 +903,7 @@ impl Rooms {
         let room = self
             .rooms
             .get_mut(&r.room_id)
+            .map(Arc::make_mut)
             .ok_or_else(|| CenterError::Internal("room vanished".into()))?;
         if let Some(user) = room.users.get_mut(&r.user_id) {
             user.name.clone_from(&r.user_name);
@@ -892,6 +972,7 @@ impl Rooms {
         let room = self
             .rooms
             .get_mut(&r.room_id)
+            .map(Arc::make_mut)
             .ok_or_else(|| CenterError::Internal("room vanished".into()))?;
         let user = room
             .users
@@ -977,6 +1058,7 @@ impl Rooms {
     fn room(&self, room_id: &str) -> Result<&Room, CenterError> {
         self.rooms
             .get(room_id)
+            .map(|room| &**room)
             .ok_or_else(|| CenterError::RoomNotFound(room_id.to_owned()))
     }
 
@@ -1017,6 +1099,7 @@ impl Rooms {
         let room = self
             .rooms
             .get_mut(&r.room_id)
+            .map(Arc::make_mut)
             .ok_or_else(|| CenterError::RoomNotFound(r.room_id.clone()))?;
         if let Some(user) = room.users.get_mut(&r.user_id) {
             user.holder = Holder::Session {
@@ -1120,6 +1203,7 @@ impl Rooms {
         let room = self
             .rooms
             .get_mut(&r.room_id)
+            .map(Arc::make_mut)
             .ok_or_else(|| CenterError::Internal("room vanished".into()))?;
         if let Some(user) = room.users.get_mut(&r.user_id)
             && !r.user_name.is_empty()
@@ -1324,73 +1408,28 @@ impl Rooms {
 
     // ----- snapshots (a cluster node joining loads one) ------------------
 
-    /// Writes the rules' state into `snap`: the sessions (id, identity,
-    /// opening order; the registry adds the rest), rooms and MSUs. Sorted,
-    /// so equal states give equal snapshots.
-    pub fn export(&self, snap: &mut cp::Snapshot) {
-        snap.sessions_opened = self.opened;
-        snap.sessions = self
-            .sessions
-            .iter()
-            .map(|(sid, h)| cp::SnapshotSession {
-                session_id: *sid,
-                peer_id: h.identity.to_string(),
-                opened: h.opened,
-                ..Default::default()
-            })
-            .collect();
-        snap.sessions.sort_by_key(|s| s.session_id);
-        snap.rooms = self
-            .rooms
-            .iter()
-            .map(|(room_id, room)| {
-                let mut users: Vec<cp::SnapshotUser> = room
-                    .users
-                    .iter()
-                    .map(|(user_id, u)| cp::SnapshotUser {
-                        user_id: user_id.clone(),
-                        user_name: u.name.clone(),
-                        audience: u.audience,
-                        pushers: u.pushers.clone(),
-                        holder: Some(match &u.holder {
-                            Holder::Session { sid, connected } => {
-                                cp::snapshot_user::Holder::Session(cp::SnapshotHeld {
-                                    session_id: *sid,
-                                    connected: *connected,
-                                })
-                            }
-                            Holder::Orphan { identity, deadline } => {
-                                cp::snapshot_user::Holder::Orphan(cp::SnapshotOrphan {
-                                    peer_id: identity.to_string(),
-                                    deadline_ms: millis(*deadline),
-                                })
-                            }
-                        }),
-                    })
-                    .collect();
-                users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
-                cp::SnapshotRoom {
-                    room_id: room_id.clone(),
-                    msu_id: room.msu.clone().unwrap_or_default(),
-                    users,
-                }
-            })
-            .collect();
-        snap.rooms.sort_by(|a, b| a.room_id.cmp(&b.room_id));
-        snap.msus = self
-            .msus()
-            .into_iter()
-            .map(|(msu_id, session_id, room_ids, at)| cp::SnapshotMsu {
-                msu_id,
-                session_id,
-                room_ids,
-                registered_at_unix_ms: at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, millis),
-            })
-            .collect();
+    /// The rules' state at this moment, cheap to take under the center's
+    /// lock: the rooms are shared, not copied (see [`Room`]).
+    /// [`FrozenRules::write`] turns it into a snapshot away from the lock.
+    pub fn freeze(&self) -> FrozenRules {
+        FrozenRules {
+            opened: self.opened,
+            sessions: self
+                .sessions
+                .iter()
+                .map(|(sid, h)| (*sid, h.identity.clone(), h.opened))
+                .collect(),
+            rooms: self
+                .rooms
+                .iter()
+                .map(|(id, room)| (id.clone(), room.clone()))
+                .collect(),
+            msus: self.msus(),
+        }
     }
 
     /// Replaces the state by the one `snap` describes (see
-    /// [`Rooms::export`]); what only points elsewhere (who hears a room, a
+    /// [`Rooms::freeze`]); what only points elsewhere (who hears a room, a
     /// session's holdings, orphans by identity, grace deadlines) is rebuilt
     /// from the users.
     pub fn load(&mut self, snap: &cp::Snapshot) {
@@ -1464,7 +1503,7 @@ impl Rooms {
                     },
                 );
             }
-            rules.rooms.insert(r.room_id.clone(), room);
+            rules.rooms.insert(r.room_id.clone(), Arc::new(room));
         }
         for m in &snap.msus {
             if let Some(held) = rules.sessions.get_mut(&m.session_id) {
@@ -1627,7 +1666,7 @@ mod tests {
         r.close_session(1, Duration::from_secs(10), fx);
 
         let mut snap = cp::Snapshot::default();
-        r.export(&mut snap);
+        r.freeze().write(&mut snap);
         let snap = cp::Snapshot::decode(snap.encode_to_vec().as_slice()).unwrap();
         let mut loaded = Rooms::new(config);
         loaded.open_session(99, "stale", &mut Effects::default());
@@ -1635,11 +1674,12 @@ mod tests {
         loaded.load(&snap);
         assert_eq!(fingerprint(&loaded), fingerprint(&r));
         let mut again = cp::Snapshot::default();
-        loaded.export(&mut again);
+        loaded.freeze().write(&mut again);
         assert_eq!(again, snap);
 
         // And both go on alike: sfu-a back takes its users, then the rest
-        // of the grace ends.
+        // of the grace ends. A state frozen before stays as it was.
+        let frozen = r.freeze();
         let (mut a, mut b) = (Effects::default(), Effects::default());
         assert_eq!(r.open_session(5, "sfu-a", &mut a), 2);
         assert_eq!(loaded.open_session(5, "sfu-a", &mut b), 2);
@@ -1649,5 +1689,12 @@ mod tests {
         loaded.expire(Duration::from_secs(60), &mut b);
         assert_eq!(format!("{a:?}"), format!("{b:?}"));
         assert_eq!(fingerprint(&loaded), fingerprint(&r));
+        let mut then = cp::Snapshot::default();
+        frozen.write(&mut then);
+        assert_eq!(then, snap);
+        assert_ne!(
+            fingerprint(&loaded),
+            fingerprint(&Rooms::import(RulesConfig::default(), &snap))
+        );
     }
 }
