@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Side by side in one run: this checkout against an older commit, one center
+# each in memory, the same `pilot-bench sfu` flat out against each in turn.
+# Prints each round and the medians. Loopback only; bounded by the rounds.
+# Usage: benches/ab.sh REV [rounds]      (e.g. benches/ab.sh f9e8667 5)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rev=${1:?usage: benches/ab.sh REV [rounds]}
+rounds=${2:-5}
+T=${CARGO_TARGET_DIR:-target}
+dir=$(mktemp -d /tmp/pilot-ab.XXXXXX)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; git worktree remove --force "$dir/old" 2>/dev/null || true; rm -rf "$dir"; }
+trap cleanup EXIT
+cargo build --release --quiet --bins
+git worktree add --detach --quiet "$dir/old" "$rev"
+(cd "$dir/old" && CARGO_TARGET_DIR="$dir/target" cargo build --release --quiet --bin pilot-center)
+for p in 19700 19701; do
+  printf 'websocket:\n  listen_ip: 127.0.0.1\n  listen_port: %s\ngrpc:\n  enabled: false\nadmin:\n  enabled: false\nlimits:\n  messages_per_sec: 0\ncenter:\n  reconnect_grace_secs: 30\n' $p >"$dir/c$p.yaml"
+done
+"$T/release/pilot-center" "$dir/c19700.yaml" --log-level warn >"$dir/new.log" 2>&1 & pids+=($!)
+"$dir/target/release/pilot-center" "$dir/c19701.yaml" --log-level warn >"$dir/old.log" 2>&1 & pids+=($!)
+sleep 1
+figure() { sed -n -E 's/.*protoo messages \(in \+ out\) *([0-9]+).*/\1/p'; }
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+new=(); old=()
+for r in $(seq "$rounds"); do
+  n=$("$T/release/pilot-bench" --url ws://127.0.0.1:19700/pilot/center sfu --sessions 16 --rooms 10000 --users-per-room 4 | figure)
+  o=$("$T/release/pilot-bench" --url ws://127.0.0.1:19701/pilot/center sfu --sessions 16 --rooms 10000 --users-per-room 4 | figure)
+  new+=("$n"); old+=("$o")
+  echo "round $r: this checkout $n msgs/s, $rev $o msgs/s, ratio $(awk -v a="$n" -v b="$o" 'BEGIN {printf "%.2f", a / b}')"
+done
+mn=$(printf '%s\n' "${new[@]}" | median); mo=$(printf '%s\n' "${old[@]}" | median)
+echo "medians: this checkout $mn msgs/s, $rev $mo msgs/s, ratio $(awk -v a="$mn" -v b="$mo" 'BEGIN {printf "%.2f", a / b}')"
