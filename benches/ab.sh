@@ -25,8 +25,9 @@ figure() { sed -n -E 's/.*protoo messages \(in \+ out\) *([0-9]+).*/\1/p'; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 new=(); old=()
 for r in $(seq "$rounds"); do
-  n=$("$T/release/pilot-bench" --url ws://127.0.0.1:19700/pilot/center sfu --sessions 16 --rooms 10000 --users-per-room 4 | figure)
-  o=$("$T/release/pilot-bench" --url ws://127.0.0.1:19701/pilot/center sfu --sessions 16 --rooms 10000 --users-per-room 4 | figure)
+  run() { "$T/release/pilot-bench" --url "ws://127.0.0.1:$1/pilot/center" sfu --sessions 16 --rooms 10000 --users-per-room 4 | figure; }
+  # Who goes first alternates: a machine warming or cooling favours neither.
+  if (( r % 2 )); then n=$(run 19700); o=$(run 19701); else o=$(run 19701); n=$(run 19700); fi
   new+=("$n"); old+=("$o")
   echo "round $r: this checkout $n msgs/s, $rev $o msgs/s, ratio $(awk -v a="$n" -v b="$o" 'BEGIN {printf "%.2f", a / b}')"
 done
