@@ -270,6 +270,10 @@ pub async fn join(
         tracing::info!(after = %after, bytes = data.len(), sessions = snap.sessions.len(), rooms = snap.rooms.len(), "cluster snapshot loaded");
         last = after;
     }
+    // From here no trim goes past what this node is about to replay.
+    set_position(&mut writer, &keys, number, &last)
+        .await
+        .map_err(redis_err)?;
     if let Some(end_id) = end.ids.first().map(|e| e.id.clone()) {
         let mut applied = 0u64;
         while !passed(&last, &end_id) {
