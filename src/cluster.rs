@@ -298,10 +298,8 @@ pub async fn join(
         tracing::info!(entries = applied, last = %last, "cluster log replayed");
     }
     tracing::info!(node.id = %id, node.number = number, redis = %url, "joined the cluster");
+    // Reported before the replay; the tailer reports it again as it goes.
     let position = Arc::new(parking_lot::Mutex::new(last.clone()));
-    set_position(&mut writer, &keys, number, &last)
-        .await
-        .map_err(redis_err)?;
 
     tracker.spawn(write_entries(
         rx,

@@ -14,7 +14,7 @@ mod common;
 use common::binary::Binary;
 use common::redis::RedisServer;
 use common::sfu::Sfu;
-use common::{Peer, WAIT, http_get, rtp_param};
+use common::{Peer, WAIT, http_get, rtp_param, settle};
 use pilot_center::config::Config;
 use pilot_center::proto;
 use pilot_center::server::Server;
@@ -36,11 +36,6 @@ fn node_yaml(redis: &str, node: &str, center: &str, cluster: &str) -> String {
 async fn node(redis: &RedisServer, id: &str, center: &str, cluster: &str) -> Server {
     let config = Config::parse(&node_yaml(&redis.url(), id, center, cluster)).expect("config");
     Server::start(&config).await.expect("the node joins")
-}
-
-/// Waits until `server` has applied every change made in the cluster so far.
-async fn settle(server: &Server) {
-    server.center().settle().await.expect("the store answers");
 }
 
 /// The response's data, which must be a success.

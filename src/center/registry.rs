@@ -207,10 +207,7 @@ impl Registry {
                 .sorted()
                 .into_iter()
                 .map(|r| {
-                    let at = r
-                        .connected_at
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                    let at = super::unix_ms(r.connected_at);
                     (r.id, (r.peer.clone(), r.node_id.to_owned(), at))
                 })
                 .collect(),

@@ -268,7 +268,7 @@ impl FrozenRules {
                 msu_id,
                 session_id,
                 room_ids,
-                registered_at_unix_ms: at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, millis),
+                registered_at_unix_ms: super::unix_ms(at),
             })
             .collect();
     }

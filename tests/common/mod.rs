@@ -176,9 +176,8 @@ impl TestServer {
     /// single center). Use it for one-shot reads of state that peers on
     /// other nodes changed.
     pub async fn settled(&self) -> &pilot_center::center::Center {
-        let center = self.nodes[0].center();
-        center.settle().await.expect("the store answers");
-        center
+        settle(&self.nodes[0]).await;
+        self.nodes[0].center()
     }
 
     /// Shuts the nodes down (see [`Server::shutdown`]), then their Redis.
@@ -190,6 +189,12 @@ impl TestServer {
         drop(self.redis);
         done
     }
+}
+
+/// Waits until `server` has applied every change made anywhere in its
+/// cluster so far (a read barrier; at once for a single center).
+pub async fn settle(server: &Server) {
+    server.center().settle().await.expect("the store answers");
 }
 
 /// Starts the center of [`store`] on `config`: as it is, or as one or two
