@@ -35,6 +35,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod heap;
 pub mod limits;
 pub mod metrics;
 pub mod operator;

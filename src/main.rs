@@ -227,72 +227,8 @@ fn parse_level(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Keeps glibc from handing freed heap back to the OS after every burst of
-/// departures: measured with `pilot-bench sfu --rate 65000`, that trimming
-/// (and faulting the pages back in on the next joins) caused occasional
-/// 5–10 ms stalls in the p99; with a fixed mmap threshold and a 1 GiB trim
-/// threshold the worst p99 of eight runs fell from 6.0 ms to 2.8 ms. Memory
-/// is still reused; [`trim_after_crowds_leave`] gives it back once a crowd
-/// of sessions has gone, instead of after every free.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
-fn tune_allocator() {
-    // SAFETY: mallopt only sets allocator parameters; it is called once,
-    // before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_allocator() {}
-
-/// Returns freed heap to the OS.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
-fn trim_heap() {
-    // SAFETY: malloc_trim only walks glibc's own arenas under their locks.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim_heap() {}
-
-/// Gives freed heap back after a crowd leaves: checked every second (a
-/// coarser sample misses short spikes), once sessions plus users have fallen
-/// by a quarter (and at least 256) from their peak since the last trim *and*
-/// held still for one check. Waiting for the
-/// departures to settle matters: a trim in the middle of them frees little
-/// (live blocks still pin the top of each arena) and resets the peak, so the
-/// rest of the crowd would never trigger another. Users count because those
-/// of closed sessions leave only when their reconnect grace ends. Rare by
-/// design: trimming after every departure brought back the p99 stalls
-/// [`tune_allocator`] removed.
-async fn trim_after_crowds_leave(center: pilot_center::center::Center) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let (mut peak, mut last) = (0usize, 0usize);
-    loop {
-        tick.tick().await;
-        let (sessions, _, users, _) = center.counts();
-        let load = sessions + users;
-        peak = peak.max(load);
-        let settled = load == last;
-        last = load;
-        if settled && peak - load >= (peak / 4).max(256) {
-            let started = std::time::Instant::now();
-            // Off the runtime's workers: a trim of a large heap takes a while.
-            let _ = tokio::task::spawn_blocking(trim_heap).await;
-            tracing::info!(from = peak, to = load, took = ?started.elapsed(), "heap trimmed after sessions and users left");
-            peak = load;
-        }
-    }
-}
-
 fn main() -> std::process::ExitCode {
-    tune_allocator();
+    pilot_center::heap::tune();
     match start() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -324,7 +260,9 @@ fn start() -> anyhow::Result<()> {
 async fn run(config: Config) -> anyhow::Result<()> {
     let server = Server::start(&config).await?;
     tracing::info!(url = %server.ws_url(), grpc = ?server.grpc_addr(), "pilot center started");
-    let trimmer = tokio::spawn(trim_after_crowds_leave(server.center().clone()));
+    let trimmer = tokio::spawn(pilot_center::heap::give_back_after_crowds_leave(
+        server.center().clone(),
+    ));
     wait_for_signal().await?;
     trimmer.abort();
     let grace = Duration::from_secs(config.center.shutdown_grace_secs);
