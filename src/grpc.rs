@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
@@ -212,11 +211,11 @@ impl RoomService for RoomServiceImpl {
         // carry the session's ids themselves.
         let span = tracing::debug_span!("session", peer.addr = %addr, peer.id = %identity, transport = "grpc", session.id = handle.id());
         tracing::info!(session.id = handle.id(), peer.addr = %addr, peer.id = %identity, transport = "grpc", "session opened");
-        let cut: Arc<parking_lot::Mutex<Option<Status>>> = Arc::default();
+        let end: Arc<parking_lot::Mutex<StreamEnd>> = Arc::default();
         let run = PeerStream {
             handle,
             center_tx,
-            cut: cut.clone(),
+            end: end.clone(),
             settings: self.settings.clone(),
             inbox: Inbox::new(&self.settings.rate),
         };
@@ -227,7 +226,7 @@ impl RoomService for RoomServiceImpl {
         ));
         Ok(Response::new(Box::pin(Outgoing {
             rx: out_rx,
-            cut,
+            end,
             done: false,
         })))
     }
@@ -362,10 +361,19 @@ impl RoomService for RoomServiceImpl {
             .resume(request.get_ref().after)
             .map_err(status)?;
         let (tx, rx) = mpsc::channel(self.settings.queue);
-        let metrics = self.center.clone();
+        let end: Arc<parking_lot::Mutex<StreamEnd>> = Arc::default();
+        let watcher = Watcher {
+            tx,
+            end: end.clone(),
+            shutdown: self.shutdown.clone(),
+        };
         self.tracker
-            .spawn(watch(resumed, filter, tx, self.shutdown.clone(), metrics));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+            .spawn(watch(resumed, filter, watcher, self.center.clone()));
+        Ok(Response::new(Box::pin(Outgoing {
+            rx,
+            end,
+            done: false,
+        })))
     }
 }
 
@@ -394,29 +402,51 @@ fn page<T>(items: Vec<T>, key: impl Fn(&T) -> String, size: u32, token: &str) ->
     (page, next)
 }
 
+/// The sending side of one `WatchEvents` stream.
+struct Watcher {
+    tx: mpsc::Sender<Result<proto::WatchEventsResponse, Status>>,
+    end: Arc<parking_lot::Mutex<StreamEnd>>,
+    shutdown: CancellationToken,
+}
+
+impl Watcher {
+    /// Hands `event` on, waiting for room in the stream unless the center
+    /// shuts down first. False when the stream is over: the watcher went
+    /// away, or the shutdown came (the stream then ends with `UNAVAILABLE`
+    /// after what it holds, so a watcher that does not read never holds
+    /// the shutdown up).
+    async fn send(&self, event: proto::WatchEventsResponse) -> bool {
+        tokio::select! {
+            sent = self.tx.send(Ok(event)) => sent.is_ok(),
+            () = self.shutdown.cancelled() => {
+                self.going_away();
+                false
+            }
+        }
+    }
+
+    fn going_away(&self) {
+        self.end.lock().last = Some(Status::unavailable("the center is shutting down"));
+    }
+}
+
 /// Feeds one watcher. Tonic does not poll a stream whose client went away,
 /// so the producer is this task and a failed send is the disconnect.
-async fn watch(
-    resumed: Resumed,
-    filter: EventFilter,
-    tx: mpsc::Sender<Result<proto::WatchEventsResponse, Status>>,
-    shutdown: CancellationToken,
-    center: Center,
-) {
+async fn watch(resumed: Resumed, filter: EventFilter, watcher: Watcher, center: Center) {
     // The kept events after the cursor first, then the live feed.
     for event in resumed.backlog() {
-        if filter.matches(&event) && tx.send(Ok(event)).await.is_err() {
+        if filter.matches(&event) && !watcher.send(event).await {
             return;
         }
     }
     let mut feed = resumed.live;
     loop {
         let item = tokio::select! {
-            () = shutdown.cancelled() => {
-                let _ = tx.send(Err(Status::unavailable("the center is shutting down"))).await;
+            () = watcher.shutdown.cancelled() => {
+                watcher.going_away();
                 return;
             }
-            () = tx.closed() => return,
+            () = watcher.tx.closed() => return,
             item = feed.recv() => item,
         };
         let event = match item {
@@ -429,7 +459,7 @@ async fn watch(
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        if tx.send(Ok(event)).await.is_err() {
+        if !watcher.send(event).await {
             return;
         }
     }
@@ -442,22 +472,34 @@ struct PeerStream {
     settings: GrpcSettings,
     /// Messages from the peer on their way in, at its rate.
     inbox: Inbox<PeerSessionRequest>,
-    /// Set when the session is cut off: the final status for the peer.
-    cut: Arc<parking_lot::Mutex<Option<Status>>>,
+    /// How the peer's stream ends, when the session ends it.
+    end: Arc<parking_lot::Mutex<StreamEnd>>,
 }
 
-/// The response stream of a `PeerSession`: what the session queued, unless
-/// the session was cut off (slow consumer, rate limit), in which case the
-/// final status comes first: the backlog is of no use to a peer that fell
-/// behind, and it could not reach the status through a full queue.
-struct Outgoing {
-    rx: mpsc::Receiver<Result<PeerSessionResponse, Status>>,
-    cut: Arc<parking_lot::Mutex<Option<Status>>>,
+/// The status a `PeerSession` or `WatchEvents` stream ends with, set by
+/// the task feeding it.
+#[derive(Debug, Default)]
+struct StreamEnd {
+    /// Goes ahead of anything still queued (slow consumer, rate limit,
+    /// expired token): the backlog is of no use to a peer cut off, and the
+    /// status could not reach it through a full queue.
+    cut: Option<Status>,
+    /// Goes after what is queued, once the session has let go of the queue
+    /// (shutdown): the peer gets what was handed on, then learns that the
+    /// stream did not simply end, also if it reads only later.
+    last: Option<Status>,
+}
+
+/// The response stream of a `PeerSession` or `WatchEvents`: what its task
+/// queued, then the status the task ended it with (see [`StreamEnd`]).
+struct Outgoing<T> {
+    rx: mpsc::Receiver<Result<T, Status>>,
+    end: Arc<parking_lot::Mutex<StreamEnd>>,
     done: bool,
 }
 
-impl futures_util::Stream for Outgoing {
-    type Item = Result<PeerSessionResponse, Status>;
+impl<T> futures_util::Stream for Outgoing<T> {
+    type Item = Result<T, Status>;
 
     fn poll_next(
         mut self: Pin<&mut Self>,
@@ -466,19 +508,26 @@ impl futures_util::Stream for Outgoing {
         if self.done {
             return std::task::Poll::Ready(None);
         }
-        let cut = self.cut.lock().take();
+        let cut = self.end.lock().cut.take();
         if let Some(status) = cut {
             self.done = true;
             return std::task::Poll::Ready(Some(Err(status)));
         }
-        self.rx.poll_recv(cx)
+        match self.rx.poll_recv(cx) {
+            std::task::Poll::Ready(None) => {
+                self.done = true;
+                let last = self.end.lock().last.take();
+                std::task::Poll::Ready(last.map(Err))
+            }
+            other => other,
+        }
     }
 }
 
 impl PeerStream {
     /// Ends the stream with `status` ahead of anything still queued.
     fn cut_off(&self, status: Status) {
-        *self.cut.lock() = Some(status);
+        self.end.lock().cut = Some(status);
     }
 
     /// Ends a peer that does not keep up; returns the reason to close with.
@@ -490,7 +539,7 @@ impl PeerStream {
 
     /// At shutdown, as a WebSocket session: hands on `first` and what is
     /// already queued (responses in flight) within the drain bound, then
-    /// ends the stream with `UNAVAILABLE`.
+    /// ends the stream with `UNAVAILABLE` after what the stream holds.
     async fn drain(
         &mut self,
         first: Option<Result<PeerSessionResponse, Status>>,
@@ -510,8 +559,10 @@ impl PeerStream {
             }
         })
         .await;
-        let going_away = Status::unavailable("the center is shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(1), out.send(Err(going_away))).await;
+        // Not sent through the stream's queue, which a peer that does not
+        // read keeps full: the stream yields it once the queue is empty and
+        // this session has dropped its sender.
+        self.end.lock().last = Some(Status::unavailable("the center is shutting down"));
     }
 
     async fn run(

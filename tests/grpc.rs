@@ -1082,3 +1082,69 @@ async fn a_grpc_peer_hears_every_user_of_a_large_sfu_that_drops() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_peer_behind_at_shutdown_gets_its_backlog_in_order_then_unavailable() {
+    common::bounded(async move {
+        let server = pilot_center::server::Server::start(&common::config_sections(
+            false,
+            "",
+            "  outbound_queue: 8\n",
+            "",
+        ))
+        .await
+        .unwrap();
+        let (mut g, mut w) = grpc_and_ws_in_room_r(&server).await;
+        let center = server.center().clone();
+        let depth_of_g = || {
+            center
+                .list_sessions()
+                .iter()
+                .find(|s| s.transport == proto::Transport::Grpc as i32)
+                .map_or(0, |s| s.queue_depth)
+        };
+        // g reads nothing while w floods the room, until g's session waits
+        // on its full stream with a backlog behind it.
+        flood_until(&mut w, "the stalled gRPC peer never backed up", || {
+            depth_of_g() >= 64
+        })
+        .await;
+        drop(w);
+        let stopping = tokio::spawn(server.shutdown(std::time::Duration::from_secs(10)));
+        // g reads only once the center has let go of its session: the
+        // drain's bound passed with g still not reading.
+        common::eventually("g's session to end", || center.list_sessions().is_empty()).await;
+        // What the drain handed on comes in order with no gap, and the
+        // stream ends with UNAVAILABLE: never a plain end, which would pass
+        // for "everything delivered".
+        let mut next = 0;
+        let end = loop {
+            match tokio::time::timeout(WAIT, g.rx.next())
+                .await
+                .expect("the stream ends in time")
+            {
+                Some(Ok(m)) => match m.kind {
+                    Some(peer_session_response::Kind::Event(proto::PeerEvent {
+                        kind: Some(peer_event::Kind::TextMessage(t)),
+                    })) => {
+                        let n: usize = t.message.trim_end_matches('p').parse().unwrap();
+                        assert_eq!(n, next, "messages in order, none skipped");
+                        next += 1;
+                    }
+                    // w's departure, after its messages.
+                    Some(peer_session_response::Kind::Event(proto::PeerEvent {
+                        kind: Some(peer_event::Kind::UserLeft(_)),
+                    })) => {}
+                    other => panic!("unexpected {other:?}"),
+                },
+                Some(Err(status)) => break status.code(),
+                None => panic!("the stream ended without a status after {next} messages"),
+            }
+        };
+        assert!(next > 0);
+        assert_eq!(end, Code::Unavailable);
+        drop(g);
+        assert!(common::join(stopping).await);
+    })
+    .await;
+}
