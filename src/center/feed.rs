@@ -100,8 +100,22 @@ impl EventLog {
         if self.lens.len() == self.capacity {
             self.pop();
         }
+        self.reserve(self.scratch.len());
         self.bytes.extend(self.scratch.iter());
         self.lens.push_back(len);
+    }
+
+    /// Makes room for `n` more bytes, growing by an eighth rather than
+    /// doubling: a full log keeps about the same number of bytes as it
+    /// turns over, and a ring writes every page of its capacity, so a
+    /// doubled ring would keep up to twice its events' size resident
+    /// (measured: 0.8 MB of the 4.0 MB anonymous memory left after a crowd
+    /// of 5,000 sessions with the reconnect grace).
+    fn reserve(&mut self, n: usize) {
+        let need = self.bytes.len() + n;
+        if need > self.bytes.capacity() {
+            self.bytes.reserve_exact(n + self.bytes.len() / 8);
+        }
     }
 
     fn pop(&mut self) {
@@ -120,6 +134,7 @@ impl EventLog {
             let Ok(len) = u32::try_from(event.len()) else {
                 continue;
             };
+            self.reserve(event.len());
             self.bytes.extend(event.iter());
             self.lens.push_back(len);
         }
