@@ -113,22 +113,20 @@ fn refill_this_worker(round: u64) {
 
 /// Gives free heap back to the OS: a trim (which also merges the small
 /// free lists, so the refills cut from coalesced space), every worker of
-/// `runtime` refills its cache, and a second trim. Blocks for a few
-/// milliseconds: call it on a blocking thread. Returns how many workers
-/// refilled their cache.
-pub fn give_back(runtime: &tokio::runtime::Handle) -> usize {
+/// `runtime` refills its cache (waiting at most `patience` for them), and a
+/// second trim. Blocks for a few milliseconds: call it on a blocking
+/// thread. Returns how many workers refilled their cache.
+pub fn give_back(runtime: &tokio::runtime::Handle, patience: Duration) -> usize {
     trim();
     let round = ROUND.fetch_add(1, Ordering::AcqRel) + 1;
     REFILLED.store(0, Ordering::Release);
     let workers = runtime.metrics().num_workers();
-    // tokio cannot aim a task at a worker: spawn probes in pairs until every
-    // worker has run one (bounded; a worker that missed out only keeps its
-    // cache's pages).
-    for _ in 0..50 {
-        if REFILLED.load(Ordering::Acquire) >= workers {
-            break;
-        }
-        for _ in 0..2 {
+    // tokio cannot aim a task at a worker: spawn a probe per worker until
+    // every worker has run one. A worker busy with traffic may miss out; it
+    // only keeps its cache's pages.
+    let deadline = std::time::Instant::now() + patience;
+    while REFILLED.load(Ordering::Acquire) < workers && std::time::Instant::now() < deadline {
+        for _ in 0..workers {
             runtime.spawn(async move { refill_this_worker(round) });
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -136,6 +134,10 @@ pub fn give_back(runtime: &tokio::runtime::Handle) -> usize {
     trim();
     REFILLED.load(Ordering::Acquire)
 }
+
+/// How long [`give_back_after_crowds_leave`] waits for the workers to
+/// refill their caches (it takes them a few milliseconds when idle).
+const PATIENCE: Duration = Duration::from_millis(250);
 
 /// Gives freed heap back after a crowd leaves: checked every second (a
 /// coarser sample misses short spikes), once sessions plus users have fallen
@@ -160,11 +162,28 @@ pub async fn give_back_after_crowds_leave(center: crate::center::Center) {
             let started = std::time::Instant::now();
             let runtime = tokio::runtime::Handle::current();
             // Off the runtime's workers: a trim of a large heap takes a while.
-            let refilled = tokio::task::spawn_blocking(move || give_back(&runtime))
+            let refilled = tokio::task::spawn_blocking(move || give_back(&runtime, PATIENCE))
                 .await
                 .unwrap_or_default();
             tracing::info!(from = peak, to = load, took = ?started.elapsed(), workers = refilled, "heap given back after sessions and users left");
             peak = load;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_worker_of_the_runtime_refills_its_cache() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .build()
+            .unwrap();
+        // Twice: the second round must reach every worker again.
+        for _ in 0..2 {
+            assert_eq!(give_back(runtime.handle(), Duration::from_secs(20)), 4);
         }
     }
 }
