@@ -722,6 +722,26 @@ async fn flood_until(w: &mut Peer, never: &str, mut done: impl FnMut() -> bool) 
     }
 }
 
+/// How many messages the center holds for the (one) gRPC session.
+fn queue_depth_of_grpc_peer(center: &pilot_center::center::Center) -> u32 {
+    center
+        .list_sessions()
+        .iter()
+        .find(|s| s.transport == proto::Transport::Grpc as i32)
+        .map_or(0, |s| s.queue_depth)
+}
+
+/// Floods room `r` from `w` until the center queues for the gRPC peer,
+/// which stopped reading, faster than its session can hand on: the session
+/// waits for HTTP/2 flow control with 64 messages behind it.
+async fn back_up_the_grpc_peer(server: &pilot_center::server::Server, w: &mut Peer) {
+    let center = server.center();
+    flood_until(w, "the stalled gRPC peer never backed up", || {
+        queue_depth_of_grpc_peer(center) >= 64
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_peer_that_stops_reading_is_cut_off() {
     common::bounded(async move {
@@ -767,20 +787,8 @@ async fn a_grpc_peer_that_takes_nothing_for_the_age_bound_is_cut_off() {
             .await
             .unwrap();
         let (mut g, mut w) = grpc_and_ws_in_room_r(&server).await;
+        back_up_the_grpc_peer(&server, &mut w).await;
         let center = server.center().clone();
-        let depth_of_g = || {
-            center
-                .list_sessions()
-                .iter()
-                .find(|s| s.transport == proto::Transport::Grpc as i32)
-                .map_or(0, |s| s.queue_depth)
-        };
-        // Flood until the center queues for g faster than g's session can
-        // hand on: it waits for HTTP/2 flow control, g having stopped reading.
-        flood_until(&mut w, "the stalled gRPC peer never backed up", || {
-            depth_of_g() >= 64
-        })
-        .await;
         assert_eq!(center.metrics().slow_consumers.get(), 0);
         // Time passes on the center's clock only when the test says so.
         common::eventually("the stalled gRPC session to be cut off", || {
@@ -1095,21 +1103,11 @@ async fn a_grpc_peer_behind_at_shutdown_gets_its_backlog_in_order_then_unavailab
         .await
         .unwrap();
         let (mut g, mut w) = grpc_and_ws_in_room_r(&server).await;
-        let center = server.center().clone();
-        let depth_of_g = || {
-            center
-                .list_sessions()
-                .iter()
-                .find(|s| s.transport == proto::Transport::Grpc as i32)
-                .map_or(0, |s| s.queue_depth)
-        };
         // g reads nothing while w floods the room, until g's session waits
         // on its full stream with a backlog behind it.
-        flood_until(&mut w, "the stalled gRPC peer never backed up", || {
-            depth_of_g() >= 64
-        })
-        .await;
+        back_up_the_grpc_peer(&server, &mut w).await;
         drop(w);
+        let center = server.center().clone();
         let stopping = tokio::spawn(server.shutdown(std::time::Duration::from_secs(10)));
         // g reads only once the center has let go of its session: the
         // drain's bound passed with g still not reading.
