@@ -395,6 +395,7 @@ impl Rooms {
             set.remove(&(room_id.to_owned(), user_id.to_owned()));
             if set.is_empty() {
                 self.orphans.remove(identity);
+                super::registry::shrink_after_crowd(&mut self.orphans);
             }
         }
     }
@@ -548,6 +549,7 @@ impl Rooms {
         let Some(orphans) = self.orphans.remove(identity) else {
             return 0;
         };
+        super::registry::shrink_after_crowd(&mut self.orphans);
         let mut orphans: Vec<(String, String)> = orphans.into_iter().collect();
         orphans.sort();
         let mut taken = 0;
@@ -1619,6 +1621,36 @@ mod tests {
             ..Default::default()
         };
         r.join(sid, req, &mut Effects::default()).unwrap();
+    }
+
+    #[test]
+    fn indexes_give_their_memory_back_after_a_crowd_of_orphans_expires() {
+        // 5,000 SFUs of one user each drop and never return: after their
+        // grace every index that grew with them is small again, so the
+        // heap it used can go back to the OS (issue 11, item 8).
+        let config = RulesConfig {
+            reconnect_grace: Duration::from_secs(30),
+            ..RulesConfig::default()
+        };
+        let mut r = Rooms::new(config);
+        let fx = &mut Effects::default();
+        for sid in 1..=5000u64 {
+            r.open_session(sid, &format!("sfu-{sid}"), fx);
+            join(&mut r, sid, &format!("room-{sid}"), "u");
+        }
+        for sid in 1..=5000u64 {
+            r.close_session(sid, Duration::ZERO, fx);
+        }
+        assert_eq!(r.orphans.len(), 5000);
+        r.expire(Duration::from_secs(30), fx);
+        assert!(r.rooms.is_empty() && r.sessions.is_empty() && r.orphans.is_empty());
+        for (name, capacity) in [
+            ("rooms", r.rooms.capacity()),
+            ("sessions", r.sessions.capacity()),
+            ("orphans", r.orphans.capacity()),
+        ] {
+            assert!(capacity <= 1024, "{name} keeps room for {capacity}");
+        }
     }
 
     #[test]
