@@ -35,9 +35,26 @@ pub fn tune() {
     // other thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+    set_trim_threshold(TRIM_THRESHOLD);
+}
+
+/// glibc trims an arena's top by itself only past this much free space.
+const TRIM_THRESHOLD: i32 = 1 << 30;
+
+/// Sets how much free space at an arena's top glibc keeps.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn set_trim_threshold(bytes: i32) {
+    // SAFETY: mallopt only sets an allocator parameter, under the main
+    // arena's lock; readers see either value.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, bytes);
     }
 }
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn set_trim_threshold(_: i32) {}
 
 /// Sets the allocator's parameters (nothing to set off glibc).
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
@@ -87,6 +104,10 @@ fn refill_thread_cache() {
         for p in fresh.iter().flatten().chain(old.iter().flatten()) {
             libc::free(*p);
         }
+        // Freeing a block of 64 KiB or more makes glibc trim the top of
+        // this thread's arena (with the low threshold [`give_back`] sets),
+        // which `malloc_trim` leaves alone in per-thread arenas.
+        libc::free(libc::malloc(256 << 10));
     }
 }
 
@@ -122,6 +143,7 @@ fn refill_this_worker(round: u64) {
 /// thread. Returns how many workers refilled their cache.
 pub fn give_back(runtime: &tokio::runtime::Handle, patience: Duration) -> usize {
     trim();
+    set_trim_threshold(128 << 10);
     let round = ROUND.fetch_add(1, Ordering::AcqRel) + 1;
     REFILLED.store(0, Ordering::Release);
     let workers = runtime.metrics().num_workers();
@@ -136,6 +158,7 @@ pub fn give_back(runtime: &tokio::runtime::Handle, patience: Duration) -> usize 
         std::thread::sleep(Duration::from_millis(5));
     }
     trim();
+    set_trim_threshold(TRIM_THRESHOLD);
     REFILLED.load(Ordering::Acquire)
 }
 
