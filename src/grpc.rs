@@ -426,7 +426,7 @@ impl Watcher {
     }
 
     fn going_away(&self) {
-        self.end.lock().last = Some(Status::unavailable("the center is shutting down"));
+        self.end.lock().last = Some(shutting_down());
     }
 }
 
@@ -474,6 +474,11 @@ struct PeerStream {
     inbox: Inbox<PeerSessionRequest>,
     /// How the peer's stream ends, when the session ends it.
     end: Arc<parking_lot::Mutex<StreamEnd>>,
+}
+
+/// How a stream ends when the center shuts down.
+fn shutting_down() -> Status {
+    Status::unavailable("the center is shutting down")
 }
 
 /// The status a `PeerSession` or `WatchEvents` stream ends with, set by
@@ -562,7 +567,7 @@ impl PeerStream {
         // Not sent through the stream's queue, which a peer that does not
         // read keeps full: the stream yields it once the queue is empty and
         // this session has dropped its sender.
-        self.end.lock().last = Some(Status::unavailable("the center is shutting down"));
+        self.end.lock().last = Some(shutting_down());
     }
 
     async fn run(

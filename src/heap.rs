@@ -16,11 +16,14 @@
 //!   [`give_back`] refills every runtime worker's cache with chunks cut side
 //!   by side from free space, so the scattered ones go back to the arena and
 //!   coalesce before the trim.
-//! - `malloc_trim` does not shrink the top of a per-thread arena. So the
-//!   cache cannot simply be switched off (`GLIBC_TUNABLES=
-//!   glibc.malloc.tcache_count=0`, which is also only read at exec): the
-//!   freed memory then merges into those tops and stays (32–39 MB after
-//!   the crowd that this leaves at ~3 MB).
+//! - `malloc_trim` does not shrink the top of a per-thread arena; glibc
+//!   does that only when a large free finds more than the trim threshold
+//!   there. So [`give_back`] lowers the threshold for its duration and has
+//!   each worker free a 256 KiB block in its own arena. (For the same
+//!   reason the cache cannot simply be switched off with `GLIBC_TUNABLES=
+//!   glibc.malloc.tcache_count=0`, which is also only read at exec: the
+//!   freed memory then merges into those tops and stays, 32–39 MB after the
+//!   crowd that this leaves at ~3 MB.)
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -104,32 +107,46 @@ fn refill_thread_cache() {
         for p in fresh.iter().flatten().chain(old.iter().flatten()) {
             libc::free(*p);
         }
-        // Freeing a block of 64 KiB or more makes glibc trim the top of
-        // this thread's arena (with the low threshold [`give_back`] sets),
-        // which `malloc_trim` leaves alone in per-thread arenas.
-        libc::free(libc::malloc(256 << 10));
     }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn refill_thread_cache() {}
 
+/// Trims the top of this thread's arena, which `malloc_trim` leaves alone
+/// in per-thread arenas: freeing a block of 64 KiB or more makes glibc trim
+/// the arena's top when it holds more than the trim threshold (which
+/// [`give_back`] lowers meanwhile).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn trim_thread_arena_top() {
+    // SAFETY: one malloc and the free of what it returned (or of null).
+    unsafe {
+        libc::free(libc::malloc(256 << 10));
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_thread_arena_top() {}
+
 /// Which round of [`give_back`] is running, and how many workers have
-/// refilled their cache in it.
+/// tidied their cache and arena in it.
 static ROUND: AtomicU64 = AtomicU64::new(0);
 static REFILLED: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
-    /// The last round this thread refilled its cache in.
+    /// The last round this thread tidied its cache and arena in.
     static REFILLED_IN: Cell<u64> = const { Cell::new(0) };
 }
 
-/// Refills the cache of the worker it runs on, once per round.
-fn refill_this_worker(round: u64) {
+/// Refills the cache and trims the arena of the worker it runs on, once
+/// per round.
+fn tidy_this_worker(round: u64) {
     if ROUND.load(Ordering::Acquire) != round || REFILLED_IN.with(|r| r.replace(round)) == round {
         return;
     }
     refill_thread_cache();
+    trim_thread_arena_top();
     REFILLED.fetch_add(1, Ordering::AcqRel);
     // Hold this worker a moment, so that the probe spawned beside this one
     // is taken by another worker.
@@ -138,8 +155,8 @@ fn refill_this_worker(round: u64) {
 
 /// Gives free heap back to the OS: a trim (which also merges the small
 /// free lists, so the refills cut from coalesced space), every worker of
-/// `runtime` refills its cache (waiting at most `patience` for them), and a
-/// second trim. Blocks for a few milliseconds: call it on a blocking
+/// `runtime` refills its cache and trims its arena's top (waiting at most
+/// `patience` for them), and a second trim. Blocks for a few milliseconds: call it on a blocking
 /// thread. Returns how many workers refilled their cache.
 pub fn give_back(runtime: &tokio::runtime::Handle, patience: Duration) -> usize {
     trim();
@@ -153,7 +170,7 @@ pub fn give_back(runtime: &tokio::runtime::Handle, patience: Duration) -> usize 
     let deadline = std::time::Instant::now() + patience;
     while REFILLED.load(Ordering::Acquire) < workers && std::time::Instant::now() < deadline {
         for _ in 0..workers {
-            runtime.spawn(async move { refill_this_worker(round) });
+            runtime.spawn(async move { tidy_this_worker(round) });
         }
         std::thread::sleep(Duration::from_millis(5));
     }
