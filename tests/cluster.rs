@@ -362,7 +362,7 @@ async fn a_redis_restart_loses_nothing_and_the_node_resumes_by_itself() {
         assert_eq!(code, 503, "{body}");
 
         redis.restart().await;
-        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut poll = common::Poll::new("the node to resume");
         let d = loop {
             let d = a
                 .request(
@@ -373,11 +373,7 @@ async fn a_redis_restart_loses_nothing_and_the_node_resumes_by_itself() {
             if d["ok"] == json!(true) {
                 break d;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the node did not resume: {d}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            poll.again(&d).await;
         };
         let users: Vec<&str> = ok(&d)["users"]
             .as_array()

@@ -662,21 +662,46 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     .await
 }
 
-/// Runs `attempt` every 10 ms until it succeeds, for at most [`WAIT`];
-/// the last error is in the panic message.
+/// Runs `attempt` until it succeeds, for at most [`WAIT`]; the last error
+/// is in the panic message.
 pub async fn retry<T, F: std::future::Future<Output = Result<T, String>>>(
     what: &str,
     mut attempt: impl FnMut() -> F,
 ) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut poll = Poll::new(what);
     loop {
         match attempt().await {
             Ok(out) => return out,
-            Err(e) => assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}: {e}"
-            ),
+            Err(e) => poll.again(&e).await,
         }
+    }
+}
+
+/// The pacing of a wait for a condition that nothing announces (a
+/// process answering, a store coming back): every attempt within [`WAIT`],
+/// 10 ms apart. The one place the tests wait between attempts.
+pub struct Poll<'a> {
+    what: &'a str,
+    deadline: tokio::time::Instant,
+}
+
+impl<'a> Poll<'a> {
+    /// Starts waiting for `what`.
+    pub fn new(what: &'a str) -> Self {
+        Self {
+            what,
+            deadline: tokio::time::Instant::now() + WAIT,
+        }
+    }
+
+    /// After a failed attempt: panics with `last` once the deadline has
+    /// passed, else waits until the next attempt is due.
+    pub async fn again(&mut self, last: &dyn std::fmt::Display) {
+        assert!(
+            tokio::time::Instant::now() < self.deadline,
+            "timed out waiting for {}: {last}",
+            self.what
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -1,7 +1,6 @@
 //! A `redis-server` of the test's own, on a free port, stopped when dropped.
 //! No test uses a Redis it did not start.
 
-use super::WAIT;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -68,13 +67,9 @@ impl RedisServer {
             .spawn()
             .expect("redis-server starts");
         self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut poll = super::Poll::new("redis-server to answer PING");
         while !self.pong().await {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server did not answer PING within {WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            poll.again(&"no PONG yet").await;
         }
     }
 
