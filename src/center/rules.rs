@@ -394,10 +394,17 @@ impl Rooms {
         if let Some(set) = self.orphans.get_mut(identity) {
             set.remove(&(room_id.to_owned(), user_id.to_owned()));
             if set.is_empty() {
-                self.orphans.remove(identity);
-                super::registry::shrink_after_crowd(&mut self.orphans);
+                self.forget_orphans(identity);
             }
         }
+    }
+
+    /// Drops `identity` from the orphans index, which gives its memory back
+    /// once a crowd's grace is over; returns what it held.
+    fn forget_orphans(&mut self, identity: &Arc<str>) -> Option<HashSet<(String, String)>> {
+        let orphans = self.orphans.remove(identity);
+        super::registry::shrink_after_crowd(&mut self.orphans);
+        orphans
     }
 
     /// Removes a user and whatever pointed at it; returns whether it existed.
@@ -546,10 +553,9 @@ impl Rooms {
 
     /// `sid` takes back every orphan of `identity`; returns how many.
     fn take_orphans(&mut self, sid: SessionId, identity: &Arc<str>, fx: &mut Effects) -> u32 {
-        let Some(orphans) = self.orphans.remove(identity) else {
+        let Some(orphans) = self.forget_orphans(identity) else {
             return 0;
         };
-        super::registry::shrink_after_crowd(&mut self.orphans);
         let mut orphans: Vec<(String, String)> = orphans.into_iter().collect();
         orphans.sort();
         let mut taken = 0;
