@@ -85,6 +85,7 @@ fn bench(c: &mut Criterion) {
         addr: "bench".into(),
         transport: Transport::Ws,
         identity: "bench".into(),
+        incarnation: String::new(),
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Outbound>(1 << 20);
     let sender = center.open_session(peer(), Grant::unrestricted(), tx.clone());

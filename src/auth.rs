@@ -38,6 +38,10 @@ pub struct Claims {
     pub rooms: Vec<String>,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
+    /// Which process of the peer holds it (optional; see
+    /// [`peer_incarnation`]): a token minted per boot says it here.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub incarnation: String,
 }
 
 /// What one authenticated peer may do.
@@ -51,6 +55,8 @@ pub struct Grant {
     rooms: Option<Vec<String>>,
     /// When the token expires (Unix seconds); `None` without a token.
     expires_at: Option<u64>,
+    /// The token's `incarnation` claim ("" when none).
+    pub incarnation: String,
 }
 
 impl Grant {
@@ -61,6 +67,7 @@ impl Grant {
             role: Role::Admin,
             rooms: None,
             expires_at: None,
+            incarnation: String::new(),
         }
     }
 
@@ -71,6 +78,7 @@ impl Grant {
             role: c.role,
             rooms: (!all).then_some(c.rooms),
             expires_at: Some(c.exp),
+            incarnation: c.incarnation,
         }
     }
 
@@ -236,6 +244,21 @@ pub fn peer_identity(grant: &Grant, named: Option<&str>, ip: std::net::IpAddr) -
     }
 }
 
+/// Which process of the peer a session is (issue 20): the token's
+/// `incarnation` claim, else what the peer says (`?incarnation=ID` on the
+/// upgrade URL, `x-peer-incarnation` on gRPC), else "" (none). A boot id
+/// works: a restarted SFU gets a new one, and the center then knows its
+/// former process, and that process's users, are gone.
+pub fn peer_incarnation(grant: &Grant, said: Option<&str>) -> String {
+    if !grant.incarnation.is_empty() {
+        return grant.incarnation.clone();
+    }
+    match said.map(str::trim) {
+        Some(id) if id.len() <= MAX_PEER_NAME => id.to_owned(),
+        _ => String::new(),
+    }
+}
+
 /// The value of `key` in a query string (`a=1&peer=sfu-1`), if present.
 pub fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
     query?.split('&').find_map(|kv| {
@@ -280,6 +303,7 @@ mod tests {
             role,
             rooms: rooms.iter().map(|s| (*s).to_owned()).collect(),
             exp,
+            incarnation: String::new(),
         }
     }
 

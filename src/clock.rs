@@ -11,6 +11,8 @@ use tokio::sync::watch;
 #[derive(Debug, Clone)]
 pub struct Clock {
     origin: Instant,
+    /// Unix time at `origin`: [`Clock::since_epoch`] counts from it.
+    epoch_at_origin: Duration,
     /// Time since the start, set by hand; `None` follows the system. A watch
     /// channel so that sleepers wake when the time moves.
     manual: Option<Arc<watch::Sender<Duration>>>,
@@ -21,6 +23,7 @@ impl Clock {
     pub fn system() -> Self {
         Self {
             origin: Instant::now(),
+            epoch_at_origin: unix_now(),
             manual: None,
         }
     }
@@ -29,6 +32,7 @@ impl Clock {
     pub fn manual() -> Self {
         Self {
             origin: Instant::now(),
+            epoch_at_origin: unix_now(),
             manual: Some(Arc::new(watch::Sender::new(Duration::ZERO))),
         }
     }
@@ -49,6 +53,19 @@ impl Clock {
         }
     }
 
+    /// About the Unix time, moving as [`Clock::elapsed`] does: the Unix
+    /// time when the clock started plus the time since. Monotonic within a
+    /// process (a wall-clock step does not move it), and comparable across
+    /// restarts, so a deadline kept on disk means the same after one.
+    pub fn since_epoch(&self) -> Duration {
+        self.epoch_at_origin + self.elapsed()
+    }
+
+    /// Waits until the clock has moved on by `by`.
+    pub async fn sleep(&self, by: Duration) {
+        self.sleep_until(self.elapsed().saturating_add(by)).await;
+    }
+
     /// Waits until the clock reads at least `at` (see [`Clock::elapsed`]).
     pub async fn sleep_until(&self, at: Duration) {
         match &self.manual {
@@ -60,6 +77,12 @@ impl Clock {
             None => tokio::time::sleep(at.saturating_sub(self.elapsed())).await,
         }
     }
+}
+
+fn unix_now() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 impl Default for Clock {

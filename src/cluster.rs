@@ -14,7 +14,7 @@
 //! sessions is declared lost by an entry ("node lost"), which every node
 //! applies: the lost node's users follow the reconnect grace.
 
-use crate::center::{Center, CenterConfig, ClusterNode, Entry, EntryLog, node_of};
+use crate::center::{At, Center, CenterConfig, Entry, NodeInfo, Store, node_of};
 use crate::cluster_proto::{self as cp, entry::Kind};
 use crate::config::ClusterConfig;
 use crate::error::CenterError;
@@ -116,16 +116,37 @@ impl Keys {
     }
 }
 
-/// The shared log as a node's center sees it: a queue to this node's writer.
-struct RedisLog {
-    tx: mpsc::Sender<Entry>,
+/// The shared log as a node's center sees it: a queue to this node's
+/// writer, and whether Redis answers.
+struct RedisStore {
+    node: NodeInfo,
+    /// Entries (origin number, encoded) for the writer.
+    tx: mpsc::Sender<(u64, Vec<u8>)>,
+    /// Whether the log's store answers (for `/readyz`).
+    healthy: Arc<AtomicBool>,
+    /// Set when the log was trimmed past what this node applied: its state
+    /// has a gap, and it reports not ready until restarted.
+    stale: Arc<AtomicBool>,
 }
 
-impl EntryLog for RedisLog {
-    fn append(&self, entry: Entry) -> Result<(), CenterError> {
+impl Store for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn node(&self) -> Option<&NodeInfo> {
+        Some(&self.node)
+    }
+
+    fn append(&self, entry: &Entry, _at: At) -> Result<(), CenterError> {
+        // The log's time is the entry's: the stream id says when Redis took it.
         self.tx
-            .try_send(entry)
+            .try_send((entry.origin_seq, entry.encode_to_vec()))
             .map_err(|_| CenterError::StoreUnavailable)
+    }
+
+    fn ready(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && !self.stale.load(Ordering::Relaxed)
     }
 }
 
@@ -231,15 +252,17 @@ pub async fn join(
     let healthy = Arc::new(AtomicBool::new(true));
     let stale = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel(APPEND_QUEUE);
-    let center = Center::clustered(
+    let center = Center::with_store(
         center_config,
-        ClusterNode {
-            id: id.clone(),
-            number,
-            log: Arc::new(RedisLog { tx }),
+        Arc::new(RedisStore {
+            node: NodeInfo {
+                id: id.clone(),
+                number,
+            },
+            tx,
             healthy: healthy.clone(),
             stale: stale.clone(),
-        },
+        }),
     );
     let ttl = Duration::from_secs(config.node_ttl_secs);
     renew_lease(&mut writer, &keys, number, &id, ttl)
@@ -408,7 +431,7 @@ async fn read(
 /// batches. A batch Redis does not confirm within `timeout` is answered
 /// with 503 "state store unavailable" to whoever waits for its entries.
 async fn write_entries(
-    mut rx: mpsc::Receiver<Entry>,
+    mut rx: mpsc::Receiver<(u64, Vec<u8>)>,
     mut conn: ConnectionManager,
     keys: Keys,
     center: Center,
@@ -439,12 +462,12 @@ async fn write_entries(
             }
         }
         let mut pipe = redis::pipe();
-        for e in &batch {
+        for (_, bytes) in &batch {
             pipe.cmd("XADD")
                 .arg(&keys.log)
                 .arg("*")
                 .arg("e")
-                .arg(e.encode_to_vec())
+                .arg(bytes.as_slice())
                 .ignore();
         }
         match tokio::time::timeout(timeout, pipe.query_async::<()>(&mut conn)).await {
@@ -461,8 +484,8 @@ async fn write_entries(
                 if healthy.swap(false, Ordering::Relaxed) {
                     tracing::error!(error = %why, entries = batch.len(), "state store unavailable: changes refused");
                 }
-                for e in &batch {
-                    center.abandon(e.origin_seq, CenterError::StoreUnavailable);
+                for (origin_seq, _) in &batch {
+                    center.abandon(*origin_seq, CenterError::StoreUnavailable);
                 }
             }
         }

@@ -358,6 +358,28 @@ pub struct CenterSection {
     /// it, `reject` refuses with 409.
     #[serde(default)]
     pub duplicate_user: crate::center::DuplicatePolicy,
+    /// Where a single center keeps its state, so a restart loses nothing
+    /// (relative to the configuration file's folder; "" keeps it in memory
+    /// only). Not used by a cluster node (Redis keeps the state).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// When changes reach the disk in `state_dir`: `always` (each change
+    /// synced before it takes effect), `batch` (synced every 10 ms) or
+    /// `never` (written every 10 ms, synced by the OS).
+    #[serde(default)]
+    pub fsync: crate::file_store::Fsync,
+    /// Changes between snapshots of `state_dir` (each lets the log before
+    /// it go).
+    #[serde(default = "default_state_snapshot_every")]
+    pub snapshot_every: u64,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("state")
+}
+
+fn default_state_snapshot_every() -> u64 {
+    100_000
 }
 
 impl Default for CenterSection {
@@ -371,6 +393,9 @@ impl Default for CenterSection {
             shutdown_grace_secs: default_grace(),
             reconnect_grace_secs: default_reconnect_grace(),
             duplicate_user: crate::center::DuplicatePolicy::default(),
+            state_dir: default_state_dir(),
+            fsync: crate::file_store::Fsync::default(),
+            snapshot_every: default_state_snapshot_every(),
         }
     }
 }
@@ -499,6 +524,7 @@ impl Config {
             &mut config.grpc.cert_path,
             &mut config.grpc.key_path,
             &mut config.auth.public_key_path,
+            &mut config.center.state_dir,
         ] {
             if !p.as_os_str().is_empty() && p.is_relative() {
                 *p = base.join(&*p);

@@ -21,6 +21,10 @@ pub enum CenterError {
     /// The user is not in the room.
     #[error("user not found: {0}")]
     UserNotFound(String),
+    /// The user publishes no stream with this pusher id (a pull named a
+    /// stream of a process that is gone, or one never pushed).
+    #[error("pusher not found: {0}")]
+    PusherNotFound(String),
     /// The protoo method is not known.
     #[error("Unknown method: {0}")]
     UnknownMethod(String),
@@ -64,7 +68,10 @@ impl CenterError {
         match self {
             Self::InvalidArgument { .. } => 400,
             Self::Forbidden(_) => 403,
-            Self::RoomNotFound(_) | Self::UserNotFound(_) | Self::UnknownMethod(_) => 404,
+            Self::RoomNotFound(_)
+            | Self::UserNotFound(_)
+            | Self::PusherNotFound(_)
+            | Self::UnknownMethod(_) => 404,
             Self::Conflict(_) => 409,
             Self::OutOfRange(_) => 400,
             Self::LimitReached(_) => 429,
@@ -81,7 +88,9 @@ impl From<CenterError> for tonic::Status {
             CenterError::InvalidArgument { field, reason } => {
                 Status::invalid_argument(format!("{field}: {reason}"))
             }
-            CenterError::RoomNotFound(_) | CenterError::UserNotFound(_) => {
+            CenterError::RoomNotFound(_)
+            | CenterError::UserNotFound(_)
+            | CenterError::PusherNotFound(_) => {
                 Status::not_found(e.to_string())
             }
             CenterError::UnknownMethod(_) => Status::unimplemented(e.to_string()),

@@ -195,6 +195,11 @@ impl RoomService for RoomServiceImpl {
             .and_then(|v| v.to_str().ok());
         let ip = remote.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
         let identity = crate::auth::peer_identity(&grant, named, ip);
+        let said = request
+            .metadata()
+            .get("x-peer-incarnation")
+            .and_then(|v| v.to_str().ok());
+        let incarnation = crate::auth::peer_incarnation(&grant, said);
         let inbound = request.into_inner();
         let (out_tx, out_rx) = mpsc::channel(self.settings.queue);
         let (center_tx, center_rx) = outbox::<GrpcOut>(self.settings.max_bytes);
@@ -203,6 +208,7 @@ impl RoomService for RoomServiceImpl {
                 addr: addr.clone(),
                 transport: Transport::Grpc,
                 identity: identity.clone(),
+                incarnation,
             },
             grant,
             center_tx.clone(),

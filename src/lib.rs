@@ -21,6 +21,8 @@
 //!   [`metrics`]: the Prometheus registry.
 //! - [`operator`]: the operator CLI, a gRPC client; [`view`]: listings and
 //!   events as tables and JSON, for the CLI and the admin page.
+//! - [`file_store`]: the state directory, where a single center keeps its
+//!   log and snapshots (the default; `center.state_dir`).
 //! - [`cluster`]: several centers sharing one state through a log in Redis
 //!   (docs/CLUSTER.md); off by default.
 //! - [`config`]: `center.yaml`. [`tls`]: certificates. [`server`]: wiring of
@@ -34,6 +36,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod file_store;
 pub mod grpc;
 pub mod heap;
 pub mod limits;

@@ -117,6 +117,12 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Make a damaged state directory usable: keep each log's valid prefix
+    /// and move the rest aside (`*.damaged`). Run with the center stopped.
+    RepairState {
+        /// The state directory (`center.state_dir`).
+        dir: PathBuf,
+    },
 }
 
 /// Where the running center is, and how to talk to it.
@@ -135,6 +141,17 @@ struct Remote {
 
 /// Runs a subcommand.
 fn subcommand(command: Command) -> anyhow::Result<()> {
+    if let Command::RepairState { dir } = &command {
+        let moved = pilot_center::file_store::repair(dir)
+            .with_context(|| format!("cannot repair {}", dir.display()))?;
+        if moved.is_empty() {
+            println!("{}: nothing damaged", dir.display());
+        }
+        for path in moved {
+            println!("moved aside: {}", path.display());
+        }
+        return Ok(());
+    }
     let Command::Token {
         role,
         rooms,
@@ -158,6 +175,7 @@ fn subcommand(command: Command) -> anyhow::Result<()> {
         role,
         rooms,
         exp: (now + *ttl).as_secs(),
+        incarnation: String::new(),
     };
     println!("{}", auth::mint(&config.auth.hs256_secret, &claims)?);
     Ok(())
@@ -167,7 +185,9 @@ fn subcommand(command: Command) -> anyhow::Result<()> {
 async fn operate(command: Command) -> anyhow::Result<()> {
     use std::io::Write as _;
     let remote = match &command {
-        Command::Token { .. } => anyhow::bail!("not an operator command"),
+        Command::Token { .. } | Command::RepairState { .. } => {
+            anyhow::bail!("not an operator command")
+        }
         Command::Rooms(r) | Command::Sessions(r) | Command::Msus(r) => r,
         Command::Room { remote, .. }
         | Command::Kick { remote, .. }
@@ -178,7 +198,7 @@ async fn operate(command: Command) -> anyhow::Result<()> {
     let json = remote.json;
     let mut op = Operator::connect(&remote.addr, remote.token.as_deref()).await?;
     let text = match &command {
-        Command::Token { .. } => String::new(),
+        Command::Token { .. } | Command::RepairState { .. } => String::new(),
         Command::Rooms(_) => view::show_rooms(&op.rooms().await?, json),
         Command::Room { room_id, .. } => view::show_room(&op.room(room_id).await?, json),
         Command::Sessions(_) => view::show_sessions(&op.sessions().await?, json),

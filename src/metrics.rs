@@ -30,6 +30,16 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// Labels: what was dropped and why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabel {
+    /// `pullRemoteStream` or `textMessage`.
+    pub method: &'static str,
+    /// `room_not_found`, `user_not_found`, `user_disconnected`,
+    /// `pusher_not_found`.
+    pub reason: &'static str,
+}
+
 /// Every metric of the process.
 pub struct Metrics {
     registry: Registry,
@@ -53,8 +63,8 @@ pub struct Metrics {
     pub feed_skipped: Counter,
     /// Upgrades refused (by HTTP status class).
     pub refused: Family<CodeLabel, Counter>,
-    /// `pullRemoteStream`s dropped: nobody speaks for the pusher.
-    pub pulls_dropped: Counter,
+    /// Pulls (and text messages) that reached nobody, by method and reason.
+    pub pulls_dropped: Family<DropLabel, Counter>,
     /// Users moved by a `join` from another live session (`replace`).
     pub users_replaced: Counter,
     /// Users taken back by a reconnecting session with the same identity.
@@ -141,7 +151,7 @@ impl Metrics {
         let rate_limit_closes = Counter::default();
         let bad_frames = Counter::default();
         let feed_skipped = Counter::default();
-        let pulls_dropped = Counter::default();
+        let pulls_dropped = Family::<DropLabel, Counter>::default();
         let users_replaced = Counter::default();
         let users_reclaimed = Counter::default();
         let request_seconds = Family::<MethodLabel, Histogram>::new_with_constructor(|| {
@@ -197,7 +207,7 @@ impl Metrics {
         );
         registry.register(
             "pulls_dropped",
-            "pullRemoteStream dropped: nobody speaks for the pusher",
+            "pullRemoteStream (or textMessage) that reached nobody: its room, user or pusher is unknown, or the user is disconnected",
             pulls_dropped.clone(),
         );
         registry.register(

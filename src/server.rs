@@ -56,6 +56,9 @@ pub enum StartError {
     /// The cluster could not be joined.
     #[error("cluster: {0}")]
     Cluster(#[from] crate::cluster::ClusterError),
+    /// The state directory could not be used.
+    #[error("{0}")]
+    State(#[from] crate::file_store::FileStoreError),
 }
 
 /// A running center: both listeners and the room service.
@@ -229,9 +232,7 @@ impl Server {
         // closings still go to the log after `shutdown`.
         let cluster_stop = CancellationToken::new();
         let cluster_tracker = TaskTracker::new();
-        let center = if config.cluster.redis_url.is_empty() {
-            Center::new(center_config)
-        } else {
+        let center = if !config.cluster.redis_url.is_empty() {
             crate::cluster::join(
                 &config.cluster,
                 center_config,
@@ -240,6 +241,17 @@ impl Server {
             )
             .await?
             .center
+        } else if config.center.state_dir.as_os_str().is_empty() {
+            tracing::info!("state in memory only (center.state_dir is empty): a restart forgets every room");
+            Center::new(center_config)
+        } else {
+            let store = crate::file_store::FileStoreConfig {
+                dir: config.center.state_dir.clone(),
+                fsync: config.center.fsync,
+                snapshot_every: config.center.snapshot_every,
+            };
+            // Blocking file work, once, before anything is served.
+            crate::file_store::open(&store, center_config)?.0
         };
         cluster_tracker.close();
         let shutdown = CancellationToken::new();
@@ -376,9 +388,13 @@ impl Server {
             .await
             .is_ok();
         // Then a cluster node writes what its sessions' closings queued and
-        // gives up its lease.
+        // gives up its lease; a state directory keeps the final state.
         self.cluster_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.cluster_tracker.wait()).await;
+        let center = self.center.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || center.close_store()).await {
+            tracing::error!(error = %e, "cannot save the state");
+        }
         // The admin listener closes last, so `/readyz` answers while draining.
         self.admin_stop.cancel();
         if let Some(task) = self.admin_task {

@@ -222,8 +222,13 @@ pub fn event_detail(e: &proto::WatchEventsResponse) -> String {
             x.user_id, x.session_id, x.reason
         ),
         Some(Event::SessionOpened(x)) => format!(
-            "session={} peer={} addr={} reclaimed={}",
-            x.session_id, x.peer_id, x.peer_addr, x.users_reclaimed
+            "session={} peer={} incarnation={} addr={} reclaimed={} gone={}",
+            x.session_id,
+            x.peer_id,
+            x.incarnation,
+            x.peer_addr,
+            x.users_reclaimed,
+            x.users_gone
         ),
         Some(Event::SessionClosed(x)) => format!("session={} reason={}", x.session_id, x.reason),
         Some(Event::TextMessage(x)) => format!("user={} message={:?}", x.user_id, x.message),
@@ -245,6 +250,10 @@ pub fn event_detail(e: &proto::WatchEventsResponse) -> String {
         Some(Event::MsuRegistered(x)) => format!("msu={} session={}", x.msu_id, x.session_id),
         Some(Event::MsuInvited(x)) => format!("msu={}", x.msu_id),
         Some(Event::MsuLost(x)) => format!("msu={} rooms={}", x.msu_id, x.room_ids.join(",")),
+        Some(Event::RoutingDropped(x)) => format!(
+            "{} user={} pusher={} from={} reason={}",
+            x.method, x.user_id, x.pusher_id, x.from_session_id, x.reason
+        ),
     }
 }
 

@@ -48,6 +48,7 @@ async fn websocket_auth_refuses_before_the_upgrade_and_checks_every_command() {
                 role: Role::Admin,
                 rooms: vec!["*".into()],
                 exp: u64::MAX / 2,
+                incarnation: String::new(),
             },
         )
         .unwrap();

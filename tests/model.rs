@@ -253,6 +253,7 @@ fn open(center: &Center, identity: u64) -> Slot {
             addr: "model".into(),
             transport: Transport::Ws,
             identity: format!("model-{identity}"),
+            incarnation: String::new(),
         },
         Grant::unrestricted(),
         tx,

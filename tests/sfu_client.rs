@@ -374,7 +374,12 @@ async fn an_sfu_that_never_returns_loses_its_users_when_the_grace_ends() {
         let pull = json!({"roomId": "room1", "pusher_user_id": "u1", "udp_ip": "10.0.0.7", "udp_port": 40000, "mediaType": "video"});
         s2.notify("pullRemoteStream", pull).await;
         s2.expect_silence().await;
-        assert_eq!(server.center().metrics().pulls_dropped.get(), 1);
+        let dropped = pilot_center::metrics::DropLabel {
+            method: "pullRemoteStream",
+            reason: "user_disconnected",
+        };
+        let metrics = server.center().metrics();
+        assert_eq!(metrics.pulls_dropped.get_or_create(&dropped).get(), 1);
         // The grace ends: the others hear userLeave, once.
         clock.advance(Duration::from_secs(30));
         server.center().expire_grace();

@@ -1,29 +1,19 @@
 //! Every change to the state as a value, an [`Entry`], applied by one
-//! function, [`Shared::apply`]. The in-memory center applies an entry the
-//! moment it is made; a cluster node appends it to the shared log and every
-//! node applies it when the log hands it back, in the log's order
-//! (docs/CLUSTER.md). Either way the same rules run on the same values.
+//! function, [`Shared::apply`]. A local store (memory, the state directory)
+//! applies an entry the moment it is made; a cluster node appends it to the
+//! shared log and every node applies it when the log hands it back, in the
+//! log's order (docs/CLUSTER.md). Either way the same rules run on the same
+//! values, and a replay of the entries gives the same state.
 
 use super::rules::Effects;
+use super::store::At;
 use super::{SessionId, Shared};
 use crate::cluster_proto::{self as cp, entry::Kind};
 use crate::error::CenterError;
 use crate::metrics::Metrics;
 use crate::proto::{self, EventKind, Reply, command, watch_events_response::Event};
-use std::time::{Duration, SystemTime};
 
 pub use cp::Entry;
-
-/// When an entry is applied: the time reconnect graces are counted in, and
-/// the wall time MSU registrations are stamped with. In a cluster both come
-/// from the entry's place in the log, so every node agrees.
-#[derive(Debug, Clone, Copy)]
-pub struct At {
-    /// Grace time.
-    pub grace: Duration,
-    /// Wall time.
-    pub wall: SystemTime,
-}
 
 /// What applying an entry produced for whoever made it.
 #[derive(Debug)]
@@ -50,9 +40,11 @@ impl Shared {
         let outcome = match kind {
             Kind::SessionOpen(o) => {
                 self.registry.note_open(origin, &o);
-                let reclaimed = self.rooms.open_session(o.session_id, &o.peer_id, &mut fx);
-                if reclaimed > 0 && self.registry.is_local(o.session_id) {
-                    metrics.users_reclaimed.inc_by(u64::from(reclaimed));
+                let opened =
+                    self.rooms
+                        .open_session(o.session_id, &o.peer_id, &o.incarnation, &mut fx);
+                if opened.reclaimed > 0 && self.registry.is_local(o.session_id) {
+                    metrics.users_reclaimed.inc_by(u64::from(opened.reclaimed));
                 }
                 // The opening comes first on the feed, then what it took back.
                 fx.events.insert(
@@ -65,7 +57,9 @@ impl Shared {
                             peer_addr: o.peer_addr,
                             transport: o.transport,
                             peer_id: o.peer_id,
-                            users_reclaimed: reclaimed,
+                            users_reclaimed: opened.reclaimed,
+                            incarnation: o.incarnation,
+                            users_gone: opened.gone,
                         }),
                     ),
                 );

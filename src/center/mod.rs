@@ -21,8 +21,11 @@ mod feed;
 mod invites;
 mod registry;
 mod rules;
+mod snapshot;
+pub mod store;
 
 pub use entry::{Entry, node_of};
+pub use store::{At, MemoryStore, NodeInfo, Store};
 pub use feed::{EventFilter, lagged};
 use invites::PendingInvites;
 pub use rules::DuplicatePolicy;
@@ -33,7 +36,7 @@ use crate::cluster_proto::{self as cp, entry::Kind};
 use crate::error::CenterError;
 use crate::metrics::{Metrics, StateGauges};
 use crate::proto::{self, Command, Reply, Transport, command};
-use entry::{At, Outcome};
+use entry::Outcome;
 use parking_lot::Mutex;
 pub use registry::Resumed;
 use registry::{Registry, SessionEntry};
@@ -154,6 +157,11 @@ pub struct PeerInfo {
     /// The identity that outlives the connection (PROTOCOL.md §6): token
     /// `sub`, else `?peer=` / `x-peer-id`, else the peer's IP address.
     pub identity: String,
+    /// Which process of the peer this is (`?incarnation=`,
+    /// `x-peer-incarnation` or the token's claim; "" when none is given).
+    /// Another incarnation under the same identity means the old process
+    /// is gone, and its users with it.
+    pub incarnation: String,
 }
 
 /// Settings of the room service.
@@ -190,35 +198,10 @@ impl Default for CenterConfig {
     }
 }
 
-/// Where a cluster node's entries go: the shared log (docs/CLUSTER.md).
-/// The log hands every entry back to every node, in its order, through
-/// [`Center::apply_logged`].
-pub trait EntryLog: Send + Sync + 'static {
-    /// Queues `entry` for the log without waiting. An error means it will
-    /// not be applied (the store is unreachable or too far behind).
-    fn append(&self, entry: Entry) -> Result<(), CenterError>;
-}
-
-/// This process as a node of a cluster: its id, its number (the high 32 bits
-/// of its session ids) and the shared log its changes go to.
-pub struct ClusterNode {
-    /// The node's id, for operators.
-    pub id: String,
-    /// The node's number, unique in the cluster for this process's life.
-    pub number: u32,
-    /// The shared log.
-    pub log: Arc<dyn EntryLog>,
-    /// Whether the log's store answers (for `/readyz`).
-    pub healthy: Arc<std::sync::atomic::AtomicBool>,
-    /// Set when the log was trimmed past what this node applied: its state
-    /// has a gap, and it reports not ready until restarted.
-    pub stale: Arc<std::sync::atomic::AtomicBool>,
-}
-
 /// The state at one moment ([`Center::freeze`]), not yet a snapshot.
 pub struct FrozenState {
     after: String,
-    rules: rules::FrozenRules,
+    rules: snapshot::FrozenRules,
     registry: registry::FrozenRegistry,
 }
 
@@ -302,8 +285,8 @@ struct Inner {
     next_session: AtomicU64,
     metrics: Arc<Metrics>,
     clock: Clock,
-    /// Set when this process is a node of a cluster.
-    cluster: Option<ClusterNode>,
+    /// What keeps the log of entries (memory, the state directory, Redis).
+    store: Arc<dyn Store>,
     /// Entries this node appended, by origin number, whose maker waits.
     pending: Mutex<HashMap<u64, Waiter>>,
     next_origin: AtomicU64,
@@ -318,16 +301,14 @@ impl Default for Center {
 impl Center {
     /// An empty center holding its state in memory.
     pub fn new(config: CenterConfig) -> Self {
-        Self::build(config, None)
+        Self::with_store(config, Arc::new(MemoryStore))
     }
 
-    /// An empty cluster node: its changes go to `node.log`, and it applies
-    /// what the log hands back ([`Center::apply_logged`]).
-    pub fn clustered(config: CenterConfig, node: ClusterNode) -> Self {
-        Self::build(config, Some(node))
-    }
-
-    fn build(config: CenterConfig, cluster: Option<ClusterNode>) -> Self {
+    /// An empty center whose entries `store` keeps. A shared store's node
+    /// applies what the log hands back ([`Center::apply_logged`]); a durable
+    /// local one loads what it kept first ([`Center::load_snapshot`],
+    /// [`Center::replay`]).
+    pub fn with_store(config: CenterConfig, store: Arc<dyn Store>) -> Self {
         let (feed, _) = broadcast::channel(config.feed_capacity.max(16));
         let metrics = Arc::new(Metrics::new());
         let rules = RulesConfig {
@@ -341,7 +322,7 @@ impl Center {
                 state: Mutex::new(Shared {
                     rooms: Rooms::new(rules),
                     registry: Registry::new(
-                        cluster.as_ref().map(|n| n.id.clone()).unwrap_or_default(),
+                        store.node().map(|n| n.id.clone()).unwrap_or_default(),
                         feed.clone(),
                         config.event_log_capacity,
                     ),
@@ -350,7 +331,7 @@ impl Center {
                 next_session: AtomicU64::new(1),
                 metrics,
                 clock: config.clock,
-                cluster,
+                store,
                 pending: Mutex::new(HashMap::new()),
                 next_origin: AtomicU64::new(1),
             }),
@@ -370,15 +351,23 @@ impl Center {
 
     /// This node's id in a cluster ("" for a single center).
     pub fn node_id(&self) -> &str {
-        self.inner.cluster.as_ref().map_or("", |n| n.id.as_str())
+        self.inner.store.node().map_or("", |n| n.id.as_str())
     }
 
-    /// Whether the state store answers (always, for a single center).
+    /// Whether the state store answers (always, in memory).
     pub fn store_ready(&self) -> bool {
-        self.inner
-            .cluster
-            .as_ref()
-            .is_none_or(|n| n.healthy.load(Ordering::Relaxed) && !n.stale.load(Ordering::Relaxed))
+        self.inner.store.ready()
+    }
+
+    /// What keeps the state: `memory`, `file` or `redis`.
+    pub fn store_kind(&self) -> &'static str {
+        self.inner.store.kind()
+    }
+
+    /// Whether entries go through a log other nodes share (then they are
+    /// applied when the log hands them back, not in the step that makes them).
+    fn shared(&self) -> bool {
+        self.inner.store.node().is_some()
     }
 
     /// Every session id known here (this node's and, in a cluster, the
@@ -400,7 +389,7 @@ impl Center {
     /// listing taken next is not older than what a peer of another node was
     /// already told. Bounded: the store may be unreachable.
     pub async fn settle(&self) -> Result<(), CenterError> {
-        if self.inner.cluster.is_none() {
+        if !self.shared() {
             return Ok(());
         }
         let (tx, rx) = oneshot::channel();
@@ -416,29 +405,65 @@ impl Center {
         self.submit(kind, Waiter::None);
     }
 
-    /// The time graces are counted in: the center's clock alone, Unix time
-    /// in a cluster (where entries carry the log's time).
+    /// The time graces are counted in: about Unix time, from the center's
+    /// clock for a local store, from the system in a cluster (where entries
+    /// carry the log's time).
     fn grace_now(&self) -> Duration {
-        match self.inner.cluster {
-            None => self.inner.clock.elapsed(),
-            Some(_) => SystemTime::now()
+        if self.shared() {
+            SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default(),
+                .unwrap_or_default()
+        } else {
+            self.inner.clock.since_epoch()
         }
+    }
+
+    /// When an entry made now by a local store is applied.
+    fn now(&self) -> At {
+        At {
+            grace: self.inner.clock.since_epoch(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// Applies `kind` now, with the state lock held: the store takes it
+    /// first (a durable one records it; if it cannot, nothing changes and
+    /// the maker hears why), then the rules apply it.
+    fn apply_local(&self, state: &mut Shared, kind: Kind) -> Outcome {
+        let at = self.now();
+        let entry = Entry {
+            node_id: String::new(),
+            origin_seq: 0,
+            kind: Some(kind),
+        };
+        if let Err(e) = self.inner.store.append(&entry, at) {
+            return match entry.kind {
+                Some(Kind::PeerCommand(_)) => Outcome::Reply(Err(e)),
+                _ => Outcome::Count(Err(e)),
+            };
+        }
+        let Some(kind) = entry.kind else {
+            return Outcome::Done;
+        };
+        let outcome = state.apply("", kind, at, &self.inner.metrics);
+        if self.inner.store.wants_snapshot() {
+            self.inner.store.compact(FrozenState {
+                after: String::new(),
+                rules: state.rooms.freeze(),
+                registry: state.registry.freeze(),
+            });
+        }
+        outcome
     }
 
     /// Makes a change: applied at once by a single center (with `waiter`
     /// completed in the same step), appended to the shared log by a cluster
     /// node (`waiter` completed when the log hands it back).
     fn submit(&self, kind: Kind, waiter: Waiter) {
-        match &self.inner.cluster {
+        match self.inner.store.node() {
             None => {
-                let at = At {
-                    grace: self.inner.clock.elapsed(),
-                    wall: SystemTime::now(),
-                };
                 let mut state = self.inner.state.lock();
-                let outcome = state.apply("", kind, at, &self.inner.metrics);
+                let outcome = self.apply_local(&mut state, kind);
                 waiter.complete(outcome);
             }
             Some(node) => {
@@ -451,7 +476,11 @@ impl Center {
                     origin_seq,
                     kind: Some(kind),
                 };
-                if let Err(e) = node.log.append(entry) {
+                let at = At {
+                    grace: self.grace_now(),
+                    wall: SystemTime::now(),
+                };
+                if let Err(e) = self.inner.store.append(&entry, at) {
                     self.abandon(origin_seq, e);
                 }
             }
@@ -480,12 +509,86 @@ impl Center {
         }
     }
 
-    /// Replaces the state by a snapshot's, before a joining node replays
-    /// the log after it and serves anyone.
+    /// Replaces the state by a snapshot's, before a joining node (or a
+    /// restarting center) replays the log after it and serves anyone.
     pub fn load_snapshot(&self, snap: &cp::Snapshot) {
         let mut state = self.inner.state.lock();
         state.rooms.load(snap);
         state.registry.load(snap);
+        self.skip_session_ids(snap.sessions.iter().map(|s| s.session_id));
+    }
+
+    /// Applies an entry a durable local store kept, as it was applied
+    /// before (at `at`), before this center serves anyone. Nothing is
+    /// recorded again.
+    pub fn replay(&self, entry: Entry, at: At) {
+        let Some(kind) = entry.kind else {
+            return;
+        };
+        if let Kind::SessionOpen(o) = &kind {
+            self.skip_session_ids([o.session_id]);
+        }
+        let mut state = self.inner.state.lock();
+        state.apply("", kind, at, &self.inner.metrics);
+    }
+
+    /// New sessions get ids above `ids` (those of a former process), so a
+    /// restarted center never reuses one in its log or its feed.
+    fn skip_session_ids(&self, ids: impl IntoIterator<Item = SessionId>) {
+        let number = self.inner.store.node().map_or(0, |n| n.number);
+        for sid in ids.into_iter().filter(|sid| node_of(*sid) == number) {
+            self.inner
+                .next_session
+                .fetch_max((sid & 0xffff_ffff) + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// After a restart: every session the loaded state lists belonged to
+    /// the former process and is gone. Each one's closing is applied (and
+    /// kept) now, so its users wait out the reconnect grace for their peer
+    /// to come back under its identity. Returns how many there were.
+    pub fn end_former_sessions(&self) -> usize {
+        let former: Vec<SessionId> = {
+            let state = self.inner.state.lock();
+            let mut ids: Vec<SessionId> = state
+                .rooms
+                .session_ids()
+                .into_iter()
+                .chain(state.registry.ids())
+                .filter(|sid| !state.registry.is_local(*sid))
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        for sid in &former {
+            self.submit(
+                Kind::SessionClose(cp::SessionClose {
+                    session_id: *sid,
+                    reason: "center restarted".into(),
+                }),
+                Waiter::None,
+            );
+        }
+        former.len()
+    }
+
+    /// Hands the store the state as it is now, to keep as a snapshot (a
+    /// state directory's log before it can then go).
+    pub fn compact_store(&self) {
+        let state = self.inner.state.lock();
+        self.inner.store.compact(FrozenState {
+            after: String::new(),
+            rules: state.rooms.freeze(),
+            registry: state.registry.freeze(),
+        });
+    }
+
+    /// The process is stopping: the store makes everything durable (a
+    /// state directory writes a snapshot of the final state).
+    pub fn close_store(&self) -> Result<(), CenterError> {
+        let frozen = self.freeze("");
+        self.inner.store.close(frozen)
     }
 
     /// Applies an entry the shared log handed back, at `unix_ms` (the log's
@@ -528,7 +631,7 @@ impl Center {
     /// The returned handle closes the session (with its clean-up) when it is
     /// dropped, so a session task that ends in any way leaves no state behind.
     pub fn open_session(&self, peer: PeerInfo, grant: Grant, outlet: impl Outlet) -> SessionHandle {
-        let number = self.inner.cluster.as_ref().map_or(0, |n| n.number);
+        let number = self.inner.store.node().map_or(0, |n| n.number);
         let id = (u64::from(number) << 32)
             | (self.inner.next_session.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff);
         let stats = Arc::new(SessionStats::default());
@@ -538,6 +641,7 @@ impl Center {
             peer_addr: peer.addr.clone(),
             transport: peer.transport.into(),
             peer_id: peer.identity.clone(),
+            incarnation: peer.incarnation.clone(),
         };
         // Registered before its opening is applied, so that what the opening
         // takes back reaches it.
@@ -579,7 +683,7 @@ impl Center {
         loop {
             let now = self.grace_now();
             let next = self.inner.state.lock().rooms.next_deadline();
-            if self.inner.cluster.is_some() {
+            if self.shared() {
                 // Every node may append the expiry; applying it twice is a no-op.
                 if next.is_some_and(|d| d <= now) {
                     tokio::select! {
@@ -597,12 +701,12 @@ impl Center {
                 }
                 continue;
             }
-            let wake = next.map_or(now + Duration::from_secs(1), |d| {
-                d.clamp(now, now + Duration::from_secs(1))
+            let wait = next.map_or(Duration::from_secs(1), |d| {
+                d.saturating_sub(now).min(Duration::from_secs(1))
             });
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = clock.sleep_until(wake) => drop(self.expire_grace()),
+                () = clock.sleep(wait) => drop(self.expire_grace()),
             }
         }
     }
@@ -896,7 +1000,7 @@ impl SessionHandle {
             let echo = reply(proto::reply::Kind::Echo(proto::EchoResponse {
                 data_json: r.data_json.clone(),
             }));
-            if self.center.inner.cluster.is_none() {
+            if !self.center.shared() {
                 // The heartbeat needs no state: never wait for the lock.
                 return respond(Ok(echo));
             }
@@ -916,16 +1020,12 @@ impl SessionHandle {
             session_id: self.id,
             command: Some(Command { kind: Some(kind) }),
         });
-        if self.center.inner.cluster.is_some() {
+        if self.center.shared() {
             return self.center.submit(entry, Waiter::Reply(Box::new(respond)));
         }
-        // A single center answers in the same step, without boxing.
-        let at = At {
-            grace: self.center.inner.clock.elapsed(),
-            wall: SystemTime::now(),
-        };
+        // A local store answers in the same step, without boxing.
         let mut state = self.center.inner.state.lock();
-        match state.apply("", entry, at, &self.center.inner.metrics) {
+        match self.center.apply_local(&mut state, entry) {
             Outcome::Reply(r) => respond(r),
             _ => respond(Err(CenterError::Internal("a command had no reply".into()))),
         }
@@ -1004,7 +1104,7 @@ impl Drop for SessionHandle {
     fn drop(&mut self) {
         let reason = self.close_reason.take().unwrap_or_else(|| "closed".into());
         // Nothing reaches it from now on, whenever its closing is applied.
-        if self.center.inner.cluster.is_some() {
+        if self.center.shared() {
             self.center.inner.state.lock().registry.close(self.id);
         }
         self.center.submit(

@@ -101,6 +101,33 @@ pub struct Registry {
     seq: u64,
     /// The last events, for watchers that resume from a cursor.
     log: EventLog,
+    /// INFO lines about pulls and texts that reached nobody, rate-limited.
+    drop_log: DropLog,
+}
+
+/// Logs a pull or text message that reached nobody at INFO, at most one
+/// line a second; the lines left out are counted into the next one. (Every
+/// drop is counted in `pilot_pulls_dropped` and shown on the event feed.)
+#[derive(Default)]
+struct DropLog {
+    last: Option<std::time::Instant>,
+    left_out: u64,
+}
+
+impl DropLog {
+    fn note(&mut self, d: &super::rules::Dropped) {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1))
+        {
+            self.left_out += 1;
+            return;
+        }
+        self.last = Some(now);
+        let left_out = std::mem::take(&mut self.left_out);
+        tracing::info!(method = d.method, room.id = %d.room_id, user.id = %d.user_id, reason = d.reason_text(), similar_left_out = left_out, "dropped: reached nobody");
+    }
 }
 
 /// A resumed watch: the kept events after the cursor, then the live feed.
@@ -133,6 +160,7 @@ impl Registry {
             feed,
             seq: 0,
             log: EventLog::new(log_capacity),
+            drop_log: DropLog::default(),
         }
     }
 
@@ -191,6 +219,7 @@ impl Registry {
                     addr: o.peer_addr.clone(),
                     transport: proto::Transport::try_from(o.transport).unwrap_or_default(),
                     identity: o.peer_id.clone(),
+                    incarnation: o.incarnation.clone(),
                 },
                 node_id: node_id.to_owned(),
                 connected_at: SystemTime::now(),
@@ -231,6 +260,7 @@ impl Registry {
                             addr: s.peer_addr.clone(),
                             transport: proto::Transport::try_from(s.transport).unwrap_or_default(),
                             identity: s.peer_id.clone(),
+                            incarnation: s.incarnation.clone(),
                         },
                         node_id: s.node_id.clone(),
                         connected_at: SystemTime::UNIX_EPOCH
@@ -318,8 +348,15 @@ impl Registry {
         for (room_id, kind, event) in fx.events {
             self.emit(room_id, kind, event);
         }
-        if fx.pulls_dropped > 0 {
-            metrics.pulls_dropped.inc_by(fx.pulls_dropped);
+        for d in fx.dropped {
+            metrics
+                .pulls_dropped
+                .get_or_create(&crate::metrics::DropLabel {
+                    method: d.method,
+                    reason: d.reason,
+                })
+                .inc();
+            self.drop_log.note(&d);
         }
         if fx.users_replaced > 0 {
             metrics.users_replaced.inc_by(fx.users_replaced);

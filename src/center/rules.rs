@@ -15,7 +15,6 @@
 //!   leave when the grace ends.
 
 use super::{Delivery, Outbound, SessionId};
-use crate::cluster_proto as cp;
 use crate::error::CenterError;
 use crate::proto::{self, EventKind, peer_event, watch_events_response::Event};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -62,13 +61,71 @@ pub struct Effects {
     pub sends: Vec<Send>,
     /// Events for the feed: (room id or "", kind, event).
     pub events: Vec<(String, EventKind, Event)>,
-    /// `pullRemoteStream`s that found no session to go to.
-    pub pulls_dropped: u64,
+    /// Pulls and text messages that reached nobody, for the metrics and
+    /// the log (the feed has them already).
+    pub dropped: Vec<Dropped>,
     /// Joins that moved a user from another live session (`replace`).
     pub users_replaced: u64,
 }
 
+/// A pull or text message that reached nobody (PROTOCOL.md §4: no error
+/// reaches the SFU for these, so the center makes them visible itself).
+#[derive(Debug, Clone)]
+pub struct Dropped {
+    /// `pullRemoteStream` or `textMessage`.
+    pub method: &'static str,
+    /// The room it named.
+    pub room_id: String,
+    /// The user it named.
+    pub user_id: String,
+    /// Why, as a metric label: `room_not_found`, `user_not_found`,
+    /// `user_disconnected`, `pusher_not_found`.
+    pub reason: &'static str,
+}
+
+impl Dropped {
+    /// The reason as people read it.
+    pub fn reason_text(&self) -> &'static str {
+        match self.reason {
+            "room_not_found" => "room not found",
+            "user_not_found" => "user not found",
+            "user_disconnected" => "user disconnected",
+            _ => "pusher not found",
+        }
+    }
+}
+
 impl Effects {
+    /// Records a pull or text message that reached nobody, on the feed too.
+    fn drop_routing(
+        &mut self,
+        from: SessionId,
+        method: &'static str,
+        room_id: &str,
+        user_id: &str,
+        pusher_id: &str,
+        reason: &'static str,
+    ) {
+        let dropped = Dropped {
+            method,
+            room_id: room_id.to_owned(),
+            user_id: user_id.to_owned(),
+            reason,
+        };
+        self.event(
+            room_id,
+            EventKind::RoutingDropped,
+            Event::RoutingDropped(proto::RoutingDropped {
+                method: method.to_owned(),
+                user_id: user_id.to_owned(),
+                reason: dropped.reason_text().to_owned(),
+                from_session_id: from,
+                pusher_id: pusher_id.to_owned(),
+            }),
+        );
+        self.dropped.push(dropped);
+    }
+
     fn event(&mut self, room_id: &str, kind: EventKind, event: Event) {
         self.events.push((room_id.to_owned(), kind, event));
     }
@@ -90,23 +147,25 @@ impl Effects {
 
 /// Who holds a user.
 #[derive(Debug, Clone)]
-enum Holder {
+pub(super) enum Holder {
     /// A live session; it speaks for the user while `connected`.
     Session { sid: SessionId, connected: bool },
-    /// Its session ended: kept until `deadline` for a session with `identity`.
+    /// Its session ended: kept until `deadline` for a session with
+    /// `identity` and the same `incarnation`.
     Orphan {
         identity: Arc<str>,
+        incarnation: Arc<str>,
         deadline: Duration,
     },
 }
 
 /// One user of a room.
 #[derive(Clone)]
-struct User {
-    name: String,
-    audience: bool,
-    holder: Holder,
-    pushers: Vec<proto::Publisher>,
+pub(super) struct User {
+    pub(super) name: String,
+    pub(super) audience: bool,
+    pub(super) holder: Holder,
+    pub(super) pushers: Vec<proto::Publisher>,
 }
 
 impl User {
@@ -134,12 +193,12 @@ impl User {
 /// the rules go on: a room changed meanwhile is copied first
 /// (`Arc::make_mut`), the snapshot keeps the room as it was.
 #[derive(Default, Clone)]
-struct Room {
-    users: HashMap<String, User>,
+pub(super) struct Room {
+    pub(super) users: HashMap<String, User>,
     /// Session -> users of this room it holds: the sessions that hear it.
-    listeners: HashMap<SessionId, u32>,
+    pub(super) listeners: HashMap<SessionId, u32>,
     /// The MSU serving this room.
-    msu: Option<String>,
+    pub(super) msu: Option<String>,
 }
 
 impl Room {
@@ -167,111 +226,48 @@ impl Room {
 }
 
 /// What the rules know of a live session.
-struct Holdings {
-    identity: Arc<str>,
+pub(super) struct Holdings {
+    pub(super) identity: Arc<str>,
+    /// Which process of the peer it is ("" when the peer gives none).
+    pub(super) incarnation: Arc<str>,
     /// Its place in the order sessions opened (the log's order in a cluster).
-    opened: u64,
+    pub(super) opened: u64,
     /// Room id -> users it holds there.
-    rooms: HashMap<String, HashSet<String>>,
+    pub(super) rooms: HashMap<String, HashSet<String>>,
     /// MSUs registered through it.
-    msus: HashSet<String>,
+    pub(super) msus: HashSet<String>,
 }
 
 /// A registered media server unit.
-struct Msu {
-    session: SessionId,
-    rooms: HashSet<String>,
-    registered_at: SystemTime,
+pub(super) struct Msu {
+    pub(super) session: SessionId,
+    pub(super) rooms: HashSet<String>,
+    pub(super) registered_at: SystemTime,
 }
 
 /// Rooms, users, pushers, MSUs and who holds what. See the module docs.
 pub struct Rooms {
-    config: RulesConfig,
-    sessions: HashMap<SessionId, Holdings>,
-    rooms: HashMap<String, Arc<Room>>,
-    msus: HashMap<String, Msu>,
+    pub(super) config: RulesConfig,
+    pub(super) sessions: HashMap<SessionId, Holdings>,
+    pub(super) rooms: HashMap<String, Arc<Room>>,
+    pub(super) msus: HashMap<String, Msu>,
     /// Identity -> (room, user) of its orphans, for taking them back.
-    orphans: HashMap<Arc<str>, HashSet<(String, String)>>,
+    pub(super) orphans: HashMap<Arc<str>, HashSet<(String, String)>>,
     /// Grace deadlines -> (room, user). Entries whose user was claimed
     /// meanwhile are skipped when they come due.
-    deadlines: BTreeMap<Duration, Vec<(String, String)>>,
+    pub(super) deadlines: BTreeMap<Duration, Vec<(String, String)>>,
     /// Sessions opened so far.
-    opened: u64,
+    pub(super) opened: u64,
 }
 
-/// The rules' state at one moment ([`Rooms::freeze`]).
-pub struct FrozenRules {
-    opened: u64,
-    sessions: Vec<(SessionId, Arc<str>, u64)>,
-    rooms: Vec<(String, Arc<Room>)>,
-    msus: Vec<(String, SessionId, Vec<String>, SystemTime)>,
-}
-
-impl FrozenRules {
-    /// Writes the sessions (id, identity, opening order; the registry adds
-    /// the rest), rooms and MSUs into `snap`. Sorted, so equal states give
-    /// equal snapshots.
-    pub fn write(self, snap: &mut cp::Snapshot) {
-        snap.sessions_opened = self.opened;
-        snap.sessions = self
-            .sessions
-            .into_iter()
-            .map(|(session_id, identity, opened)| cp::SnapshotSession {
-                session_id,
-                peer_id: identity.to_string(),
-                opened,
-                ..Default::default()
-            })
-            .collect();
-        snap.sessions.sort_by_key(|s| s.session_id);
-        snap.rooms = self
-            .rooms
-            .into_iter()
-            .map(|(room_id, room)| {
-                let mut users: Vec<cp::SnapshotUser> = room
-                    .users
-                    .iter()
-                    .map(|(user_id, u)| cp::SnapshotUser {
-                        user_id: user_id.clone(),
-                        user_name: u.name.clone(),
-                        audience: u.audience,
-                        pushers: u.pushers.clone(),
-                        holder: Some(match &u.holder {
-                            Holder::Session { sid, connected } => {
-                                cp::snapshot_user::Holder::Session(cp::SnapshotHeld {
-                                    session_id: *sid,
-                                    connected: *connected,
-                                })
-                            }
-                            Holder::Orphan { identity, deadline } => {
-                                cp::snapshot_user::Holder::Orphan(cp::SnapshotOrphan {
-                                    peer_id: identity.to_string(),
-                                    deadline_ms: millis(*deadline),
-                                })
-                            }
-                        }),
-                    })
-                    .collect();
-                users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
-                cp::SnapshotRoom {
-                    room_id,
-                    msu_id: room.msu.clone().unwrap_or_default(),
-                    users,
-                }
-            })
-            .collect();
-        snap.rooms.sort_by(|a, b| a.room_id.cmp(&b.room_id));
-        snap.msus = self
-            .msus
-            .into_iter()
-            .map(|(msu_id, session_id, room_ids, at)| cp::SnapshotMsu {
-                msu_id,
-                session_id,
-                room_ids,
-                registered_at_unix_ms: super::unix_ms(at),
-            })
-            .collect();
-    }
+/// What a session's opening did to the users of earlier sessions with its
+/// identity.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    /// Users it took back (same incarnation).
+    pub reclaimed: u32,
+    /// Users of another incarnation of the peer, who left at once.
+    pub gone: u32,
 }
 
 fn required(value: &str, field: &'static str, reason: &str) -> Result<(), CenterError> {
@@ -305,7 +301,7 @@ fn room_user(user_id: &str, user: &User) -> proto::RoomUser {
     }
 }
 
-fn millis(d: Duration) -> u64 {
+pub(super) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -533,41 +529,128 @@ impl Rooms {
 
     // ----- sessions -------------------------------------------------------
 
-    /// A session opened with `identity`: it takes back every orphan of an
-    /// earlier session with the same identity (`userReConnect` to the rest
-    /// of each room). Returns how many it took.
-    pub fn open_session(&mut self, sid: SessionId, identity: &str, fx: &mut Effects) -> u32 {
+    /// A session opened with `identity` and `incarnation`: it takes back
+    /// every orphan of an earlier session with the same identity and
+    /// incarnation (`userReConnect` to the rest of each room). An earlier
+    /// session of the identity with another incarnation was another process
+    /// of the peer, which is gone: its users leave at once (`userLeave`),
+    /// orphaned or still held by a session not yet found dead.
+    pub fn open_session(
+        &mut self,
+        sid: SessionId,
+        identity: &str,
+        incarnation: &str,
+        fx: &mut Effects,
+    ) -> Opened {
         let identity: Arc<str> = Arc::from(identity);
+        let incarnation: Arc<str> = Arc::from(incarnation);
+        let mut gone = 0;
+        let mut older: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, h)| h.identity == identity && h.incarnation != incarnation)
+            .map(|(id, _)| *id)
+            .collect();
+        older.sort_unstable();
+        for old in older {
+            gone += self.forget_holdings(old, fx);
+        }
         self.opened += 1;
         self.sessions.insert(
             sid,
             Holdings {
                 identity: identity.clone(),
+                incarnation: incarnation.clone(),
                 opened: self.opened,
                 rooms: HashMap::new(),
                 msus: HashSet::new(),
             },
         );
-        self.take_orphans(sid, &identity, fx)
+        let (reclaimed, left) = self.take_orphans(sid, &identity, &incarnation, fx);
+        gone += left;
+        if gone > 0 {
+            tracing::info!(session.id = sid, peer.id = %identity, peer.incarnation = %incarnation, users = gone, "users of the peer's previous process left");
+        }
+        Opened { reclaimed, gone }
     }
 
-    /// `sid` takes back every orphan of `identity`; returns how many.
-    fn take_orphans(&mut self, sid: SessionId, identity: &Arc<str>, fx: &mut Effects) -> u32 {
-        let Some(orphans) = self.forget_orphans(identity) else {
+    /// Every user `sid` holds leaves now (its peer's process is gone);
+    /// returns how many.
+    fn forget_holdings(&mut self, sid: SessionId, fx: &mut Effects) -> u32 {
+        let Some(h) = self.sessions.get_mut(&sid) else {
             return 0;
+        };
+        let mut held: Vec<(String, String)> = std::mem::take(&mut h.rooms)
+            .into_iter()
+            .flat_map(|(room, users)| users.into_iter().map(move |u| (room.clone(), u)))
+            .collect();
+        held.sort();
+        let mut gone = 0;
+        for (room_id, user_id) in held {
+            if let Some(room) = self.rooms.get_mut(&room_id).map(Arc::make_mut) {
+                room.stop_hearing(sid);
+            }
+            if let Some(room) = self.rooms.get_mut(&room_id).map(Arc::make_mut) {
+                room.users.remove(&user_id);
+            }
+            self.announce_left(&room_id, &user_id, "peer restarted", fx);
+            gone += 1;
+        }
+        gone
+    }
+
+    /// Tells the room a removed user left (`userLeave` to every session
+    /// hearing it, the feed), and drops the room if it is empty now.
+    fn announce_left(&mut self, room_id: &str, user_id: &str, reason: &str, fx: &mut Effects) {
+        if let Some(room) = self.rooms.get(room_id) {
+            fx.send(room.audience_but(&[]), user_left(room_id, user_id));
+        }
+        tracing::info!(room.id = %room_id, user.id = %user_id, reason, "user left");
+        fx.event(
+            room_id,
+            EventKind::UserLeft,
+            user_left_event(user_id, reason),
+        );
+        self.drop_if_empty(room_id, fx);
+    }
+
+    /// `sid` takes back every orphan of `identity` left by the same
+    /// `incarnation`; those of another incarnation leave now. Returns
+    /// (taken back, left).
+    fn take_orphans(
+        &mut self,
+        sid: SessionId,
+        identity: &Arc<str>,
+        incarnation: &Arc<str>,
+        fx: &mut Effects,
+    ) -> (u32, u32) {
+        let Some(orphans) = self.forget_orphans(identity) else {
+            return (0, 0);
         };
         let mut orphans: Vec<(String, String)> = orphans.into_iter().collect();
         orphans.sort();
-        let mut taken = 0;
+        let (mut taken, mut gone) = (0, 0);
         for (room_id, user_id) in orphans {
-            if self.reclaim(sid, &room_id, &user_id, "reclaimed", fx) {
-                taken += 1;
+            let same = self
+                .rooms
+                .get(&room_id)
+                .and_then(|r| r.users.get(&user_id))
+                .is_some_and(|u| {
+                    matches!(&u.holder, Holder::Orphan { incarnation: i, .. } if i == incarnation)
+                });
+            if same {
+                if self.reclaim(sid, &room_id, &user_id, "reclaimed", fx) {
+                    taken += 1;
+                }
+            } else if self.remove(&room_id, &user_id) {
+                self.announce_left(&room_id, &user_id, "peer restarted", fx);
+                gone += 1;
             }
         }
         if taken > 0 {
             tracing::info!(session.id = sid, peer.id = %identity, users = taken, "users taken back after reconnect");
         }
-        taken
+        (taken, gone)
     }
 
     /// `sid` takes an unbound user back: `userReConnect` to the room.
@@ -671,6 +754,7 @@ impl Rooms {
                     let deadline = now + grace;
                     user.holder = Holder::Orphan {
                         identity: h.identity.clone(),
+                        incarnation: h.incarnation.clone(),
                         deadline,
                     };
                     self.orphans
@@ -700,7 +784,12 @@ impl Rooms {
             .max_by_key(|(_, n)| n.opened)
             .map(|(id, _)| *id);
         if let Some(newer) = newer {
-            self.take_orphans(newer, &h.identity, fx);
+            let incarnation = self
+                .sessions
+                .get(&newer)
+                .map(|n| n.incarnation.clone())
+                .unwrap_or_default();
+            self.take_orphans(newer, &h.identity, &incarnation, fx);
         }
     }
 
@@ -726,16 +815,7 @@ impl Rooms {
                     continue;
                 }
                 self.remove(&room_id, &user_id);
-                if let Some(room) = self.rooms.get(&room_id) {
-                    fx.send(room.audience_but(&[]), user_left(&room_id, &user_id));
-                }
-                tracing::info!(room.id = %room_id, user.id = %user_id, "user left: reconnect grace ended");
-                fx.event(
-                    &room_id,
-                    EventKind::UserLeft,
-                    user_left_event(&user_id, "grace expired"),
-                );
-                self.drop_if_empty(&room_id, fx);
+                self.announce_left(&room_id, &user_id, "grace expired", fx);
             }
         }
     }
@@ -916,6 +996,11 @@ impl Rooms {
         if let Some(user) = room.users.get_mut(&r.user_id) {
             user.name.clone_from(&r.user_name);
             user.audience = r.audience;
+            // An SFU joins a user when its client (re)connects: whatever the
+            // user published before is gone with that connection, and the
+            // SFU pushes anew (issue 20: stale pushers routed pulls to a
+            // process that had no such stream).
+            user.pushers.clear();
         }
         let users = room
             .users
@@ -1022,31 +1107,34 @@ impl Rooms {
     }
 
     /// `pullRemoteStream`: forwarded to the session speaking for the pusher
-    /// only; dropped (and counted) when nobody speaks for it.
+    /// only, and only for a pusher it published; otherwise refused and made
+    /// visible ([`Dropped`]): the SFU that asked never hears of a failure.
     pub fn pull_remote_stream(
         &mut self,
         sid: SessionId,
         r: proto::PullRemoteStreamRequest,
         fx: &mut Effects,
     ) -> Result<(), CenterError> {
-        let room = self.room(&r.room_id)?;
-        let Some(user) = room.users.get(&r.pusher_user_id) else {
-            fx.pulls_dropped += 1;
-            return Err(CenterError::UserNotFound(r.pusher_user_id.clone()));
-        };
-        let Some(target) = user.speaker() else {
-            fx.pulls_dropped += 1;
-            return Err(CenterError::UserNotFound(format!(
-                "{} (disconnected)",
-                r.pusher_user_id
-            )));
-        };
-        let (room_id, pusher_user_id) = (r.room_id.clone(), r.pusher_user_id.clone());
         let pusher_id = r
             .push_info
             .as_ref()
             .map(|p| p.pusher_id.clone())
             .unwrap_or_default();
+        let target = match self.route_pull(&r.room_id, &r.pusher_user_id, &pusher_id) {
+            Ok(target) => target,
+            Err((reason, e)) => {
+                fx.drop_routing(
+                    sid,
+                    "pullRemoteStream",
+                    &r.room_id,
+                    &r.pusher_user_id,
+                    &pusher_id,
+                    reason,
+                );
+                return Err(e);
+            }
+        };
+        let (room_id, pusher_user_id) = (r.room_id.clone(), r.pusher_user_id.clone());
         fx.send(vec![target], peer_event::Kind::PullRemoteStream(r));
         tracing::debug!(room.id = %room_id, pusher.user = %pusher_user_id, to = target, "pull forwarded");
         fx.event(
@@ -1060,6 +1148,37 @@ impl Rooms {
             }),
         );
         Ok(())
+    }
+
+    /// The session a pull of `pusher_id` of `user_id` goes to, or why none.
+    fn route_pull(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        pusher_id: &str,
+    ) -> Result<SessionId, (&'static str, CenterError)> {
+        let room = self
+            .room(room_id)
+            .map_err(|e| ("room_not_found", e))?;
+        let Some(user) = room.users.get(user_id) else {
+            return Err((
+                "user_not_found",
+                CenterError::UserNotFound(user_id.to_owned()),
+            ));
+        };
+        let Some(target) = user.speaker() else {
+            return Err((
+                "user_disconnected",
+                CenterError::UserNotFound(format!("{user_id} (disconnected)")),
+            ));
+        };
+        if !pusher_id.is_empty() && !user.pushers.iter().any(|p| p.pusher_id == pusher_id) {
+            return Err((
+                "pusher_not_found",
+                CenterError::PusherNotFound(format!("{pusher_id} of user {user_id}")),
+            ));
+        }
+        Ok(target)
     }
 
     /// The room `room_id`, or [`CenterError::RoomNotFound`].
@@ -1170,7 +1289,13 @@ impl Rooms {
         r: proto::TextMessageRequest,
         fx: &mut Effects,
     ) -> Result<(), CenterError> {
-        let room = self.room(&r.room_id)?;
+        let room = match self.room(&r.room_id) {
+            Ok(room) => room,
+            Err(e) => {
+                fx.drop_routing(sid, "textMessage", &r.room_id, &r.user_id, "", "room_not_found");
+                return Err(e);
+            }
+        };
         let speaker = room.users.get(&r.user_id).and_then(User::speaker);
         let to = room.audience_but(&[Some(sid), speaker]);
         fx.event(
@@ -1414,122 +1539,6 @@ impl Rooms {
         msus
     }
 
-    // ----- snapshots (a cluster node joining loads one) ------------------
-
-    /// The rules' state at this moment, cheap to take under the center's
-    /// lock: the rooms are shared, not copied (see [`Room`]).
-    /// [`FrozenRules::write`] turns it into a snapshot away from the lock.
-    pub fn freeze(&self) -> FrozenRules {
-        FrozenRules {
-            opened: self.opened,
-            sessions: self
-                .sessions
-                .iter()
-                .map(|(sid, h)| (*sid, h.identity.clone(), h.opened))
-                .collect(),
-            rooms: self
-                .rooms
-                .iter()
-                .map(|(id, room)| (id.clone(), room.clone()))
-                .collect(),
-            msus: self.msus(),
-        }
-    }
-
-    /// Replaces the state by the one `snap` describes (see
-    /// [`Rooms::freeze`]); what only points elsewhere (who hears a room, a
-    /// session's holdings, orphans by identity, grace deadlines) is rebuilt
-    /// from the users.
-    pub fn load(&mut self, snap: &cp::Snapshot) {
-        *self = Self::import(self.config.clone(), snap);
-    }
-
-    fn import(config: RulesConfig, snap: &cp::Snapshot) -> Self {
-        let mut rules = Self::new(config);
-        rules.opened = snap.sessions_opened;
-        // One shared string per identity, as sessions opening would make.
-        let mut identities: HashMap<&str, Arc<str>> = HashMap::new();
-        fn intern<'a>(identities: &mut HashMap<&'a str, Arc<str>>, id: &'a str) -> Arc<str> {
-            identities
-                .entry(id)
-                .or_insert_with(|| Arc::from(id))
-                .clone()
-        }
-        for s in &snap.sessions {
-            rules.sessions.insert(
-                s.session_id,
-                Holdings {
-                    identity: intern(&mut identities, &s.peer_id),
-                    opened: s.opened,
-                    rooms: HashMap::new(),
-                    msus: HashSet::new(),
-                },
-            );
-        }
-        for r in &snap.rooms {
-            let mut room = Room {
-                msu: (!r.msu_id.is_empty()).then(|| r.msu_id.clone()),
-                ..Room::default()
-            };
-            for u in &r.users {
-                let holder = match &u.holder {
-                    Some(cp::snapshot_user::Holder::Session(h)) => {
-                        *room.listeners.entry(h.session_id).or_default() += 1;
-                        if let Some(held) = rules.sessions.get_mut(&h.session_id) {
-                            held.rooms
-                                .entry(r.room_id.clone())
-                                .or_default()
-                                .insert(u.user_id.clone());
-                        }
-                        Holder::Session {
-                            sid: h.session_id,
-                            connected: h.connected,
-                        }
-                    }
-                    Some(cp::snapshot_user::Holder::Orphan(o)) => {
-                        let identity = intern(&mut identities, &o.peer_id);
-                        let deadline = Duration::from_millis(o.deadline_ms);
-                        let key = (r.room_id.clone(), u.user_id.clone());
-                        rules
-                            .orphans
-                            .entry(identity.clone())
-                            .or_default()
-                            .insert(key.clone());
-                        rules.deadlines.entry(deadline).or_default().push(key);
-                        Holder::Orphan { identity, deadline }
-                    }
-                    // Written by every export; a snapshot without it is not ours.
-                    None => continue,
-                };
-                room.users.insert(
-                    u.user_id.clone(),
-                    User {
-                        name: u.user_name.clone(),
-                        audience: u.audience,
-                        holder,
-                        pushers: u.pushers.clone(),
-                    },
-                );
-            }
-            rules.rooms.insert(r.room_id.clone(), Arc::new(room));
-        }
-        for m in &snap.msus {
-            if let Some(held) = rules.sessions.get_mut(&m.session_id) {
-                held.msus.insert(m.msu_id.clone());
-            }
-            rules.msus.insert(
-                m.msu_id.clone(),
-                Msu {
-                    session: m.session_id,
-                    rooms: m.room_ids.iter().cloned().collect(),
-                    registered_at: SystemTime::UNIX_EPOCH
-                        + Duration::from_millis(m.registered_at_unix_ms),
-                },
-            );
-        }
-        rules
-    }
-
     /// Counts: (rooms, users, msus).
     pub fn counts(&self) -> (usize, usize, usize) {
         (
@@ -1543,6 +1552,7 @@ impl Rooms {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster_proto as cp;
     use prost::Message as _;
 
     /// Everything the rules hold, indexes included, in a stable order.
@@ -1584,7 +1594,7 @@ mod tests {
                 held.sort();
                 let mut msus: Vec<_> = h.msus.iter().collect();
                 msus.sort();
-                format!("{sid}:{}:{}:{held:?}:{msus:?}", h.identity, h.opened)
+                format!("{sid}:{}:{}:{}:{held:?}:{msus:?}", h.identity, h.incarnation, h.opened)
             })
             .collect();
         sessions.sort();
@@ -1641,7 +1651,7 @@ mod tests {
         let mut r = Rooms::new(config);
         let fx = &mut Effects::default();
         for sid in 1..=5000u64 {
-            r.open_session(sid, &format!("sfu-{sid}"), fx);
+            r.open_session(sid, &format!("sfu-{sid}"), "", fx);
             join(&mut r, sid, &format!("room-{sid}"), "u");
         }
         for sid in 1..=5000u64 {
@@ -1668,7 +1678,7 @@ mod tests {
         let mut r = Rooms::new(config.clone());
         let fx = &mut Effects::default();
         for (sid, identity) in [(1, "sfu-a"), (2, "sfu-b"), (3, "msu"), (4, "sfu-c")] {
-            r.open_session(sid, identity, fx);
+            r.open_session(sid, identity, "", fx);
         }
         let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         r.register_msu(
@@ -1707,7 +1717,7 @@ mod tests {
         r.freeze().write(&mut snap);
         let snap = cp::Snapshot::decode(snap.encode_to_vec().as_slice()).unwrap();
         let mut loaded = Rooms::new(config);
-        loaded.open_session(99, "stale", &mut Effects::default());
+        loaded.open_session(99, "stale", "", &mut Effects::default());
         join(&mut loaded, 99, "stale", "x"); // replaced by the load
         loaded.load(&snap);
         assert_eq!(fingerprint(&loaded), fingerprint(&r));
@@ -1719,8 +1729,8 @@ mod tests {
         // of the grace ends. A state frozen before stays as it was.
         let frozen = r.freeze();
         let (mut a, mut b) = (Effects::default(), Effects::default());
-        assert_eq!(r.open_session(5, "sfu-a", &mut a), 2);
-        assert_eq!(loaded.open_session(5, "sfu-a", &mut b), 2);
+        assert_eq!(r.open_session(5, "sfu-a", "", &mut a).reclaimed, 2);
+        assert_eq!(loaded.open_session(5, "sfu-a", "", &mut b).reclaimed, 2);
         r.close_session(2, Duration::from_secs(20), &mut a);
         loaded.close_session(2, Duration::from_secs(20), &mut b);
         r.expire(Duration::from_secs(60), &mut a);

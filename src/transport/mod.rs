@@ -243,6 +243,10 @@ impl Gateway {
             crate::auth::query_param(request.query.as_deref(), "peer"),
             peer.ip(),
         );
+        let incarnation = crate::auth::peer_incarnation(
+            &grant,
+            crate::auth::query_param(request.query.as_deref(), "incarnation"),
+        );
         // The whole 101 in one write (one TLS record): the SFU's reader
         // mishandles a head split across reads.
         let response = handshake::switching_protocols(&request);
@@ -282,6 +286,7 @@ impl Gateway {
                 invite_timeout: self.invite_timeout,
                 grant,
                 identity,
+                incarnation,
                 rate: self.rate.clone(),
             },
             shutdown,

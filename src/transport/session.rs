@@ -53,6 +53,8 @@ pub struct Settings<'a> {
     pub grant: Grant,
     /// Who the peer is, beyond this connection.
     pub identity: String,
+    /// Which process of the peer it is ("" when none is given).
+    pub incarnation: String,
     /// The peer's rate limit.
     pub rate: RateSettings,
 }
@@ -138,12 +140,13 @@ where
         addr: settings.peer.to_string(),
         transport: settings.transport,
         identity: settings.identity.clone(),
+        incarnation: settings.incarnation.clone(),
     };
     let handle = settings
         .center
         .open_session(peer, settings.grant.clone(), tx.clone());
     let session_id = handle.id();
-    tracing::info!(session.id = session_id, peer.addr = %settings.peer, peer.id = %settings.identity, transport = settings.transport.short_name(), "session opened");
+    tracing::info!(session.id = session_id, peer.addr = %settings.peer, peer.id = %settings.identity, peer.incarnation = %settings.incarnation, transport = settings.transport.short_name(), "session opened");
     let ctx = Ctx {
         handle,
         tx,

@@ -75,6 +75,10 @@ pub fn config_full(
     if !center.contains("reconnect_grace_secs") {
         invite.push_str("  reconnect_grace_secs: 0\n");
     }
+    // State in memory unless the test (or PILOT_TEST_STORE=file) says where.
+    if !center.contains("state_dir") {
+        invite.push_str("  state_dir: \"\"\n");
+    }
     let yaml = format!(
         "websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n  self_signed: {tls}\n{ws}\ngrpc:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n{grpc}\ncenter:\n{invite}{center}\nadmin:\n  listen_ip: 127.0.0.1\n  listen_port: 0\nlimits:\n{limits}\nauth:\n{auth}\n"
     );
@@ -96,13 +100,16 @@ pub async fn grpc(
 }
 
 /// Where the suites keep the center's state, from `PILOT_TEST_STORE`:
-/// unset, in memory; `redis`, one cluster node on a `redis-server` of the
-/// test's own; `redis2`, two nodes on one Redis with the peers spread over
-/// them (`.ci/run` runs the protocol, SFU and session suites both ways).
+/// unset, in memory; `file`, a state directory of the test's own; `redis`,
+/// one cluster node on a `redis-server` of the test's own; `redis2`, two
+/// nodes on one Redis with the peers spread over them (`.ci/run` runs the
+/// protocol, SFU and session suites every way).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Store {
     /// One center, state in memory (the default).
     Memory,
+    /// One center, state in a temporary state directory.
+    File,
     /// One cluster node on Redis.
     Redis,
     /// Two cluster nodes on one Redis; peers connect to them in turn.
@@ -114,8 +121,9 @@ pub fn store() -> Store {
     match std::env::var("PILOT_TEST_STORE").as_deref() {
         Ok("redis") => Store::Redis,
         Ok("redis2") => Store::RedisTwoNodes,
+        Ok("file") => Store::File,
         Ok("") | Ok("memory") | Err(_) => Store::Memory,
-        Ok(other) => panic!("PILOT_TEST_STORE={other}: expected memory, redis or redis2"),
+        Ok(other) => panic!("PILOT_TEST_STORE={other}: expected memory, file, redis or redis2"),
     }
 }
 
@@ -139,6 +147,28 @@ pub struct TestServer {
     nodes: Vec<Server>,
     next: std::sync::atomic::AtomicUsize,
     redis: Option<redis::RedisServer>,
+    state: Option<TempDir>,
+}
+
+/// A directory of the test's own, removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// A new, empty directory named after `what`.
+    pub fn new(what: &str) -> Self {
+        static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("pilot-{what}-{}-{n}", std::process::id()));
+        std::fs::remove_dir_all(&dir).ok();
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
 }
 
 impl std::ops::Deref for TestServer {
@@ -187,6 +217,7 @@ impl TestServer {
             done &= node.shutdown(grace).await;
         }
         drop(self.redis);
+        drop(self.state);
         done
     }
 }
@@ -201,13 +232,16 @@ pub async fn settle(server: &Server) {
 /// cluster nodes on a Redis of their own.
 pub async fn start_server(config: &Config) -> TestServer {
     let count = match store() {
-        Store::Memory => {
-            let server = Server::start(config).await.expect("server starts");
+        Store::Memory | Store::File => {
+            let mut config = config.clone();
+            let state = file_store_dir(&mut config);
+            let server = Server::start(&config).await.expect("server starts");
             assert_eq!(server.center().node_id(), "", "a single center");
             return TestServer {
                 nodes: vec![server],
                 next: Default::default(),
                 redis: None,
+                state,
             };
         }
         Store::Redis => 1,
@@ -229,7 +263,19 @@ pub async fn start_server(config: &Config) -> TestServer {
         nodes,
         next: Default::default(),
         redis: Some(redis),
+        state: None,
     }
+}
+
+/// Under `PILOT_TEST_STORE=file`, points `config` at a fresh state
+/// directory (unless the test chose one), returned to be removed after.
+fn file_store_dir(config: &mut Config) -> Option<TempDir> {
+    if store() != Store::File || !config.center.state_dir.as_os_str().is_empty() {
+        return None;
+    }
+    let dir = TempDir::new("state");
+    config.center.state_dir = dir.0.clone();
+    Some(dir)
 }
 
 /// Starts a plain-ws server.
@@ -241,7 +287,10 @@ pub async fn start() -> TestServer {
 /// limits and outbound ages run on the returned manual clock.
 pub async fn start_with_grace(tls: bool) -> (Server, pilot_center::clock::Clock) {
     let clock = pilot_center::clock::Clock::manual();
-    let config = config_sections(tls, "", "", "  reconnect_grace_secs: 30\n");
+    let mut config = config_sections(tls, "", "", "  reconnect_grace_secs: 30\n");
+    // The server outlives this function, so its directory is left in the
+    // system's temp folder (a few KiB; only under PILOT_TEST_STORE=file).
+    std::mem::forget(file_store_dir(&mut config));
     let server = Server::start_with_clock(&config, clock.clone())
         .await
         .expect("server starts");
@@ -642,6 +691,7 @@ pub fn token(
         role,
         rooms: rooms.iter().map(|r| (*r).to_owned()).collect(),
         exp: u64::try_from(now + ttl_secs).unwrap_or(0),
+        incarnation: String::new(),
     };
     pilot_center::auth::mint(secret, &claims).expect("mint")
 }

@@ -1,0 +1,92 @@
+//! What keeps the room service's log of [`Entry`]s: every change to the
+//! state is one entry, and the state is what applying them in order gives.
+//! Three stores, one trait:
+//! - [`MemoryStore`]: nothing kept; the state lives and dies with the process;
+//! - the state directory ([`crate::file_store`]): entries appended to a
+//!   local file, with snapshots, so a restarted center loads what it had;
+//! - Redis ([`crate::cluster`]): one log several centers share, each node
+//!   applying every entry when the log hands it back.
+//!
+//! The first two are *local*: this process orders its entries itself and
+//! applies each in the step that makes it. Redis is *shared*: the log orders
+//! them, and a node applies its own entries only when it reads them back.
+
+use super::{Entry, FrozenState};
+use crate::error::CenterError;
+use std::time::{Duration, SystemTime};
+
+/// When an entry is applied: the time reconnect graces are counted in, and
+/// the wall time MSU registrations are stamped with. A durable store keeps
+/// both with the entry, so a replay applies it as it was.
+#[derive(Debug, Clone, Copy)]
+pub struct At {
+    /// Grace time: about Unix time ([`crate::clock::Clock::since_epoch`]
+    /// for a local store, the log's time in a cluster).
+    pub grace: Duration,
+    /// Wall time.
+    pub wall: SystemTime,
+}
+
+/// This process as a node of a cluster sharing one log.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    /// The node's id, for operators.
+    pub id: String,
+    /// The node's number, unique in the cluster for this process's life
+    /// (the high 32 bits of its session ids).
+    pub number: u32,
+}
+
+/// Keeps the log of entries (see the module docs).
+pub trait Store: Send + Sync + 'static {
+    /// What keeps it, for operators and logs: `memory`, `file`, `redis`.
+    fn kind(&self) -> &'static str;
+
+    /// The cluster node this process is when the log is shared; `None` for
+    /// a local store, which applies each entry as it makes it.
+    fn node(&self) -> Option<&NodeInfo> {
+        None
+    }
+
+    /// Takes `entry`, made at `at`. A local store is called under the
+    /// center's lock, in the order entries are applied, right before this
+    /// one is; a shared one queues it for the log, which hands it back
+    /// through [`super::Center::apply_logged`]. An error means it will not
+    /// be applied.
+    fn append(&self, entry: &Entry, at: At) -> Result<(), CenterError>;
+
+    /// Whether it answers (for `/readyz`).
+    fn ready(&self) -> bool {
+        true
+    }
+
+    /// Asked under the center's lock after each entry a local store took:
+    /// whether it wants the state as it is now ([`Store::compact`]).
+    fn wants_snapshot(&self) -> bool {
+        false
+    }
+
+    /// The state after every entry taken so far (frozen under the lock):
+    /// a durable local store writes it and forgets the entries before it.
+    fn compact(&self, _state: FrozenState) {}
+
+    /// The process is stopping: whatever is not yet durable becomes so;
+    /// `state` is the final state, for a store that keeps a snapshot.
+    fn close(&self, _state: FrozenState) -> Result<(), CenterError> {
+        Ok(())
+    }
+}
+
+/// Keeps nothing: the state lives in memory only.
+#[derive(Debug, Default)]
+pub struct MemoryStore;
+
+impl Store for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn append(&self, _entry: &Entry, _at: At) -> Result<(), CenterError> {
+        Ok(())
+    }
+}
