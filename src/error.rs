@@ -90,9 +90,7 @@ impl From<CenterError> for tonic::Status {
             }
             CenterError::RoomNotFound(_)
             | CenterError::UserNotFound(_)
-            | CenterError::PusherNotFound(_) => {
-                Status::not_found(e.to_string())
-            }
+            | CenterError::PusherNotFound(_) => Status::not_found(e.to_string()),
             CenterError::UnknownMethod(_) => Status::unimplemented(e.to_string()),
             CenterError::Forbidden(_) => Status::permission_denied(e.to_string()),
             CenterError::LimitReached(_) => Status::resource_exhausted(e.to_string()),

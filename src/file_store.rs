@@ -334,9 +334,9 @@ impl SegmentWriter {
             return Ok(());
         };
         let before = f.metadata()?.len();
-        let written = f.write_all(bytes).and_then(|()| {
-            if sync { f.sync_data() } else { Ok(()) }
-        });
+        let written = f
+            .write_all(bytes)
+            .and_then(|()| if sync { f.sync_data() } else { Ok(()) });
         if written.is_err() {
             // Never leave half a record before the next one.
             let _ = f.set_len(before);
@@ -526,7 +526,10 @@ fn flush_loop(shared: Arc<Shared>, sync: bool) {
                 break;
             }
         }
-        if failed.is_none() && sync && let Err(e) = writer.sync() {
+        if failed.is_none()
+            && sync
+            && let Err(e) = writer.sync()
+        {
             failed = Some((chunks.len(), e));
         }
         match failed {

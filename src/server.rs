@@ -57,7 +57,7 @@ pub enum StartError {
     #[error("cluster: {0}")]
     Cluster(#[from] crate::cluster::ClusterError),
     /// The state directory could not be used.
-    #[error("{0}")]
+    #[error(transparent)]
     State(#[from] crate::file_store::FileStoreError),
 }
 
@@ -242,7 +242,9 @@ impl Server {
             .await?
             .center
         } else if config.center.state_dir.as_os_str().is_empty() {
-            tracing::info!("state in memory only (center.state_dir is empty): a restart forgets every room");
+            tracing::info!(
+                "state in memory only (center.state_dir is empty): a restart forgets every room"
+            );
             Center::new(center_config)
         } else {
             let store = crate::file_store::FileStoreConfig {

@@ -223,12 +223,7 @@ pub fn event_detail(e: &proto::WatchEventsResponse) -> String {
         ),
         Some(Event::SessionOpened(x)) => format!(
             "session={} peer={} incarnation={} addr={} reclaimed={} gone={}",
-            x.session_id,
-            x.peer_id,
-            x.incarnation,
-            x.peer_addr,
-            x.users_reclaimed,
-            x.users_gone
+            x.session_id, x.peer_id, x.incarnation, x.peer_addr, x.users_reclaimed, x.users_gone
         ),
         Some(Event::SessionClosed(x)) => format!("session={} reason={}", x.session_id, x.reason),
         Some(Event::TextMessage(x)) => format!("user={} message={:?}", x.user_id, x.message),

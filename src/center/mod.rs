@@ -25,10 +25,10 @@ mod snapshot;
 pub mod store;
 
 pub use entry::{Entry, node_of};
-pub use store::{At, MemoryStore, NodeInfo, Store};
 pub use feed::{EventFilter, lagged};
 use invites::PendingInvites;
 pub use rules::DuplicatePolicy;
+pub use store::{At, MemoryStore, NodeInfo, Store};
 
 use crate::auth::Grant;
 use crate::clock::Clock;

@@ -1157,9 +1157,7 @@ impl Rooms {
         user_id: &str,
         pusher_id: &str,
     ) -> Result<SessionId, (&'static str, CenterError)> {
-        let room = self
-            .room(room_id)
-            .map_err(|e| ("room_not_found", e))?;
+        let room = self.room(room_id).map_err(|e| ("room_not_found", e))?;
         let Some(user) = room.users.get(user_id) else {
             return Err((
                 "user_not_found",
@@ -1292,7 +1290,14 @@ impl Rooms {
         let room = match self.room(&r.room_id) {
             Ok(room) => room,
             Err(e) => {
-                fx.drop_routing(sid, "textMessage", &r.room_id, &r.user_id, "", "room_not_found");
+                fx.drop_routing(
+                    sid,
+                    "textMessage",
+                    &r.room_id,
+                    &r.user_id,
+                    "",
+                    "room_not_found",
+                );
                 return Err(e);
             }
         };
@@ -1594,7 +1599,10 @@ mod tests {
                 held.sort();
                 let mut msus: Vec<_> = h.msus.iter().collect();
                 msus.sort();
-                format!("{sid}:{}:{}:{}:{held:?}:{msus:?}", h.identity, h.incarnation, h.opened)
+                format!(
+                    "{sid}:{}:{}:{}:{held:?}:{msus:?}",
+                    h.identity, h.incarnation, h.opened
+                )
             })
             .collect();
         sessions.sort();

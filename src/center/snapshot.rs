@@ -28,13 +28,15 @@ impl FrozenRules {
         snap.sessions = self
             .sessions
             .into_iter()
-            .map(|(session_id, identity, incarnation, opened)| cp::SnapshotSession {
-                session_id,
-                peer_id: identity.to_string(),
-                incarnation: incarnation.to_string(),
-                opened,
-                ..Default::default()
-            })
+            .map(
+                |(session_id, identity, incarnation, opened)| cp::SnapshotSession {
+                    session_id,
+                    peer_id: identity.to_string(),
+                    incarnation: incarnation.to_string(),
+                    opened,
+                    ..Default::default()
+                },
+            )
             .collect();
         snap.sessions.sort_by_key(|s| s.session_id);
         snap.rooms = self
@@ -210,5 +212,4 @@ impl Rooms {
         }
         rules
     }
-
 }

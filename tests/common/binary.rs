@@ -72,7 +72,9 @@ impl Binary {
             if let Some((_, a)) = self.listening.iter().find(|(w, _)| w == what) {
                 return a.clone();
             }
-            self.line().await.expect("the listener is logged");
+            if self.line().await.is_none() {
+                panic!("the process ended before {what} listened:\n{}", self.log);
+            }
         }
     }
 

@@ -1,0 +1,337 @@
+//! The center's view through every restart (issue 20): an SFU restarted
+//! under a new incarnation, a user joined again, the center itself stopped
+//! and started on its state directory. The SFUs are played byte for byte
+//! (`common::sfu`), and like the real one they replay nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod common;
+
+use common::binary::Binary;
+use common::sfu::Sfu;
+use common::{TempDir, rtp_param};
+use serde_json::json;
+use std::time::Duration;
+
+fn join(room: &str, user: &str) -> serde_json::Value {
+    json!({"roomId": room, "userId": user, "userName": user.to_uppercase()})
+}
+
+fn push(room: &str, user: &str, pusher: &str) -> serde_json::Value {
+    json!({"roomId": room, "userId": user, "userName": user.to_uppercase(),
+           "publishers": [{"pusherId": pusher, "rtpParam": rtp_param(7)}]})
+}
+
+fn pull(room: &str, user: &str, pusher: &str) -> serde_json::Value {
+    json!({"roomId": room, "pusher_user_id": user, "udp_ip": "10.0.0.7", "udp_port": 40000,
+           "mediaType": "video", "pushInfo": {"pusherId": pusher, "rtpParam": rtp_param(7)}})
+}
+
+/// SFU A (`peer=sfu-a`, incarnation `1`) holds u1 and u2 of room r; SFU B
+/// holds u3 there. A's link drops without a word.
+async fn a_drops(addr: std::net::SocketAddr) -> Sfu {
+    let mut a = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-a&incarnation=1").await;
+    let mut b = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-b").await;
+    a.request("join", join("r", "u1")).await;
+    a.request("join", join("r", "u2")).await;
+    b.request("join", join("r", "u3")).await;
+    a.expect("newUser").await;
+    a.reset();
+    for u in ["u1", "u2"] {
+        assert_eq!(
+            b.expect("userDisconnect").await,
+            json!({"roomId": "r", "userId": u})
+        );
+    }
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sfu_back_under_a_new_incarnation_takes_nothing_and_its_old_users_leave_at_once() {
+    common::bounded(async move {
+        let (server, clock) = common::start_with_grace(true).await;
+        let addr = server.ws_addr();
+        let mut b = a_drops(addr).await;
+        // The SFU process restarted (new boot id), well inside the grace:
+        // its old users are gone with the old process, now, not in 30 s.
+        let mut a = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-a&incarnation=2").await;
+        for u in ["u1", "u2"] {
+            assert_eq!(
+                b.expect("userLeave").await,
+                json!({"roomId": "r", "userId": u})
+            );
+        }
+        a.expect_silence().await;
+        b.expect_silence().await;
+        let room = server.center().get_room("r").unwrap();
+        assert_eq!(room.users.len(), 1, "only u3 is left: {room:?}");
+        // The user joins again through the new process: B hears a new user
+        // it can accept (it dropped the old one on userLeave).
+        a.request("join", join("r", "u1")).await;
+        assert_eq!(b.expect("newUser").await["userId"], json!("u1"));
+        // Nothing is left for the grace to end.
+        clock.advance(Duration::from_secs(60));
+        server.center().expire_grace().await.unwrap();
+        b.expect_silence().await;
+        a.assert_clean();
+        b.assert_clean();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sfu_back_under_the_same_incarnation_takes_its_users_back() {
+    common::bounded(async move {
+        let (server, _clock) = common::start_with_grace(true).await;
+        let addr = server.ws_addr();
+        let mut b = a_drops(addr).await;
+        let mut a = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-a&incarnation=1").await;
+        for u in ["u1", "u2"] {
+            let back = b.expect("userReConnect").await;
+            assert_eq!(
+                (back["roomId"].clone(), back["userId"].clone()),
+                (json!("r"), json!(u))
+            );
+        }
+        // The link blip lost nothing: a pull for u1 reaches the new session.
+        a.notify("push", push("r", "u1", "u1-v")).await;
+        assert_eq!(b.expect("newPusher").await["userId"], json!("u1"));
+        b.notify("pullRemoteStream", pull("r", "u1", "u1-v")).await;
+        assert_eq!(
+            a.expect("pullRemoteStream").await["pusher_user_id"],
+            json!("u1")
+        );
+        assert_eq!(server.center().get_room("r").unwrap().users.len(), 3);
+        a.assert_clean();
+        b.assert_clean();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_replaces_the_pushers_and_a_pull_reaches_only_live_ones() {
+    common::bounded(async move {
+        let server = common::start_tls().await;
+        let mut a = Sfu::connect_to(server.ws_addr(), true, "/pilot/center?peer=sfu-a").await;
+        let mut b = Sfu::connect_to(server.ws_addr(), true, "/pilot/center?peer=sfu-b").await;
+        a.request("join", join("r", "u1")).await;
+        b.request("join", join("r", "u2")).await;
+        a.expect("newUser").await;
+        a.notify("push", push("r", "u1", "old")).await;
+        b.expect("newPusher").await;
+        // The user's client reconnected to its SFU: joined again, pushes anew.
+        a.request("join", join("r", "u1")).await;
+        b.expect("newUser").await;
+        a.notify("push", push("r", "u1", "new")).await;
+        b.expect("newPusher").await;
+        let center = server.settled().await;
+        let room = center.get_room("r").unwrap();
+        let u1 = room.users.iter().find(|u| u.user_id == "u1").unwrap();
+        let pushers: Vec<&str> = u1.pushers.iter().map(|p| p.pusher_id.as_str()).collect();
+        assert_eq!(pushers, ["new"]);
+        // A pull of the stale stream goes nowhere, visibly; the live one routes.
+        b.notify("pullRemoteStream", pull("r", "u1", "old")).await;
+        b.expect_silence().await;
+        a.expect_silence().await;
+        b.notify("pullRemoteStream", pull("r", "u1", "new")).await;
+        assert_eq!(
+            a.expect("pullRemoteStream").await["pushInfo"]["pusherId"],
+            json!("new")
+        );
+        let label = pilot_center::metrics::DropLabel {
+            method: "pullRemoteStream",
+            reason: "pusher_not_found",
+        };
+        let dropped = center.metrics().pulls_dropped.get_or_create(&label).get();
+        assert_eq!(dropped, 1);
+        a.assert_clean();
+        b.assert_clean();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_for_an_unknown_user_is_counted_and_on_the_feed() {
+    common::bounded(async move {
+        let server = common::start_tls().await;
+        let mut feed = server.center().subscribe();
+        let mut b = Sfu::connect_to(server.ws_addr(), true, "/pilot/center?peer=sfu-b").await;
+        b.request("join", join("r", "u2")).await;
+        b.notify("pullRemoteStream", pull("r", "ghost", "v")).await;
+        b.notify("pullRemoteStream", pull("nowhere", "ghost", "v"))
+            .await;
+        b.expect_silence().await;
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            let e = tokio::time::timeout(common::WAIT, feed.recv())
+                .await
+                .expect("an event in time")
+                .expect("the feed");
+            if let Some(pilot_center::proto::watch_events_response::Event::RoutingDropped(d)) =
+                &e.event
+            {
+                seen.push((e.room_id.clone(), d.user_id.clone(), d.reason.clone()));
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                ("r".into(), "ghost".into(), "user not found".into()),
+                ("nowhere".into(), "ghost".into(), "room not found".into()),
+            ]
+        );
+    })
+    .await;
+}
+
+/// A center on `state` (wss, grace `grace_secs`, `fsync`), as a process.
+async fn center_on(name: &str, state: &TempDir, grace_secs: u64, fsync: &str) -> (Binary, String) {
+    let yaml = format!(
+        "websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n  self_signed: true\n\
+         grpc:\n  enabled: false\nadmin:\n  enabled: false\n\
+         center:\n  state_dir: {:?}\n  fsync: {fsync}\n  reconnect_grace_secs: {grace_secs}\n",
+        state.0.display().to_string()
+    );
+    let mut center = Binary::start(name, &yaml, &[]).await;
+    let addr = center.addr("websocket").await;
+    (center, addr)
+}
+
+/// SFU A holds u1 (pushing `v`), SFU B holds u2, in room r.
+async fn two_sfus(addr: std::net::SocketAddr) -> (Sfu, Sfu) {
+    let mut a = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-a").await;
+    let mut b = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-b").await;
+    a.request("join", join("r", "u1")).await;
+    b.request("join", join("r", "u2")).await;
+    a.expect("newUser").await;
+    a.notify("push", push("r", "u1", "v")).await;
+    b.expect("newPusher").await;
+    // Barriers: everything above was applied (and, with fsync always, synced).
+    a.expect_silence().await;
+    (a, b)
+}
+
+async fn restart_keeps_the_state(name: &str, stop: fn(&Binary), fsync: &str) {
+    let state = TempDir::new(name);
+    let (mut first, addr) = center_on(&format!("{name}-1"), &state, 30, fsync).await;
+    let (a, b) = two_sfus(addr.parse().unwrap()).await;
+    stop(&first);
+    first.read_to_end().await;
+    drop((a, b));
+    let (mut second, addr) = center_on(&format!("{name}-2"), &state, 30, fsync).await;
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    // Both SFUs reconnect under their names, replaying nothing, as the
+    // real one does; the users they held are theirs again.
+    let mut a = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-a").await;
+    let mut b = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-b").await;
+    assert_eq!(a.expect("userReConnect").await["userId"], json!("u2"));
+    // A new subscriber's pull for the old publisher routes, with no re-join.
+    b.notify("pullRemoteStream", pull("r", "u1", "v")).await;
+    assert_eq!(
+        a.expect("pullRemoteStream").await["pusher_user_id"],
+        json!("u1")
+    );
+    // And the room is whole: a new user hears of both.
+    let mut c = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-c").await;
+    let joined = c.request("join", join("r", "u3")).await;
+    let mut users: Vec<String> = joined["data"]["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["userId"].as_str().unwrap().to_owned())
+        .collect();
+    users.sort();
+    assert_eq!(users, ["u1", "u2"]);
+    second.sigterm();
+    second.read_to_end().await;
+    assert!(
+        second.log.contains("state loaded"),
+        "the second start loaded the state:\n{}",
+        second.log
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_center_stopped_with_sigterm_comes_back_with_every_user() {
+    common::bounded(restart_keeps_the_state("sigterm", Binary::sigterm, "batch")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_center_killed_with_sigkill_comes_back_with_every_synced_user() {
+    common::bounded(restart_keeps_the_state("sigkill", Binary::kill9, "always")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_the_grace_still_ends_users_nobody_claims() {
+    common::bounded(async move {
+        let state = TempDir::new("restart-grace");
+        let (mut first, addr) = center_on("grace-1", &state, 2, "always").await;
+        let (a, b) = two_sfus(addr.parse().unwrap()).await;
+        first.kill9();
+        first.read_to_end().await;
+        drop((a, b));
+        let (_second, addr) = center_on("grace-2", &state, 2, "always").await;
+        // Only B comes back; A never does: u1 leaves when the grace ends.
+        let mut b = Sfu::connect_to(addr.parse().unwrap(), true, "/pilot/center?peer=sfu-b").await;
+        assert_eq!(
+            b.expect("userLeave").await,
+            json!({"roomId": "r", "userId": "u1"})
+        );
+        b.expect_silence().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_state_file_stops_the_start_with_a_way_forward() {
+    common::bounded(async move {
+        let state = TempDir::new("damaged");
+        let (mut first, addr) = center_on("damaged-1", &state, 30, "always").await;
+        let (a, b) = two_sfus(addr.parse().unwrap()).await;
+        first.kill9();
+        first.read_to_end().await;
+        drop((a, b));
+        // Flip a byte of the first record, which has more after it: damage,
+        // not a torn tail.
+        let log = std::fs::read_dir(&state.0)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with("log."))
+            .expect("a log segment");
+        let mut bytes = std::fs::read(&log).unwrap();
+        let first_record = b"PILOTLG1".len() + 8 + 4;
+        bytes[first_record] ^= 0xff;
+        std::fs::write(&log, &bytes).unwrap();
+        let (mut broken, _) = {
+            let yaml = format!(
+                "websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n  self_signed: true\n\
+                 grpc:\n  enabled: false\nadmin:\n  enabled: false\n\
+                 center:\n  state_dir: {:?}\n",
+                state.0.display().to_string()
+            );
+            (Binary::start("damaged-2", &yaml, &[]).await, ())
+        };
+        broken.read_to_end().await;
+        let status = broken.child.wait().await.unwrap();
+        assert!(!status.success(), "refused to start");
+        assert!(
+            broken.log.contains("damaged at byte") && broken.log.contains("repair-state"),
+            "a clear error with the way forward:\n{}",
+            broken.log
+        );
+        // The way forward works: the valid prefix is kept, the center starts.
+        let repaired = tokio::process::Command::new(env!("CARGO_BIN_EXE_pilot-center"))
+            .arg("repair-state")
+            .arg(&state.0)
+            .output()
+            .await
+            .unwrap();
+        assert!(repaired.status.success(), "{repaired:?}");
+        assert!(String::from_utf8_lossy(&repaired.stdout).contains("moved aside"));
+        let (mut again, _) = center_on("damaged-3", &state, 30, "always").await;
+        again.sigterm();
+        again.read_to_end().await;
+        assert!(again.child.wait().await.unwrap().success(), "{}", again.log);
+    })
+    .await;
+}
