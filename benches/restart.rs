@@ -3,6 +3,8 @@
 //! and from the log alone (as after `kill -9`). `cargo bench --bench restart`;
 //! medians of 5 runs each. `open` is all a restart does before it serves.
 
+#![allow(clippy::expect_used)] // a benchmark fails loudly
+
 use pilot_center::auth::Grant;
 use pilot_center::center::{CenterConfig, Outbound, PeerInfo};
 use pilot_center::file_store::{self, FileStoreConfig, Fsync};
