@@ -25,7 +25,7 @@ for _ in $(seq 50); do redis-cli -p $rport ping >/dev/null 2>&1 && break; sleep 
 node() { # name port cluster(0|1) ttl -> starts a center, prints its pid
   local cluster=""
   [[ $3 == 1 ]] && cluster=$(printf 'cluster:\n  redis_url: "redis://127.0.0.1:%s/0"\n  node_id: %s\n  node_ttl_secs: %s\n  key_prefix: %s\n' $rport "$1" "${4:-10}" "${5:-pilot}")
-  printf 'websocket:\n  listen_ip: 127.0.0.1\n  listen_port: %s\ngrpc:\n  enabled: false\nadmin:\n  enabled: false\nlimits:\n  messages_per_sec: 0\ncenter:\n  reconnect_grace_secs: 30\n%s\n' "$2" "$cluster" >"$dir/$1.yaml"
+  printf 'websocket:\n  listen_ip: 127.0.0.1\n  listen_port: %s\n  connections_per_ip_per_sec: 0\n  max_pending_handshakes_per_ip: 0\ngrpc:\n  enabled: false\nadmin:\n  enabled: false\nlimits:\n  messages_per_sec: 0\ncenter:\n  reconnect_grace_secs: 30\n%s\n' "$2" "$cluster" >"$dir/$1.yaml"
   "$center" "$dir/$1.yaml" --log-level warn >"$dir/$1.log" 2>&1 &
   echo $!
 }

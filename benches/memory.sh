@@ -16,7 +16,7 @@ pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT
 cargo build --release --quiet --bins
-printf 'websocket:\n  listen_ip: 127.0.0.1\n  listen_port: %s\n  self_signed: true\ngrpc:\n  enabled: false\nadmin:\n  enabled: false\nlimits:\n  messages_per_sec: 0\ncenter:\n  reconnect_grace_secs: %s\n' "$port" "$grace" >"$dir/center.yaml"
+printf 'websocket:\n  listen_ip: 127.0.0.1\n  listen_port: %s\n  self_signed: true\n  connections_per_ip_per_sec: 0\n  max_pending_handshakes_per_ip: 0\ngrpc:\n  enabled: false\nadmin:\n  enabled: false\nlimits:\n  messages_per_sec: 0\ncenter:\n  reconnect_grace_secs: %s\n' "$port" "$grace" >"$dir/center.yaml"
 url="wss://127.0.0.1:$port/pilot/center"
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 show() { echo "$(( $(kib "$1" VmRSS) / 1024 )).$(( $(kib "$1" VmRSS) % 1024 * 10 / 1024 )) MB (anon $(kib "$1" RssAnon) KiB, file $(kib "$1" RssFile) KiB)"; }

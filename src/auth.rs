@@ -36,6 +36,10 @@ pub struct Claims {
     /// Rooms it may touch: exact ids, or `*` for all.
     #[serde(default)]
     pub rooms: Vec<String>,
+    /// For a `client` token: further user ids it may speak for, besides
+    /// `sub` (a client speaks for its own user only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<String>,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
     /// Which process of the peer holds it (optional; see
@@ -57,6 +61,9 @@ pub struct Grant {
     expires_at: Option<u64>,
     /// The token's `incarnation` claim ("" when none).
     pub incarnation: String,
+    /// For a `client` token: the user ids it speaks for (`sub` and the
+    /// `users` claim); `None`: any (other roles, or auth off).
+    users: Option<Vec<String>>,
 }
 
 impl Grant {
@@ -68,12 +75,19 @@ impl Grant {
             rooms: None,
             expires_at: None,
             incarnation: String::new(),
+            users: None,
         }
     }
 
     fn from_claims(c: Claims) -> Self {
         let all = c.rooms.iter().any(|r| r == "*");
+        let users = (c.role == Role::Client).then(|| {
+            let mut users = c.users.clone();
+            users.push(c.sub.clone());
+            users
+        });
         Self {
+            users,
             subject: c.sub,
             role: c.role,
             rooms: (!all).then_some(c.rooms),
@@ -91,6 +105,21 @@ impl Grant {
         self.expires_at.is_some_and(|exp| now >= exp)
     }
 
+    /// Whether this grant came from a token (auth on): then the token alone
+    /// says who the peer is.
+    pub fn is_token(&self) -> bool {
+        self.expires_at.is_some()
+    }
+
+    /// May this grant speak for user `user_id`? A `client` token speaks for
+    /// its `sub` (and its `users` claim) only; other roles for any user
+    /// (the rules then check who holds it).
+    pub fn allows_user(&self, user_id: &str) -> bool {
+        self.users
+            .as_ref()
+            .is_none_or(|users| users.iter().any(|u| u == user_id))
+    }
+
     /// May this grant touch `room_id`?
     pub fn allows_room(&self, room_id: &str) -> bool {
         self.rooms
@@ -103,16 +132,18 @@ impl Grant {
     pub fn permits(&self, cmd: &Command) -> Result<(), String> {
         use command::Kind as K;
         let Some(kind) = &cmd.kind else { return Ok(()) };
-        let (name, room) = match kind {
+        // The user each command speaks for (a pull names the user it asks
+        // of, and speaks for nobody).
+        let (name, room, user) = match kind {
             K::Echo(_) => return Ok(()),
-            K::RegisterMsu(_) => ("register", None),
-            K::Join(r) => ("join", Some(&r.room_id)),
-            K::Push(r) => ("push", Some(&r.room_id)),
-            K::PullRemoteStream(r) => ("pullRemoteStream", Some(&r.room_id)),
-            K::UserDisconnect(r) => ("userDisconnect", Some(&r.room_id)),
-            K::UserLeave(r) => ("userLeave", Some(&r.room_id)),
-            K::TextMessage(r) => ("textMessage", Some(&r.room_id)),
-            K::UserReconnect(r) => ("userReConnect", Some(&r.room_id)),
+            K::RegisterMsu(_) => ("register", None, None),
+            K::Join(r) => ("join", Some(&r.room_id), Some(&r.user_id)),
+            K::Push(r) => ("push", Some(&r.room_id), Some(&r.user_id)),
+            K::PullRemoteStream(r) => ("pullRemoteStream", Some(&r.room_id), None),
+            K::UserDisconnect(r) => ("userDisconnect", Some(&r.room_id), Some(&r.user_id)),
+            K::UserLeave(r) => ("userLeave", Some(&r.room_id), Some(&r.user_id)),
+            K::TextMessage(r) => ("textMessage", Some(&r.room_id), Some(&r.user_id)),
+            K::UserReconnect(r) => ("userReConnect", Some(&r.room_id), Some(&r.user_id)),
         };
         let allowed = match self.role {
             Role::Admin => true,
@@ -123,9 +154,14 @@ impl Grant {
         if !allowed {
             return Err(format!("role {:?} may not {name}", self.role).to_lowercase());
         }
-        match room {
-            Some(room) if !self.allows_room(room) => {
-                Err(format!("room {room} is outside this token's grant"))
+        if let Some(room) = room
+            && !self.allows_room(room)
+        {
+            return Err(format!("room {room} is outside this token's grant"));
+        }
+        match user {
+            Some(user) if !self.allows_user(user) => {
+                Err(format!("user {user} is not this token's to speak for"))
             }
             _ => Ok(()),
         }
@@ -141,6 +177,10 @@ pub enum AuthError {
     /// The token is malformed, badly signed or expired.
     #[error("invalid token: {0}")]
     Invalid(#[from] jsonwebtoken::errors::Error),
+    /// The token names nobody (`sub` empty): with auth on the token alone
+    /// says who a peer is.
+    #[error("invalid token: empty sub")]
+    EmptySubject,
     /// The configured key could not be used.
     #[error("auth configuration: {0}")]
     Config(String),
@@ -153,6 +193,12 @@ pub struct AuthSettings {
     pub hs256_secret: String,
     /// PEM public key (RSA or EC) for RS256 / ES256 tokens.
     pub public_key_pem: Option<Vec<u8>>,
+    /// A JWKS document (`{"keys": [...]}`) of RSA or EC public keys.
+    pub jwks_json: Option<Vec<u8>>,
+    /// A token must carry this `aud` ("": not checked).
+    pub audience: String,
+    /// A token must carry this `iss` ("": not checked).
+    pub issuer: String,
 }
 
 /// Verifies tokens with the configured keys.
@@ -160,11 +206,45 @@ pub struct Authenticator {
     keys: Vec<(DecodingKey, Validation)>,
 }
 
-fn validation(alg: Algorithm) -> Validation {
+fn validation(alg: Algorithm, settings: &AuthSettings) -> Validation {
     let mut v = Validation::new(alg);
     v.leeway = 5;
-    v.set_required_spec_claims(&["exp", "sub"]);
+    let mut required = vec!["exp", "sub"];
+    if settings.audience.is_empty() {
+        v.validate_aud = false;
+    } else {
+        v.set_audience(&[&settings.audience]);
+        required.push("aud");
+    }
+    if !settings.issuer.is_empty() {
+        v.set_issuer(&[&settings.issuer]);
+        required.push("iss");
+    }
+    v.set_required_spec_claims(&required);
     v
+}
+
+/// The keys of a JWKS document, each with the algorithm it verifies.
+fn jwks_keys(json: &[u8]) -> Result<Vec<(DecodingKey, Algorithm)>, AuthError> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+    let set: JwkSet = serde_json::from_slice(json)
+        .map_err(|e| AuthError::Config(format!("jwks: not a JWKS document: {e}")))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let alg = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+            // Shared secrets do not belong in a key file.
+            _ => continue,
+        };
+        let key = DecodingKey::from_jwk(jwk)
+            .map_err(|e| AuthError::Config(format!("jwks: unusable key: {e}")))?;
+        keys.push((key, alg));
+    }
+    if keys.is_empty() {
+        return Err(AuthError::Config("jwks: no RSA or EC key".into()));
+    }
+    Ok(keys)
 }
 
 impl Authenticator {
@@ -174,22 +254,28 @@ impl Authenticator {
         if !settings.hs256_secret.is_empty() {
             keys.push((
                 DecodingKey::from_secret(settings.hs256_secret.as_bytes()),
-                validation(Algorithm::HS256),
+                validation(Algorithm::HS256, settings),
             ));
         }
         if let Some(pem) = &settings.public_key_pem {
             if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
-                keys.push((k, validation(Algorithm::RS256)));
+                keys.push((k, validation(Algorithm::RS256, settings)));
             } else {
                 let k = DecodingKey::from_ec_pem(pem).map_err(|e| {
                     AuthError::Config(format!("public key is neither RSA nor EC PEM: {e}"))
                 })?;
-                keys.push((k, validation(Algorithm::ES256)));
+                keys.push((k, validation(Algorithm::ES256, settings)));
+            }
+        }
+        if let Some(json) = &settings.jwks_json {
+            for (k, alg) in jwks_keys(json)? {
+                keys.push((k, validation(alg, settings)));
             }
         }
         if keys.is_empty() {
             return Err(AuthError::Config(
-                "auth is enabled but neither hs256_secret nor public_key_path is set".into(),
+                "auth is enabled but none of hs256_secret, public_key_path, jwks_path is set"
+                    .into(),
             ));
         }
         Ok(Self { keys })
@@ -205,6 +291,9 @@ impl Authenticator {
             .filter(|(_, v)| v.algorithms.contains(&alg))
         {
             match jsonwebtoken::decode::<Claims>(token, key, validation) {
+                Ok(data) if data.claims.sub.trim().is_empty() => {
+                    return Err(AuthError::EmptySubject);
+                }
                 Ok(data) => return Ok(Grant::from_claims(data.claims)),
                 Err(e) => last = Some(e),
             }
@@ -235,7 +324,10 @@ const MAX_PEER_NAME: usize = 128;
 /// (`?peer=NAME` on the upgrade URL, `x-peer-id` on gRPC), else its IP
 /// address. Users of an ended session wait for a session with the same one.
 pub fn peer_identity(grant: &Grant, named: Option<&str>, ip: std::net::IpAddr) -> String {
-    if !grant.subject.is_empty() {
+    // With auth on, a name the peer gives itself could claim another
+    // peer's users: the token alone says who it is (its `sub` is never
+    // empty, see `Authenticator::verify`).
+    if grant.is_token() || !grant.subject.is_empty() {
         return grant.subject.clone();
     }
     match named.map(str::trim) {
@@ -302,6 +394,7 @@ mod tests {
             sub: "t".into(),
             role,
             rooms: rooms.iter().map(|s| (*s).to_owned()).collect(),
+            users: Vec::new(),
             exp,
             incarnation: String::new(),
         }
@@ -315,7 +408,7 @@ mod tests {
     fn hs256_round_trip_and_refusals() {
         let auth = Authenticator::new(&AuthSettings {
             hs256_secret: "s3cret".into(),
-            public_key_pem: None,
+            ..AuthSettings::default()
         })
         .unwrap();
         let token = mint("s3cret", &claims(Role::Sfu, &["*"], far())).unwrap();
@@ -342,7 +435,23 @@ mod tests {
             })),
         };
         let client = Grant::from_claims(claims(Role::Client, &["a"], 0));
-        assert!(client.permits(&join("a")).is_ok());
+        assert!(
+            client
+                .permits(&join("a"))
+                .unwrap_err()
+                .contains("not this token's")
+        );
+        let own = proto::Command {
+            kind: Some(command::Kind::Join(proto::JoinRequest {
+                room_id: "a".into(),
+                user_id: "t".into(),
+                ..Default::default()
+            })),
+        };
+        assert!(client.permits(&own).is_ok());
+        let mut more = claims(Role::Client, &["*"], 0);
+        more.users = vec!["u".into()];
+        assert!(Grant::from_claims(more).permits(&join("b")).is_ok());
         assert!(client.permits(&join("b")).unwrap_err().contains("outside"));
         assert!(client.permits(&register).is_err());
         let msu = Grant::from_claims(claims(Role::Msu, &[], 0));
@@ -353,6 +462,127 @@ mod tests {
                 .permits(&join("any"))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn a_token_naming_nobody_is_refused() {
+        let auth = Authenticator::new(&AuthSettings {
+            hs256_secret: "s3cret".into(),
+            ..AuthSettings::default()
+        })
+        .unwrap();
+        let mut c = claims(Role::Sfu, &["*"], far());
+        c.sub = " ".into();
+        let token = mint("s3cret", &c).unwrap();
+        assert!(matches!(auth.verify(&token), Err(AuthError::EmptySubject)));
+        // And a token's subject is the identity, whatever the peer says.
+        let grant = auth
+            .verify(&mint("s3cret", &claims(Role::Sfu, &["*"], far())).unwrap())
+            .unwrap();
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        assert_eq!(peer_identity(&grant, Some("sfu-victim"), ip), "t");
+        assert_eq!(
+            peer_identity(&Grant::unrestricted(), Some("sfu-1"), ip),
+            "sfu-1"
+        );
+    }
+
+    #[derive(Serialize)]
+    struct Scoped<'a> {
+        sub: &'a str,
+        role: Role,
+        exp: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        aud: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        iss: Option<&'a str>,
+    }
+
+    #[test]
+    fn audience_and_issuer_are_checked_when_configured() {
+        let auth = Authenticator::new(&AuthSettings {
+            hs256_secret: "s3cret".into(),
+            audience: "pilot".into(),
+            issuer: "https://id.example".into(),
+            ..AuthSettings::default()
+        })
+        .unwrap();
+        let sign = |aud, iss| {
+            let c = Scoped {
+                sub: "sfu-1",
+                role: Role::Sfu,
+                exp: far(),
+                aud,
+                iss,
+            };
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &c,
+                &EncodingKey::from_secret(b"s3cret"),
+            )
+            .unwrap()
+        };
+        assert!(
+            auth.verify(&sign(Some("pilot"), Some("https://id.example")))
+                .is_ok()
+        );
+        for (aud, iss) in [
+            (None, Some("https://id.example")),
+            (Some("other"), Some("https://id.example")),
+            (Some("pilot"), None),
+            (Some("pilot"), Some("https://evil.example")),
+        ] {
+            assert!(auth.verify(&sign(aud, iss)).is_err(), "{aud:?} {iss:?}");
+        }
+    }
+
+    /// Base64url without padding (JWK coordinates).
+    fn b64url(bytes: &[u8]) -> String {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+            for i in 0..=chunk.len() {
+                out.push(char::from(A[(n >> (18 - 6 * i) & 63) as usize]));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn es256_tokens_verify_against_a_jwks_file() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let point = key.public_key_raw();
+        let (x, y) = point[1..].split_at(32);
+        let jwks = format!(
+            r#"{{"keys": [{{"kty": "EC", "crv": "P-256", "kid": "k1", "x": "{}", "y": "{}"}}]}}"#,
+            b64url(x),
+            b64url(y)
+        );
+        let auth = Authenticator::new(&AuthSettings {
+            jwks_json: Some(jwks.into_bytes()),
+            ..AuthSettings::default()
+        })
+        .unwrap();
+        let signing = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::ES256),
+            &claims(Role::Sfu, &["*"], far()),
+            &signing,
+        )
+        .unwrap();
+        assert_eq!(auth.verify(&token).unwrap().subject, "t");
+        let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let forged = jsonwebtoken::encode(
+            &Header::new(Algorithm::ES256),
+            &claims(Role::Admin, &["*"], far()),
+            &EncodingKey::from_ec_pem(other.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+        assert!(auth.verify(&forged).is_err());
     }
 
     #[test]

@@ -139,6 +139,35 @@ pub struct AdminConfig {
     /// Port (0 picks a free one).
     #[serde(default = "default_admin_port")]
     pub listen_port: u16,
+    /// PEM certificate chain; with `key_path`, the listener serves https.
+    #[serde(default)]
+    pub cert_path: PathBuf,
+    /// PEM private key.
+    #[serde(default)]
+    pub key_path: PathBuf,
+    /// Most open connections (0: no limit); beyond, closed at once.
+    #[serde(default = "default_admin_connections")]
+    pub max_connections: usize,
+    /// Most open connections from one peer address (0: no limit).
+    #[serde(default = "default_admin_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Most admin pages following the event feed at once (0: no limit);
+    /// beyond, 503.
+    #[serde(default = "default_admin_event_streams")]
+    pub max_event_streams: usize,
+    /// Seconds a new connection has to start its request (or TLS handshake).
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_secs: u64,
+}
+
+fn default_admin_connections() -> usize {
+    256
+}
+fn default_admin_connections_per_ip() -> usize {
+    32
+}
+fn default_admin_event_streams() -> usize {
+    32
 }
 
 impl Default for AdminConfig {
@@ -147,6 +176,12 @@ impl Default for AdminConfig {
             enabled: true,
             listen_ip: loopback(),
             listen_port: default_admin_port(),
+            cert_path: PathBuf::new(),
+            key_path: PathBuf::new(),
+            max_connections: default_admin_connections(),
+            max_connections_per_ip: default_admin_connections_per_ip(),
+            max_event_streams: default_admin_event_streams(),
+            handshake_timeout_secs: default_handshake_timeout(),
         }
     }
 }
@@ -216,6 +251,16 @@ pub struct AuthConfig {
     /// PEM public key (RSA or EC) for RS256/ES256 tokens.
     #[serde(default)]
     pub public_key_path: PathBuf,
+    /// A JWKS file (JSON `{"keys": [...]}`) of RSA or EC public keys for
+    /// RS256/ES256 tokens; read at start, never fetched.
+    #[serde(default)]
+    pub jwks_path: PathBuf,
+    /// When set, a token must carry this `aud`.
+    #[serde(default)]
+    pub audience: String,
+    /// When set, a token must carry this `iss`.
+    #[serde(default)]
+    pub issuer: String,
     /// Also require an admin token for gRPC reflection and health.
     #[serde(default)]
     pub protect_grpc_reflection: bool,
@@ -267,6 +312,35 @@ pub struct WebSocketConfig {
     /// beyond, HTTP 429.
     #[serde(default)]
     pub max_sessions_per_ip: usize,
+    /// Most connections between accept and the end of their upgrade (TLS
+    /// and HTTP), in all (0: no limit); beyond, a new connection is closed
+    /// at once. Bounds the work anyone can cause before authenticating.
+    #[serde(default = "default_max_pending_handshakes")]
+    pub max_pending_handshakes: usize,
+    /// The same, from one peer address (0: no limit), so one address cannot
+    /// take every place.
+    #[serde(default = "default_max_pending_per_ip")]
+    pub max_pending_handshakes_per_ip: usize,
+    /// New connections one peer address may open per second, on average
+    /// (0: no limit); beyond, they are closed at once.
+    #[serde(default = "default_connections_per_ip")]
+    pub connections_per_ip_per_sec: u32,
+    /// Connections one address may open at once above that rate.
+    #[serde(default = "default_connection_burst")]
+    pub connection_burst_per_ip: u32,
+}
+
+fn default_max_pending_handshakes() -> usize {
+    4096
+}
+fn default_max_pending_per_ip() -> usize {
+    256
+}
+fn default_connections_per_ip() -> u32 {
+    100
+}
+fn default_connection_burst() -> u32 {
+    1000
 }
 
 /// `grpc:` section.
@@ -308,6 +382,42 @@ pub struct GrpcConfig {
     /// (and its `PeerSession`s) is closed.
     #[serde(default = "default_keepalive_timeout")]
     pub keepalive_timeout_secs: u64,
+    /// Most open connections (0: no limit); beyond, closed at once.
+    #[serde(default = "default_grpc_connections")]
+    pub max_connections: usize,
+    /// Most open connections from one peer address (0: no limit).
+    #[serde(default = "default_grpc_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Most concurrent calls on one connection (HTTP/2 streams).
+    #[serde(default = "default_grpc_streams")]
+    pub max_concurrent_streams: u32,
+    /// Most `PeerSession`s at once (0: no limit); beyond, RESOURCE_EXHAUSTED.
+    #[serde(default = "default_grpc_peer_sessions")]
+    pub max_peer_sessions: usize,
+    /// Most `WatchEvents` streams at once (0: no limit); beyond,
+    /// RESOURCE_EXHAUSTED.
+    #[serde(default = "default_grpc_watchers")]
+    pub max_watchers: usize,
+    /// Seconds a new connection has to start its handshake (TLS or the
+    /// HTTP/2 preface).
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_secs: u64,
+}
+
+fn default_grpc_connections() -> usize {
+    4096
+}
+fn default_grpc_connections_per_ip() -> usize {
+    256
+}
+fn default_grpc_streams() -> u32 {
+    256
+}
+fn default_grpc_peer_sessions() -> usize {
+    10_000
+}
+fn default_grpc_watchers() -> usize {
+    64
 }
 
 impl Default for GrpcConfig {
@@ -323,6 +433,12 @@ impl Default for GrpcConfig {
             outbound_max_delay_secs: default_outbound_max_delay(),
             keepalive_interval_secs: default_keepalive_interval(),
             keepalive_timeout_secs: default_keepalive_timeout(),
+            max_connections: default_grpc_connections(),
+            max_connections_per_ip: default_grpc_connections_per_ip(),
+            max_concurrent_streams: default_grpc_streams(),
+            max_peer_sessions: default_grpc_peer_sessions(),
+            max_watchers: default_grpc_watchers(),
+            handshake_timeout_secs: default_handshake_timeout(),
         }
     }
 }
@@ -446,7 +562,7 @@ fn default_pong_timeout() -> u64 {
     20
 }
 fn default_handshake_timeout() -> u64 {
-    10
+    5
 }
 fn default_invite_timeout() -> u64 {
     10
@@ -501,6 +617,10 @@ impl GrpcConfig {
     }
 }
 
+/// The shortest HS256 secret accepted (RFC 7518 §3.2: a key as long as
+/// the hash).
+pub const MIN_HS256_SECRET: usize = 32;
+
 impl Config {
     /// Reads and checks `path`; relative certificate paths resolve against
     /// the file's folder.
@@ -524,6 +644,9 @@ impl Config {
             &mut config.grpc.cert_path,
             &mut config.grpc.key_path,
             &mut config.auth.public_key_path,
+            &mut config.auth.jwks_path,
+            &mut config.admin.cert_path,
+            &mut config.admin.key_path,
             &mut config.center.state_dir,
         ] {
             if !p.as_os_str().is_empty() && p.is_relative() {
@@ -566,10 +689,30 @@ impl Config {
             });
         }
         let a = &self.auth;
-        if a.enabled && a.hs256_secret.is_empty() && a.public_key_path.as_os_str().is_empty() {
+        if a.enabled
+            && a.hs256_secret.is_empty()
+            && a.public_key_path.as_os_str().is_empty()
+            && a.jwks_path.as_os_str().is_empty()
+        {
             return Err(ConfigError::Invalid {
                 key: "auth.enabled",
-                reason: "auth needs hs256_secret or public_key_path".into(),
+                reason: "auth needs hs256_secret, public_key_path or jwks_path".into(),
+            });
+        }
+        if !a.hs256_secret.is_empty() && a.hs256_secret.len() < MIN_HS256_SECRET {
+            // A short shared secret can be found by brute force from one token.
+            return Err(ConfigError::Invalid {
+                key: "auth.hs256_secret",
+                reason: format!(
+                    "at least {MIN_HS256_SECRET} bytes (256 bits) for HS256, e.g. `openssl rand -hex 32`"
+                ),
+            });
+        }
+        let ad = &self.admin;
+        if ad.cert_path.as_os_str().is_empty() != ad.key_path.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "admin.cert_path",
+                reason: "cert_path and key_path must both be set (https) or both be empty".into(),
             });
         }
         let g = &self.grpc;

@@ -41,6 +41,31 @@ pub struct GrpcSettings {
     pub invite_timeout: Duration,
     /// Per-stream rate limit for `PeerSession`.
     pub rate: RateSettings,
+    /// Most `PeerSession`s at once (0: no limit).
+    pub max_peer_sessions: usize,
+    /// Most `WatchEvents` streams at once (0: no limit).
+    pub max_watchers: usize,
+}
+
+/// Places for streams of one kind; `None`: no bound.
+struct StreamCap(Option<Arc<tokio::sync::Semaphore>>);
+
+impl StreamCap {
+    fn new(max: usize) -> Self {
+        Self((max > 0).then(|| Arc::new(tokio::sync::Semaphore::new(max))))
+    }
+
+    /// A place, held by the stream's task, or RESOURCE_EXHAUSTED.
+    fn take(&self, what: &str) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Status> {
+        match &self.0 {
+            None => Ok(None),
+            Some(s) => {
+                s.clone().try_acquire_owned().map(Some).map_err(|_| {
+                    Status::resource_exhausted(format!("too many {what} streams open"))
+                })
+            }
+        }
+    }
 }
 
 /// Checks the bearer token of every call (when auth is on) and attaches the
@@ -105,6 +130,8 @@ fn require_admin<T>(request: &Request<T>) -> Result<(), Status> {
 pub struct RoomServiceImpl {
     center: Center,
     settings: GrpcSettings,
+    peer_sessions: StreamCap,
+    watchers: StreamCap,
     shutdown: CancellationToken,
     /// Stream tasks, waited for at shutdown.
     tracker: TaskTracker,
@@ -122,6 +149,8 @@ impl RoomServiceImpl {
     ) -> Self {
         Self {
             center,
+            peer_sessions: StreamCap::new(settings.max_peer_sessions),
+            watchers: StreamCap::new(settings.max_watchers),
             settings,
             shutdown,
             tracker,
@@ -187,6 +216,7 @@ impl RoomService for RoomServiceImpl {
                 "client tokens may not open a PeerSession (sfu or msu)",
             ));
         }
+        let place = self.peer_sessions.take("PeerSession")?;
         let remote = request.remote_addr();
         let addr = remote.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
         let named = request
@@ -227,7 +257,10 @@ impl RoomService for RoomServiceImpl {
         };
         let shutdown = self.shutdown.clone();
         self.tracker.spawn(tracing::Instrument::instrument(
-            run.run(inbound, center_rx, out_tx, shutdown),
+            async move {
+                run.run(inbound, center_rx, out_tx, shutdown).await;
+                drop(place);
+            },
             span,
         ));
         Ok(Response::new(Box::pin(Outgoing {
@@ -361,6 +394,7 @@ impl RoomService for RoomServiceImpl {
         request: Request<proto::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         require_admin(&request)?;
+        let place = self.watchers.take("WatchEvents")?;
         let filter = EventFilter::new(request.get_ref());
         let resumed = self
             .center
@@ -373,8 +407,11 @@ impl RoomService for RoomServiceImpl {
             end: end.clone(),
             shutdown: self.shutdown.clone(),
         };
-        self.tracker
-            .spawn(watch(resumed, filter, watcher, self.center.clone()));
+        let center = self.center.clone();
+        self.tracker.spawn(async move {
+            watch(resumed, filter, watcher, center).await;
+            drop(place);
+        });
         Ok(Response::new(Box::pin(Outgoing {
             rx,
             end,

@@ -30,6 +30,7 @@
 //! - `main.rs`: the command line, nothing else.
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod center;
 pub mod clock;

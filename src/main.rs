@@ -174,6 +174,7 @@ fn subcommand(command: Command) -> anyhow::Result<()> {
         sub,
         role,
         rooms,
+        users: Vec::new(),
         exp: (now + *ttl).as_secs(),
         incarnation: String::new(),
     };

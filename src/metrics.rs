@@ -63,6 +63,8 @@ pub struct Metrics {
     pub feed_skipped: Counter,
     /// Upgrades refused (by HTTP status class).
     pub refused: Family<CodeLabel, Counter>,
+    /// Connections closed before their handshake, by which bound.
+    pub connections_dropped: Family<KindLabel, Counter>,
     /// Pulls (and text messages) that reached nobody, by method and reason.
     pub pulls_dropped: Family<DropLabel, Counter>,
     /// Users moved by a `join` from another live session (`replace`).
@@ -147,6 +149,7 @@ impl Metrics {
         let errors = Family::<CodeLabel, Counter>::default();
         let rate_limited = Family::<KindLabel, Counter>::default();
         let refused = Family::<CodeLabel, Counter>::default();
+        let connections_dropped = Family::<KindLabel, Counter>::default();
         let slow_consumers = Counter::default();
         let rate_limit_closes = Counter::default();
         let bad_frames = Counter::default();
@@ -221,6 +224,11 @@ impl Metrics {
             users_reclaimed.clone(),
         );
         registry.register(
+            "connections_dropped",
+            "Connections closed before their handshake: pending_full, pending_per_ip, rate_per_ip",
+            connections_dropped.clone(),
+        );
+        registry.register(
             "upgrades_refused",
             "HTTP upgrade requests refused, by status",
             refused.clone(),
@@ -264,6 +272,7 @@ impl Metrics {
             request_seconds,
             feed_skipped,
             refused,
+            connections_dropped,
             pulls_dropped,
             users_replaced,
             users_reclaimed,
@@ -274,6 +283,13 @@ impl Metrics {
             queue_depth,
             queue_depth_max,
         }
+    }
+
+    /// Counts a connection closed before its handshake (`reason`: which bound).
+    pub fn connection_dropped(&self, reason: &'static str) {
+        self.connections_dropped
+            .get_or_create(&KindLabel { kind: reason })
+            .inc();
     }
 
     /// Counts one message received, by method.

@@ -54,7 +54,7 @@ pub enum StartError {
     #[error("auth: {0}")]
     Auth(#[from] AuthError),
     /// The cluster could not be joined.
-    #[error("cluster: {0}")]
+    #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
     /// The state directory could not be used.
     #[error(transparent)]
@@ -110,9 +110,17 @@ fn authenticator(config: &Config) -> Result<Option<Arc<Authenticator>>, StartErr
     } else {
         Some(auth::read_key(&a.public_key_path)?)
     };
+    let jwks_json = if a.jwks_path.as_os_str().is_empty() {
+        None
+    } else {
+        Some(auth::read_key(&a.jwks_path)?)
+    };
     let settings = AuthSettings {
         hs256_secret: a.hs256_secret.clone(),
         public_key_pem,
+        jwks_json,
+        audience: a.audience.clone(),
+        issuer: a.issuer.clone(),
     };
     Ok(Some(Arc::new(Authenticator::new(&settings)?)))
 }
@@ -127,6 +135,7 @@ async fn start_grpc(
     tracker: &TaskTracker,
 ) -> Result<SocketAddr, StartError> {
     let g = &config.grpc;
+    let auth_off = auth.is_none();
     let (listener, addr) = bind("grpc", g.addr()).await?;
     let pem = pem_pair("grpc", &g.cert_path, &g.key_path, false)?;
     let service = RoomServiceImpl::new(
@@ -138,6 +147,8 @@ async fn start_grpc(
             clock: clock.clone(),
             invite_timeout,
             rate: config.limits.rate(clock),
+            max_peer_sessions: g.max_peer_sessions,
+            max_watchers: g.max_watchers,
         },
         shutdown.clone(),
         tracker.clone(),
@@ -160,6 +171,7 @@ async fn start_grpc(
     let keepalive =
         (g.keepalive_interval_secs > 0).then(|| Duration::from_secs(g.keepalive_interval_secs));
     let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(g.max_concurrent_streams.max(1)))
         .http2_keepalive_interval(keepalive)
         .http2_keepalive_timeout(Some(Duration::from_secs(g.keepalive_timeout_secs.max(1))));
     if let Some(pem) = &pem {
@@ -173,8 +185,18 @@ async fn start_grpc(
         .add_service(InterceptedService::new(reflection_v1, open.clone()))
         .add_service(InterceptedService::new(reflection_v1alpha, open));
     let stop = shutdown.clone();
+    let (g_max, g_max_per_ip) = (g.max_connections, g.max_connections_per_ip);
+    let handshake = Duration::from_secs(g.handshake_timeout_secs.max(1));
+    let metrics = center.metrics().clone();
     tracker.spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Bounded before anyone shows a token: connections in all and per
+        // address, and each must start its handshake in time.
+        let incoming = crate::admission::admitted(
+            listener,
+            crate::admission::Slots::new(g_max, g_max_per_ip),
+            handshake,
+            metrics,
+        );
         if let Err(e) = router
             .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
             .await
@@ -184,6 +206,14 @@ async fn start_grpc(
         tracing::info!("grpc listener stopped");
     });
     tracing::info!(addr = %addr, tls = pem.is_some(), "grpc listening");
+    if auth_off && !addr.ip().is_loopback() {
+        tracing::warn!(
+            listener = "grpc",
+            addr = %addr,
+            "authentication is off on a non-loopback gRPC listener: any caller that reaches it may \
+             open PeerSessions, kick users and close rooms. Set auth.enabled (see README, auth)."
+        );
+    }
     Ok(addr)
 }
 
@@ -294,6 +324,7 @@ impl Server {
         tracing::info!(addr = %ws_addr, tls = ws_tls.is_some(), path = transport::PATH, auth = auth.is_some(), "websocket listening");
         if auth.is_none() && !ws_addr.ip().is_loopback() {
             tracing::warn!(
+                listener = "websocket",
                 addr = %ws_addr,
                 "authentication is off on a non-loopback listener: any peer that reaches it may join \
                  any room, register MSUs and speak for any user. Set auth.enabled (see README, auth)."
@@ -324,8 +355,33 @@ impl Server {
                 ready: ready.clone(),
                 auth: auth.clone(),
             };
-            let task = tokio::spawn(admin::serve(listener, state, admin_stop.clone()));
-            tracing::info!(addr = %addr, "admin listening (/ admin page, /metrics, /healthz, /readyz)");
+            let a = &config.admin;
+            let pem = pem_pair("admin", &a.cert_path, &a.key_path, false)?;
+            let tls = pem
+                .as_ref()
+                .map(PemPair::server_config)
+                .transpose()
+                .map_err(|error| StartError::Tls {
+                    what: "admin",
+                    error,
+                })?;
+            let options = admin::AdminOptions {
+                tls,
+                max_connections: a.max_connections,
+                max_connections_per_ip: a.max_connections_per_ip,
+                max_event_streams: a.max_event_streams,
+                handshake_timeout: Duration::from_secs(a.handshake_timeout_secs.max(1)),
+            };
+            let task = tokio::spawn(admin::serve(listener, state, options, admin_stop.clone()));
+            tracing::info!(addr = %addr, tls = pem.is_some(), "admin listening (/ admin page, /metrics, /healthz, /readyz)");
+            if auth.is_none() && !addr.ip().is_loopback() {
+                tracing::warn!(
+                    addr = %addr,
+                    "authentication is off on a non-loopback admin listener: its page and API answer \
+                     loopback peers only; /metrics, /healthz and /readyz answer anyone. Set \
+                     auth.enabled to use the page from elsewhere."
+                );
+            }
             Some((addr, task))
         } else {
             None

@@ -261,7 +261,7 @@ async fn with_auth_off_the_api_answers_only_requests_by_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_auth_on_the_api_needs_an_admin_token() {
     common::bounded(async move {
-        const SECRET: &str = "admin-page-secret-0123456789";
+        const SECRET: &str = "admin-page-secret-0123456789-0123456789-0123456789";
         let auth = format!("  enabled: true\n  hs256_secret: \"{SECRET}\"\n");
         let config = common::config_full(false, "", "", "", "  messages_per_sec: 0\n", &auth);
         let server = pilot_center::server::Server::start(&config).await.unwrap();

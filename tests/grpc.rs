@@ -25,6 +25,35 @@ struct GrpcPeer {
 }
 
 impl GrpcPeer {
+    /// A PeerSession that names itself (`x-peer-id`) and its process
+    /// (`x-peer-incarnation`).
+    async fn open_as(
+        server: &pilot_center::server::Server,
+        peer: &str,
+        incarnation: &str,
+    ) -> GrpcPeer {
+        let mut client = common::grpc(server).await;
+        let (tx, rx) = mpsc::channel(64);
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        request
+            .metadata_mut()
+            .insert("x-peer-id", peer.parse().expect("ascii"));
+        request
+            .metadata_mut()
+            .insert("x-peer-incarnation", incarnation.parse().expect("ascii"));
+        let stream = client
+            .peer_session(request)
+            .await
+            .expect("PeerSession")
+            .into_inner();
+        GrpcPeer {
+            tx,
+            rx: stream,
+            pending: VecDeque::new(),
+            next_id: 1,
+        }
+    }
+
     async fn open(server: &pilot_center::server::Server) -> GrpcPeer {
         let mut client = common::grpc(server).await;
         let (tx, rx) = mpsc::channel(64);
@@ -1143,6 +1172,39 @@ async fn a_grpc_peer_behind_at_shutdown_gets_its_backlog_in_order_then_unavailab
         assert_eq!(end, Code::Unavailable);
         drop(g);
         assert!(common::join(stopping).await);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_peer_back_under_a_new_incarnation_ends_its_old_users_at_once() {
+    common::bounded(async move {
+        let config = common::config_sections(false, "", "", "  reconnect_grace_secs: 30\n");
+        let server = pilot_center::server::Server::start(&config).await.unwrap();
+        let mut g = GrpcPeer::open_as(&server, "grpc-sfu", "boot-1").await;
+        g.run(join("r", "g", "G")).await;
+        let mut w = Peer::connect(&server).await;
+        w.join("r", "w", "W").await;
+        let listed = server.center().list_sessions();
+        assert_eq!(
+            listed[0].incarnation, "boot-1",
+            "listed with its incarnation"
+        );
+        drop(g);
+        assert_eq!(
+            w.expect("userDisconnect").await,
+            json!({"roomId": "r", "userId": "g"})
+        );
+        // The same name, another process: g is gone now, not in 30 s.
+        let mut again = GrpcPeer::open_as(&server, "grpc-sfu", "boot-2").await;
+        assert_eq!(
+            w.expect("userLeave").await,
+            json!({"roomId": "r", "userId": "g"})
+        );
+        w.expect_silence().await;
+        again.run(join("r", "g2", "G2")).await;
+        assert_eq!(w.expect("newUser").await["userId"], json!("g2"));
+        server.shutdown(std::time::Duration::from_secs(5)).await;
     })
     .await;
 }

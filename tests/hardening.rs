@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 use tonic::Code;
 
-const SECRET: &str = "test-secret-0123456789";
+const SECRET: &str = "test-secret-0123456789-0123456789-0123456789";
 
 async fn auth_server() -> Server {
     let auth = format!("  enabled: true\n  hs256_secret: \"{SECRET}\"\n");
@@ -47,6 +47,7 @@ async fn websocket_auth_refuses_before_the_upgrade_and_checks_every_command() {
                 sub: "x".into(),
                 role: Role::Admin,
                 rooms: vec!["*".into()],
+                users: Vec::new(),
                 exp: u64::MAX / 2,
                 incarnation: String::new(),
             },
@@ -99,7 +100,18 @@ async fn websocket_auth_refuses_before_the_upgrade_and_checks_every_command() {
             r["errorReason"].as_str().unwrap().contains("outside"),
             "{r}"
         );
-        client.join("allowed", "c1", "C").await;
+        // A client speaks for its own user (the token's sub) only.
+        let r = client
+            .request("join", json!({"roomId": "allowed", "userId": "c1"}))
+            .await;
+        assert_eq!(
+            (r["errorCode"].clone(), r["errorReason"].clone()),
+            (
+                json!(403),
+                json!("forbidden: user c1 is not this token's to speak for")
+            )
+        );
+        client.join("allowed", "test", "C").await;
         let r = client.request("register", json!({"id": "m"})).await;
         assert_eq!(r["errorCode"], json!(403));
         // Forbidden commands leave the session up.
@@ -631,7 +643,7 @@ async fn sigterm_stops_the_binary_gracefully() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_never_appear_in_the_logs_even_at_debug() {
     common::bounded(async move {
-        const SECRET: &str = "log-secret-0123456789";
+        const SECRET: &str = "log-secret-0123456789-0123456789-0123456789";
         let mut center = Binary::start(
             "logs",
             &format!("websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\ngrpc:\n  listen_ip: 127.0.0.1\n  listen_port: 0\nadmin:\n  listen_ip: 127.0.0.1\n  listen_port: 0\ncenter:\n  shutdown_grace_secs: 5\nauth:\n  enabled: true\n  hs256_secret: \"{SECRET}\"\n"),

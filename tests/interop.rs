@@ -58,7 +58,7 @@ async fn the_admin_page_in_a_real_browser() {
 #[ignore = "needs chromium and tests/interop/node_modules (npm ci); run by .ci/run"]
 async fn the_admin_page_asks_for_and_uses_an_admin_token() {
     common::bounded(async move {
-        const SECRET: &str = "admin-page-secret-0123456789";
+        const SECRET: &str = "admin-page-secret-0123456789-0123456789-0123456789";
         let auth = format!("  enabled: true\n  hs256_secret: \"{SECRET}\"\n");
         let config = common::config_full(false, "", "", "", "  messages_per_sec: 0\n", &auth);
         let server = pilot_center::server::Server::start(&config).await.unwrap();

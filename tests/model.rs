@@ -366,7 +366,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     rtp_param_json: "{\"ssrc\":1}".into(),
                     extra: Default::default(),
                 };
-                slots[s]
+                let result = slots[s]
                     .handle
                     .as_ref()
                     .unwrap()
@@ -376,14 +376,22 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         user_name: "n".into(),
                         publishers: vec![p],
                         extra: Default::default(),
-                    })))
-                    .unwrap();
+                    })));
                 let existing = model.rooms.get(&room).and_then(|us| us.get(&user)).copied();
-                if existing.is_none_or(|x| x.session.is_none()) {
-                    model.take(&mut exp, &room, &user, sid);
+                // Only the session speaking for a user pushes for it.
+                if existing.and_then(|x| x.session).is_some_and(|o| o != sid) {
+                    prop_assert!(
+                        matches!(result, Err(pilot_center::error::CenterError::Forbidden(_))),
+                        "{result:?}"
+                    );
+                } else {
+                    result.unwrap();
+                    if existing.is_none_or(|x| x.session.is_none()) {
+                        model.take(&mut exp, &room, &user, sid);
+                    }
+                    let bound = model.rooms[&room][&user].session;
+                    model.send(&mut exp, &room, &[Some(sid), bound], "newPusher", &user);
                 }
-                let bound = model.rooms[&room][&user].session;
-                model.send(&mut exp, &room, &[Some(sid), bound], "newPusher", &user);
             }
             Op::Pull { s, r, u } => {
                 let (room, user) = (format!("r{r}"), format!("u{u}"));
@@ -488,13 +496,20 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                             message: "m".into(),
                             extra: Default::default(),
                         })));
-                prop_assert_eq!(result.is_ok(), model.rooms.contains_key(&room));
                 let bound = model
                     .rooms
                     .get(&room)
                     .and_then(|us| us.get(&user))
                     .and_then(|x| x.session);
-                model.send(&mut exp, &room, &[Some(sid), bound], "textMessage", &user);
+                // Nobody speaks for a user another session speaks for.
+                let spoken_for = bound.is_some_and(|b| b != sid);
+                prop_assert_eq!(
+                    result.is_ok(),
+                    model.rooms.contains_key(&room) && !spoken_for
+                );
+                if result.is_ok() {
+                    model.send(&mut exp, &room, &[Some(sid), bound], "textMessage", &user);
+                }
             }
         }
         // Deliveries: exactly the expected ones, per session.

@@ -137,7 +137,7 @@ async fn operators_list_act_and_watch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_need_an_admin_token_when_auth_is_on() {
     common::bounded(async move {
-        const SECRET: &str = "operator-secret-0123456789";
+        const SECRET: &str = "operator-secret-0123456789-0123456789-0123456789";
         let auth = format!("  enabled: true\n  hs256_secret: \"{SECRET}\"\n");
         let config = common::config_full(false, "", "", "", "  messages_per_sec: 0\n", &auth);
         let server = pilot_center::server::Server::start(&config).await.unwrap();

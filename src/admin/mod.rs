@@ -7,16 +7,23 @@
 //! overview's cursor, so it misses nothing between the two; actions (kick,
 //! close a room, send text) call the same room-service API as gRPC. With auth
 //! on, every `/api` call needs an admin token (`Authorization: Bearer`); the
-//! page itself holds no data. Actions take JSON bodies only, so a form on
+//! page itself holds no data. With auth off, the page and `/api` answer
+//! only loopback peers (the metrics and health endpoints answer anyone the
+//! listener is reachable by). Actions take JSON bodies only, so a form on
 //! another site cannot post them (a cross-origin JSON post needs a CORS
-//! preflight, which this listener never grants).
+//! preflight, which this listener never grants). The page runs under a
+//! per-response nonce CSP: no script or style but its own runs.
+//!
+//! Like the other listeners, it bounds what anyone can hold before
+//! authenticating: connections in all and per address, each with a
+//! deadline to start its request (or TLS handshake), and the event streams.
 
 use crate::auth::{self, Authenticator, Role};
 use crate::center::{Center, Overview};
 use crate::error::CenterError;
 use crate::view;
 use axum::Router;
-use axum::extract::{Json, RawQuery, State};
+use axum::extract::{ConnectInfo, Json, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
@@ -53,11 +60,129 @@ pub struct AdminState {
     pub auth: Option<Arc<Authenticator>>,
 }
 
+/// How the admin listener bounds and secures its connections.
+#[derive(Clone)]
+pub struct AdminOptions {
+    /// https when set.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// Open connections, in all and per address (0: no bound).
+    pub max_connections: usize,
+    /// Open connections from one address (0: no bound).
+    pub max_connections_per_ip: usize,
+    /// Event streams at once (0: no bound).
+    pub max_event_streams: usize,
+    /// Time a new connection has to start its request or TLS handshake.
+    pub handshake_timeout: std::time::Duration,
+}
+
 /// [`AdminState`] plus the stop signal that ends event streams.
 #[derive(Clone)]
 struct Shared {
     state: AdminState,
     stop: CancellationToken,
+    /// Places for event streams; `None`: no bound.
+    event_streams: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+/// The address of the peer of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+/// A connection of the admin listener: admitted, and over TLS when https.
+type AdminIo = tokio_util::either::Either<
+    crate::admission::Admitted,
+    tokio_rustls::server::TlsStream<crate::admission::Admitted>,
+>;
+
+/// The admin listener as axum sees it: connections already admitted (and
+/// their TLS handshakes done, each in a task of its own, so a slow one
+/// holds up nobody).
+struct AdminListener {
+    rx: mpsc::Receiver<(AdminIo, std::net::SocketAddr)>,
+    local: std::net::SocketAddr,
+}
+
+impl axum::serve::Listener for AdminListener {
+    type Io = AdminIo;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(conn) => conn,
+            // The accept task stopped (shutdown): nothing more comes.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, AdminListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, AdminListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+/// Accepts, admits and (for https) handshakes connections for the admin
+/// listener until `stop`.
+fn accept_admitted(
+    listener: TcpListener,
+    options: &AdminOptions,
+    metrics: Arc<crate::metrics::Metrics>,
+    stop: CancellationToken,
+) -> std::io::Result<AdminListener> {
+    let local = listener.local_addr()?;
+    let (tx, rx) = mpsc::channel(64);
+    let slots =
+        crate::admission::Slots::new(options.max_connections, options.max_connections_per_ip);
+    let tls = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let within = options.handshake_timeout;
+    tokio::spawn(async move {
+        loop {
+            let (io, peer) = tokio::select! {
+                () = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin: accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let slot = match slots.take(peer.ip()) {
+                Ok(slot) => slot,
+                Err(full) => {
+                    metrics.connection_dropped(match full {
+                        crate::admission::Full::Total => "admin_full",
+                        crate::admission::Full::PerIp => "admin_per_ip",
+                    });
+                    continue;
+                }
+            };
+            let io = crate::admission::Admitted::new(io, slot, within);
+            let (tx, tls) = (tx.clone(), tls.clone());
+            tokio::spawn(async move {
+                let io = match tls {
+                    None => tokio_util::either::Either::Left(io),
+                    Some(acceptor) => {
+                        match tokio::time::timeout(within, acceptor.accept(io)).await {
+                            Ok(Ok(tls)) => tokio_util::either::Either::Right(tls),
+                            _ => {
+                                return tracing::debug!(peer.addr = %peer, "admin: TLS handshake failed");
+                            }
+                        }
+                    }
+                };
+                let _ = tx.send((io, peer)).await;
+            });
+        }
+    });
+    Ok(AdminListener { rx, local })
 }
 
 async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
@@ -86,18 +211,57 @@ async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
     }
 }
 
-async fn page() -> impl IntoResponse {
-    (
+/// A fresh CSP nonce: 16 random bytes, hex.
+fn nonce() -> String {
+    use tokio_rustls::rustls::crypto::ring::default_provider;
+    let mut bytes = [0u8; 16];
+    // The system's random source; should it ever fail, the time still
+    // differs per response (the nonce only has to be unguessable ahead).
+    if default_provider().secure_random.fill(&mut bytes).is_err() {
+        bytes = crate::center::unix_ms(std::time::SystemTime::now())
+            .to_le_bytes()
+            .repeat(2)[..16]
+            .try_into()
+            .unwrap_or_default();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn page(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+) -> Result<impl IntoResponse, ApiError> {
+    loopback_unless_auth(&s, peer)?;
+    let nonce = nonce();
+    let html = PAGE
+        .replacen("<script>", &format!("<script nonce=\"{nonce}\">"), 1)
+        .replacen("<style>", &format!("<style nonce=\"{nonce}\">"), 1);
+    // Only the page's own script and style run (no injected one can: it
+    // cannot know this response's nonce), and nothing is loaded from
+    // elsewhere.
+    let csp = format!(
+        "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    );
+    Ok((
         [
-            (header::CACHE_CONTROL, "no-store"),
-            // Everything the page needs is in it; nothing may be loaded from elsewhere.
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
-            ),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+            (header::CONTENT_SECURITY_POLICY, csp),
         ],
-        Html(PAGE),
-    )
+        Html(html),
+    ))
+}
+
+/// With auth off, only loopback peers may see the page or use the API:
+/// anyone else who reaches the listener would be an admin.
+fn loopback_unless_auth(s: &Shared, peer: PeerAddr) -> Result<(), ApiError> {
+    if s.state.auth.is_none() && !peer.0.ip().to_canonical().is_loopback() {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            "with auth off the admin page and API answer loopback peers only; turn auth on to use them from elsewhere".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// An `/api` refusal: HTTP status and `{"error": code, "reason": text}`.
@@ -142,9 +306,11 @@ fn host_is_direct(host: &str) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
-/// Lets the call through with an admin token, or when auth is off and the
-/// page was reached by address (see [`host_is_direct`]).
-fn require_admin(s: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Lets the call through with an admin token, or when auth is off, the peer
+/// is on loopback and the page was reached by address (see
+/// [`host_is_direct`]).
+fn require_admin(s: &Shared, headers: &HeaderMap, peer: PeerAddr) -> Result<(), ApiError> {
+    loopback_unless_auth(s, peer)?;
     let Some(auth) = &s.state.auth else {
         let host = headers
             .get(header::HOST)
@@ -196,8 +362,12 @@ fn overview_json(o: &Overview) -> Value {
     })
 }
 
-async fn overview(State(s): State<Shared>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
+async fn overview(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers, peer)?;
     s.state.center.settle().await?;
     Ok(Json(overview_json(&s.state.center.overview(PAGE_ROOMS))))
 }
@@ -207,10 +377,21 @@ async fn overview(State(s): State<Shared>, headers: HeaderMap) -> Result<Json<Va
 /// kept window gets 400 `out_of_range`: reload the overview and follow on.
 async fn events(
     State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_admin(&s, &headers)?;
+    require_admin(&s, &headers, peer)?;
+    let place = match &s.event_streams {
+        None => None,
+        Some(cap) => Some(cap.clone().try_acquire_owned().map_err(|_| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "too many event streams open; close another admin page".into(),
+            )
+        })?),
+    };
     let after = match auth::query_param(query.as_deref(), "after") {
         None => None,
         Some(v) => Some(v.parse::<u64>().map_err(|_| {
@@ -227,6 +408,8 @@ async fn events(
     // send, and the stop signal ends the stream (the listener's graceful
     // shutdown waits for open responses).
     tokio::spawn(async move {
+        // Held while the stream lasts.
+        let _place = place;
         let sse = |e: &crate::proto::WatchEventsResponse| {
             SseEvent::default()
                 .id(e.seq.to_string())
@@ -285,10 +468,11 @@ struct SayBody {
 
 async fn kick(
     State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
     Json(b): Json<KickBody>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
+    require_admin(&s, &headers, peer)?;
     let n = s.state.center.remove_user(&b.room_id, &b.user_id).await?;
     tracing::info!(room.id = %b.room_id, user.id = %b.user_id, "user removed from the admin page");
     Ok(Json(json!({"sessionsNotified": n})))
@@ -296,10 +480,11 @@ async fn kick(
 
 async fn close(
     State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
     Json(b): Json<CloseBody>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
+    require_admin(&s, &headers, peer)?;
     let n = s.state.center.close_room(&b.room_id).await?;
     tracing::info!(room.id = %b.room_id, "room closed from the admin page");
     Ok(Json(json!({"usersRemoved": n})))
@@ -307,10 +492,11 @@ async fn close(
 
 async fn say(
     State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
     Json(b): Json<SayBody>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&s, &headers)?;
+    require_admin(&s, &headers, peer)?;
     let n = s
         .state
         .center
@@ -320,7 +506,19 @@ async fn say(
 }
 
 /// Serves the admin endpoints on `listener` until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    options: AdminOptions,
+    stop: CancellationToken,
+) {
+    let counters = state.center.metrics().clone();
+    let listener = match accept_admitted(listener, &options, counters, stop.clone()) {
+        Ok(l) => l,
+        Err(e) => return tracing::error!(error = %e, "admin listener failed"),
+    };
+    let event_streams = (options.max_event_streams > 0)
+        .then(|| Arc::new(tokio::sync::Semaphore::new(options.max_event_streams)));
     let app = Router::new()
         .route("/", get(page))
         .route("/api/overview", get(overview))
@@ -334,7 +532,9 @@ pub async fn serve(listener: TcpListener, state: AdminState, stop: CancellationT
         .with_state(Shared {
             state,
             stop: stop.clone(),
+            event_streams,
         });
+    let app = app.into_make_service_with_connect_info::<PeerAddr>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await

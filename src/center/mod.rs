@@ -861,6 +861,7 @@ fn sessions_of(state: &Shared) -> Vec<proto::SessionInfo> {
                     .local
                     .map_or(0, |e| u32::try_from(e.outlet.depth()).unwrap_or(u32::MAX)),
                 node_id: row.node_id.to_owned(),
+                incarnation: row.peer.incarnation.clone(),
             }
         })
         .collect()

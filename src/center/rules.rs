@@ -1054,6 +1054,14 @@ impl Rooms {
             .get(&r.room_id)
             .and_then(|room| room.users.get(&r.user_id))
             .and_then(User::speaker);
+        if let Some(other) = speaker.filter(|s| *s != sid) {
+            // Only the session speaking for a user publishes for it.
+            tracing::info!(room.id = %r.room_id, user.id = %r.user_id, session.id = sid, holder = other, "push refused: the user is another session's");
+            return Err(CenterError::Forbidden(format!(
+                "user {} is held by another session",
+                r.user_id
+            )));
+        }
         if speaker.is_none() {
             // A refused push leaves nothing behind: check first.
             self.check_limits(sid, &r.room_id, &r.user_id)?;
@@ -1302,6 +1310,13 @@ impl Rooms {
             }
         };
         let speaker = room.users.get(&r.user_id).and_then(User::speaker);
+        if speaker.is_some_and(|s| s != sid) {
+            // Nobody speaks for a user another session speaks for.
+            return Err(CenterError::Forbidden(format!(
+                "user {} is held by another session",
+                r.user_id
+            )));
+        }
         let to = room.audience_but(&[Some(sid), speaker]);
         fx.event(
             &r.room_id,

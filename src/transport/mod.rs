@@ -7,13 +7,13 @@
 pub mod handshake;
 pub mod session;
 
+use crate::admission::{Full, Slot, Slots};
 use crate::auth::{Authenticator, Grant};
 use crate::center::Center;
 use crate::config::WebSocketConfig;
 use crate::limits::RateSettings;
 use crate::proto::Transport;
 use handshake::{Parsed, Refusal, Rejection};
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,55 +40,20 @@ pub struct Gateway {
     rate: RateSettings,
     /// Sessions past the upgrade, for the connection limits.
     slots: Arc<Slots>,
+    /// Connections not yet past their upgrade: what anyone can hold open
+    /// before authenticating is bounded, in all and per address.
+    pending: Arc<Slots>,
+    /// New connections per address and second.
+    connection_rate: Option<ConnectionRate>,
 }
 
-/// Counts sessions, in all and per peer address, against the limits.
-struct Slots {
-    max_total: usize,
-    max_per_ip: usize,
-    /// (sessions in all, sessions per peer address). Held only to count.
-    counts: parking_lot::Mutex<(usize, HashMap<IpAddr, usize>)>,
-}
-
-/// One session's place; given back when dropped.
-struct Slot {
-    slots: Arc<Slots>,
-    ip: IpAddr,
-}
-
-impl Slots {
-    /// Takes a place for a session from `ip`, or says why not: 503 when the
-    /// center is full, 429 when this address has too many sessions.
-    fn take(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refusal> {
-        let mut counts = self.counts.lock();
-        if self.max_total > 0 && counts.0 >= self.max_total {
-            return Err(Refusal::Unavailable("too many sessions"));
-        }
-        let per_ip = counts.1.entry(ip).or_default();
-        if self.max_per_ip > 0 && *per_ip >= self.max_per_ip {
-            return Err(Refusal::TooManyRequests);
-        }
-        *per_ip += 1;
-        counts.0 += 1;
-        Ok(Slot {
-            slots: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut counts = self.slots.counts.lock();
-        counts.0 -= 1;
-        if let Some(n) = counts.1.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                counts.1.remove(&self.ip);
-            }
-        }
-    }
-}
+/// New connections per peer address, rate-limited.
+type ConnectionRate = governor::RateLimiter<
+    IpAddr,
+    governor::state::keyed::HashMapStateStore<IpAddr>,
+    crate::clock::Clock,
+    governor::middleware::NoOpMiddleware<Duration>,
+>;
 
 /// The gateway's settings beyond the `websocket:` section.
 pub struct GatewayOptions {
@@ -110,14 +75,39 @@ impl Gateway {
             invite_timeout: options.invite_timeout,
             tls: options.tls.map(TlsAcceptor::from),
             auth: options.auth,
+            slots: Slots::new(config.max_sessions, config.max_sessions_per_ip),
+            pending: Slots::new(
+                config.max_pending_handshakes,
+                config.max_pending_handshakes_per_ip,
+            ),
+            connection_rate: std::num::NonZeroU32::new(config.connections_per_ip_per_sec).map(
+                |rate| {
+                    let burst = std::num::NonZeroU32::new(config.connection_burst_per_ip)
+                        .unwrap_or(rate)
+                        .max(rate);
+                    governor::RateLimiter::hashmap_with_clock(
+                        governor::Quota::per_second(rate).allow_burst(burst),
+                        options.rate.clock.clone(),
+                    )
+                },
+            ),
             rate: options.rate,
-            slots: Arc::new(Slots {
-                max_total: config.max_sessions,
-                max_per_ip: config.max_sessions_per_ip,
-                counts: parking_lot::Mutex::new((0, HashMap::new())),
-            }),
             config,
         }
+    }
+
+    /// Admits a new connection from `ip` to its handshake, or says why not
+    /// (then it is closed at once, before any TLS or HTTP work).
+    fn admit(&self, ip: IpAddr) -> Result<Slot, &'static str> {
+        if let Some(rate) = &self.connection_rate
+            && rate.check_key(&ip).is_err()
+        {
+            return Err("rate_per_ip");
+        }
+        self.pending.take(ip).map_err(|full| match full {
+            Full::Total => "pending_full",
+            Full::PerIp => "pending_per_ip",
+        })
     }
 
     /// The grant of an upgrade request, or why it is refused.
@@ -153,16 +143,36 @@ pub async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    // The rate limiter remembers every address it saw: forget quiet ones.
+    let mut tidy = tokio::time::interval(Duration::from_secs(60));
+    tidy.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
+            _ = tidy.tick() => {
+                if let Some(rate) = &gateway.connection_rate {
+                    rate.retain_recent();
+                    rate.shrink_to_fit();
+                }
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((tcp, peer)) => {
+                let pending = match gateway.admit(peer.ip()) {
+                    Ok(slot) => slot,
+                    Err(reason) => {
+                        // Closed before any work: nothing to answer in yet.
+                        gateway.center.metrics().connection_dropped(reason);
+                        tracing::debug!(peer.addr = %peer, reason, "connection dropped before its handshake");
+                        continue;
+                    }
+                };
                 let gateway = gateway.clone();
                 let shutdown = shutdown.clone();
-                tracker.spawn(async move { gateway.connection(tcp, peer, shutdown).await });
+                tracker
+                    .spawn(async move { gateway.connection(tcp, peer, pending, shutdown).await });
             }
             Err(e) => {
                 // E.g. out of file descriptors: keep serving the others.
@@ -179,6 +189,7 @@ impl Gateway {
         self: Arc<Self>,
         tcp: TcpStream,
         peer: SocketAddr,
+        pending: Slot,
         shutdown: CancellationToken,
     ) {
         // Signaling is latency-bound and made of small messages.
@@ -188,16 +199,18 @@ impl Gateway {
         // freed once done, and a plain session does not carry room for the
         // (larger) TLS one. This is most of an idle session's memory.
         match &self.tls {
-            Some(acceptor) => match Box::pin(tokio::time::timeout(timeout, acceptor.accept(tcp)))
-                .await
-            {
-                Ok(Ok(tls)) => Box::pin(self.upgrade(tls, peer, Transport::Wss, shutdown)).await,
-                Ok(Err(e)) => {
-                    tracing::debug!(peer.addr = %peer, error = %e, "TLS handshake failed")
+            Some(acceptor) => {
+                match Box::pin(tokio::time::timeout(timeout, acceptor.accept(tcp))).await {
+                    Ok(Ok(tls)) => {
+                        Box::pin(self.upgrade(tls, peer, Transport::Wss, pending, shutdown)).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer.addr = %peer, error = %e, "TLS handshake failed")
+                    }
+                    Err(_) => tracing::debug!(peer.addr = %peer, "TLS handshake timed out"),
                 }
-                Err(_) => tracing::debug!(peer.addr = %peer, "TLS handshake timed out"),
-            },
-            None => Box::pin(self.upgrade(tcp, peer, Transport::Ws, shutdown)).await,
+            }
+            None => Box::pin(self.upgrade(tcp, peer, Transport::Ws, pending, shutdown)).await,
         }
     }
 
@@ -206,6 +219,7 @@ impl Gateway {
         mut stream: S,
         peer: SocketAddr,
         transport: Transport,
+        pending: Slot,
         shutdown: CancellationToken,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -232,7 +246,15 @@ impl Gateway {
         }
         let _slot = match self.slots.take(peer.ip()) {
             Ok(slot) => slot,
-            Err(refusal) => return self.refuse(&mut stream, peer, refusal).await,
+            Err(Full::Total) => {
+                let refusal = Refusal::Unavailable("too many sessions");
+                return self.refuse(&mut stream, peer, refusal).await;
+            }
+            Err(Full::PerIp) => {
+                return self
+                    .refuse(&mut stream, peer, Refusal::TooManyRequests)
+                    .await;
+            }
         };
         let grant = match self.authorize(&request) {
             Ok(grant) => grant,
@@ -260,6 +282,8 @@ impl Gateway {
         }
         let leftover = buf[head_len..].to_vec();
         drop((buf, request));
+        // Past its upgrade: a session now, counted by the session limits.
+        drop(pending);
         let ws = WebSocketStream::from_partially_read(
             stream,
             leftover,

@@ -690,6 +690,7 @@ pub fn token(
         sub: "test".into(),
         role,
         rooms: rooms.iter().map(|r| (*r).to_owned()).collect(),
+        users: Vec::new(),
         exp: u64::try_from(now + ttl_secs).unwrap_or(0),
         incarnation: String::new(),
     };
