@@ -1208,3 +1208,72 @@ async fn a_grpc_peer_back_under_a_new_incarnation_ends_its_old_users_at_once() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_peer_may_not_push_for_a_user_another_session_speaks_for() {
+    common::bounded(async move {
+        let server = common::start().await;
+        let mut w = Peer::connect(&*server).await;
+        w.join("r", "u1", "U1").await;
+        let mut g = GrpcPeer::open(&server).await;
+        g.run(join("r", "g", "G")).await;
+        w.expect("newUser").await;
+        let push = command::Kind::Push(proto::PushRequest {
+            room_id: "r".into(),
+            user_id: "u1".into(),
+            user_name: "X".into(),
+            publishers: vec![proto::Publisher {
+                pusher_id: "evil".into(),
+                rtp_param_json: "{}".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let command_result::Outcome::Error(e) = g.run(push).await else {
+            panic!("pushed for another session's user")
+        };
+        assert_eq!(
+            (e.code, e.reason.as_str()),
+            (403, "forbidden: user u1 is held by another session")
+        );
+        w.expect_silence().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_sessions_and_watchers_are_capped() {
+    common::bounded(async move {
+        let config =
+            common::config_sections(false, "", "  max_peer_sessions: 1\n  max_watchers: 1\n", "");
+        let server = pilot_center::server::Server::start(&config).await.unwrap();
+        let mut first = GrpcPeer::open(&server).await;
+        first.run(join("r", "a", "A")).await;
+        let mut client = common::grpc(&server).await;
+        let (_tx, rx) = mpsc::channel::<PeerSessionRequest>(1);
+        let second = client.peer_session(ReceiverStream::new(rx)).await;
+        assert_eq!(
+            second.err().map(|s| s.code()),
+            Some(Code::ResourceExhausted)
+        );
+        let _watching = client
+            .watch_events(proto::WatchEventsRequest::default())
+            .await
+            .unwrap();
+        let again = client
+            .watch_events(proto::WatchEventsRequest::default())
+            .await;
+        assert_eq!(again.err().map(|s| s.code()), Some(Code::ResourceExhausted));
+        // A place comes back when its stream ends.
+        drop(first);
+        let mut poll = common::Poll::new("the PeerSession place to come back");
+        loop {
+            let (_tx, rx) = mpsc::channel::<PeerSessionRequest>(1);
+            match client.peer_session(ReceiverStream::new(rx)).await {
+                Ok(_) => break,
+                Err(s) => poll.again(&s).await,
+            }
+        }
+    })
+    .await;
+}

@@ -545,7 +545,37 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
-    use super::host_is_direct;
+    use super::*;
+
+    #[test]
+    fn with_auth_off_only_loopback_peers_reach_the_page_and_api() {
+        let shared = Shared {
+            state: AdminState {
+                center: Center::default(),
+                ready: Arc::default(),
+                auth: None,
+            },
+            stop: CancellationToken::new(),
+            event_streams: None,
+        };
+        for (peer, allowed) in [
+            ("127.0.0.1:1", true),
+            ("127.9.9.9:1", true),
+            ("[::1]:1", true),
+            ("[::ffff:127.0.0.1]:1", true),
+            ("10.0.0.7:1", false),
+            ("192.168.1.2:1", false),
+            ("[2001:db8::1]:1", false),
+            ("[::ffff:10.0.0.7]:1", false),
+        ] {
+            let peer = PeerAddr(peer.parse().unwrap());
+            assert_eq!(
+                loopback_unless_auth(&shared, peer).is_ok(),
+                allowed,
+                "{peer:?}"
+            );
+        }
+    }
 
     #[test]
     fn hosts_named_by_address_or_localhost_are_direct() {

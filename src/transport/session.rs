@@ -359,8 +359,16 @@ fn on_text(ctx: &Ctx, text: &str, delayed: bool) {
             let _enter = span.enter();
             tracing::debug!(data = data.get(), "notification");
             let parsed = translate::notification_command(&method, data);
+            // A refused notification has no answer in protoo: it is counted
+            // (`pilot_errors{code}`), and one refused for trust is logged.
+            let tally = ctx.handle.tally();
             let log_refusal = move |e: crate::error::CenterError| {
-                tracing::debug!(method = %method, error = %e, "notification ignored");
+                tally.metrics().error(e.protoo_code());
+                if matches!(e, crate::error::CenterError::Forbidden(_)) {
+                    tracing::info!(method = %method, error = %e, "notification refused");
+                } else {
+                    tracing::debug!(method = %method, error = %e, "notification ignored");
+                }
             };
             match parsed {
                 Ok(cmd) => {
