@@ -391,3 +391,48 @@ async fn the_admin_page_runs_only_its_own_script_by_nonce() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_serves_https_when_given_a_certificate() {
+    common::bounded(async move {
+        let dir = common::TempDir::new("admin-tls");
+        let pair = pilot_center::tls::PemPair::self_signed(&["localhost"]).unwrap();
+        std::fs::write(dir.0.join("admin.pem"), &pair.cert_pem).unwrap();
+        std::fs::write(dir.0.join("admin.key"), &pair.key_pem).unwrap();
+        let server = admin_server(&format!(
+            "  cert_path: {:?}\n  key_path: {:?}\n",
+            dir.0.join("admin.pem").display().to_string(),
+            dir.0.join("admin.key").display().to_string()
+        ))
+        .await;
+        let addr = server.admin_addr().unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = common::insecure_connector()
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(WAIT, tls.read_to_string(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // Plain HTTP gets no page.
+        let mut plain = TcpStream::connect(addr).await.unwrap();
+        plain
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(WAIT, plain.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert!(!String::from_utf8_lossy(&buf[..n]).contains("200 OK"));
+    })
+    .await;
+}
