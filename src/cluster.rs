@@ -14,16 +14,15 @@
 //! sessions is declared lost by an entry ("node lost"), which every node
 //! applies: the lost node's users follow the reconnect grace.
 
-use crate::center::{At, Center, CenterConfig, Entry, NodeInfo, Store, node_of};
+use crate::center::{At, Center, CenterConfig, Entry, FORMAT, Store};
 use crate::cluster_proto::{self as cp, entry::Kind};
 use crate::config::ClusterConfig;
 use crate::error::CenterError;
 use prost::Message as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamRangeReply, StreamReadReply};
-use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -85,6 +84,16 @@ struct Keys {
     trimmed: String,
     /// Hash: node number -> the last entry it applied.
     positions: String,
+    /// Sorted set: node number -> when its lease ends (Redis time, ms).
+    leases: String,
+    /// Hash: node number -> node id, for logs.
+    node_ids: String,
+    /// When any node last renewed its lease (Redis time, ms).
+    renewed: String,
+    /// Since when leases have been renewed without a gap longer than a
+    /// lease (Redis time, ms): a lease that lapsed before then lapsed in an
+    /// outage for everyone, and does not make its node lost.
+    live_since: String,
     prefix: String,
 }
 
@@ -97,36 +106,83 @@ impl Keys {
             snapshot_lock: format!("{{{prefix}}}:snapshot-lock"),
             trimmed: format!("{{{prefix}}}:trimmed"),
             positions: format!("{{{prefix}}}:positions"),
+            leases: format!("{{{prefix}}}:leases"),
+            node_ids: format!("{{{prefix}}}:node-ids"),
+            renewed: format!("{{{prefix}}}:renewed"),
+            live_since: format!("{{{prefix}}}:live-since"),
             prefix: prefix.to_owned(),
         }
-    }
-
-    fn lease(&self, number: u32) -> String {
-        format!("{}{number}", self.lease_prefix())
     }
 
     /// Where the bytes of the snapshot after entry `after` are stored.
     fn snapshot_data(&self, after: &str) -> String {
         format!("{{{}}}:snapshot:{after}", self.prefix)
     }
+}
 
-    /// What every node's lease key starts with (followed by its number).
-    fn lease_prefix(&self) -> String {
-        format!("{{{}}}:node:", self.prefix)
+/// Where a node stands in its cluster, shared by its tasks and its store.
+#[derive(Default)]
+struct Standing {
+    /// Whether the log's store answers.
+    healthy: AtomicBool,
+    /// Its state has a gap (the log was trimmed past it, or went back): it
+    /// serves nobody until it has rejoined from the snapshot.
+    stale: AtomicBool,
+    /// It lost its lease (another node declared it lost): its appends are
+    /// refused; it serves nobody until it has a new lease and rejoined.
+    fenced: AtomicBool,
+    /// Its state cannot follow the log (an entry it cannot read): it serves
+    /// nobody until restarted with a build that reads it.
+    broken: AtomicBool,
+    /// Its number: its current lease, never reused.
+    number: AtomicU32,
+    /// Asks the tailer to reload the snapshot and replay from there.
+    rejoin: tokio::sync::Notify,
+}
+
+impl Standing {
+    fn serving(&self) -> bool {
+        !self.stale.load(Ordering::Relaxed)
+            && !self.fenced.load(Ordering::Relaxed)
+            && !self.broken.load(Ordering::Relaxed)
+    }
+
+    /// This node lost its lease: it stops serving now (its sessions close
+    /// with "node lost", so their SFUs reconnect to another node); the
+    /// lease task takes a new lease, then asks the tailer to rejoin.
+    fn fence(&self, center: &Center) {
+        if !self.fenced.swap(true, Ordering::AcqRel) {
+            let n = center.evict_local_sessions("node lost");
+            tracing::error!(
+                node.number = self.number.load(Ordering::Relaxed),
+                sessions = n,
+                "this node lost its lease (declared lost, or cut off past it): its sessions close; it rejoins under a new lease"
+            );
+        }
+    }
+
+    /// This node's state has a gap: it stops serving and rejoins from the
+    /// snapshot.
+    fn go_stale(&self, center: &Center, why: &str) {
+        if !self.stale.swap(true, Ordering::AcqRel) {
+            let n = center.evict_local_sessions("node stale");
+            tracing::error!(
+                why,
+                sessions = n,
+                "this node's state has a gap: its sessions close; it rejoins from the snapshot"
+            );
+            self.rejoin.notify_one();
+        }
     }
 }
 
 /// The shared log as a node's center sees it: a queue to this node's
-/// writer, and whether Redis answers.
+/// writer, and where the node stands.
 struct RedisStore {
-    node: NodeInfo,
+    id: String,
     /// Entries (origin number, encoded) for the writer.
     tx: mpsc::Sender<(u64, Vec<u8>)>,
-    /// Whether the log's store answers (for `/readyz`).
-    healthy: Arc<AtomicBool>,
-    /// Set when the log was trimmed past what this node applied: its state
-    /// has a gap, and it reports not ready until restarted.
-    stale: Arc<AtomicBool>,
+    standing: Arc<Standing>,
 }
 
 impl Store for RedisStore {
@@ -134,11 +190,18 @@ impl Store for RedisStore {
         "redis"
     }
 
-    fn node(&self) -> Option<&NodeInfo> {
-        Some(&self.node)
+    fn node_id(&self) -> Option<&str> {
+        Some(&self.id)
+    }
+
+    fn node_number(&self) -> u32 {
+        self.standing.number.load(Ordering::Relaxed)
     }
 
     fn append(&self, entry: &Entry, _at: At) -> Result<(), CenterError> {
+        if !self.standing.serving() {
+            return Err(CenterError::StoreUnavailable);
+        }
         // The log's time is the entry's: the stream id says when Redis took it.
         self.tx
             .try_send((entry.origin_seq, entry.encode_to_vec()))
@@ -146,7 +209,11 @@ impl Store for RedisStore {
     }
 
     fn ready(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed) && !self.stale.load(Ordering::Relaxed)
+        self.standing.healthy.load(Ordering::Relaxed) && self.standing.serving()
+    }
+
+    fn serving(&self) -> bool {
+        self.standing.serving()
     }
 }
 
@@ -186,6 +253,170 @@ fn stream_ms(id: &str) -> u64 {
         .next()
         .and_then(|ms| ms.parse().ok())
         .unwrap_or(0)
+}
+
+/// Redis time in ms, for the lease scripts (leases are counted in Redis's
+/// clock, never in the nodes').
+const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n";
+
+/// Notes a renewal at `now` (KEYS[a] renewed, KEYS[b] live-since): after a
+/// gap longer than a lease (`ARGV[ttl]`) with no renewal from anyone, the
+/// cluster is live again only from now.
+const NOTE_RENEWAL: &str = "local last = tonumber(redis.call('GET', RENEWED) or '0')\nif now - last > TTL then redis.call('SET', LIVE_SINCE, now) end\nredis.call('SET', RENEWED, now)\n";
+
+/// A new lease: a node number never used before, its lease until now+ttl.
+/// KEYS: node-numbers, leases, renewed, live-since, node-ids; ARGV: ttl ms,
+/// node id. Returns the number.
+fn join_script() -> String {
+    format!(
+        "{NOW}local n = redis.call('INCR', KEYS[1])\nredis.call('ZADD', KEYS[2], now + tonumber(ARGV[1]), n)\nredis.call('HSET', KEYS[5], n, ARGV[2])\n{}return n",
+        NOTE_RENEWAL
+            .replace("RENEWED", "KEYS[3]")
+            .replace("LIVE_SINCE", "KEYS[4]")
+            .replace("TTL", "tonumber(ARGV[1])")
+    )
+}
+
+/// Renews lease `ARGV[1]` for `ARGV[2]` ms if it is still held. KEYS:
+/// leases, renewed, live-since. Returns Redis time (ms), or 0 when the lease
+/// is gone (the node was declared lost: it is fenced).
+fn renew_script() -> String {
+    format!(
+        "{NOW}if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end\n{}redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])\nreturn now",
+        NOTE_RENEWAL
+            .replace("RENEWED", "KEYS[2]")
+            .replace("LIVE_SINCE", "KEYS[3]")
+            .replace("TTL", "tonumber(ARGV[2])")
+    )
+}
+
+/// Appends `ARGV[2..]` to the log if lease `ARGV[1]` is still held: a node
+/// declared lost can never append again (fencing). KEYS: leases, log.
+const APPEND: &str = "if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return redis.error_reply('FENCED this node lost its lease') end\nfor i = 2, #ARGV do redis.call('XADD', KEYS[2], '*', 'e', ARGV[i]) end\nreturn #ARGV - 1";
+
+/// Declares node `ARGV[2]` lost if its lease lapsed while the cluster was
+/// live (not in an outage for everyone), by the holder of lease `ARGV[1]`:
+/// removes the lease and its position and appends `ARGV[4]` (its "node
+/// lost" entry) in one step. KEYS: leases, live-since, log, positions;
+/// ARGV[3]: ttl ms. Returns 1 (declared), 0 (not), -1 (the declarer itself
+/// is fenced).
+fn declare_lost_script() -> String {
+    format!(
+        "{NOW}if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return -1 end\nlocal live = tonumber(redis.call('GET', KEYS[2]) or '0')\nif now - live < tonumber(ARGV[3]) then return 0 end\nlocal e = redis.call('ZSCORE', KEYS[1], ARGV[2])\nif not e or tonumber(e) >= now then return 0 end\nredis.call('ZREM', KEYS[1], ARGV[2])\nredis.call('HDEL', KEYS[4], ARGV[2])\nredis.call('XADD', KEYS[3], '*', 'e', ARGV[4])\nreturn 1"
+    )
+}
+
+/// Runs `script` with `keys` and `args`.
+async fn eval<T: redis::FromRedisValue>(
+    conn: &mut ConnectionManager,
+    script: &str,
+    keys: &[&str],
+    args: &[&[u8]],
+) -> redis::RedisResult<T> {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(script).arg(keys.len());
+    for k in keys {
+        cmd.arg(*k);
+    }
+    for a in args {
+        cmd.arg(*a);
+    }
+    cmd.query_async(conn).await
+}
+
+/// Takes a new lease (a new node number) for node `id`.
+async fn new_lease(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    id: &str,
+    ttl: Duration,
+) -> redis::RedisResult<u32> {
+    let n: u64 = eval(
+        conn,
+        &join_script(),
+        &[
+            &keys.node_numbers,
+            &keys.leases,
+            &keys.renewed,
+            &keys.live_since,
+            &keys.node_ids,
+        ],
+        &[ttl_ms(ttl).as_bytes(), id.as_bytes()],
+    )
+    .await?;
+    Ok(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+fn ttl_ms(ttl: Duration) -> String {
+    ttl.as_millis().to_string()
+}
+
+/// Why catching up with the log failed.
+#[derive(Debug, thiserror::Error)]
+enum CatchUpError {
+    #[error("{0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("entry {id}: {reason}")]
+    Unreadable { id: String, reason: String },
+}
+
+/// Loads the latest snapshot (or starts from nothing) and applies the log
+/// after it up to where it ends now; reports the position first, so no
+/// trim passes what it is about to replay. Returns the last entry applied.
+async fn catch_up(
+    reader: &mut ConnectionManager,
+    writer: &mut ConnectionManager,
+    keys: &Keys,
+    number: u32,
+    center: &Center,
+) -> Result<String, CatchUpError> {
+    let end: StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(&keys.log)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(reader)
+        .await?;
+    let mut last = "0-0".to_owned();
+    match latest_snapshot(reader, keys).await? {
+        Some((after, data)) => {
+            let snap =
+                cp::Snapshot::decode(data.as_slice()).map_err(|e| CatchUpError::Unreadable {
+                    id: format!("snapshot after {after}"),
+                    reason: e.to_string(),
+                })?;
+            center.load_snapshot(&snap);
+            tracing::info!(after = %after, bytes = data.len(), sessions = snap.sessions.len(), rooms = snap.rooms.len(), "cluster snapshot loaded");
+            last = after;
+        }
+        None => center.load_snapshot(&cp::Snapshot::default()),
+    }
+    set_position(writer, keys, number, &last).await?;
+    if let Some(end_id) = end.ids.first().map(|e| e.id.clone()) {
+        let mut applied = 0u64;
+        while !passed(&last, &end_id) {
+            let batch = read(reader, &keys.log, &last, None).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for (entry_id, bytes) in batch {
+                let unreadable = |reason: String| CatchUpError::Unreadable {
+                    id: entry_id.clone(),
+                    reason,
+                };
+                let entry =
+                    Entry::decode(bytes.as_slice()).map_err(|e| unreadable(e.to_string()))?;
+                center
+                    .apply_logged(entry, stream_ms(&entry_id))
+                    .map_err(|e| unreadable(e.to_string()))?;
+                last = entry_id;
+                applied += 1;
+            }
+        }
+        tracing::info!(entries = applied, last = %last, "cluster log replayed");
+    }
+    Ok(last)
 }
 
 /// Joins the cluster: takes a node number, builds the center, replays the
@@ -238,88 +469,40 @@ pub async fn join(
         .map_err(|_| bounded(config.store_timeout_secs))?
         .map_err(redis_err)?;
     let keys = Keys::new(&config.key_prefix);
-    let number: u64 = redis::cmd("INCR")
-        .arg(&keys.node_numbers)
-        .query_async(&mut writer)
-        .await
-        .map_err(redis_err)?;
-    let number = u32::try_from(number).unwrap_or(u32::MAX);
     let id = if config.node_id.is_empty() {
         default_node_id()
     } else {
         config.node_id.clone()
     };
-    let healthy = Arc::new(AtomicBool::new(true));
-    let stale = Arc::new(AtomicBool::new(false));
+    let ttl = Duration::from_secs(config.node_ttl_secs);
+    let number = new_lease(&mut writer, &keys, &id, ttl)
+        .await
+        .map_err(redis_err)?;
+    let standing = Arc::new(Standing {
+        healthy: AtomicBool::new(true),
+        number: AtomicU32::new(number),
+        ..Standing::default()
+    });
     let (tx, rx) = mpsc::channel(APPEND_QUEUE);
     let center = Center::with_store(
         center_config,
         Arc::new(RedisStore {
-            node: NodeInfo {
-                id: id.clone(),
-                number,
-            },
+            id: id.clone(),
             tx,
-            healthy: healthy.clone(),
-            stale: stale.clone(),
+            standing: standing.clone(),
         }),
     );
-    let ttl = Duration::from_secs(config.node_ttl_secs);
-    renew_lease(&mut writer, &keys, number, &id, ttl)
-        .await
-        .map_err(redis_err)?;
-
     // Replay the log up to where it ends now, before serving anyone.
-    let end: StreamRangeReply = redis::cmd("XREVRANGE")
-        .arg(&keys.log)
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut reader)
+    let last = catch_up(&mut reader, &mut writer, &keys, number, &center)
         .await
-        .map_err(redis_err)?;
-    let mut last = "0-0".to_owned();
-    if let Some((after, data)) = latest_snapshot(&mut reader, &keys)
-        .await
-        .map_err(redis_err)?
-    {
-        let snap = cp::Snapshot::decode(data.as_slice()).map_err(|e| ClusterError::BadEntry {
-            url: url.clone(),
-            id: format!("snapshot after {after}"),
-            reason: e.to_string(),
+        .map_err(|e| match e {
+            CatchUpError::Redis(error) => redis_err(error),
+            CatchUpError::Unreadable { id, reason } => ClusterError::BadEntry {
+                url: url.clone(),
+                id,
+                reason,
+            },
         })?;
-        center.load_snapshot(&snap);
-        tracing::info!(after = %after, bytes = data.len(), sessions = snap.sessions.len(), rooms = snap.rooms.len(), "cluster snapshot loaded");
-        last = after;
-    }
-    // From here no trim goes past what this node is about to replay.
-    set_position(&mut writer, &keys, number, &last)
-        .await
-        .map_err(redis_err)?;
-    if let Some(end_id) = end.ids.first().map(|e| e.id.clone()) {
-        let mut applied = 0u64;
-        while !passed(&last, &end_id) {
-            let batch = read(&mut reader, &keys.log, &last, None)
-                .await
-                .map_err(redis_err)?;
-            if batch.is_empty() {
-                break;
-            }
-            for (entry_id, bytes) in batch {
-                let entry =
-                    Entry::decode(bytes.as_slice()).map_err(|e| ClusterError::BadEntry {
-                        url: url.clone(),
-                        id: entry_id.clone(),
-                        reason: e.to_string(),
-                    })?;
-                center.apply_logged(entry, stream_ms(&entry_id));
-                last = entry_id;
-                applied += 1;
-            }
-        }
-        tracing::info!(entries = applied, last = %last, "cluster log replayed");
-    }
     tracing::info!(node.id = %id, node.number = number, redis = %url, "joined the cluster");
     // Reported before the replay; the tailer reports it again as it goes.
     let position = Arc::new(parking_lot::Mutex::new(last.clone()));
@@ -329,36 +512,39 @@ pub async fn join(
         writer.clone(),
         keys.clone(),
         center.clone(),
-        healthy.clone(),
+        standing.clone(),
         timeout,
         shutdown.clone(),
     ));
     tracker.spawn(tail(
-        reader,
-        keys.clone(),
+        Tailer {
+            conn: reader,
+            writer: writer.clone(),
+            keys: keys.clone(),
+            center: center.clone(),
+            standing: standing.clone(),
+        },
         last,
         Snapshots {
             every: config.snapshot_every,
-            number,
             seen: None,
             applied_since: 0,
             store: snapshot_store,
             node_id: id.clone(),
             position: position.clone(),
         },
-        center.clone(),
-        healthy,
         shutdown.clone(),
     ));
     tracker.spawn(leases(
-        writer,
-        keys,
-        number,
-        id.clone(),
-        ttl,
-        position,
-        stale,
-        center.clone(),
+        Leaseholder {
+            conn: writer,
+            keys,
+            id: id.clone(),
+            ttl,
+            position,
+            standing,
+            center: center.clone(),
+        },
         shutdown.clone(),
     ));
     Ok(Node { center, id, number })
@@ -427,15 +613,17 @@ async fn read(
     Ok(out)
 }
 
-/// This node's writer: appends queued entries in order, pipelined in
-/// batches. A batch Redis does not confirm within `timeout` is answered
-/// with 503 "state store unavailable" to whoever waits for its entries.
+/// This node's writer: appends queued entries in order, in batches, each
+/// batch by one script that first checks this node still holds its lease
+/// (fencing: a node declared lost never appends again). A batch Redis does
+/// not confirm within `timeout` is answered with 503 "state store
+/// unavailable" to whoever waits for its entries.
 async fn write_entries(
     mut rx: mpsc::Receiver<(u64, Vec<u8>)>,
     mut conn: ConnectionManager,
     keys: Keys,
     center: Center,
-    healthy: Arc<AtomicBool>,
+    standing: Arc<Standing>,
     timeout: Duration,
     shutdown: CancellationToken,
 ) {
@@ -461,28 +649,30 @@ async fn write_entries(
                 Err(_) => break,
             }
         }
-        let mut pipe = redis::pipe();
-        for (_, bytes) in &batch {
-            pipe.cmd("XADD")
-                .arg(&keys.log)
-                .arg("*")
-                .arg("e")
-                .arg(bytes.as_slice())
-                .ignore();
-        }
-        match tokio::time::timeout(timeout, pipe.query_async::<()>(&mut conn)).await {
-            Ok(Ok(())) => {
-                if !healthy.swap(true, Ordering::Relaxed) {
+        let number = standing.number.load(Ordering::Relaxed).to_string();
+        let mut args: Vec<&[u8]> = Vec::with_capacity(batch.len() + 1);
+        args.push(number.as_bytes());
+        args.extend(batch.iter().map(|(_, bytes)| bytes.as_slice()));
+        let script_keys = [keys.leases.as_str(), keys.log.as_str()];
+        let appended = eval::<u64>(&mut conn, APPEND, &script_keys, &args);
+        match tokio::time::timeout(timeout, appended).await {
+            Ok(Ok(_)) => {
+                if !standing.healthy.swap(true, Ordering::Relaxed) {
                     tracing::info!("state store reachable again");
                 }
             }
             outcome => {
-                let why = match outcome {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!("no answer within {} s", timeout.as_secs()),
-                };
-                if healthy.swap(false, Ordering::Relaxed) {
-                    tracing::error!(error = %why, entries = batch.len(), "state store unavailable: changes refused");
+                match &outcome {
+                    Ok(Err(e)) if e.to_string().contains("FENCED") => standing.fence(&center),
+                    _ => {
+                        let why = match outcome {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => format!("no answer within {} s", timeout.as_secs()),
+                        };
+                        if standing.healthy.swap(false, Ordering::Relaxed) {
+                            tracing::error!(error = %why, entries = batch.len(), "state store unavailable: changes refused");
+                        }
+                    }
                 }
                 for (origin_seq, _) in &batch {
                     center.abandon(*origin_seq, CenterError::StoreUnavailable);
@@ -493,12 +683,10 @@ async fn write_entries(
     }
 }
 
-/// When and as whom a node's tailer takes snapshots.
+/// When a node's tailer takes snapshots.
 struct Snapshots {
     /// `cluster.snapshot_every`.
     every: u64,
-    /// This node's number.
-    number: u32,
     /// The entry the latest snapshot this node saw was taken after.
     seen: Option<String>,
     /// Entries applied since that snapshot (about: counted from when this
@@ -511,19 +699,28 @@ struct Snapshots {
     position: Arc<parking_lot::Mutex<String>>,
 }
 
+/// What the tailer works with.
+struct Tailer {
+    conn: ConnectionManager,
+    /// For reporting its position when it rejoins.
+    writer: ConnectionManager,
+    keys: Keys,
+    center: Center,
+    standing: Arc<Standing>,
+}
+
 /// Applies every entry of the log after `last`, in order, until shutdown.
 /// Redis errors are retried (the connection manager reconnects); entries
-/// are never skipped, so a node that was cut off resumes where it was.
+/// are never skipped: a node cut off resumes where it was, one whose state
+/// has a gap (or that lost its lease) rejoins from the snapshot when asked
+/// ([`Standing::rejoin`]), and an entry it cannot read stops it serving.
 /// Every quarter of `snapshot_every` entries it checks whether the log is
 /// due for a snapshot ([`snapshot_if_due`]): here, between batches, the
 /// state is exactly that after `last`.
 async fn tail(
-    mut conn: ConnectionManager,
-    keys: Keys,
+    mut t: Tailer,
     mut last: String,
     mut snapshots: Snapshots,
-    center: Center,
-    healthy: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(50);
@@ -532,7 +729,17 @@ async fn tail(
     loop {
         let batch = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = read(&mut conn, &keys.log, &last, Some(READ_BLOCK_MS)) => r,
+            () = t.standing.rejoin.notified() => {
+                match rejoin(&mut t).await {
+                    Some(at) => {
+                        last = at;
+                        snapshots.position.lock().clone_from(&last);
+                    }
+                    None => return,
+                }
+                continue;
+            }
+            r = read(&mut t.conn, &t.keys.log, &last, Some(READ_BLOCK_MS)) => r,
         };
         match batch {
             Ok(entries) => {
@@ -540,33 +747,86 @@ async fn tail(
                 since_check += entries.len() as u64;
                 snapshots.applied_since += entries.len() as u64;
                 for (id, bytes) in entries {
-                    match Entry::decode(bytes.as_slice()) {
-                        Ok(entry) => center.apply_logged(entry, stream_ms(&id)),
-                        Err(e) => {
-                            tracing::error!(id = %id, error = %e, "unreadable log entry skipped")
-                        }
+                    let applied = Entry::decode(bytes.as_slice())
+                        .map_err(|e| e.to_string())
+                        .and_then(|entry| {
+                            t.center
+                                .apply_logged(entry, stream_ms(&id))
+                                .map_err(|e| e.to_string())
+                        });
+                    if let Err(reason) = applied {
+                        // Skipping it would leave this node's state apart
+                        // from the others'; applying the rest without it too.
+                        t.standing.broken.store(true, Ordering::Release);
+                        let n = t.center.evict_local_sessions("node cannot read the log");
+                        tracing::error!(id = %id, reason, sessions = n, "a log entry this build cannot read: this node stops serving; upgrade it and restart");
+                        return;
                     }
                     last = id;
+                }
+                if !t.standing.healthy.swap(true, Ordering::Relaxed) {
+                    tracing::info!("state store reachable again");
                 }
                 snapshots.position.lock().clone_from(&last);
                 if since_check >= check_every {
                     since_check = 0;
-                    if let Err(e) =
-                        snapshot_if_due(&mut conn, &keys, &center, &last, &mut snapshots).await
+                    let number = t.standing.number.load(Ordering::Relaxed);
+                    if let Err(e) = snapshot_if_due(
+                        &mut t.conn,
+                        &t.keys,
+                        &t.center,
+                        &last,
+                        number,
+                        &mut snapshots,
+                    )
+                    .await
                     {
                         tracing::warn!(error = %e, "cannot write a snapshot of the cluster state");
                     }
                 }
             }
             Err(e) => {
-                if healthy.swap(false, Ordering::Relaxed) {
+                if t.standing.healthy.swap(false, Ordering::Relaxed) {
                     tracing::error!(error = %e, "state store unavailable: cannot read the log");
                 }
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                // Resume within a quarter second of Redis answering again.
+                backoff = (backoff * 2).min(Duration::from_millis(250));
+            }
+        }
+    }
+}
+
+/// Reloads the state from the latest snapshot and the log after it, until
+/// it works (or shutdown); then this node serves again. Returns the last
+/// entry applied (`None` when the node cannot follow the log).
+async fn rejoin(t: &mut Tailer) -> Option<String> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let number = t.standing.number.load(Ordering::Acquire);
+        match catch_up(&mut t.conn, &mut t.writer, &t.keys, number, &t.center).await {
+            Ok(last) => {
+                t.standing.stale.store(false, Ordering::Release);
+                t.standing.fenced.store(false, Ordering::Release);
+                // Its sessions from before, whose closings it could not
+                // record while it was out, end now (their users get the
+                // grace); a fenced node's were ended by "node lost".
+                let ended = t.center.end_own_former_sessions(number);
+                tracing::info!(node.number = number, last = %last, former_sessions = ended, "rejoined the cluster from its snapshot: serving again");
+                return Some(last);
+            }
+            Err(CatchUpError::Unreadable { id, reason }) => {
+                t.standing.broken.store(true, Ordering::Release);
+                tracing::error!(id = %id, reason, "a log entry this build cannot read: this node stops serving; upgrade it and restart");
+                return None;
+            }
+            Err(CatchUpError::Redis(e)) => {
+                tracing::warn!(error = %e, "cannot rejoin yet: retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(250));
             }
         }
     }
@@ -578,8 +838,8 @@ async fn tail(
 /// oldest position a node with a lease reported, so no live node loses an
 /// entry it has not applied) and releases the lock. The snapshot's bytes
 /// are stored by a plain `SET` before: through a script they would be
-/// copied twice while Redis serves nobody else. `ARGV[3]`: the lease keys'
-/// prefix. Returns 0 when a newer snapshot was there, else 1.
+/// copied twice while Redis serves nobody else. `KEYS[6]`: the leases.
+/// Returns 0 when a newer snapshot was there, else 1.
 const SWITCH_SNAPSHOT: &str = r"
 local function id(s)
   local ms, seq = string.match(s, '^(%d+)-(%d+)$')
@@ -602,7 +862,7 @@ if previous[2] then redis.call('UNLINK', previous[2]) end
 local below = previous[1] or '0-0'
 local positions = redis.call('HGETALL', KEYS[5])
 for i = 1, #positions, 2 do
-  if redis.call('EXISTS', ARGV[3] .. positions[i]) == 1 then
+  if redis.call('ZSCORE', KEYS[6], positions[i]) then
     if after(below, positions[i + 1]) then below = positions[i + 1] end
   else
     -- A node without a lease is gone: it holds nothing back.
@@ -625,6 +885,7 @@ async fn snapshot_if_due(
     keys: &Keys,
     center: &Center,
     last: &str,
+    number: u32,
     snapshots: &mut Snapshots,
 ) -> redis::RedisResult<()> {
     // Report this node's position (no trim goes past it) and see whether
@@ -632,7 +893,7 @@ async fn snapshot_if_due(
     let (have,): (Option<String>,) = redis::pipe()
         .cmd("HSET")
         .arg(&keys.positions)
-        .arg(snapshots.number)
+        .arg(number)
         .arg(last)
         .ignore()
         .cmd("HGET")
@@ -698,15 +959,15 @@ async fn snapshot_if_due(
             .ignore()
             .cmd("EVAL")
             .arg(SWITCH_SNAPSHOT)
-            .arg(5)
+            .arg(6)
             .arg(&keys.snapshot)
             .arg(&keys.log)
             .arg(&keys.trimmed)
             .arg(&keys.snapshot_lock)
             .arg(&keys.positions)
+            .arg(&keys.leases)
             .arg(&last)
             .arg(&key)
-            .arg(keys.lease_prefix())
             .query_async::<(i64,)>(&mut store)
             .await
             .map(|(n,)| n);
@@ -751,111 +1012,191 @@ async fn set_position(
         .await
 }
 
-async fn renew_lease(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    number: u32,
-    id: &str,
-    ttl: Duration,
-) -> redis::RedisResult<()> {
-    redis::cmd("SET")
-        .arg(keys.lease(number))
-        .arg(id)
-        .arg("PX")
-        .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
-        .query_async(conn)
-        .await
-}
-
-/// Renews this node's lease and declares lost the nodes whose leases lapsed
-/// while their sessions are still listed. On shutdown the lease is dropped,
-/// so the others act at once on what is left.
-#[allow(clippy::too_many_arguments)] // one task's whole context, passed once
-async fn leases(
-    mut conn: ConnectionManager,
+/// What the lease task works with.
+struct Leaseholder {
+    conn: ConnectionManager,
     keys: Keys,
-    number: u32,
     id: String,
     ttl: Duration,
+    /// The last entry this node applied.
     position: Arc<parking_lot::Mutex<String>>,
-    stale: Arc<AtomicBool>,
+    standing: Arc<Standing>,
     center: Center,
-    shutdown: CancellationToken,
-) {
-    let period = (ttl / 3).max(Duration::from_millis(100));
-    let mut declared: HashSet<u32> = HashSet::new();
+}
+
+/// Renews this node's lease every third of its time and declares lost the
+/// nodes whose leases lapsed while the cluster was live; finds out when
+/// this node itself was fenced (its lease gone: it takes a new one and
+/// rejoins) or its state has a gap (the log trimmed past its position, or
+/// gone back behind it after a Redis failover: it rejoins). On shutdown its
+/// lease ends at once, so the others act at once on what is left.
+async fn leases(mut l: Leaseholder, shutdown: CancellationToken) {
+    let period = (l.ttl / 3).max(Duration::from_millis(100));
+    let ttl = ttl_ms(l.ttl);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = tokio::time::sleep(period) => {}
         }
-        if let Err(e) = renew_lease(&mut conn, &keys, number, &id, ttl).await {
-            tracing::warn!(error = %e, "cannot renew this node's lease");
-            continue;
-        }
-        let applied = position.lock().clone();
-        let trimmed: redis::RedisResult<Option<String>> = redis::pipe()
-            .cmd("HSET")
-            .arg(&keys.positions)
-            .arg(number)
-            .arg(&applied)
-            .ignore()
-            .cmd("GET")
-            .arg(&keys.trimmed)
-            .query_async::<(Option<String>,)>(&mut conn)
-            .await
-            .map(|(t,)| t);
-        // The log was trimmed past what this node applied (it was cut off
-        // from Redis while the others went on): its state has a gap only a
-        // restart (which loads the snapshot) closes.
-        if let Ok(Some(trimmed)) = trimmed
-            && !passed(&applied, &trimmed)
-            && !stale.swap(true, Ordering::Relaxed)
-        {
-            tracing::error!(applied = %applied, trimmed = %trimmed, "the cluster log was trimmed past this node's position: its state is stale; restart it (it then loads the latest snapshot)");
-        }
-        let mut others: Vec<u32> = center
-            .session_ids()
-            .into_iter()
-            .map(node_of)
-            .filter(|n| *n != number)
-            .collect();
-        others.sort_unstable();
-        others.dedup();
-        declared.retain(|n| others.contains(n));
-        for n in others {
-            if declared.contains(&n) {
+        let number = l.standing.number.load(Ordering::Acquire);
+        let renewed: redis::RedisResult<u64> = eval(
+            &mut l.conn,
+            &renew_script(),
+            &[&l.keys.leases, &l.keys.renewed, &l.keys.live_since],
+            &[number.to_string().as_bytes(), ttl.as_bytes()],
+        )
+        .await;
+        let now = match renewed {
+            Ok(0) => {
+                l.standing.fence(&l.center);
+                match new_lease(&mut l.conn, &l.keys, &l.id, l.ttl).await {
+                    Ok(n) => {
+                        tracing::warn!(node.id = %l.id, old = number, new = n, "took a new lease");
+                        l.standing.number.store(n, Ordering::Release);
+                        l.standing.rejoin.notify_one();
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot take a new lease yet"),
+                }
                 continue;
             }
-            let alive: redis::RedisResult<bool> = redis::cmd("EXISTS")
-                .arg(keys.lease(n))
-                .query_async(&mut conn)
-                .await;
-            if alive == Ok(false) {
-                tracing::warn!(node.number = n, "node lease lapsed: declaring it lost");
-                declared.insert(n);
-                let _: redis::RedisResult<()> = redis::cmd("HDEL")
-                    .arg(&keys.positions)
-                    .arg(n)
-                    .query_async(&mut conn)
-                    .await;
-                center.append_entry(Kind::NodeLost(cp::NodeLost {
-                    node_number: n,
-                    node_id: String::new(),
-                }));
+            Ok(now) => now,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew this node's lease");
+                continue;
             }
+        };
+        if l.standing.fenced.load(Ordering::Acquire) {
+            // Fenced by a refused append while the lease task still held
+            // its lease: take a new one all the same (the old one is lost).
+            if let Ok(n) = new_lease(&mut l.conn, &l.keys, &l.id, l.ttl).await {
+                l.standing.number.store(n, Ordering::Release);
+                l.standing.rejoin.notify_one();
+            }
+            continue;
+        }
+        if let Err(e) = check_position(&mut l).await {
+            tracing::warn!(error = %e, "cannot check this node's position in the log");
+        }
+        if let Err(e) = declare_lapsed(&mut l, number, now).await {
+            tracing::warn!(error = %e, "cannot check the other nodes' leases");
         }
     }
+    let number = l.standing.number.load(Ordering::Acquire);
     let _: redis::RedisResult<()> = redis::pipe()
-        .cmd("DEL")
-        .arg(keys.lease(number))
-        .ignore()
-        .cmd("HDEL")
-        .arg(&keys.positions)
+        .cmd("ZADD")
+        .arg(&l.keys.leases)
+        .arg(0)
         .arg(number)
         .ignore()
-        .query_async(&mut conn)
+        .cmd("HDEL")
+        .arg(&l.keys.positions)
+        .arg(number)
+        .ignore()
+        .query_async(&mut l.conn)
         .await;
+}
+
+/// Reports this node's position, and finds a gap in its state: the log
+/// trimmed past it, or ending before it (Redis failed over to a replica
+/// that had not got the latest entries).
+async fn check_position(l: &mut Leaseholder) -> redis::RedisResult<()> {
+    let applied = l.position.lock().clone();
+    let number = l.standing.number.load(Ordering::Acquire);
+    let (trimmed, end): (Option<String>, StreamRangeReply) = redis::pipe()
+        .cmd("HSET")
+        .arg(&l.keys.positions)
+        .arg(number)
+        .arg(&applied)
+        .ignore()
+        .cmd("GET")
+        .arg(&l.keys.trimmed)
+        .cmd("XREVRANGE")
+        .arg(&l.keys.log)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut l.conn)
+        .await?;
+    if let Some(trimmed) = trimmed
+        && !passed(&applied, &trimmed)
+    {
+        l.standing
+            .go_stale(&l.center, "the log was trimmed past this node's position");
+    }
+    let end = end.ids.first().map_or("0-0", |e| e.id.as_str());
+    if applied != "0-0" && !passed(end, &applied) {
+        l.standing.go_stale(
+            &l.center,
+            "the log ends before this node's position (it went back)",
+        );
+    }
+    Ok(())
+}
+
+/// Declares lost every other node whose lease lapsed (by Redis time `now`)
+/// while the cluster was live: one script per node checks and appends its
+/// "node lost" entry in one step.
+async fn declare_lapsed(l: &mut Leaseholder, number: u32, now: u64) -> redis::RedisResult<()> {
+    let leases: Vec<(u32, f64)> = redis::cmd("ZRANGE")
+        .arg(&l.keys.leases)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut l.conn)
+        .await?;
+    let ttl = ttl_ms(l.ttl);
+    #[allow(clippy::cast_precision_loss)] // ms since 1970 fit a double exactly
+    let lapsed = leases
+        .into_iter()
+        .filter(|(n, until)| *n != number && *until < now as f64);
+    for (n, _) in lapsed {
+        let node_id: Option<String> = redis::cmd("HGET")
+            .arg(&l.keys.node_ids)
+            .arg(n)
+            .query_async(&mut l.conn)
+            .await?;
+        let node_id = node_id.unwrap_or_default();
+        let entry = Entry {
+            node_id: l.id.clone(),
+            origin_seq: 0,
+            kind: Some(Kind::NodeLost(cp::NodeLost {
+                node_number: n,
+                node_id: node_id.clone(),
+            })),
+            node_number: number,
+            format: FORMAT,
+        }
+        .encode_to_vec();
+        let declared: i64 = eval(
+            &mut l.conn,
+            &declare_lost_script(),
+            &[
+                &l.keys.leases,
+                &l.keys.live_since,
+                &l.keys.log,
+                &l.keys.positions,
+            ],
+            &[
+                number.to_string().as_bytes(),
+                n.to_string().as_bytes(),
+                ttl.as_bytes(),
+                &entry,
+            ],
+        )
+        .await?;
+        match declared {
+            1 => {
+                tracing::warn!(node.id = %node_id, node.number = n, "node lease lapsed: declared it lost")
+            }
+            -1 => {
+                l.standing.fence(&l.center);
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -883,7 +1224,20 @@ mod tests {
     #[test]
     fn keys_share_one_hash_tag() {
         let k = Keys::new("pilot");
-        assert_eq!(k.log, "{pilot}:log");
-        assert_eq!(k.lease(3), "{pilot}:node:3");
+        for key in [
+            &k.log,
+            &k.node_numbers,
+            &k.snapshot,
+            &k.snapshot_lock,
+            &k.trimmed,
+            &k.positions,
+            &k.leases,
+            &k.node_ids,
+            &k.renewed,
+            &k.live_since,
+        ] {
+            assert!(key.starts_with("{pilot}:"), "{key}");
+        }
+        assert!(k.snapshot_data("1-0").starts_with("{pilot}:"));
     }
 }

@@ -736,6 +736,7 @@ mod tests {
             node_id: String::new(),
             origin_seq: n,
             kind: Some(cp::entry::Kind::Barrier(cp::Barrier {})),
+            ..Entry::default()
         }
     }
 

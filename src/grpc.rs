@@ -216,6 +216,9 @@ impl RoomService for RoomServiceImpl {
                 "client tokens may not open a PeerSession (sfu or msu)",
             ));
         }
+        if !self.center.store_ready() {
+            return Err(Status::unavailable("state store unavailable"));
+        }
         let place = self.peer_sessions.take("PeerSession")?;
         let remote = request.remote_addr();
         let addr = remote.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
@@ -670,6 +673,10 @@ impl PeerStream {
                 () = shutdown.cancelled() => {
                     self.drain(None, &mut center_rx, &out).await;
                     break "going away";
+                }
+                reason = self.handle.evicted() => {
+                    self.cut_off(Status::unavailable(reason));
+                    break reason;
                 }
                 () = out.closed() => break "peer gone",
                 _ = tick.tick() => {

@@ -227,6 +227,19 @@ fn nonce() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// `/serving`, for load balancers: 200 while this node serves sessions,
+/// also through a short outage of the shared store (then it refuses new
+/// sessions with 503 but keeps its links: taking every node out of a load
+/// balancer at once would cut every SFU's link); 503 while it drains, lost
+/// its lease, rejoins after a gap, or cannot read the log.
+async fn serving(State(s): State<Shared>) -> impl IntoResponse {
+    if s.state.ready.load(Ordering::Relaxed) && s.state.center.serving() {
+        (StatusCode::OK, "serving\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not serving\n")
+    }
+}
+
 async fn page(
     State(s): State<Shared>,
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
@@ -529,6 +542,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/serving", get(serving))
         .with_state(Shared {
             state,
             stop: stop.clone(),

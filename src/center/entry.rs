@@ -15,6 +15,9 @@ use crate::proto::{self, EventKind, Reply, command, watch_events_response::Event
 
 pub use cp::Entry;
 
+/// The entry format this build writes and reads ([`Entry::format`]).
+pub const FORMAT: u32 = 1;
+
 /// What applying an entry produced for whoever made it.
 #[derive(Debug)]
 pub enum Outcome {

@@ -24,11 +24,11 @@ mod rules;
 mod snapshot;
 pub mod store;
 
-pub use entry::{Entry, node_of};
+pub use entry::{Entry, FORMAT, node_of};
 pub use feed::{EventFilter, lagged};
 use invites::PendingInvites;
 pub use rules::DuplicatePolicy;
-pub use store::{At, MemoryStore, NodeInfo, Store};
+pub use store::{At, MemoryStore, Store};
 
 use crate::auth::Grant;
 use crate::clock::Clock;
@@ -136,6 +136,29 @@ impl<T: From<Outbound> + Send + 'static> Outlet for tokio::sync::mpsc::Sender<T>
     }
 }
 
+/// The center's order to a session's task to close, with why: its node
+/// lost its place in the cluster, its state went stale. Told once; the
+/// first reason stays.
+#[derive(Debug, Default)]
+pub struct Eviction {
+    token: CancellationToken,
+    reason: OnceLock<&'static str>,
+}
+
+impl Eviction {
+    /// Orders the session closed for `reason`.
+    pub fn evict(&self, reason: &'static str) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    /// Resolves when the session must close, with why.
+    pub async fn evicted(&self) -> &'static str {
+        self.token.cancelled().await;
+        self.reason.get().copied().unwrap_or("closed by the center")
+    }
+}
+
 /// Counters of one session, shared by its task and the center.
 #[derive(Debug, Default)]
 pub struct SessionStats {
@@ -217,6 +240,11 @@ impl FrozenState {
         snap
     }
 }
+
+/// An entry of the shared log this build cannot read.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unreadable log entry: {0}")]
+pub struct UnknownEntry(pub String);
 
 /// Who waits for an entry to be applied.
 enum Waiter {
@@ -322,7 +350,7 @@ impl Center {
                 state: Mutex::new(Shared {
                     rooms: Rooms::new(rules),
                     registry: Registry::new(
-                        store.node().map(|n| n.id.clone()).unwrap_or_default(),
+                        store.node_id().unwrap_or_default().to_owned(),
                         feed.clone(),
                         config.event_log_capacity,
                     ),
@@ -351,12 +379,17 @@ impl Center {
 
     /// This node's id in a cluster ("" for a single center).
     pub fn node_id(&self) -> &str {
-        self.inner.store.node().map_or("", |n| n.id.as_str())
+        self.inner.store.node_id().unwrap_or_default()
     }
 
     /// Whether the state store answers (always, in memory).
     pub fn store_ready(&self) -> bool {
         self.inner.store.ready()
+    }
+
+    /// Whether this process may serve sessions (see [`Store::serving`]).
+    pub fn serving(&self) -> bool {
+        self.inner.store.serving()
     }
 
     /// What keeps the state: `memory`, `file` or `redis`.
@@ -367,7 +400,7 @@ impl Center {
     /// Whether entries go through a log other nodes share (then they are
     /// applied when the log hands them back, not in the step that makes them).
     fn shared(&self) -> bool {
-        self.inner.store.node().is_some()
+        self.inner.store.node_id().is_some()
     }
 
     /// Every session id known here (this node's and, in a cluster, the
@@ -435,6 +468,8 @@ impl Center {
             node_id: String::new(),
             origin_seq: 0,
             kind: Some(kind),
+            node_number: 0,
+            format: FORMAT,
         };
         if let Err(e) = self.inner.store.append(&entry, at) {
             return match entry.kind {
@@ -460,21 +495,23 @@ impl Center {
     /// completed in the same step), appended to the shared log by a cluster
     /// node (`waiter` completed when the log hands it back).
     fn submit(&self, kind: Kind, waiter: Waiter) {
-        match self.inner.store.node() {
+        match self.inner.store.node_id() {
             None => {
                 let mut state = self.inner.state.lock();
                 let outcome = self.apply_local(&mut state, kind);
                 waiter.complete(outcome);
             }
-            Some(node) => {
+            Some(node_id) => {
                 let origin_seq = self.inner.next_origin.fetch_add(1, Ordering::Relaxed);
                 if !matches!(waiter, Waiter::None) {
                     self.inner.pending.lock().insert(origin_seq, waiter);
                 }
                 let entry = Entry {
-                    node_id: node.id.clone(),
+                    node_id: node_id.to_owned(),
                     origin_seq,
                     kind: Some(kind),
+                    node_number: self.inner.store.node_number(),
+                    format: FORMAT,
                 };
                 let at = At {
                     grace: self.grace_now(),
@@ -535,7 +572,7 @@ impl Center {
     /// New sessions get ids above `ids` (those of a former process), so a
     /// restarted center never reuses one in its log or its feed.
     fn skip_session_ids(&self, ids: impl IntoIterator<Item = SessionId>) {
-        let number = self.inner.store.node().map_or(0, |n| n.number);
+        let number = self.inner.store.node_number();
         for sid in ids.into_iter().filter(|sid| node_of(*sid) == number) {
             self.inner
                 .next_session
@@ -573,6 +610,13 @@ impl Center {
         former.len()
     }
 
+    /// Closes every session this process holds, for `reason` (its node lost
+    /// its place in the cluster, or its state went stale): their peers
+    /// reconnect, elsewhere if they can. Returns how many.
+    pub fn evict_local_sessions(&self, reason: &'static str) -> usize {
+        self.inner.state.lock().registry.evict_all(reason)
+    }
+
     /// Hands the store the state as it is now, to keep as a snapshot (a
     /// state directory's log before it can then go).
     pub fn compact_store(&self) {
@@ -584,6 +628,35 @@ impl Center {
         });
     }
 
+    /// After a cluster node rejoined: the sessions the log still lists as
+    /// this node's (`number`) but that it no longer holds end now, as their
+    /// closings could not be recorded while it was out. Returns how many.
+    pub fn end_own_former_sessions(&self, number: u32) -> usize {
+        let former: Vec<SessionId> = {
+            let state = self.inner.state.lock();
+            let mut ids: Vec<SessionId> = state
+                .rooms
+                .session_ids()
+                .into_iter()
+                .chain(state.registry.ids())
+                .filter(|sid| node_of(*sid) == number && !state.registry.is_local(*sid))
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        for sid in &former {
+            self.submit(
+                Kind::SessionClose(cp::SessionClose {
+                    session_id: *sid,
+                    reason: "node rejoined".into(),
+                }),
+                Waiter::None,
+            );
+        }
+        former.len()
+    }
+
     /// The process is stopping: the store makes everything durable (a
     /// state directory writes a snapshot of the final state).
     pub fn close_store(&self) -> Result<(), CenterError> {
@@ -593,17 +666,26 @@ impl Center {
 
     /// Applies an entry the shared log handed back, at `unix_ms` (the log's
     /// time for it). Every node applies every entry in the log's order; the
-    /// node that made it answers its maker in the same step.
-    pub fn apply_logged(&self, entry: Entry, unix_ms: u64) {
+    /// node that made it answers its maker in the same step. An entry this
+    /// build cannot read (a newer format, a kind it does not know) is
+    /// refused, never skipped: skipping it would leave this node's state
+    /// apart from the others'.
+    pub fn apply_logged(&self, entry: Entry, unix_ms: u64) -> Result<(), UnknownEntry> {
+        if entry.format > FORMAT {
+            return Err(UnknownEntry(format!(
+                "format {} (this build reads {FORMAT})",
+                entry.format
+            )));
+        }
         let Some(kind) = entry.kind else {
-            return;
+            return Err(UnknownEntry("a kind this build does not know".into()));
         };
         let wall = SystemTime::UNIX_EPOCH + Duration::from_millis(unix_ms);
         let at = At {
             grace: Duration::from_millis(unix_ms),
             wall,
         };
-        let mine = entry.node_id == self.node_id();
+        let mine = self.shared() && self.inner.store.node_number() == entry.node_number;
         let mut state = self.inner.state.lock();
         let outcome = state.apply(&entry.node_id, kind, at, &self.inner.metrics);
         if mine {
@@ -612,6 +694,7 @@ impl Center {
                 w.complete(outcome);
             }
         }
+        Ok(())
     }
 
     /// Makes an operator change and waits for its count (bounded in a
@@ -631,11 +714,12 @@ impl Center {
     /// The returned handle closes the session (with its clean-up) when it is
     /// dropped, so a session task that ends in any way leaves no state behind.
     pub fn open_session(&self, peer: PeerInfo, grant: Grant, outlet: impl Outlet) -> SessionHandle {
-        let number = self.inner.store.node().map_or(0, |n| n.number);
+        let number = self.inner.store.node_number();
         let id = (u64::from(number) << 32)
             | (self.inner.next_session.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff);
         let stats = Arc::new(SessionStats::default());
         let overflow = CancellationToken::new();
+        let eviction = Arc::new(Eviction::default());
         let opened = cp::SessionOpen {
             session_id: id,
             peer_addr: peer.addr.clone(),
@@ -652,6 +736,7 @@ impl Center {
                 outlet: Box::new(outlet),
                 stats: stats.clone(),
                 overflow: overflow.clone(),
+                eviction: eviction.clone(),
                 connected_at: SystemTime::now(),
             },
         );
@@ -662,6 +747,7 @@ impl Center {
             id,
             stats,
             overflow,
+            eviction,
             grant,
             close_reason: None,
         }
@@ -925,6 +1011,7 @@ pub struct SessionHandle {
     id: SessionId,
     stats: Arc<SessionStats>,
     overflow: CancellationToken,
+    eviction: Arc<Eviction>,
     grant: Grant,
     close_reason: Option<String>,
 }
@@ -963,6 +1050,12 @@ impl SessionHandle {
     /// (its queue was full): the session must close as a slow consumer.
     pub fn overflow(&self) -> &CancellationToken {
         &self.overflow
+    }
+
+    /// Resolves when the center orders this session closed (see
+    /// [`Eviction`]), with the reason to close it with.
+    pub async fn evicted(&self) -> &'static str {
+        self.eviction.evicted().await
     }
 
     /// Counts one message received from the peer.

@@ -25,6 +25,8 @@ pub struct SessionEntry {
     pub stats: Arc<SessionStats>,
     /// Cancelled when its queue is full: its task closes it.
     pub overflow: CancellationToken,
+    /// Set when the center orders it closed for another reason.
+    pub eviction: Arc<super::Eviction>,
     /// When it opened.
     pub connected_at: SystemTime,
 }
@@ -289,9 +291,18 @@ impl Registry {
     /// forgotten.
     pub fn lose(&mut self, sid: SessionId) {
         if let Some(entry) = self.sessions.get(&sid) {
-            entry.overflow.cancel();
+            entry.eviction.evict("node lost");
         }
         self.remote.remove(&sid);
+    }
+
+    /// Orders every session this process holds closed for `reason`;
+    /// returns how many.
+    pub fn evict_all(&self, reason: &'static str) -> usize {
+        for entry in self.sessions.values() {
+            entry.eviction.evict(reason);
+        }
+        self.sessions.len()
     }
 
     /// Removes a session; nothing reaches it any more.

@@ -27,25 +27,22 @@ pub struct At {
     pub wall: SystemTime,
 }
 
-/// This process as a node of a cluster sharing one log.
-#[derive(Debug, Clone)]
-pub struct NodeInfo {
-    /// The node's id, for operators.
-    pub id: String,
-    /// The node's number, unique in the cluster for this process's life
-    /// (the high 32 bits of its session ids).
-    pub number: u32,
-}
-
 /// Keeps the log of entries (see the module docs).
 pub trait Store: Send + Sync + 'static {
     /// What keeps it, for operators and logs: `memory`, `file`, `redis`.
     fn kind(&self) -> &'static str;
 
-    /// The cluster node this process is when the log is shared; `None` for
-    /// a local store, which applies each entry as it makes it.
-    fn node(&self) -> Option<&NodeInfo> {
+    /// This process's id as a node of a cluster sharing the log; `None`
+    /// for a local store, which applies each entry as it makes it.
+    fn node_id(&self) -> Option<&str> {
         None
+    }
+
+    /// The node's number now: its lease in the cluster, never reused, and
+    /// the high 32 bits of the session ids it hands out (0 for a local
+    /// store). It changes when the node lost its lease and took a new one.
+    fn node_number(&self) -> u32 {
+        0
     }
 
     /// Takes `entry`, made at `at`. A local store is called under the
@@ -57,6 +54,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether it answers (for `/readyz`).
     fn ready(&self) -> bool {
+        true
+    }
+
+    /// Whether this process may serve sessions at all: false while a
+    /// cluster node has lost its lease or its state has a gap (it is
+    /// rejoining). True through a short outage of the store, which
+    /// [`Store::ready`] reports: a load balancer that took every node out
+    /// then would cut every SFU's link (`/serving` answers this one).
+    fn serving(&self) -> bool {
         true
     }
 

@@ -244,6 +244,17 @@ impl Gateway {
                 .refuse(&mut stream, peer, Refusal::Unavailable("shutting down"))
                 .await;
         }
+        if !self.center.store_ready() {
+            // A session now could not record anything: the peer had better
+            // try another node, or again shortly.
+            return self
+                .refuse(
+                    &mut stream,
+                    peer,
+                    Refusal::Unavailable("state store unavailable"),
+                )
+                .await;
+        }
         let _slot = match self.slots.take(peer.ip()) {
             Ok(slot) => slot,
             Err(Full::Total) => {

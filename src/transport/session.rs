@@ -163,6 +163,8 @@ where
             end = &mut reader => end,
             end = &mut writer => end,
             () = ctx.handle.overflow().cancelled() => End::Close(CloseCode::Policy, SLOW_CONSUMER),
+            // 1013 "try again later": the peer reconnects (to another node).
+            reason = ctx.handle.evicted() => End::Close(CloseCode::Again, reason),
             () = shutdown.cancelled() => End::Shutdown,
         }
     };

@@ -1,0 +1,290 @@
+//! A cluster that cannot diverge (issue 21): a node paused past its lease
+//! is fenced (its appends refused), closes its sessions with "node lost" and
+//! rejoins under a new lease; an outage of Redis for everyone makes no node
+//! lost; an entry a node cannot read stops it serving instead of being
+//! skipped. Every test starts its own `redis-server` and reads or writes its
+//! keys only to play what a fault does.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod common;
+
+use common::binary::Binary;
+use common::redis::RedisServer;
+use common::sfu::Sfu;
+use common::{Peer, http_get};
+use pilot_center::cluster_proto as cp;
+use pilot_center::config::Config;
+use pilot_center::server::Server;
+use prost::Message as _;
+use serde_json::json;
+
+fn node_yaml(redis: &str, node: &str) -> String {
+    format!(
+        "websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n\
+         grpc:\n  enabled: false\n\
+         admin:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n\
+         limits:\n  messages_per_sec: 0\n\
+         center:\n  reconnect_grace_secs: 60\n  shutdown_grace_secs: 2\n\
+         cluster:\n  redis_url: \"{redis}\"\n  node_id: {node}\n  node_ttl_secs: 1\n"
+    )
+}
+
+async fn node(redis: &RedisServer, id: &str) -> Server {
+    let config = Config::parse(&node_yaml(&redis.url(), id)).expect("config");
+    Server::start(&config).await.expect("the node joins")
+}
+
+async fn redis_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Every entry of the log, decoded.
+async fn log(redis: &RedisServer) -> Vec<cp::Entry> {
+    let mut conn = redis_conn(redis).await;
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg("{pilot}:log")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    reply
+        .ids
+        .iter()
+        .filter_map(|e| match e.map.get("e") {
+            Some(redis::Value::BulkString(b)) => cp::Entry::decode(b.as_slice()).ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+fn node_losts(entries: &[cp::Entry]) -> Vec<u32> {
+    entries
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(cp::entry::Kind::NodeLost(n)) => Some(n.node_number),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Polls `addr`'s `path` until it answers `status`.
+async fn until_status(addr: std::net::SocketAddr, path: &str, status: u16) {
+    let mut poll = common::Poll::new("an admin endpoint's status");
+    loop {
+        let (got, body) = http_get(addr, path).await;
+        if got == status {
+            return;
+        }
+        poll.again(&format!("{path}: {got} {body}")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_paused_past_its_lease_is_fenced_and_rejoins_under_a_new_one() {
+    common::bounded(async move {
+        let Some(redis) = RedisServer::start("fenced", false).await else {
+            return;
+        };
+        let mut paused = Binary::start(
+            "cluster-paused",
+            &node_yaml(&redis.url(), "paused"),
+            &["--log-level", "info"],
+        )
+        .await;
+        let paused_ws: std::net::SocketAddr = paused.addr("websocket").await.parse().unwrap();
+        let paused_admin: std::net::SocketAddr = paused.addr("admin").await.parse().unwrap();
+        let other = node(&redis, "other").await;
+        let mut a = Sfu::connect_to(paused_ws, false, "/pilot/center?peer=sfu-a").await;
+        let mut b = Peer::connect(&other).await;
+        a.request(
+            "join",
+            json!({"roomId": "r", "userId": "u1", "userName": "A"}),
+        )
+        .await;
+        b.join("r", "u2", "B").await;
+        a.expect("newUser").await;
+
+        // The node stops (a VM pause, a long GC): its lease lapses, the
+        // other node declares it lost.
+        let pid = paused.child.id().unwrap().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-STOP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert_eq!(
+            b.expect("userDisconnect").await,
+            json!({"roomId": "r", "userId": "u1"})
+        );
+        let lost = node_losts(&log(&redis).await);
+        assert_eq!(lost.len(), 1, "declared lost once: {lost:?}");
+
+        // It resumes: fenced, it closes its session so the SFU reconnects
+        // (1013: try again, elsewhere), takes a new lease and serves again.
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-CONT", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let mut poll = common::Poll::new("the fenced node to close its SFU's session");
+        while a.close_code.lock().unwrap().is_none() {
+            poll.again(&"still open").await;
+        }
+        assert_eq!(*a.close_code.lock().unwrap(), Some(1013));
+        until_status(paused_admin, "/serving", 200).await;
+        // Nothing it appended under its old lease came after "node lost".
+        let entries = log(&redis).await;
+        let at = entries
+            .iter()
+            .position(|e| matches!(e.kind, Some(cp::entry::Kind::NodeLost(_))))
+            .unwrap();
+        assert!(
+            entries[at + 1..].iter().all(|e| e.node_number != lost[0]),
+            "an entry of the fenced lease after its loss"
+        );
+        // Under its new lease it works: the SFU back there takes its user.
+        let mut a2 = Sfu::connect_to(paused_ws, false, "/pilot/center?peer=sfu-a").await;
+        let back = b.expect("userReConnect").await;
+        assert_eq!(back["userId"], json!("u1"));
+        a2.request(
+            "join",
+            json!({"roomId": "r", "userId": "u3", "userName": "C"}),
+        )
+        .await;
+        assert_eq!(b.expect("newUser").await["userId"], json!("u3"));
+        paused.kill9();
+        paused.read_to_end().await;
+        assert!(
+            paused.log.contains("this node lost its lease"),
+            "{}",
+            paused.log
+        );
+        assert!(
+            paused.log.contains("rejoined the cluster"),
+            "{}",
+            paused.log
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_for_everyone_makes_no_node_lost() {
+    common::bounded(async move {
+        let Some(redis) = RedisServer::start("outage", false).await else {
+            return;
+        };
+        let n1 = node(&redis, "n1").await;
+        let n2 = node(&redis, "n2").await;
+        let mut a = Sfu::connect_to(n1.ws_addr(), false, "/pilot/center?peer=sfu-a").await;
+        let mut b = Peer::connect(&n2).await;
+        a.request(
+            "join",
+            json!({"roomId": "r", "userId": "u1", "userName": "A"}),
+        )
+        .await;
+        b.join("r", "u2", "B").await;
+        a.expect("newUser").await;
+        // What an outage leaves in Redis: nobody renewed for ages, every
+        // lease lapsed.
+        let mut conn = redis_conn(&redis).await;
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg("{pilot}:leases")
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mut lapse = redis::pipe();
+        lapse
+            .atomic()
+            .cmd("SET")
+            .arg("{pilot}:renewed")
+            .arg(1)
+            .ignore();
+        for m in &members {
+            lapse
+                .cmd("ZADD")
+                .arg("{pilot}:leases")
+                .arg(1)
+                .arg(m)
+                .ignore();
+        }
+        let _: () = lapse.query_async(&mut conn).await.unwrap();
+        // Both nodes renew again...
+        let mut poll = common::Poll::new("both leases renewed");
+        loop {
+            let scores: Vec<(String, f64)> = redis::cmd("ZRANGE")
+                .arg("{pilot}:leases")
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if scores.len() == 2 && scores.iter().all(|(_, s)| *s > 1.0) {
+                break;
+            }
+            poll.again(&format!("{scores:?}")).await;
+        }
+        // ...and neither was declared lost; their sessions go on.
+        assert_eq!(node_losts(&log(&redis).await), Vec::<u32>::new());
+        a.expect_silence().await;
+        b.expect_silence().await;
+        a.assert_clean();
+        common::settle(&n1).await;
+        assert_eq!(n1.center().get_room("r").unwrap().users.len(), 2);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_a_node_cannot_read_stops_it_serving_instead_of_being_skipped() {
+    common::bounded(async move {
+        let Some(redis) = RedisServer::start("unreadable", false).await else {
+            return;
+        };
+        let n1 = node(&redis, "n1").await;
+        let mut a = Sfu::connect_to(n1.ws_addr(), false, "/pilot/center?peer=sfu-a").await;
+        a.request(
+            "join",
+            json!({"roomId": "r", "userId": "u1", "userName": "A"}),
+        )
+        .await;
+        // An entry of a kind this build does not know (field 20), as a newer
+        // node in a rolling upgrade could append.
+        let mut conn = redis_conn(&redis).await;
+        let _: String = redis::cmd("XADD")
+            .arg("{pilot}:log")
+            .arg("*")
+            .arg("e")
+            .arg(&[0xa0u8, 0x01, 0x01][..])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mut poll = common::Poll::new("the node to close its session");
+        while a.close_code.lock().unwrap().is_none() {
+            poll.again(&"still open").await;
+        }
+        assert_eq!(*a.close_code.lock().unwrap(), Some(1013));
+        let admin = n1.admin_addr().unwrap();
+        assert_eq!(http_get(admin, "/serving").await.0, 503);
+        assert_eq!(http_get(admin, "/readyz").await.0, 503);
+        assert_eq!(
+            common::upgrade_status(n1.ws_addr(), "/pilot/center", "").await,
+            503,
+            "no new session on a node that cannot follow the log"
+        );
+    })
+    .await;
+}
