@@ -288,3 +288,68 @@ async fn an_entry_a_node_cannot_read_stops_it_serving_instead_of_being_skipped()
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_ends_while_redis_is_down_is_recorded_when_it_returns() {
+    common::bounded(async move {
+        let Some(mut redis) = RedisServer::start("outage-close", true).await else {
+            return;
+        };
+        let yaml = |id: &str| {
+            node_yaml(&redis.url(), id).replace(
+                "  node_ttl_secs: 1\n",
+                "  node_ttl_secs: 1\n  store_timeout_secs: 1\n",
+            )
+        };
+        let n1 = Server::start(&Config::parse(&yaml("n1")).unwrap())
+            .await
+            .unwrap();
+        let n2 = Server::start(&Config::parse(&yaml("n2")).unwrap())
+            .await
+            .unwrap();
+        let a = Sfu::connect_to(n1.ws_addr(), false, "/pilot/center?peer=sfu-a").await;
+        let mut a = a;
+        let mut b = Peer::connect(&n2).await;
+        a.request(
+            "join",
+            json!({"roomId": "r", "userId": "u1", "userName": "A"}),
+        )
+        .await;
+        b.join("r", "u2", "B").await;
+        a.expect("newUser").await;
+        // Redis goes away; meanwhile the SFU's link to n1 drops.
+        redis.kill();
+        a.reset();
+        let mut poll = common::Poll::new("n1 to keep the closing it could not record");
+        while n1.center().unrecorded_closings() == 0 {
+            poll.again(&"not yet").await;
+        }
+        // No new session while the store is away: refused, not accepted
+        // and then broken.
+        assert_eq!(
+            common::upgrade_status(n1.ws_addr(), "/pilot/center", "").await,
+            503
+        );
+        // Redis is back: the closing is recorded, and the other SFU hears
+        // that u1 is disconnected (its grace runs), not nothing.
+        redis.restart().await;
+        assert_eq!(
+            b.expect("userDisconnect").await,
+            json!({"roomId": "r", "userId": "u1"})
+        );
+        assert_eq!(n1.center().unrecorded_closings(), 0);
+        // The SFU back under its name takes its user again (once n1 has
+        // seen Redis answer on every connection, it takes sessions again).
+        let mut poll = common::Poll::new("n1 to take sessions again");
+        loop {
+            let status = common::upgrade_status(n1.ws_addr(), "/pilot/center", "").await;
+            if status == 101 {
+                break;
+            }
+            poll.again(&status).await;
+        }
+        let _a2 = Sfu::connect_to(n1.ws_addr(), false, "/pilot/center?peer=sfu-a").await;
+        assert_eq!(b.expect("userReConnect").await["userId"], json!("u1"));
+    })
+    .await;
+}

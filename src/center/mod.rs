@@ -256,6 +256,14 @@ enum Waiter {
     Count(oneshot::Sender<Result<u32, CenterError>>),
     /// The grace timer.
     Done(oneshot::Sender<()>),
+    /// A session's opening: if it cannot be recorded, the session must
+    /// close (it could do nothing), with why.
+    Opened(Arc<Eviction>),
+    /// A session's closing: if it cannot be recorded now, it is kept and
+    /// recorded when the store takes it again ([`Center::retry_closings`]),
+    /// so its users get their grace instead of staying bound to a session
+    /// that is gone.
+    Closed(std::sync::Weak<Inner>, SessionId, String),
 }
 
 impl Waiter {
@@ -274,7 +282,11 @@ impl Waiter {
             (Self::Count(tx), _) => {
                 let _ = tx.send(Err(CenterError::Internal("the entry had no count".into())));
             }
-            (Self::None, _) => {}
+            // A local store that could not record the entry says so here.
+            (waiter @ (Self::Opened(_) | Self::Closed(..)), Outcome::Count(Err(e))) => {
+                waiter.fail(e);
+            }
+            (Self::None | Self::Opened(_) | Self::Closed(..), _) => {}
         }
     }
 
@@ -283,6 +295,12 @@ impl Waiter {
             Self::Reply(respond) => respond(Err(e)),
             Self::Count(tx) => {
                 let _ = tx.send(Err(e));
+            }
+            Self::Opened(eviction) => eviction.evict("state store unavailable"),
+            Self::Closed(inner, sid, reason) => {
+                if let Some(inner) = inner.upgrade() {
+                    inner.unrecorded_closings.lock().push((sid, reason));
+                }
             }
             Self::Done(_) | Self::None => {}
         }
@@ -317,6 +335,8 @@ struct Inner {
     store: Arc<dyn Store>,
     /// Entries this node appended, by origin number, whose maker waits.
     pending: Mutex<HashMap<u64, Waiter>>,
+    /// Session closings the store could not take yet (see [`Waiter::Closed`]).
+    unrecorded_closings: Mutex<Vec<(SessionId, String)>>,
     next_origin: AtomicU64,
 }
 
@@ -361,6 +381,7 @@ impl Center {
                 clock: config.clock,
                 store,
                 pending: Mutex::new(HashMap::new()),
+                unrecorded_closings: Mutex::new(Vec::new()),
                 next_origin: AtomicU64::new(1),
             }),
         }
@@ -740,7 +761,7 @@ impl Center {
                 connected_at: SystemTime::now(),
             },
         );
-        self.submit(Kind::SessionOpen(opened), Waiter::None);
+        self.submit(Kind::SessionOpen(opened), Waiter::Opened(eviction.clone()));
         SessionHandle {
             center: self.clone(),
             invites: PendingInvites::default(),
@@ -751,6 +772,45 @@ impl Center {
             grant,
             close_reason: None,
         }
+    }
+
+    /// Records that session `sid` ended, now or (if the store cannot take
+    /// it now) once it can: a closing is never lost, and applying one twice
+    /// changes nothing.
+    fn close_recorded(&self, sid: SessionId, reason: String) {
+        self.submit(
+            Kind::SessionClose(cp::SessionClose {
+                session_id: sid,
+                reason: reason.clone(),
+            }),
+            Waiter::Closed(Arc::downgrade(&self.inner), sid, reason),
+        );
+    }
+
+    /// Session closings waiting for the store to take them.
+    pub fn unrecorded_closings(&self) -> usize {
+        self.inner.unrecorded_closings.lock().len()
+    }
+
+    /// Records again the session closings the store could not take (an
+    /// outage): called every second by the grace timer. Returns how many
+    /// were tried.
+    pub fn retry_closings(&self) -> usize {
+        if !self.store_ready() {
+            return 0;
+        }
+        let closings = std::mem::take(&mut *self.inner.unrecorded_closings.lock());
+        let n = closings.len();
+        if n > 0 {
+            tracing::info!(
+                sessions = n,
+                "recording the closings of sessions that ended while the state store was unavailable"
+            );
+        }
+        for (sid, reason) in closings {
+            self.close_recorded(sid, reason);
+        }
+        n
     }
 
     /// Users whose reconnect grace ended leave (`userLeave` to their rooms).
@@ -767,6 +827,7 @@ impl Center {
     pub async fn run_grace_timer(self, shutdown: CancellationToken) {
         let clock = self.inner.clock.clone();
         loop {
+            self.retry_closings();
             let now = self.grace_now();
             let next = self.inner.state.lock().rooms.next_deadline();
             if self.shared() {
@@ -1201,13 +1262,7 @@ impl Drop for SessionHandle {
         if self.center.shared() {
             self.center.inner.state.lock().registry.close(self.id);
         }
-        self.center.submit(
-            Kind::SessionClose(cp::SessionClose {
-                session_id: self.id,
-                reason,
-            }),
-            Waiter::None,
-        );
+        self.center.close_recorded(self.id, reason);
     }
 }
 
