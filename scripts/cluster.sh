@@ -2,7 +2,7 @@
 # Starts a local cluster: one redis-server (append-only file on) and three
 # centers sharing it (docs/CLUSTER.md, README "Cluster"). Ctrl-C stops all.
 #
-#   scripts/cluster.sh            # ws on 127.0.0.1:9501..9503, gRPC 9511..9513, admin 9521..9523
+#   scripts/cluster.sh            # wss on 127.0.0.1:9501..9503, gRPC 9511..9513, admin 9521..9523
 #   REDIS_PORT=6390 NODES=5 scripts/cluster.sh
 #
 # Put the WebSocket ports behind a TCP load balancer (or one DNS name) for
@@ -17,7 +17,7 @@ cargo build --release --quiet --bin pilot-center
 
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; echo "stopped; logs in $DIR"' EXIT INT TERM
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --appendonly yes --dir "$DIR" --save "" \
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --appendonly yes --appendfsync everysec --dir "$DIR" --save "" \
   >"$DIR/redis.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
@@ -27,6 +27,7 @@ for n in $(seq "$NODES"); do
 websocket:
   listen_ip: 127.0.0.1
   listen_port: $((9500 + n))
+  self_signed: true   # wss: the RTCPilot SFU only speaks TLS
 grpc:
   listen_ip: 127.0.0.1
   listen_port: $((9510 + n))

@@ -26,7 +26,7 @@ pub fn room_json(room: &proto::RoomDetail) -> Value {
 
 /// A session, as JSON.
 pub fn session_json(s: &proto::SessionInfo) -> Value {
-    json!({"sessionId": s.session_id, "peerId": s.peer_id, "transport": transport(s.transport), "peerAddr": s.peer_addr, "users": s.user_count, "queueDepth": s.queue_depth, "messagesIn": s.messages_in, "messagesOut": s.messages_out, "msuIds": s.msu_ids, "connectedAt": time(s.connected_at.as_ref())})
+    json!({"sessionId": s.session_id, "peerId": s.peer_id, "transport": transport(s.transport), "peerAddr": s.peer_addr, "users": s.user_count, "queueDepth": s.queue_depth, "messagesIn": s.messages_in, "messagesOut": s.messages_out, "msuIds": s.msu_ids, "connectedAt": time(s.connected_at.as_ref()), "nodeId": s.node_id, "incarnation": s.incarnation})
 }
 
 /// An MSU, as JSON.
@@ -169,6 +169,7 @@ pub fn show_sessions(sessions: &[proto::SessionInfo], as_json: bool) -> String {
                 s.queue_depth.to_string(),
                 format!("{}/{}", s.messages_in, s.messages_out),
                 s.msu_ids.join(","),
+                s.node_id.clone(),
             ]
         })
         .collect();
@@ -182,6 +183,7 @@ pub fn show_sessions(sessions: &[proto::SessionInfo], as_json: bool) -> String {
             "QUEUE",
             "IN/OUT",
             "MSUS",
+            "NODE",
         ],
         &rows,
     )
