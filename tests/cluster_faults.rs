@@ -353,3 +353,70 @@ async fn a_session_that_ends_while_redis_is_down_is_recorded_when_it_returns() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_redis_for_less_than_its_lease_keeps_its_sessions() {
+    common::bounded(async move {
+        let Some(redis) = RedisServer::start("cut", false).await else {
+            return;
+        };
+        let target: std::net::SocketAddr = format!("127.0.0.1:{}", redis.port).parse().unwrap();
+        let proxy = common::proxy::Proxy::start(target).await;
+        let yaml = |url: &str, id: &str| {
+            node_yaml(url, id).replace(
+                "  node_ttl_secs: 1\n",
+                "  node_ttl_secs: 10\n  store_timeout_secs: 1\n",
+            )
+        };
+        let n1 = Server::start(&Config::parse(&yaml(&proxy.redis_url(), "n1")).unwrap())
+            .await
+            .unwrap();
+        let n2 = Server::start(&Config::parse(&yaml(&redis.url(), "n2")).unwrap())
+            .await
+            .unwrap();
+        let mut a = Sfu::connect_to(n1.ws_addr(), false, "/pilot/center?peer=sfu-a").await;
+        let mut b = Peer::connect(&n2).await;
+        a.request(
+            "join",
+            json!({"roomId": "r", "userId": "u1", "userName": "A"}),
+        )
+        .await;
+        b.join("r", "u2", "B").await;
+        a.expect("newUser").await;
+
+        for mode in [common::proxy::Mode::Blackhole, common::proxy::Mode::Cut] {
+            // n1 loses Redis until it notices (it then refuses new sessions)...
+            proxy.set(mode);
+            let admin = n1.admin_addr().unwrap();
+            until_status(admin, "/readyz", 503).await;
+            // ...but keeps serving its sessions and says so to a balancer.
+            assert_eq!(http_get(admin, "/serving").await.0, 200);
+            proxy.set(common::proxy::Mode::Pass);
+            until_status(admin, "/readyz", 200).await;
+        }
+        // Nobody was closed or declared lost, and the SFU's link works.
+        assert_eq!(node_losts(&log(&redis).await), Vec::<u32>::new());
+        a.expect_silence().await;
+        a.assert_clean();
+        a.request(
+            "join",
+            json!({"roomId": "r", "userId": "u3", "userName": "C"}),
+        )
+        .await;
+        assert_eq!(b.expect("newUser").await["userId"], json!("u3"));
+        // Both nodes hold the same truth.
+        common::settle(&n1).await;
+        common::settle(&n2).await;
+        let rooms = |s: &Server| format!("{:?}", s.center().get_room("r").unwrap());
+        assert_eq!(rooms(&n1), rooms(&n2));
+        let sessions = |s: &Server| {
+            s.center()
+                .list_sessions()
+                .into_iter()
+                .map(|x| (x.session_id, x.peer_id, x.user_count))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(sessions(&n1), sessions(&n2));
+    })
+    .await;
+}
