@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every load scenario against a release build of the center on this
-# machine and prints the tables the README's Performance section quotes.
+# machine and prints the tables docs/PERFORMANCE.md quotes.
 # Loopback only; every run is bounded. Usage: benches/perf.sh [quick]
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,6 @@
 //! The center process's heap policy on glibc: keep freed memory for reuse
 //! while traffic flows, give it back to the OS once a crowd of sessions has
-//! left (issue 11, item 8; figures in the README, "Memory after a crowd").
+//! left (issue 11, item 8; figures in docs/PERFORMANCE.md, "Memory after a crowd").
 //!
 //! Three glibc behaviours shape it, each measured:
 //! - Trimming after every burst of frees (glibc's default) put 5–10 ms

@@ -304,8 +304,8 @@ impl Gateway {
         .await;
         // A DEBUG span: the subscriber keeps a slot per span ever open at
         // once, with a small allocation each that outlives the session and
-        // pinned ~18 MB of freed heap after 5,000 sessions left (README,
-        // Performance). The INFO lines of a session carry its ids instead.
+        // pinned ~18 MB of freed heap after 5,000 sessions left (docs/
+        // PERFORMANCE.md). The INFO lines of a session carry its ids instead.
         let span = tracing::debug_span!("session", peer.addr = %peer, peer.id = %identity, transport = transport.short_name());
         session::run(
             ws,
