@@ -821,6 +821,23 @@ mod tests {
     }
 
     #[test]
+    fn short_hs256_secrets_are_refused() {
+        let yaml = |secret: &str| {
+            format!(
+                "websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\nauth:\n  enabled: true\n  hs256_secret: \"{secret}\"\n"
+            )
+        };
+        let err = Config::parse(&yaml(&"x".repeat(31)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("auth.hs256_secret") && err.contains("32 bytes"),
+            "{err}"
+        );
+        assert!(Config::parse(&yaml(&"x".repeat(32))).is_ok());
+    }
+
+    #[test]
     fn relative_paths_resolve_against_the_file() {
         let dir = std::env::temp_dir().join(format!("pilot-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -85,6 +85,32 @@ async fn until_status(addr: std::net::SocketAddr, path: &str, status: u16) {
     }
 }
 
+/// SFU A (`peer=sfu-a`) on `a_addr` holds u1 of room r; a peer on `b`
+/// holds u2 there.
+async fn sfu_a_and_peer_b(a_addr: std::net::SocketAddr, b: &Server) -> (Sfu, Peer) {
+    let mut a = Sfu::connect_to(a_addr, false, "/pilot/center?peer=sfu-a").await;
+    let mut peer = Peer::connect(b).await;
+    a.request(
+        "join",
+        json!({"roomId": "r", "userId": "u1", "userName": "A"}),
+    )
+    .await;
+    peer.join("r", "u2", "B").await;
+    a.expect("newUser").await;
+    (a, peer)
+}
+
+/// Waits until the center closes `sfu`'s link; returns the close code.
+async fn close_code(sfu: &Sfu) -> u16 {
+    let mut poll = common::Poll::new("the center to close the SFU's link");
+    loop {
+        if let Some(code) = *sfu.close_code.lock().unwrap() {
+            return code;
+        }
+        poll.again(&"still open").await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_paused_past_its_lease_is_fenced_and_rejoins_under_a_new_one() {
     common::bounded(async move {
@@ -100,15 +126,7 @@ async fn a_node_paused_past_its_lease_is_fenced_and_rejoins_under_a_new_one() {
         let paused_ws: std::net::SocketAddr = paused.addr("websocket").await.parse().unwrap();
         let paused_admin: std::net::SocketAddr = paused.addr("admin").await.parse().unwrap();
         let other = node(&redis, "other").await;
-        let mut a = Sfu::connect_to(paused_ws, false, "/pilot/center?peer=sfu-a").await;
-        let mut b = Peer::connect(&other).await;
-        a.request(
-            "join",
-            json!({"roomId": "r", "userId": "u1", "userName": "A"}),
-        )
-        .await;
-        b.join("r", "u2", "B").await;
-        a.expect("newUser").await;
+        let (a, mut b) = sfu_a_and_peer_b(paused_ws, &other).await;
 
         // The node stops (a VM pause, a long GC): its lease lapses, the
         // other node declares it lost.
@@ -136,11 +154,7 @@ async fn a_node_paused_past_its_lease_is_fenced_and_rejoins_under_a_new_one() {
                 .unwrap()
                 .success()
         );
-        let mut poll = common::Poll::new("the fenced node to close its SFU's session");
-        while a.close_code.lock().unwrap().is_none() {
-            poll.again(&"still open").await;
-        }
-        assert_eq!(*a.close_code.lock().unwrap(), Some(1013));
+        assert_eq!(close_code(&a).await, 1013);
         until_status(paused_admin, "/serving", 200).await;
         // Nothing it appended under its old lease came after "node lost".
         let entries = log(&redis).await;
@@ -186,15 +200,7 @@ async fn an_outage_for_everyone_makes_no_node_lost() {
         };
         let n1 = node(&redis, "n1").await;
         let n2 = node(&redis, "n2").await;
-        let mut a = Sfu::connect_to(n1.ws_addr(), false, "/pilot/center?peer=sfu-a").await;
-        let mut b = Peer::connect(&n2).await;
-        a.request(
-            "join",
-            json!({"roomId": "r", "userId": "u1", "userName": "A"}),
-        )
-        .await;
-        b.join("r", "u2", "B").await;
-        a.expect("newUser").await;
+        let (mut a, mut b) = sfu_a_and_peer_b(n1.ws_addr(), &n2).await;
         // What an outage leaves in Redis: nobody renewed for ages, every
         // lease lapsed.
         let mut conn = redis_conn(&redis).await;
@@ -272,11 +278,7 @@ async fn an_entry_a_node_cannot_read_stops_it_serving_instead_of_being_skipped()
             .query_async(&mut conn)
             .await
             .unwrap();
-        let mut poll = common::Poll::new("the node to close its session");
-        while a.close_code.lock().unwrap().is_none() {
-            poll.again(&"still open").await;
-        }
-        assert_eq!(*a.close_code.lock().unwrap(), Some(1013));
+        assert_eq!(close_code(&a).await, 1013);
         let admin = n1.admin_addr().unwrap();
         assert_eq!(http_get(admin, "/serving").await.0, 503);
         assert_eq!(http_get(admin, "/readyz").await.0, 503);
@@ -307,16 +309,7 @@ async fn a_session_that_ends_while_redis_is_down_is_recorded_when_it_returns() {
         let n2 = Server::start(&Config::parse(&yaml("n2")).unwrap())
             .await
             .unwrap();
-        let a = Sfu::connect_to(n1.ws_addr(), false, "/pilot/center?peer=sfu-a").await;
-        let mut a = a;
-        let mut b = Peer::connect(&n2).await;
-        a.request(
-            "join",
-            json!({"roomId": "r", "userId": "u1", "userName": "A"}),
-        )
-        .await;
-        b.join("r", "u2", "B").await;
-        a.expect("newUser").await;
+        let (a, mut b) = sfu_a_and_peer_b(n1.ws_addr(), &n2).await;
         // Redis goes away; meanwhile the SFU's link to n1 drops.
         redis.kill();
         a.reset();
@@ -374,15 +367,7 @@ async fn a_node_cut_off_from_redis_for_less_than_its_lease_keeps_its_sessions() 
         let n2 = Server::start(&Config::parse(&yaml(&redis.url(), "n2")).unwrap())
             .await
             .unwrap();
-        let mut a = Sfu::connect_to(n1.ws_addr(), false, "/pilot/center?peer=sfu-a").await;
-        let mut b = Peer::connect(&n2).await;
-        a.request(
-            "join",
-            json!({"roomId": "r", "userId": "u1", "userName": "A"}),
-        )
-        .await;
-        b.join("r", "u2", "B").await;
-        a.expect("newUser").await;
+        let (mut a, mut b) = sfu_a_and_peer_b(n1.ws_addr(), &n2).await;
 
         for mode in [common::proxy::Mode::Blackhole, common::proxy::Mode::Cut] {
             // n1 loses Redis until it notices (it then refuses new sessions)...

@@ -32,33 +32,31 @@ impl GrpcPeer {
         peer: &str,
         incarnation: &str,
     ) -> GrpcPeer {
-        let mut client = common::grpc(server).await;
-        let (tx, rx) = mpsc::channel(64);
-        let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        request
-            .metadata_mut()
-            .insert("x-peer-id", peer.parse().expect("ascii"));
-        request
-            .metadata_mut()
-            .insert("x-peer-incarnation", incarnation.parse().expect("ascii"));
-        let stream = client
-            .peer_session(request)
-            .await
-            .expect("PeerSession")
-            .into_inner();
-        GrpcPeer {
-            tx,
-            rx: stream,
-            pending: VecDeque::new(),
-            next_id: 1,
-        }
+        Self::open_with(
+            server,
+            &[("x-peer-id", peer), ("x-peer-incarnation", incarnation)],
+        )
+        .await
     }
 
     async fn open(server: &pilot_center::server::Server) -> GrpcPeer {
+        Self::open_with(server, &[]).await
+    }
+
+    async fn open_with(
+        server: &pilot_center::server::Server,
+        metadata: &[(&'static str, &str)],
+    ) -> GrpcPeer {
         let mut client = common::grpc(server).await;
         let (tx, rx) = mpsc::channel(64);
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        for (key, value) in metadata {
+            request
+                .metadata_mut()
+                .insert(*key, value.parse().expect("ascii"));
+        }
         let stream = client
-            .peer_session(ReceiverStream::new(rx))
+            .peer_session(request)
             .await
             .expect("PeerSession")
             .into_inner();

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use pilot_center::auth::Grant;
-use pilot_center::center::{Center, Outbound, PeerInfo};
+use pilot_center::center::{Center, CenterConfig, Outbound, PeerInfo};
 use pilot_center::proto::Transport;
 use pilot_center::translate;
 use serde_json::value::RawValue;
@@ -31,12 +31,21 @@ fuzz_target!(|data: &[u8]| {
     }
     let Ok(raw) = serde_json::from_str::<&RawValue>(text) else { return };
     let method = METHODS[usize::from(pick) % METHODS.len()];
-    let center = Center::default();
+    // No reconnect grace: when both sessions end, nothing may be left.
+    let center = Center::new(CenterConfig {
+        reconnect_grace: std::time::Duration::ZERO,
+        ..CenterConfig::default()
+    });
     let (tx_a, mut rx_a) = tokio::sync::mpsc::channel::<Outbound>(1024);
     let (tx_b, mut rx_b) = tokio::sync::mpsc::channel::<Outbound>(1024);
-    let peer = || PeerInfo { addr: "fuzz".into(), transport: Transport::Ws };
-    let a = center.open_session(peer(), Grant::unrestricted(), tx_a);
-    let b = center.open_session(peer(), Grant::unrestricted(), tx_b);
+    let peer = |name: &str| PeerInfo {
+        addr: "fuzz".into(),
+        transport: Transport::Ws,
+        identity: name.into(),
+        incarnation: String::new(),
+    };
+    let a = center.open_session(peer("a"), Grant::unrestricted(), tx_a);
+    let b = center.open_session(peer("b"), Grant::unrestricted(), tx_b);
     // Session b hosts a user in every room the input may name.
     for room in ["r", "", "room"] {
         let join = format!(r#"{{"roomId":"{room}","userId":"b","userName":"B"}}"#);

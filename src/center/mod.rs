@@ -606,6 +606,16 @@ impl Center {
     /// kept) now, so its users wait out the reconnect grace for their peer
     /// to come back under its identity. Returns how many there were.
     pub fn end_former_sessions(&self) -> usize {
+        self.end_sessions_held_elsewhere(|_| true, "center restarted")
+    }
+
+    /// Ends (records the closing of) every session the state lists that
+    /// this process does not hold and `whose` accepts; returns how many.
+    fn end_sessions_held_elsewhere(
+        &self,
+        whose: impl Fn(SessionId) -> bool,
+        reason: &str,
+    ) -> usize {
         let former: Vec<SessionId> = {
             let state = self.inner.state.lock();
             let mut ids: Vec<SessionId> = state
@@ -613,20 +623,14 @@ impl Center {
                 .session_ids()
                 .into_iter()
                 .chain(state.registry.ids())
-                .filter(|sid| !state.registry.is_local(*sid))
+                .filter(|sid| whose(*sid) && !state.registry.is_local(*sid))
                 .collect();
             ids.sort_unstable();
             ids.dedup();
             ids
         };
         for sid in &former {
-            self.submit(
-                Kind::SessionClose(cp::SessionClose {
-                    session_id: *sid,
-                    reason: "center restarted".into(),
-                }),
-                Waiter::None,
-            );
+            self.close_recorded(*sid, reason.to_owned());
         }
         former.len()
     }
@@ -653,29 +657,7 @@ impl Center {
     /// this node's (`number`) but that it no longer holds end now, as their
     /// closings could not be recorded while it was out. Returns how many.
     pub fn end_own_former_sessions(&self, number: u32) -> usize {
-        let former: Vec<SessionId> = {
-            let state = self.inner.state.lock();
-            let mut ids: Vec<SessionId> = state
-                .rooms
-                .session_ids()
-                .into_iter()
-                .chain(state.registry.ids())
-                .filter(|sid| node_of(*sid) == number && !state.registry.is_local(*sid))
-                .collect();
-            ids.sort_unstable();
-            ids.dedup();
-            ids
-        };
-        for sid in &former {
-            self.submit(
-                Kind::SessionClose(cp::SessionClose {
-                    session_id: *sid,
-                    reason: "node rejoined".into(),
-                }),
-                Waiter::None,
-            );
-        }
-        former.len()
+        self.end_sessions_held_elsewhere(|sid| node_of(sid) == number, "node rejoined")
     }
 
     /// The process is stopping: the store makes everything durable (a
