@@ -405,3 +405,55 @@ async fn a_node_cut_off_from_redis_for_less_than_its_lease_keeps_its_sessions() 
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_everything_leaves_no_ghosts() {
+    common::bounded(async move {
+        // No persistence: a restart empties Redis (log, snapshot, leases).
+        let Some(mut redis) = RedisServer::start("amnesia", false).await else {
+            return;
+        };
+        let n1 = node(&redis, "n1").await;
+        let n2 = node(&redis, "n2").await;
+        let (a, mut b) = sfu_a_and_peer_b(n1.ws_addr(), &n2).await;
+        redis.restart().await;
+        // Both nodes find their state has no ground (their leases gone, the
+        // log behind them): they close their sessions, with the reason...
+        assert_eq!(close_code(&a).await, 1013);
+        let frame = b.close_frame().await;
+        assert_eq!(u16::from(frame.code), 1013);
+        assert!(
+            ["node lost", "node stale"].contains(&frame.reason.as_str()),
+            "{}",
+            frame.reason
+        );
+        // ...rejoin, and serve again, holding the same (empty) truth.
+        for n in [&n1, &n2] {
+            until_status(n.admin_addr().unwrap(), "/serving", 200).await;
+        }
+        common::settle(&n1).await;
+        common::settle(&n2).await;
+        assert_eq!(n1.center().list_rooms(), n2.center().list_rooms());
+        assert!(n1.center().list_rooms().is_empty(), "no ghost room");
+        let ids = |s: &Server| {
+            s.center()
+                .list_sessions()
+                .into_iter()
+                .map(|x| x.session_id)
+                .collect::<Vec<_>>()
+        };
+        // Once the closed sessions' tasks have ended (each waits a moment
+        // for its peer's close reply), both list the same sessions.
+        let mut poll = common::Poll::new("both nodes to list the same sessions");
+        while ids(&n1) != ids(&n2) {
+            poll.again(&format!("{:?} / {:?}", ids(&n1), ids(&n2)))
+                .await;
+        }
+        // The SFUs come back and rebuild the rooms as their users rejoin.
+        let (_a2, mut b2) = sfu_a_and_peer_b(n1.ws_addr(), &n2).await;
+        b2.expect_silence().await;
+        common::settle(&n2).await;
+        assert_eq!(n2.center().get_room("r").unwrap().users.len(), 2);
+    })
+    .await;
+}
