@@ -19,14 +19,20 @@ use pilot_center::server::Server;
 use prost::Message as _;
 use serde_json::json;
 
+/// A node's configuration. Its lease is 10 s (a loaded machine never makes
+/// a healthy node miss it) unless a test needs one to lapse quickly.
 fn node_yaml(redis: &str, node: &str) -> String {
+    node_yaml_with_lease(redis, node, 10)
+}
+
+fn node_yaml_with_lease(redis: &str, node: &str, ttl_secs: u64) -> String {
     format!(
         "websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n\
          grpc:\n  enabled: false\n\
          admin:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n\
          limits:\n  messages_per_sec: 0\n\
          center:\n  reconnect_grace_secs: 60\n  shutdown_grace_secs: 2\n\
-         cluster:\n  redis_url: \"{redis}\"\n  node_id: {node}\n  node_ttl_secs: 1\n"
+         cluster:\n  redis_url: \"{redis}\"\n  node_id: {node}\n  node_ttl_secs: {ttl_secs}\n"
     )
 }
 
@@ -119,13 +125,16 @@ async fn a_node_paused_past_its_lease_is_fenced_and_rejoins_under_a_new_one() {
         };
         let mut paused = Binary::start(
             "cluster-paused",
-            &node_yaml(&redis.url(), "paused"),
+            &node_yaml_with_lease(&redis.url(), "paused", 1),
             &["--log-level", "info"],
         )
         .await;
         let paused_ws: std::net::SocketAddr = paused.addr("websocket").await.parse().unwrap();
         let paused_admin: std::net::SocketAddr = paused.addr("admin").await.parse().unwrap();
-        let other = node(&redis, "other").await;
+        let other =
+            Server::start(&Config::parse(&node_yaml_with_lease(&redis.url(), "other", 1)).unwrap())
+                .await
+                .unwrap();
         let (a, mut b) = sfu_a_and_peer_b(paused_ws, &other).await;
 
         // The node stops (a VM pause, a long GC): its lease lapses, the
@@ -299,8 +308,8 @@ async fn a_session_that_ends_while_redis_is_down_is_recorded_when_it_returns() {
         };
         let yaml = |id: &str| {
             node_yaml(&redis.url(), id).replace(
-                "  node_ttl_secs: 1\n",
-                "  node_ttl_secs: 1\n  store_timeout_secs: 1\n",
+                "  node_ttl_secs: 10\n",
+                "  node_ttl_secs: 10\n  store_timeout_secs: 1\n",
             )
         };
         let n1 = Server::start(&Config::parse(&yaml("n1")).unwrap())
@@ -357,7 +366,7 @@ async fn a_node_cut_off_from_redis_for_less_than_its_lease_keeps_its_sessions() 
         let proxy = common::proxy::Proxy::start(target).await;
         let yaml = |url: &str, id: &str| {
             node_yaml(url, id).replace(
-                "  node_ttl_secs: 1\n",
+                "  node_ttl_secs: 10\n",
                 "  node_ttl_secs: 10\n  store_timeout_secs: 1\n",
             )
         };

@@ -198,7 +198,7 @@ async fn slowloris_on_the_websocket_listener_holds_only_its_own_places_and_not_f
     common::bounded(async move {
         let config = common::config(
             false,
-            "  max_pending_handshakes_per_ip: 4\n  handshake_timeout_secs: 1\n  connections_per_ip_per_sec: 0\n",
+            "  max_pending_handshakes_per_ip: 4\n  handshake_timeout_secs: 2\n  connections_per_ip_per_sec: 0\n",
         );
         let server = Server::start(&config).await.unwrap();
         let addr = server.ws_addr();
@@ -265,7 +265,7 @@ async fn slowloris_on_the_grpc_listener_is_bounded_and_timed_out() {
         let config = common::config_sections(
             false,
             "",
-            "  max_connections_per_ip: 4\n  handshake_timeout_secs: 1\n",
+            "  max_connections_per_ip: 4\n  handshake_timeout_secs: 2\n",
             "",
         );
         let server = Server::start(&config).await.unwrap();
@@ -308,7 +308,7 @@ async fn admin_server(admin: &str) -> Server {
 async fn slowloris_on_the_admin_listener_is_bounded_and_timed_out() {
     common::bounded(async move {
         let server =
-            admin_server("  max_connections_per_ip: 4\n  handshake_timeout_secs: 1\n").await;
+            admin_server("  max_connections_per_ip: 4\n  handshake_timeout_secs: 2\n").await;
         let addr = server.admin_addr().unwrap();
         let mut silent = Vec::new();
         for _ in 0..3 {
