@@ -53,6 +53,15 @@ use tokio_util::sync::CancellationToken;
 /// Identifies a peer session for the life of the process (never reused).
 pub type SessionId = u64;
 
+/// Gives a map's memory back once it holds a small fraction of what it
+/// once did (a crowd left), so the heap can be trimmed; rare enough to cost
+/// nothing in steady state.
+pub(crate) fn shrink_after_crowd<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 1024 && map.len() < map.capacity() / 8 {
+        map.shrink_to_fit();
+    }
+}
+
 /// A room event on its way to one or more sessions.
 ///
 /// Shared by every session it goes to; the protoo JSON text is made once, by

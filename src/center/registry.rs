@@ -4,7 +4,9 @@
 
 use super::feed::{EncodedEvents, EventLog};
 use super::rules::Effects;
-use super::{Outbound, Outlet, OutletError, PeerInfo, SessionId, SessionStats, timestamp};
+use super::{
+    Outbound, Outlet, OutletError, PeerInfo, SessionId, SessionStats, shrink_after_crowd, timestamp,
+};
 use crate::error::CenterError;
 use crate::metrics::{Metrics, StateGauges};
 use crate::proto::{self, EventKind, watch_events_response::Event};
@@ -54,15 +56,6 @@ pub struct SessionRow<'a> {
     pub connected_at: SystemTime,
     /// Its counters and outlet, when this process holds it.
     pub local: Option<&'a SessionEntry>,
-}
-
-/// Gives a map's memory back once it holds a small fraction of what it
-/// once did (a crowd left), so the heap can be trimmed; rare enough to cost
-/// nothing in steady state.
-pub fn shrink_after_crowd<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
-    if map.capacity() > 1024 && map.len() < map.capacity() / 8 {
-        map.shrink_to_fit();
-    }
 }
 
 /// The registry's part of a snapshot ([`Registry::freeze`]).

@@ -14,7 +14,7 @@
 //!   (which takes them all back) or one that names them; unclaimed orphans
 //!   leave when the grace ends.
 
-use super::{Delivery, Outbound, SessionId};
+use super::{Delivery, Outbound, SessionId, shrink_after_crowd};
 use crate::error::CenterError;
 use crate::proto::{self, EventKind, peer_event, watch_events_response::Event};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -399,7 +399,7 @@ impl Rooms {
     /// once a crowd's grace is over; returns what it held.
     fn forget_orphans(&mut self, identity: &Arc<str>) -> Option<HashSet<(String, String)>> {
         let orphans = self.orphans.remove(identity);
-        super::registry::shrink_after_crowd(&mut self.orphans);
+        shrink_after_crowd(&mut self.orphans);
         orphans
     }
 
@@ -447,7 +447,7 @@ impl Rooms {
         let Some(room) = self.rooms.remove(room_id) else {
             return;
         };
-        super::registry::shrink_after_crowd(&mut self.rooms);
+        shrink_after_crowd(&mut self.rooms);
         if let Some(msu) = room.msu.as_ref().and_then(|m| self.msus.get_mut(m)) {
             msu.rooms.remove(room_id);
         }
@@ -702,7 +702,7 @@ impl Rooms {
         let Some(h) = self.sessions.remove(&sid) else {
             return;
         };
-        super::registry::shrink_after_crowd(&mut self.sessions);
+        shrink_after_crowd(&mut self.sessions);
         let grace = self.config.reconnect_grace;
         let mut held: Vec<(String, Vec<String>)> = h
             .rooms
