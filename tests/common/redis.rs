@@ -12,6 +12,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     persistent: bool,
+    /// `appendfsync` when persistent: `always` unless a test says.
+    appendfsync: &'static str,
 }
 
 /// Where `redis-server` is, if installed.
@@ -49,6 +51,7 @@ impl RedisServer {
             port,
             dir,
             persistent,
+            appendfsync: "always",
         };
         server.spawn(&bin).await;
         Some(server)
@@ -59,7 +62,12 @@ impl RedisServer {
         let child = std::process::Command::new(bin)
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", appendonly, "--appendfsync", "always"])
+            .args([
+                "--appendonly",
+                appendonly,
+                "--appendfsync",
+                self.appendfsync,
+            ])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(std::process::Stdio::null())
@@ -98,6 +106,13 @@ impl RedisServer {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Switches to `appendfsync everysec` (Redis's usual setting, which may
+    /// lose the last second of writes when killed) and starts again.
+    pub async fn restart_everysec(&mut self) {
+        self.appendfsync = "everysec";
+        self.restart().await;
     }
 
     /// Starts it again on the same port and directory (with `persistent`,
