@@ -186,10 +186,6 @@ struct RedisStore {
 }
 
 impl Store for RedisStore {
-    fn kind(&self) -> &'static str {
-        "redis"
-    }
-
     fn node_id(&self) -> Option<&str> {
         Some(&self.id)
     }

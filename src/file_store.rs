@@ -385,10 +385,6 @@ pub struct FileStore {
 }
 
 impl Store for FileStore {
-    fn kind(&self) -> &'static str {
-        "file"
-    }
-
     fn append(&self, entry: &Entry, at: At) -> Result<(), CenterError> {
         let bytes = record(entry, at);
         let mut p = self.shared.pending.lock();

@@ -331,6 +331,18 @@ struct Shared {
     registry: Registry,
 }
 
+impl Shared {
+    /// The state at this moment, for a snapshot taken after log entry
+    /// `after` ("" for a local store): the rooms are shared, not copied.
+    fn freeze(&self, after: &str) -> FrozenState {
+        FrozenState {
+            after: after.to_owned(),
+            rules: self.rooms.freeze(),
+            registry: self.registry.freeze(),
+        }
+    }
+}
+
 struct Inner {
     /// The only copy of the state. Held for one step at a time, never
     /// across an await.
@@ -422,11 +434,6 @@ impl Center {
         self.inner.store.serving()
     }
 
-    /// What keeps the state: `memory`, `file` or `redis`.
-    pub fn store_kind(&self) -> &'static str {
-        self.inner.store.kind()
-    }
-
     /// Whether entries go through a log other nodes share (then they are
     /// applied when the log hands them back, not in the step that makes them).
     fn shared(&self) -> bool {
@@ -512,11 +519,7 @@ impl Center {
         };
         let outcome = state.apply("", kind, at, &self.inner.metrics);
         if self.inner.store.wants_snapshot() {
-            self.inner.store.compact(FrozenState {
-                after: String::new(),
-                rules: state.rooms.freeze(),
-                registry: state.registry.freeze(),
-            });
+            self.inner.store.compact(state.freeze(""));
         }
         outcome
     }
@@ -568,12 +571,7 @@ impl Center {
     /// rooms and copy the sessions and feed; [`FrozenState::into_snapshot`]
     /// does the rest without it.
     pub fn freeze(&self, after: &str) -> FrozenState {
-        let state = self.inner.state.lock();
-        FrozenState {
-            after: after.to_owned(),
-            rules: state.rooms.freeze(),
-            registry: state.registry.freeze(),
-        }
+        self.inner.state.lock().freeze(after)
     }
 
     /// Replaces the state by a snapshot's, before a joining node (or a
@@ -654,12 +652,10 @@ impl Center {
     /// Hands the store the state as it is now, to keep as a snapshot (a
     /// state directory's log before it can then go).
     pub fn compact_store(&self) {
+        // Under the lock: no entry may fall between the state frozen and
+        // the store starting its next log after it.
         let state = self.inner.state.lock();
-        self.inner.store.compact(FrozenState {
-            after: String::new(),
-            rules: state.rooms.freeze(),
-            registry: state.registry.freeze(),
-        });
+        self.inner.store.compact(state.freeze(""));
     }
 
     /// After a cluster node rejoined: the sessions the log still lists as

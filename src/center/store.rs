@@ -29,9 +29,6 @@ pub struct At {
 
 /// Keeps the log of entries (see the module docs).
 pub trait Store: Send + Sync + 'static {
-    /// What keeps it, for operators and logs: `memory`, `file`, `redis`.
-    fn kind(&self) -> &'static str;
-
     /// This process's id as a node of a cluster sharing the log; `None`
     /// for a local store, which applies each entry as it makes it.
     fn node_id(&self) -> Option<&str> {
@@ -88,10 +85,6 @@ pub trait Store: Send + Sync + 'static {
 pub struct MemoryStore;
 
 impl Store for MemoryStore {
-    fn kind(&self) -> &'static str {
-        "memory"
-    }
-
     fn append(&self, _entry: &Entry, _at: At) -> Result<(), CenterError> {
         Ok(())
     }
