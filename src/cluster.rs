@@ -263,7 +263,7 @@ const NOTE_RENEWAL: &str = "local last = tonumber(redis.call('GET', RENEWED) or 
 /// A new lease: a node number never used before, its lease until now+ttl.
 /// KEYS: node-numbers, leases, renewed, live-since, node-ids; ARGV: ttl ms,
 /// node id. Returns the number.
-fn join_script() -> String {
+static JOIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "{NOW}local n = redis.call('INCR', KEYS[1])\nredis.call('ZADD', KEYS[2], now + tonumber(ARGV[1]), n)\nredis.call('HSET', KEYS[5], n, ARGV[2])\n{}return n",
         NOTE_RENEWAL
@@ -271,12 +271,12 @@ fn join_script() -> String {
             .replace("LIVE_SINCE", "KEYS[4]")
             .replace("TTL", "tonumber(ARGV[1])")
     )
-}
+});
 
 /// Renews lease `ARGV[1]` for `ARGV[2]` ms if it is still held. KEYS:
 /// leases, renewed, live-since. Returns Redis time (ms), or 0 when the lease
 /// is gone (the node was declared lost: it is fenced).
-fn renew_script() -> String {
+static RENEW: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "{NOW}if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end\n{}redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])\nreturn now",
         NOTE_RENEWAL
@@ -284,7 +284,7 @@ fn renew_script() -> String {
             .replace("LIVE_SINCE", "KEYS[3]")
             .replace("TTL", "tonumber(ARGV[2])")
     )
-}
+});
 
 /// Appends `ARGV[2..]` to the log if lease `ARGV[1]` is still held: a node
 /// declared lost can never append again (fencing). KEYS: leases, log.
@@ -296,11 +296,11 @@ const APPEND: &str = "if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 
 /// lost" entry) in one step. KEYS: leases, live-since, log, positions;
 /// ARGV[3]: ttl ms. Returns 1 (declared), 0 (not), -1 (the declarer itself
 /// is fenced).
-fn declare_lost_script() -> String {
+static DECLARE_LOST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "{NOW}if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return -1 end\nlocal live = tonumber(redis.call('GET', KEYS[2]) or '0')\nif now - live < tonumber(ARGV[3]) then return 0 end\nlocal e = redis.call('ZSCORE', KEYS[1], ARGV[2])\nif not e or tonumber(e) >= now then return 0 end\nredis.call('ZREM', KEYS[1], ARGV[2])\nredis.call('HDEL', KEYS[4], ARGV[2])\nredis.call('XADD', KEYS[3], '*', 'e', ARGV[4])\nreturn 1"
     )
-}
+});
 
 /// Runs `script` with `keys` and `args`.
 async fn eval<T: redis::FromRedisValue>(
@@ -329,7 +329,7 @@ async fn new_lease(
 ) -> redis::RedisResult<u32> {
     let n: u64 = eval(
         conn,
-        &join_script(),
+        &JOIN,
         &[
             &keys.node_numbers,
             &keys.leases,
@@ -1037,7 +1037,7 @@ async fn leases(mut l: Leaseholder, shutdown: CancellationToken) {
         let number = l.standing.number.load(Ordering::Acquire);
         let renewed: redis::RedisResult<u64> = eval(
             &mut l.conn,
-            &renew_script(),
+            &RENEW,
             &[&l.keys.leases, &l.keys.renewed, &l.keys.live_since],
             &[number.to_string().as_bytes(), ttl.as_bytes()],
         )
@@ -1045,31 +1045,28 @@ async fn leases(mut l: Leaseholder, shutdown: CancellationToken) {
         let now = match renewed {
             Ok(0) => {
                 l.standing.fence(&l.center);
-                match new_lease(&mut l.conn, &l.keys, &l.id, l.ttl).await {
-                    Ok(n) => {
-                        tracing::warn!(node.id = %l.id, old = number, new = n, "took a new lease");
-                        l.standing.number.store(n, Ordering::Release);
-                        l.standing.rejoin.notify_one();
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot take a new lease yet"),
-                }
-                continue;
+                None
             }
-            Ok(now) => now,
+            Ok(now) => Some(now),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot renew this node's lease");
                 continue;
             }
         };
-        if l.standing.fenced.load(Ordering::Acquire) {
-            // Fenced by a refused append while the lease task still held
-            // its lease: take a new one all the same (the old one is lost).
-            if let Ok(n) = new_lease(&mut l.conn, &l.keys, &l.id, l.ttl).await {
-                l.standing.number.store(n, Ordering::Release);
-                l.standing.rejoin.notify_one();
+        // Fenced, by this refused renewal or by a refused append before it:
+        // the old lease is lost whatever this renewal said. Take a new one
+        // and rejoin under it.
+        let Some(now) = now.filter(|_| !l.standing.fenced.load(Ordering::Acquire)) else {
+            match new_lease(&mut l.conn, &l.keys, &l.id, l.ttl).await {
+                Ok(n) => {
+                    tracing::warn!(node.id = %l.id, old = number, new = n, "took a new lease");
+                    l.standing.number.store(n, Ordering::Release);
+                    l.standing.rejoin.notify_one();
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot take a new lease yet"),
             }
             continue;
-        }
+        };
         if let Err(e) = check_position(&mut l).await {
             tracing::warn!(error = %e, "cannot check this node's position in the log");
         }
@@ -1166,7 +1163,7 @@ async fn declare_lapsed(l: &mut Leaseholder, number: u32, now: u64) -> redis::Re
         .encode_to_vec();
         let declared: i64 = eval(
             &mut l.conn,
-            &declare_lost_script(),
+            &DECLARE_LOST,
             &[
                 &l.keys.leases,
                 &l.keys.live_since,
