@@ -312,44 +312,78 @@ fn write_snapshot(dir: &Path, next: u64, state: FrozenState) -> std::io::Result<
 /// generation moves on.
 struct SegmentWriter {
     dir: PathBuf,
-    current: Option<(u64, File)>,
+    current: Option<Segment>,
+}
+
+/// The segment being written.
+struct Segment {
+    generation: u64,
+    file: File,
+    /// Its length: where a failed write is cut back to.
+    len: u64,
 }
 
 impl SegmentWriter {
     fn write(&mut self, generation: u64, bytes: &[u8], sync: bool) -> std::io::Result<()> {
-        if self.current.as_ref().is_none_or(|(g, _)| *g != generation) {
-            if let Some((_, old)) = self.current.take()
+        if self
+            .current
+            .as_ref()
+            .is_none_or(|s| s.generation != generation)
+        {
+            if let Some(old) = self.current.take()
                 && sync
             {
-                old.sync_data()?;
+                old.file.sync_data()?;
             }
             let path = segment_path(&self.dir, generation);
-            let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
-            if f.metadata()?.len() == 0 {
-                f.write_all(LOG_MAGIC)?;
+            let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+            let mut len = file.metadata()?.len();
+            if len == 0 {
+                file.write_all(LOG_MAGIC)?;
+                len = LOG_MAGIC.len() as u64;
             }
-            self.current = Some((generation, f));
+            self.current = Some(Segment {
+                generation,
+                file,
+                len,
+            });
         }
-        let Some((_, f)) = self.current.as_mut() else {
+        let Some(segment) = self.current.as_mut() else {
             return Ok(());
         };
-        let before = f.metadata()?.len();
-        let written = f
-            .write_all(bytes)
-            .and_then(|()| if sync { f.sync_data() } else { Ok(()) });
-        if written.is_err() {
+        let written = segment.file.write_all(bytes).and_then(|()| {
+            if sync {
+                segment.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        match written {
+            Ok(()) => segment.len += bytes.len() as u64,
             // Never leave half a record before the next one.
-            let _ = f.set_len(before);
+            Err(_) => {
+                let _ = segment.file.set_len(segment.len);
+            }
         }
         written
     }
 
     fn sync(&mut self) -> std::io::Result<()> {
         match &self.current {
-            Some((_, f)) => f.sync_data(),
+            Some(s) => s.file.sync_data(),
             None => Ok(()),
         }
     }
+}
+
+/// Cuts `path` back to its first `len` bytes, durably.
+fn cut_back(path: &Path, len: u64) -> Result<(), FileStoreError> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io(path))?;
+    f.set_len(len).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
 }
 
 /// What appends and the flusher share.
@@ -666,11 +700,7 @@ pub fn open(
                 });
             }
             tracing::warn!(file = %path.display(), at = read.valid_len, reason, "state directory: the last record was cut short (the process stopped while writing it); the entries before it are kept");
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(io(&path))?;
-            f.set_len(read.valid_len).map_err(io(&path))?;
+            cut_back(&path, read.valid_len)?;
         }
         for (entry, at) in read.entries {
             center.replay(entry, at);
@@ -712,12 +742,7 @@ pub fn repair(dir: &Path) -> Result<Vec<PathBuf>, FileStoreError> {
         damaged = true;
         let cut = usize::try_from(read.valid_len).unwrap_or(bytes.len());
         std::fs::write(&aside, &bytes[cut..]).map_err(io(&aside))?;
-        let f = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        f.set_len(read.valid_len).map_err(io(&path))?;
-        f.sync_all().map_err(io(&path))?;
+        cut_back(&path, read.valid_len)?;
         moved.push(aside);
     }
     Ok(moved)
