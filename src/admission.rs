@@ -154,6 +154,13 @@ impl tokio::io::AsyncWrite for Admitted {
     }
 }
 
+impl Admitted {
+    /// The peer's address.
+    pub fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.io.peer_addr()
+    }
+}
+
 impl tonic::transport::server::Connected for Admitted {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
 
@@ -162,14 +169,17 @@ impl tonic::transport::server::Connected for Admitted {
     }
 }
 
-/// The connections `listener` accepts, admitted by `slots` (the others are
-/// closed at once and counted under `what` in `metrics`), each with
-/// `within` to send its first bytes.
+/// The connections `listener` accepts, admitted by `slots`, each with
+/// `within` to send its first bytes. The others are closed at once and
+/// counted in `metrics` under `dropped` (the kind for the bound in all, the
+/// kind for the bound per address). An accept error (out of file
+/// descriptors, say) is logged, and the others are served on.
 pub fn admitted(
     listener: tokio::net::TcpListener,
     slots: Arc<Slots>,
     within: std::time::Duration,
     metrics: Arc<crate::metrics::Metrics>,
+    dropped: [&'static str; 2],
 ) -> impl futures_util::Stream<Item = std::io::Result<Admitted>> {
     futures_util::stream::unfold(listener, move |listener| {
         let (slots, metrics) = (slots.clone(), metrics.clone());
@@ -181,14 +191,13 @@ pub fn admitted(
                             let _ = io.set_nodelay(true);
                             return Some((Ok(Admitted::new(io, slot, within)), listener));
                         }
-                        Err(full) => {
-                            metrics.connection_dropped(match full {
-                                Full::Total => "grpc_full",
-                                Full::PerIp => "grpc_per_ip",
-                            });
-                        }
+                        Err(Full::Total) => metrics.connection_dropped(dropped[0]),
+                        Err(Full::PerIp) => metrics.connection_dropped(dropped[1]),
                     },
-                    Err(e) => return Some((Err(e), listener)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
                 }
             }
         }

@@ -196,6 +196,7 @@ async fn start_grpc(
             crate::admission::Slots::new(g_max, g_max_per_ip),
             handshake,
             metrics,
+            ["grpc_full", "grpc_per_ip"],
         );
         if let Err(e) = router
             .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())

@@ -135,36 +135,31 @@ fn accept_admitted(
     metrics: Arc<crate::metrics::Metrics>,
     stop: CancellationToken,
 ) -> std::io::Result<AdminListener> {
+    use futures_util::StreamExt as _;
     let local = listener.local_addr()?;
     let (tx, rx) = mpsc::channel(64);
     let slots =
         crate::admission::Slots::new(options.max_connections, options.max_connections_per_ip);
     let tls = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let within = options.handshake_timeout;
+    let mut incoming = Box::pin(crate::admission::admitted(
+        listener,
+        slots,
+        within,
+        metrics,
+        ["admin_full", "admin_per_ip"],
+    ));
     tokio::spawn(async move {
         loop {
-            let (io, peer) = tokio::select! {
+            let io = tokio::select! {
                 () = stop.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin: accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
+                io = incoming.next() => match io {
+                    Some(Ok(io)) => io,
+                    Some(Err(_)) => continue,
+                    None => return,
                 },
             };
-            let slot = match slots.take(peer.ip()) {
-                Ok(slot) => slot,
-                Err(full) => {
-                    metrics.connection_dropped(match full {
-                        crate::admission::Full::Total => "admin_full",
-                        crate::admission::Full::PerIp => "admin_per_ip",
-                    });
-                    continue;
-                }
-            };
-            let io = crate::admission::Admitted::new(io, slot, within);
+            let Ok(peer) = io.peer_addr() else { continue };
             let (tx, tls) = (tx.clone(), tls.clone());
             tokio::spawn(async move {
                 let io = match tls {
