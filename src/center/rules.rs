@@ -587,14 +587,10 @@ impl Rooms {
         held.sort();
         let mut gone = 0;
         for (room_id, user_id) in held {
-            if let Some(room) = self.rooms.get_mut(&room_id).map(Arc::make_mut) {
-                room.stop_hearing(sid);
+            if self.remove(&room_id, &user_id) {
+                self.announce_left(&room_id, &user_id, "peer restarted", fx);
+                gone += 1;
             }
-            if let Some(room) = self.rooms.get_mut(&room_id).map(Arc::make_mut) {
-                room.users.remove(&user_id);
-            }
-            self.announce_left(&room_id, &user_id, "peer restarted", fx);
-            gone += 1;
         }
         gone
     }
