@@ -279,12 +279,16 @@ fn start() -> anyhow::Result<()> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    // Listened for before anything starts: a SIGTERM that comes while the
+    // center starts (loading a large state, say) stops it gracefully once
+    // it has started, instead of killing it on the spot.
+    let mut stop = StopSignals::listen()?;
     let server = Server::start(&config).await?;
     tracing::info!(url = %server.ws_url(), grpc = ?server.grpc_addr(), "pilot center started");
     let trimmer = tokio::spawn(pilot_center::heap::give_back_after_crowds_leave(
         server.center().clone(),
     ));
-    wait_for_signal().await?;
+    stop.wait().await;
     trimmer.abort();
     let grace = Duration::from_secs(config.center.shutdown_grace_secs);
     tracing::info!(?grace, "shutting down");
@@ -296,12 +300,27 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
-        _ = term.recv() => {}
+/// SIGTERM and SIGINT, the signals that stop the center gracefully.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Starts listening: from now on neither signal kills the process.
+    fn listen() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        })
     }
-    Ok(())
+
+    /// Waits for either.
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
