@@ -71,9 +71,20 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// `redis://host:port/db` or `rediss://...`; empty: no cluster.
+    /// `redis://host:port/db` or `rediss://...`; empty: no cluster. With
+    /// `sentinels`, only its user, password, database and scheme are used
+    /// (for the master the sentinels name); it may then be empty.
     #[serde(default)]
     pub redis_url: String,
+    /// Redis Sentinel: the sentinels' URLs (`redis://host:26379`, with
+    /// their own password if they have one). The node talks to whichever
+    /// server they name as master of `sentinel_master`, and moves when a
+    /// failover names another (docs/CLUSTER.md).
+    #[serde(default)]
+    pub sentinels: Vec<String>,
+    /// The master's name the sentinels monitor (`sentinel monitor NAME ...`).
+    #[serde(default)]
+    pub sentinel_master: String,
     /// This node's id, for operators (default: host name and pid).
     #[serde(default)]
     pub node_id: String,
@@ -96,10 +107,19 @@ pub struct ClusterConfig {
     pub snapshot_every: u64,
 }
 
+impl ClusterConfig {
+    /// Whether the center is a node of a cluster (else one process).
+    pub fn enabled(&self) -> bool {
+        !self.redis_url.is_empty() || !self.sentinels.is_empty()
+    }
+}
+
 impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
             redis_url: String::new(),
+            sentinels: Vec::new(),
+            sentinel_master: String::new(),
             node_id: String::new(),
             node_ttl_secs: default_node_ttl(),
             key_prefix: default_key_prefix(),
@@ -770,13 +790,23 @@ impl Config {
                 reason: "must be at least 10 entries".into(),
             });
         }
-        if !c.redis_url.is_empty()
-            && !c.redis_url.starts_with("redis://")
-            && !c.redis_url.starts_with("rediss://")
-        {
+        let redis_scheme = |url: &str| url.starts_with("redis://") || url.starts_with("rediss://");
+        if !c.redis_url.is_empty() && !redis_scheme(&c.redis_url) {
             return Err(ConfigError::Invalid {
                 key: "cluster.redis_url",
                 reason: "must start with redis:// or rediss://".into(),
+            });
+        }
+        if c.sentinels.iter().any(|u| !redis_scheme(u)) {
+            return Err(ConfigError::Invalid {
+                key: "cluster.sentinels",
+                reason: "each must start with redis:// or rediss://".into(),
+            });
+        }
+        if c.sentinels.is_empty() != c.sentinel_master.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "cluster.sentinel_master",
+                reason: "is needed with cluster.sentinels, and only with them".into(),
             });
         }
         if c.key_prefix.is_empty() || c.key_prefix.contains(['{', '}']) {
@@ -794,6 +824,18 @@ mod tests {
     use super::*;
 
     const MINIMAL: &str = "websocket:\n  listen_ip: \"0.0.0.0\"\n  listen_port: 9443\n  cert_path: \"\"\n  key_path: \"\"\n";
+
+    #[test]
+    fn sentinels_need_a_master_name_and_redis_urls() {
+        let with = |cluster: &str| Config::parse(&format!("{MINIMAL}cluster:\n{cluster}"));
+        let ok =
+            with("  sentinels: [\"redis://127.0.0.1:26379\"]\n  sentinel_master: pilot\n").unwrap();
+        assert!(ok.cluster.enabled());
+        assert!(with("  sentinels: [\"redis://127.0.0.1:26379\"]\n").is_err());
+        assert!(with("  sentinel_master: pilot\n").is_err());
+        assert!(with("  sentinels: [\"127.0.0.1:26379\"]\n  sentinel_master: pilot\n").is_err());
+        assert!(!with("  node_id: n\n").unwrap().cluster.enabled());
+    }
 
     #[test]
     fn minimal_file_gets_defaults() {

@@ -49,6 +49,12 @@ pub enum CenterError {
     /// in time; it was not applied by this request.
     #[error("state store unavailable")]
     StoreUnavailable,
+    /// The shared state store took the change but did not confirm it in
+    /// time (or the connection dropped after it was sent): it may still
+    /// take effect, on every node alike. Asking again is safe for a join or
+    /// a push (they replace), and the listing says which it was.
+    #[error("state store did not confirm in time: the change may still take effect")]
+    StoreUnconfirmed,
     /// A bug or an impossible state; logged.
     #[error("internal error: {0}")]
     Internal(String),
@@ -76,6 +82,7 @@ impl CenterError {
             Self::OutOfRange(_) => 400,
             Self::LimitReached(_) => 429,
             Self::ShuttingDown | Self::StoreUnavailable => 503,
+            Self::StoreUnconfirmed => 504,
             Self::Internal(_) => 500,
         }
     }
@@ -99,6 +106,8 @@ impl From<CenterError> for tonic::Status {
             CenterError::ShuttingDown | CenterError::StoreUnavailable => {
                 Status::unavailable(e.to_string())
             }
+            // gRPC's own word for "may have completed".
+            CenterError::StoreUnconfirmed => Status::deadline_exceeded(e.to_string()),
             CenterError::Internal(_) => Status::internal(e.to_string()),
         }
     }

@@ -263,7 +263,7 @@ impl Server {
         // closings still go to the log after `shutdown`.
         let cluster_stop = CancellationToken::new();
         let cluster_tracker = TaskTracker::new();
-        let center = if !config.cluster.redis_url.is_empty() {
+        let center = if config.cluster.enabled() {
             crate::cluster::join(
                 &config.cluster,
                 center_config,

@@ -712,7 +712,8 @@ impl Center {
         self.submit(kind, Waiter::Count(tx));
         match tokio::time::timeout(OPERATOR_WAIT, rx).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) | Err(_) => Err(CenterError::StoreUnavailable),
+            Ok(Err(_)) => Err(CenterError::StoreUnavailable),
+            Err(_) => Err(CenterError::StoreUnconfirmed),
         }
     }
 

@@ -1,6 +1,6 @@
 //! A TCP proxy a test controls, between a node and its Redis: it passes
 //! bytes, or holds them (a blackhole: connections stay open, nothing
-//! moves), or cuts every connection and refuses new ones.
+//! moves), or delays them, or cuts every connection and refuses new ones.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +17,8 @@ pub enum Mode {
     Blackhole,
     /// Every connection is closed, new ones too.
     Cut,
+    /// Bytes pass, each read held this long first (a slow network).
+    Delay(std::time::Duration),
 }
 
 /// A running proxy; stops when dropped.
@@ -82,15 +84,25 @@ async fn relay(client: TcpStream, server: TcpStream, mut mode: watch::Receiver<M
                     return;
                 }
             }
-            Mode::Pass => {
+            Mode::Pass | Mode::Delay(_) => {
+                let delay = match current {
+                    Mode::Delay(d) => d,
+                    _ => std::time::Duration::ZERO,
+                };
                 tokio::select! {
                     r = cr.read(&mut up) => match r {
                         Ok(0) | Err(_) => return,
-                        Ok(n) => if sw.write_all(&up[..n]).await.is_err() { return },
+                        Ok(n) => {
+                            tokio::time::sleep(delay).await;
+                            if sw.write_all(&up[..n]).await.is_err() { return }
+                        }
                     },
                     r = sr.read(&mut down) => match r {
                         Ok(0) | Err(_) => return,
-                        Ok(n) => if cw.write_all(&down[..n]).await.is_err() { return },
+                        Ok(n) => {
+                            tokio::time::sleep(delay).await;
+                            if cw.write_all(&down[..n]).await.is_err() { return }
+                        }
                     },
                     changed = mode.changed() => if changed.is_err() { return },
                 }

@@ -18,8 +18,9 @@ use crate::center::{At, Center, CenterConfig, Entry, FORMAT, Store};
 use crate::cluster_proto::{self as cp, entry::Kind};
 use crate::config::ClusterConfig;
 use crate::error::CenterError;
+use link::{Link, Target};
 use prost::Message as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::streams::{StreamRangeReply, StreamReadReply};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -27,6 +28,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+mod link;
 
 /// Entries a node may have queued for Redis and not yet written; more are
 /// refused with 503 "state store unavailable" (the store is too far behind).
@@ -304,7 +307,7 @@ static DECLARE_LOST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 
 /// Runs `script` with `keys` and `args`.
 async fn eval<T: redis::FromRedisValue>(
-    conn: &mut ConnectionManager,
+    conn: &mut Link,
     script: &str,
     keys: &[&str],
     args: &[&[u8]],
@@ -322,7 +325,7 @@ async fn eval<T: redis::FromRedisValue>(
 
 /// Takes a new lease (a new node number) for node `id`.
 async fn new_lease(
-    conn: &mut ConnectionManager,
+    conn: &mut Link,
     keys: &Keys,
     id: &str,
     ttl: Duration,
@@ -360,8 +363,8 @@ enum CatchUpError {
 /// after it up to where it ends now; reports the position first, so no
 /// trim passes what it is about to replay. Returns the last entry applied.
 async fn catch_up(
-    reader: &mut ConnectionManager,
-    writer: &mut ConnectionManager,
+    reader: &mut Link,
+    writer: &mut Link,
     keys: &Keys,
     number: u32,
     center: &Center,
@@ -392,7 +395,12 @@ async fn catch_up(
     if let Some(end_id) = end.ids.first().map(|e| e.id.clone()) {
         let mut applied = 0u64;
         while !passed(&last, &end_id) {
-            let batch = read(reader, &keys.log, &last, None).await?;
+            let Read::Entries(batch) = read(reader, keys, &last, None).await? else {
+                return Err(CatchUpError::Redis(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "the log was trimmed past the snapshot while it was replayed",
+                ))));
+            };
             if batch.is_empty() {
                 break;
             }
@@ -425,7 +433,16 @@ pub async fn join(
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<Node, ClusterError> {
-    let url = redacted(&config.redis_url);
+    let url = if config.sentinels.is_empty() {
+        redacted(&config.redis_url)
+    } else {
+        let sentinels: Vec<String> = config.sentinels.iter().map(|u| redacted(u)).collect();
+        format!(
+            "master {} of sentinels {}",
+            config.sentinel_master,
+            sentinels.join(",")
+        )
+    };
     let redis_err = |error| ClusterError::Redis {
         url: url.clone(),
         error,
@@ -435,7 +452,18 @@ pub async fn join(
         url: url.clone(),
         secs,
     };
-    let client = redis::Client::open(config.redis_url.as_str()).map_err(redis_err)?;
+    let target = tokio::time::timeout(
+        timeout,
+        Target::new(
+            &config.redis_url,
+            &config.sentinels,
+            &config.sentinel_master,
+            timeout,
+        ),
+    )
+    .await
+    .map_err(|_| bounded(config.store_timeout_secs))?
+    .map_err(redis_err)?;
     let manager = |response: Duration| {
         ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
@@ -443,11 +471,9 @@ pub async fn join(
             .set_max_delay(Duration::from_secs(1))
     };
     let connect = |response| {
-        let client = client.clone();
         let cfg = manager(response);
-        async move {
-            tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, cfg)).await
-        }
+        let target = &target;
+        async move { tokio::time::timeout(timeout, target.connect(cfg)).await }
     };
     let mut writer = connect(timeout)
         .await
@@ -548,7 +574,7 @@ pub async fn join(
 
 /// The current snapshot: the entry it was taken after, and its bytes.
 async fn latest_snapshot(
-    conn: &mut ConnectionManager,
+    conn: &mut Link,
     keys: &Keys,
 ) -> redis::RedisResult<Option<(String, Vec<u8>)>> {
     // A newer snapshot may replace (and drop) the one just named: look again.
@@ -582,20 +608,36 @@ fn passed(a: &str, b: &str) -> bool {
     parse(a) >= parse(b)
 }
 
-/// Reads the entries after `last` (blocking up to `block_ms` when given).
+/// What one read of the log found after a position.
+enum Read {
+    /// The entries after it (maybe none), in order.
+    Entries(Vec<(String, Vec<u8>)>),
+    /// The log was trimmed past it: entries after it are gone, and whoever
+    /// applied what follows would skip them.
+    TrimmedPast,
+}
+
+/// Reads the entries after `last` (blocking up to `block_ms` when given),
+/// with where the log was trimmed, read right after them: a trim past
+/// `last` is found on the read that would skip entries, not later.
 async fn read(
-    conn: &mut ConnectionManager,
-    log: &str,
+    conn: &mut Link,
+    keys: &Keys,
     last: &str,
     block_ms: Option<u64>,
-) -> redis::RedisResult<Vec<(String, Vec<u8>)>> {
-    let mut cmd = redis::cmd("XREAD");
-    cmd.arg("COUNT").arg(READ_BATCH);
+) -> redis::RedisResult<Read> {
+    let mut pipe = redis::pipe();
+    let xread = pipe.cmd("XREAD").arg("COUNT").arg(READ_BATCH);
     if let Some(ms) = block_ms {
-        cmd.arg("BLOCK").arg(ms);
+        xread.arg("BLOCK").arg(ms);
     }
-    cmd.arg("STREAMS").arg(log).arg(last);
-    let reply: Option<StreamReadReply> = cmd.query_async(conn).await?;
+    xread.arg("STREAMS").arg(&keys.log).arg(last);
+    pipe.cmd("GET").arg(&keys.trimmed);
+    let (reply, trimmed): (Option<StreamReadReply>, Option<String>) =
+        pipe.query_async(conn).await?;
+    if trimmed.is_some_and(|t| !passed(last, &t)) {
+        return Ok(Read::TrimmedPast);
+    }
     let mut out = Vec::new();
     for key in reply.map(|r| r.keys).unwrap_or_default() {
         for sid in key.ids {
@@ -606,7 +648,7 @@ async fn read(
             out.push((sid.id, bytes));
         }
     }
-    Ok(out)
+    Ok(Read::Entries(out))
 }
 
 /// This node's writer: appends queued entries in order, in batches, each
@@ -616,7 +658,7 @@ async fn read(
 /// unavailable" to whoever waits for its entries.
 async fn write_entries(
     mut rx: mpsc::Receiver<(u64, Vec<u8>)>,
-    mut conn: ConnectionManager,
+    mut conn: Link,
     keys: Keys,
     center: Center,
     standing: Arc<Standing>,
@@ -658,6 +700,17 @@ async fn write_entries(
                 }
             }
             outcome => {
+                // Refused, or maybe taken: a batch sent but not confirmed
+                // may still be in the log, and its waiters must not be
+                // told it was not applied.
+                // (A connection that drops in the instant after Redis took
+                // a batch is answered 503 too; telling that apart from a
+                // batch never sent is not possible from here.)
+                let unconfirmed = match &outcome {
+                    Err(_) => true,
+                    Ok(Err(e)) => e.is_timeout(),
+                    Ok(Ok(_)) => false,
+                };
                 match &outcome {
                     Ok(Err(e)) if e.to_string().contains("FENCED") => standing.fence(&center),
                     _ => {
@@ -670,8 +723,13 @@ async fn write_entries(
                         }
                     }
                 }
+                let error = if unconfirmed {
+                    CenterError::StoreUnconfirmed
+                } else {
+                    CenterError::StoreUnavailable
+                };
                 for (origin_seq, _) in &batch {
-                    center.abandon(*origin_seq, CenterError::StoreUnavailable);
+                    center.abandon(*origin_seq, error.clone());
                 }
             }
         }
@@ -689,7 +747,7 @@ struct Snapshots {
     /// node saw it), or since this node joined.
     applied_since: u64,
     /// The connection snapshots are stored on.
-    store: ConnectionManager,
+    store: Link,
     node_id: String,
     /// The last entry this node applied, for its lease renewals.
     position: Arc<parking_lot::Mutex<String>>,
@@ -697,9 +755,9 @@ struct Snapshots {
 
 /// What the tailer works with.
 struct Tailer {
-    conn: ConnectionManager,
+    conn: Link,
     /// For reporting its position when it rejoins.
-    writer: ConnectionManager,
+    writer: Link,
     keys: Keys,
     center: Center,
     standing: Arc<Standing>,
@@ -735,7 +793,18 @@ async fn tail(
                 }
                 continue;
             }
-            r = read(&mut t.conn, &t.keys.log, &last, Some(READ_BLOCK_MS)) => r,
+            // Back from an outage, the first read does not block: it says
+            // at once that the store answers again.
+            r = read(&mut t.conn, &t.keys, &last, t.standing.healthy.load(Ordering::Relaxed).then_some(READ_BLOCK_MS)) => r,
+        };
+        let batch = match batch {
+            Ok(Read::TrimmedPast) => {
+                t.standing
+                    .go_stale(&t.center, "the log was trimmed past this node's position");
+                continue;
+            }
+            Ok(Read::Entries(entries)) => Ok(entries),
+            Err(e) => Err(e),
         };
         match batch {
             Ok(entries) => {
@@ -877,7 +946,7 @@ return 1
 /// `snapshot_every` entries past the last one (one node at a time, by a
 /// lock), and trims the log below the previous snapshot.
 async fn snapshot_if_due(
-    conn: &mut ConnectionManager,
+    conn: &mut Link,
     keys: &Keys,
     center: &Center,
     last: &str,
@@ -995,7 +1064,7 @@ fn lower_this_threads_priority() {}
 
 /// Reports the last entry this node applied: no trim goes past it.
 async fn set_position(
-    conn: &mut ConnectionManager,
+    conn: &mut Link,
     keys: &Keys,
     number: u32,
     last: &str,
@@ -1010,7 +1079,7 @@ async fn set_position(
 
 /// What the lease task works with.
 struct Leaseholder {
-    conn: ConnectionManager,
+    conn: Link,
     keys: Keys,
     id: String,
     ttl: Duration,
