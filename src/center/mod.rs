@@ -40,7 +40,7 @@ use entry::Outcome;
 use parking_lot::Mutex;
 pub use registry::Resumed;
 use registry::{Registry, SessionEntry};
-use rules::{Rooms, RulesConfig};
+use rules::{Rules, RulesConfig};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -327,7 +327,7 @@ pub struct Center {
 
 /// The rules' state and the registry, changed together in one step.
 struct Shared {
-    rooms: Rooms,
+    rooms: Rules,
     registry: Registry,
 }
 
@@ -389,7 +389,7 @@ impl Center {
         Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(Shared {
-                    rooms: Rooms::new(rules),
+                    rooms: Rules::new(rules),
                     registry: Registry::new(
                         store.node_id().unwrap_or_default().to_owned(),
                         feed.clone(),

@@ -3,9 +3,10 @@
 //! of the rules to sessions and watchers, in the order they were made.
 
 use super::feed::{EncodedEvents, EventLog};
-use super::rules::Effects;
+use super::rules::{Effects, Notice};
 use super::{
-    Outbound, Outlet, OutletError, PeerInfo, SessionId, SessionStats, shrink_after_crowd, timestamp,
+    Delivery, Outbound, Outlet, OutletError, PeerInfo, SessionId, SessionStats, shrink_after_crowd,
+    timestamp,
 };
 use crate::error::CenterError;
 use crate::metrics::{Metrics, StateGauges};
@@ -344,9 +345,18 @@ impl Registry {
     /// Carries out what the rules decided: items to sessions, then events to
     /// the feed, each in order.
     pub fn apply(&mut self, fx: Effects, metrics: &Metrics) {
-        for send in fx.sends {
-            for sid in send.to {
-                self.deliver(sid, send.item.clone());
+        for notice in fx.notices {
+            match notice {
+                Notice::Event { to, event } => {
+                    // Encoded once, whoever hears it.
+                    let item = Outbound::Event(Arc::new(Delivery::new(proto::PeerEvent {
+                        kind: Some(event),
+                    })));
+                    for sid in to {
+                        self.deliver(sid, item.clone());
+                    }
+                }
+                Notice::Invite { to, room_id } => self.deliver(to, Outbound::Invite { room_id }),
             }
         }
         for (room_id, kind, event) in fx.events {

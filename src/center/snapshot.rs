@@ -5,13 +5,13 @@
 //! replay the log entries after it.
 
 use super::SessionId;
-use super::rules::{Holder, Holdings, Msu, Room, Rooms, RulesConfig, User, millis};
+use super::rules::{Holder, Holdings, Msu, Room, Rules, RulesConfig, User, millis};
 use crate::cluster_proto as cp;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// The rules' state at one moment ([`Rooms::freeze`]).
+/// The rules' state at one moment ([`Rules::freeze`]).
 pub struct FrozenRules {
     opened: u64,
     sessions: Vec<(SessionId, Arc<str>, Arc<str>, u64)>,
@@ -92,7 +92,7 @@ impl FrozenRules {
     }
 }
 
-impl Rooms {
+impl Rules {
     /// The rules' state at this moment, cheap to take under the center's
     /// lock: the rooms are shared, not copied (see [`Room`]).
     /// [`FrozenRules::write`] turns it into a snapshot away from the lock.
@@ -114,7 +114,7 @@ impl Rooms {
     }
 
     /// Replaces the state by the one `snap` describes (see
-    /// [`Rooms::freeze`]); what only points elsewhere (who hears a room, a
+    /// [`Rules::freeze`]); what only points elsewhere (who hears a room, a
     /// session's holdings, orphans by identity, grace deadlines) is rebuilt
     /// from the users.
     pub fn load(&mut self, snap: &cp::Snapshot) {
@@ -169,12 +169,7 @@ impl Rooms {
                         let incarnation = intern(&mut identities, &o.incarnation);
                         let deadline = Duration::from_millis(o.deadline_ms);
                         let key = (r.room_id.clone(), u.user_id.clone());
-                        rules
-                            .orphans
-                            .entry(identity.clone())
-                            .or_default()
-                            .insert(key.clone());
-                        rules.deadlines.entry(deadline).or_default().push(key);
+                        rules.orphans.add(&identity, key, deadline);
                         Holder::Orphan {
                             identity,
                             incarnation,
@@ -200,7 +195,7 @@ impl Rooms {
             if let Some(held) = rules.sessions.get_mut(&m.session_id) {
                 held.msus.insert(m.msu_id.clone());
             }
-            rules.msus.insert(
+            rules.msus.restore(
                 m.msu_id.clone(),
                 Msu {
                     session: m.session_id,

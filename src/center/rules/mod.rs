@@ -14,10 +14,24 @@
 //!   (which takes them all back) or one that names them; unclaimed orphans
 //!   leave when the grace ends.
 
-use super::{Delivery, Outbound, SessionId, shrink_after_crowd};
+mod effects;
+mod holdings;
+mod membership;
+mod msu_pool;
+mod orphans;
+mod view;
+
+pub use effects::{Dropped, Effects, Notice};
+pub(crate) use holdings::Holdings;
+pub(crate) use membership::{Holder, Room, User};
+pub(crate) use msu_pool::Msu;
+use msu_pool::MsuPool;
+use orphans::Orphans;
+
+use super::{SessionId, shrink_after_crowd};
 use crate::error::CenterError;
 use crate::proto::{self, EventKind, peer_event, watch_events_response::Event};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -45,217 +59,14 @@ pub struct RulesConfig {
     pub duplicate_user: DuplicatePolicy,
 }
 
-/// One item for one or more sessions, in the order the rules made them.
-#[derive(Debug)]
-pub struct Send {
-    /// Who receives it.
-    pub to: Vec<SessionId>,
-    /// What they receive.
-    pub item: Outbound,
-}
-
-/// What one step of the rules caused, in order.
-#[derive(Debug, Default)]
-pub struct Effects {
-    /// Items for sessions.
-    pub sends: Vec<Send>,
-    /// Events for the feed: (room id or "", kind, event).
-    pub events: Vec<(String, EventKind, Event)>,
-    /// Pulls and text messages that reached nobody, for the metrics and
-    /// the log (the feed has them already).
-    pub dropped: Vec<Dropped>,
-    /// Joins that moved a user from another live session (`replace`).
-    pub users_replaced: u64,
-}
-
-/// A pull or text message that reached nobody (PROTOCOL.md §4: no error
-/// reaches the SFU for these, so the center makes them visible itself).
-#[derive(Debug, Clone)]
-pub struct Dropped {
-    /// `pullRemoteStream` or `textMessage`.
-    pub method: &'static str,
-    /// The room it named.
-    pub room_id: String,
-    /// The user it named.
-    pub user_id: String,
-    /// Why, as a metric label: `room_not_found`, `user_not_found`,
-    /// `user_disconnected`, `pusher_not_found`.
-    pub reason: &'static str,
-}
-
-impl Dropped {
-    /// The reason as people read it.
-    pub fn reason_text(&self) -> &'static str {
-        match self.reason {
-            "room_not_found" => "room not found",
-            "user_not_found" => "user not found",
-            "user_disconnected" => "user disconnected",
-            _ => "pusher not found",
-        }
-    }
-}
-
-impl Effects {
-    /// Records a pull or text message that reached nobody, on the feed too.
-    fn drop_routing(
-        &mut self,
-        from: SessionId,
-        method: &'static str,
-        room_id: &str,
-        user_id: &str,
-        pusher_id: &str,
-        reason: &'static str,
-    ) {
-        let dropped = Dropped {
-            method,
-            room_id: room_id.to_owned(),
-            user_id: user_id.to_owned(),
-            reason,
-        };
-        self.event(
-            room_id,
-            EventKind::RoutingDropped,
-            Event::RoutingDropped(proto::RoutingDropped {
-                method: method.to_owned(),
-                user_id: user_id.to_owned(),
-                reason: dropped.reason_text().to_owned(),
-                from_session_id: from,
-                pusher_id: pusher_id.to_owned(),
-            }),
-        );
-        self.dropped.push(dropped);
-    }
-
-    fn event(&mut self, room_id: &str, kind: EventKind, event: Event) {
-        self.events.push((room_id.to_owned(), kind, event));
-    }
-
-    fn send(&mut self, to: Vec<SessionId>, event: peer_event::Kind) -> u32 {
-        if to.is_empty() {
-            return 0;
-        }
-        let n = u32::try_from(to.len()).unwrap_or(u32::MAX);
-        self.sends.push(Send {
-            to,
-            item: Outbound::Event(Arc::new(Delivery::new(proto::PeerEvent {
-                kind: Some(event),
-            }))),
-        });
-        n
-    }
-}
-
-/// Who holds a user.
-#[derive(Debug, Clone)]
-pub(super) enum Holder {
-    /// A live session; it speaks for the user while `connected`.
-    Session { sid: SessionId, connected: bool },
-    /// Its session ended: kept until `deadline` for a session with
-    /// `identity` and the same `incarnation`.
-    Orphan {
-        identity: Arc<str>,
-        incarnation: Arc<str>,
-        deadline: Duration,
-    },
-}
-
-/// One user of a room.
-#[derive(Clone)]
-pub(super) struct User {
-    pub(super) name: String,
-    pub(super) audience: bool,
-    pub(super) holder: Holder,
-    pub(super) pushers: Vec<proto::Publisher>,
-}
-
-impl User {
-    /// The session that speaks for the user.
-    fn speaker(&self) -> Option<SessionId> {
-        match self.holder {
-            Holder::Session {
-                sid,
-                connected: true,
-            } => Some(sid),
-            _ => None,
-        }
-    }
-
-    /// The live session that holds the user, connected or not.
-    fn holder_session(&self) -> Option<SessionId> {
-        match self.holder {
-            Holder::Session { sid, .. } => Some(sid),
-            Holder::Orphan { .. } => None,
-        }
-    }
-}
-
-/// One room. Shared (`Arc`) so that a snapshot can hold every room while
-/// the rules go on: a room changed meanwhile is copied first
-/// (`Arc::make_mut`), the snapshot keeps the room as it was.
-#[derive(Default, Clone)]
-pub(super) struct Room {
-    pub(super) users: HashMap<String, User>,
-    /// Session -> users of this room it holds: the sessions that hear it.
-    pub(super) listeners: HashMap<SessionId, u32>,
-    /// The MSU serving this room.
-    pub(super) msu: Option<String>,
-}
-
-impl Room {
-    /// Every session hearing the room but `exclude`.
-    fn audience_but(&self, exclude: &[Option<SessionId>]) -> Vec<SessionId> {
-        let mut to: Vec<SessionId> = self
-            .listeners
-            .keys()
-            .filter(|s| !exclude.contains(&Some(**s)))
-            .copied()
-            .collect();
-        // A stable order makes effects reproducible (tests, a shared store).
-        to.sort_unstable();
-        to
-    }
-
-    fn stop_hearing(&mut self, sid: SessionId) {
-        if let Some(n) = self.listeners.get_mut(&sid) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.listeners.remove(&sid);
-            }
-        }
-    }
-}
-
-/// What the rules know of a live session.
-pub(super) struct Holdings {
-    pub(super) identity: Arc<str>,
-    /// Which process of the peer it is ("" when the peer gives none).
-    pub(super) incarnation: Arc<str>,
-    /// Its place in the order sessions opened (the log's order in a cluster).
-    pub(super) opened: u64,
-    /// Room id -> users it holds there.
-    pub(super) rooms: HashMap<String, HashSet<String>>,
-    /// MSUs registered through it.
-    pub(super) msus: HashSet<String>,
-}
-
-/// A registered media server unit.
-pub(super) struct Msu {
-    pub(super) session: SessionId,
-    pub(super) rooms: HashSet<String>,
-    pub(super) registered_at: SystemTime,
-}
-
 /// Rooms, users, pushers, MSUs and who holds what. See the module docs.
-pub struct Rooms {
+pub struct Rules {
     pub(super) config: RulesConfig,
     pub(super) sessions: HashMap<SessionId, Holdings>,
     pub(super) rooms: HashMap<String, Arc<Room>>,
-    pub(super) msus: HashMap<String, Msu>,
-    /// Identity -> (room, user) of its orphans, for taking them back.
-    pub(super) orphans: HashMap<Arc<str>, HashSet<(String, String)>>,
-    /// Grace deadlines -> (room, user). Entries whose user was claimed
-    /// meanwhile are skipped when they come due.
-    pub(super) deadlines: BTreeMap<Duration, Vec<(String, String)>>,
+    pub(super) msus: MsuPool,
+    /// Users waiting out the grace, by identity and by deadline.
+    pub(super) orphans: Orphans,
     /// Sessions opened so far.
     pub(super) opened: u64,
 }
@@ -309,16 +120,15 @@ fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-impl Rooms {
+impl Rules {
     /// No rooms, no sessions.
     pub fn new(config: RulesConfig) -> Self {
         Self {
             config,
             sessions: HashMap::new(),
             rooms: HashMap::new(),
-            msus: HashMap::new(),
-            orphans: HashMap::new(),
-            deadlines: BTreeMap::new(),
+            msus: MsuPool::default(),
+            orphans: Orphans::default(),
             opened: 0,
         }
     }
@@ -362,7 +172,7 @@ impl Rooms {
                     "user moved to another session"
                 );
             }
-            Holder::Orphan { identity, .. } => self.unorphan(&identity, room_id, user_id),
+            Holder::Orphan { identity, .. } => self.orphans.remove(&identity, room_id, user_id),
         }
         if let Some(room) = self.rooms.get_mut(room_id).map(Arc::make_mut) {
             *room.listeners.entry(sid).or_default() += 1;
@@ -386,23 +196,6 @@ impl Rooms {
         }
     }
 
-    fn unorphan(&mut self, identity: &Arc<str>, room_id: &str, user_id: &str) {
-        if let Some(set) = self.orphans.get_mut(identity) {
-            set.remove(&(room_id.to_owned(), user_id.to_owned()));
-            if set.is_empty() {
-                self.forget_orphans(identity);
-            }
-        }
-    }
-
-    /// Drops `identity` from the orphans index, which gives its memory back
-    /// once a crowd's grace is over; returns what it held.
-    fn forget_orphans(&mut self, identity: &Arc<str>) -> Option<HashSet<(String, String)>> {
-        let orphans = self.orphans.remove(identity);
-        shrink_after_crowd(&mut self.orphans);
-        orphans
-    }
-
     /// Removes a user and whatever pointed at it; returns whether it existed.
     fn remove(&mut self, room_id: &str, user_id: &str) -> bool {
         let Some(room) = self.rooms.get_mut(room_id).map(Arc::make_mut) else {
@@ -416,7 +209,7 @@ impl Rooms {
                 room.stop_hearing(sid);
                 self.unhold(sid, room_id, user_id);
             }
-            Holder::Orphan { identity, .. } => self.unorphan(&identity, room_id, user_id),
+            Holder::Orphan { identity, .. } => self.orphans.remove(&identity, room_id, user_id),
         }
         true
     }
@@ -448,8 +241,8 @@ impl Rooms {
             return;
         };
         shrink_after_crowd(&mut self.rooms);
-        if let Some(msu) = room.msu.as_ref().and_then(|m| self.msus.get_mut(m)) {
-            msu.rooms.remove(room_id);
+        if let Some(msu) = &room.msu {
+            self.msus.release(msu, room_id);
         }
         tracing::info!(room.id = room_id, "room closed");
         fx.event(
@@ -620,11 +413,7 @@ impl Rooms {
         incarnation: &Arc<str>,
         fx: &mut Effects,
     ) -> (u32, u32) {
-        let Some(orphans) = self.forget_orphans(identity) else {
-            return (0, 0);
-        };
-        let mut orphans: Vec<(String, String)> = orphans.into_iter().collect();
-        orphans.sort();
+        let orphans = self.orphans.take(identity);
         let (mut taken, mut gone) = (0, 0);
         for (room_id, user_id) in orphans {
             let same = self
@@ -754,13 +543,7 @@ impl Rooms {
                         deadline,
                     };
                     self.orphans
-                        .entry(h.identity.clone())
-                        .or_default()
-                        .insert((room_id.clone(), user_id.clone()));
-                    self.deadlines
-                        .entry(deadline)
-                        .or_default()
-                        .push((room_id.clone(), user_id));
+                        .add(&h.identity, (room_id.clone(), user_id), deadline);
                 }
             }
             self.drop_if_empty(&room_id, fx);
@@ -791,14 +574,7 @@ impl Rooms {
 
     /// Users whose grace ended by `now` leave: `userLeave` to their rooms.
     pub fn expire(&mut self, now: Duration, fx: &mut Effects) {
-        while let Some(entry) = self.deadlines.first_entry() {
-            if *entry.key() > now {
-                break;
-            }
-            let (deadline, mut due) = entry.remove_entry();
-            // Sorted: every node, including one that loaded a snapshot
-            // (which rebuilds these lists), announces them in one order.
-            due.sort();
+        while let Some((deadline, due)) = self.orphans.due(now) {
             for (room_id, user_id) in due {
                 let still_orphan = self
                     .rooms
@@ -818,7 +594,7 @@ impl Rooms {
 
     /// When the next grace ends, if any user is waiting.
     pub fn next_deadline(&self) -> Option<Duration> {
-        self.deadlines.keys().next().copied()
+        self.orphans.next_deadline()
     }
 
     // ----- MSUs -------------------------------------------------------------
@@ -833,25 +609,7 @@ impl Rooms {
         fx: &mut Effects,
     ) -> Result<proto::RegisterMsuResponse, CenterError> {
         required(&r.msu_id, "msu_id", "Invalid id")?;
-        match self.msus.get_mut(&r.msu_id) {
-            Some(msu) if msu.session != sid => {
-                return Err(CenterError::Conflict(format!(
-                    "msu {} is registered by another session",
-                    r.msu_id
-                )));
-            }
-            Some(msu) => msu.registered_at = now,
-            None => {
-                self.msus.insert(
-                    r.msu_id.clone(),
-                    Msu {
-                        session: sid,
-                        rooms: HashSet::new(),
-                        registered_at: now,
-                    },
-                );
-            }
-        }
+        self.msus.register(&r.msu_id, sid, now)?;
         if let Some(h) = self.sessions.get_mut(&sid) {
             h.msus.insert(r.msu_id.clone());
         }
@@ -876,32 +634,23 @@ impl Rooms {
         let Some(room) = self.rooms.get_mut(room_id).map(Arc::make_mut) else {
             return;
         };
-        let current = room.msu.clone().filter(|m| self.msus.contains_key(m));
+        let current = room.msu.clone().filter(|m| self.msus.contains(m));
         let msu_id = match current {
             Some(m) => m,
             None => {
-                let Some((id, msu)) = self
-                    .msus
-                    .iter_mut()
-                    .filter(|(id, _)| Some(id.as_str()) != avoid)
-                    .min_by(|a, b| a.1.rooms.len().cmp(&b.1.rooms.len()).then(a.0.cmp(b.0)))
-                else {
-                    room.msu = None;
+                room.msu = self.msus.assign(room_id, avoid);
+                let Some(m) = room.msu.clone() else {
                     return;
                 };
-                msu.rooms.insert(room_id.to_owned());
-                room.msu = Some(id.clone());
-                id.clone()
+                m
             }
         };
-        let Some(session) = self.msus.get(&msu_id).map(|m| m.session) else {
+        let Some(session) = self.msus.session_of(&msu_id) else {
             return;
         };
-        fx.sends.push(Send {
-            to: vec![session],
-            item: Outbound::Invite {
-                room_id: room_id.to_owned(),
-            },
+        fx.notices.push(Notice::Invite {
+            to: session,
+            room_id: room_id.to_owned(),
         });
         fx.event(
             room_id,
@@ -912,11 +661,9 @@ impl Rooms {
 
     /// An MSU is gone: its rooms are invited to the other live MSUs.
     fn lose_msu(&mut self, msu_id: &str, fx: &mut Effects) {
-        let Some(msu) = self.msus.remove(msu_id) else {
+        let Some(room_ids) = self.msus.remove(msu_id) else {
             return;
         };
-        let mut room_ids: Vec<String> = msu.rooms.into_iter().collect();
-        room_ids.sort();
         for room_id in &room_ids {
             if let Some(room) = self.rooms.get_mut(room_id).map(Arc::make_mut) {
                 room.msu = None;
@@ -945,14 +692,12 @@ impl Rooms {
         let Some(msu_id) = room.msu.clone() else {
             return;
         };
-        if self.msus.get(&msu_id).map(|m| m.session) != Some(msu_session) {
+        if self.msus.session_of(&msu_id) != Some(msu_session) {
             // The room moved meanwhile.
             return;
         }
         room.msu = None;
-        if let Some(msu) = self.msus.get_mut(&msu_id) {
-            msu.rooms.remove(room_id);
-        }
+        self.msus.release(&msu_id, room_id);
         self.invite_msu(room_id, Some(&msu_id), fx);
     }
 
@@ -1481,88 +1226,6 @@ impl Rooms {
         );
         Ok(reached)
     }
-
-    // ----- listings -----------------------------------------------------------
-
-    /// Every room with its counts, sorted by id.
-    pub fn list_rooms(&self) -> Vec<proto::RoomSummary> {
-        let mut rooms: Vec<_> = self
-            .rooms
-            .iter()
-            .map(|(id, room)| proto::RoomSummary {
-                room_id: id.clone(),
-                user_count: count(room.users.len()),
-                session_count: count(room.listeners.len()),
-                msu_id: room.msu.clone().unwrap_or_default(),
-            })
-            .collect();
-        rooms.sort_by(|a, b| a.room_id.cmp(&b.room_id));
-        rooms
-    }
-
-    /// One room in detail (`session_id` 0: nobody speaks for the user).
-    pub fn get_room(&self, room_id: &str) -> Result<proto::RoomDetail, CenterError> {
-        required(room_id, "room_id", "room_id is required")?;
-        let room = self.room(room_id)?;
-        let mut users: Vec<_> = room
-            .users
-            .iter()
-            .map(|(id, u)| proto::RoomMember {
-                user_id: id.clone(),
-                user_name: u.name.clone(),
-                audience: u.audience,
-                session_id: u.speaker().unwrap_or(0),
-                pushers: u.pushers.clone(),
-            })
-            .collect();
-        users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
-        let mut session_ids: Vec<_> = room.listeners.keys().copied().collect();
-        session_ids.sort_unstable();
-        Ok(proto::RoomDetail {
-            room_id: room_id.to_owned(),
-            msu_id: room.msu.clone().unwrap_or_default(),
-            users,
-            session_ids,
-        })
-    }
-
-    /// The sessions the rules know of (open, holding users or MSUs).
-    pub fn session_ids(&self) -> Vec<SessionId> {
-        self.sessions.keys().copied().collect()
-    }
-
-    /// What the rules know of a session: (identity, users held, MSU ids).
-    pub fn session_view(&self, sid: SessionId) -> Option<(String, u32, Vec<String>)> {
-        let h = self.sessions.get(&sid)?;
-        let mut msus: Vec<String> = h.msus.iter().cloned().collect();
-        msus.sort();
-        let users = h.rooms.values().map(HashSet::len).sum();
-        Some((h.identity.to_string(), count(users), msus))
-    }
-
-    /// Every MSU: (id, session, rooms sorted, registered at), sorted by id.
-    pub fn msus(&self) -> Vec<(String, SessionId, Vec<String>, SystemTime)> {
-        let mut msus: Vec<_> = self
-            .msus
-            .iter()
-            .map(|(id, m)| {
-                let mut rooms: Vec<_> = m.rooms.iter().cloned().collect();
-                rooms.sort();
-                (id.clone(), m.session, rooms, m.registered_at)
-            })
-            .collect();
-        msus.sort_by(|a, b| a.0.cmp(&b.0));
-        msus
-    }
-
-    /// Counts: (rooms, users, msus).
-    pub fn counts(&self) -> (usize, usize, usize) {
-        (
-            self.rooms.len(),
-            self.rooms.values().map(|r| r.users.len()).sum(),
-            self.msus.len(),
-        )
-    }
 }
 
 #[cfg(test)]
@@ -1572,7 +1235,7 @@ mod tests {
     use prost::Message as _;
 
     /// Everything the rules hold, indexes included, in a stable order.
-    fn fingerprint(r: &Rooms) -> String {
+    fn fingerprint(r: &Rules) -> String {
         let mut rooms: Vec<_> = r
             .rooms
             .iter()
@@ -1617,22 +1280,13 @@ mod tests {
             })
             .collect();
         sessions.sort();
-        let mut orphans: Vec<_> = r
-            .orphans
-            .iter()
-            .map(|(id, set)| {
-                let mut set: Vec<_> = set.iter().collect();
-                set.sort();
-                format!("{id}={set:?}")
-            })
-            .collect();
-        orphans.sort();
+        let orphans = r.orphans.listed();
         // Deadlines may hold entries of users claimed since; only the due
         // orphans they name matter.
         let deadlines: Vec<_> =
-            r.deadlines
-                .iter()
-                .flat_map(|(d, due)| due.iter().map(move |k| (*d, k.clone())))
+            r.orphans
+                .deadlines()
+                .map(|(d, k)| (d, k.clone()))
                 .filter(|(d, (room, user))| {
                     r.rooms.get(room).and_then(|x| x.users.get(user)).is_some_and(
                     |u| matches!(u.holder, Holder::Orphan { deadline, .. } if deadline == *d),
@@ -1648,7 +1302,7 @@ mod tests {
         )
     }
 
-    fn join(r: &mut Rooms, sid: SessionId, room: &str, user: &str) {
+    fn join(r: &mut Rules, sid: SessionId, room: &str, user: &str) {
         let req = proto::JoinRequest {
             room_id: room.into(),
             user_id: user.into(),
@@ -1667,7 +1321,7 @@ mod tests {
             reconnect_grace: Duration::from_secs(30),
             ..RulesConfig::default()
         };
-        let mut r = Rooms::new(config);
+        let mut r = Rules::new(config);
         let fx = &mut Effects::default();
         for sid in 1..=5000u64 {
             r.open_session(sid, &format!("sfu-{sid}"), "", fx);
@@ -1676,9 +1330,9 @@ mod tests {
         for sid in 1..=5000u64 {
             r.close_session(sid, Duration::ZERO, fx);
         }
-        assert_eq!(r.orphans.len(), 5000);
+        assert_eq!(r.orphans.identities(), 5000);
         r.expire(Duration::from_secs(30), fx);
-        assert!(r.rooms.is_empty() && r.sessions.is_empty() && r.orphans.is_empty());
+        assert!(r.rooms.is_empty() && r.sessions.is_empty() && r.orphans.identities() == 0);
         for (name, capacity) in [
             ("rooms", r.rooms.capacity()),
             ("sessions", r.sessions.capacity()),
@@ -1694,7 +1348,7 @@ mod tests {
             reconnect_grace: Duration::from_secs(30),
             ..RulesConfig::default()
         };
-        let mut r = Rooms::new(config.clone());
+        let mut r = Rules::new(config.clone());
         let fx = &mut Effects::default();
         for (sid, identity) in [(1, "sfu-a"), (2, "sfu-b"), (3, "msu"), (4, "sfu-c")] {
             r.open_session(sid, identity, "", fx);
@@ -1735,7 +1389,7 @@ mod tests {
         let mut snap = cp::Snapshot::default();
         r.freeze().write(&mut snap);
         let snap = cp::Snapshot::decode(snap.encode_to_vec().as_slice()).unwrap();
-        let mut loaded = Rooms::new(config);
+        let mut loaded = Rules::new(config);
         loaded.open_session(99, "stale", "", &mut Effects::default());
         join(&mut loaded, 99, "stale", "x"); // replaced by the load
         loaded.load(&snap);
@@ -1761,7 +1415,7 @@ mod tests {
         assert_eq!(then, snap);
         assert_ne!(
             fingerprint(&loaded),
-            fingerprint(&Rooms::import(RulesConfig::default(), &snap))
+            fingerprint(&Rules::import(RulesConfig::default(), &snap))
         );
     }
 }
