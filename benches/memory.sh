@@ -5,17 +5,19 @@
 # "warm" the idle center after its first 10 sessions came and went (the code
 # they ran is mapped by then: file pages that never go back to "cold").
 # Usage: benches/memory.sh [rounds] [reconnect_grace_secs]   (loopback only)
+# BIN_DIR=dir uses the binaries in dir/release instead of building (to
+# compare builds, e.g. allocators, side by side).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 grace=${2:-0}
-T=${CARGO_TARGET_DIR:-target}
+T=${BIN_DIR:-${CARGO_TARGET_DIR:-target}}
 port=19460
 dir=$(mktemp -d /tmp/pilot-memory.XXXXXX)
 pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT
-cargo build --release --quiet --bins
+[ -n "${BIN_DIR:-}" ] || cargo build --release --quiet --bins
 printf 'websocket:\n  listen_ip: 127.0.0.1\n  listen_port: %s\n  self_signed: true\n  connections_per_ip_per_sec: 0\n  max_pending_handshakes_per_ip: 0\ngrpc:\n  enabled: false\nadmin:\n  enabled: false\nlimits:\n  messages_per_sec: 0\ncenter:\n  reconnect_grace_secs: %s\n' "$port" "$grace" >"$dir/center.yaml"
 url="wss://127.0.0.1:$port/pilot/center"
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }

@@ -1312,6 +1312,296 @@ mod tests {
         r.join(sid, req, &mut Effects::default()).unwrap();
     }
 
+    /// Every index agrees with the rooms: a user held by a session is in
+    /// that session's holdings and counts once in the room's listeners;
+    /// an orphan is listed under its identity with its deadline; a room's
+    /// MSU serves it; no empty room or holding is kept.
+    fn check_indexes(r: &Rules) -> Result<(), String> {
+        let listed = r.orphans.listed();
+        for (room_id, room) in &r.rooms {
+            if room.users.is_empty() {
+                return Err(format!("empty room {room_id} kept"));
+            }
+            let mut listeners: HashMap<SessionId, u32> = HashMap::new();
+            for (user_id, user) in &room.users {
+                let key = (room_id.clone(), user_id.clone());
+                match &user.holder {
+                    Holder::Session { sid, .. } => {
+                        *listeners.entry(*sid).or_default() += 1;
+                        let held = r
+                            .sessions
+                            .get(sid)
+                            .and_then(|h| h.rooms.get(room_id))
+                            .is_some_and(|users| users.contains(user_id));
+                        if !held {
+                            return Err(format!("{key:?} held by {sid}, which does not list it"));
+                        }
+                    }
+                    Holder::Orphan {
+                        identity, deadline, ..
+                    } => {
+                        if !listed.contains(&(identity.to_string(), key.clone())) {
+                            return Err(format!("orphan {key:?} not listed under {identity}"));
+                        }
+                        if !r
+                            .orphans
+                            .deadlines()
+                            .any(|(d, k)| d == *deadline && *k == key)
+                        {
+                            return Err(format!("orphan {key:?} has no deadline entry"));
+                        }
+                    }
+                }
+            }
+            if listeners != room.listeners {
+                return Err(format!(
+                    "{room_id} listeners {:?}, held {listeners:?}",
+                    room.listeners
+                ));
+            }
+            if let Some(msu) = &room.msu
+                && !r
+                    .msus
+                    .iter()
+                    .any(|(id, m)| id == msu && m.rooms.contains(room_id))
+            {
+                return Err(format!(
+                    "{room_id} names MSU {msu}, which does not serve it"
+                ));
+            }
+        }
+        for (sid, h) in &r.sessions {
+            for (room_id, users) in &h.rooms {
+                if users.is_empty() {
+                    return Err(format!("session {sid} keeps an empty holding in {room_id}"));
+                }
+                for user_id in users {
+                    let holder = r
+                        .rooms
+                        .get(room_id)
+                        .and_then(|room| room.users.get(user_id))
+                        .and_then(User::holder_session);
+                    if holder != Some(*sid) {
+                        return Err(format!(
+                            "{sid} lists {room_id}/{user_id}, held by {holder:?}"
+                        ));
+                    }
+                }
+            }
+        }
+        for (identity, (room_id, user_id)) in listed {
+            let orphan_of = r
+                .rooms
+                .get(&room_id)
+                .and_then(|room| room.users.get(&user_id))
+                .and_then(|u| match &u.holder {
+                    Holder::Orphan { identity, .. } => Some(identity.to_string()),
+                    Holder::Session { .. } => None,
+                });
+            if orphan_of.as_deref() != Some(identity.as_str()) {
+                return Err(format!(
+                    "{identity} lists {room_id}/{user_id}, an orphan of {orphan_of:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Open {
+            sid: u8,
+            peer: u8,
+            incarnation: u8,
+        },
+        Close {
+            sid: u8,
+        },
+        Join {
+            sid: u8,
+            room: u8,
+            user: u8,
+            audience: bool,
+        },
+        Push {
+            sid: u8,
+            room: u8,
+            user: u8,
+        },
+        Disconnect {
+            sid: u8,
+            room: u8,
+            user: u8,
+        },
+        Reconnect {
+            sid: u8,
+            room: u8,
+            user: u8,
+        },
+        Leave {
+            sid: u8,
+            room: u8,
+            user: u8,
+        },
+        Remove {
+            room: u8,
+            user: u8,
+        },
+        CloseRoom {
+            room: u8,
+        },
+        Msu {
+            sid: u8,
+            msu: u8,
+        },
+        InviteFailed {
+            sid: u8,
+            room: u8,
+        },
+        Wait {
+            secs: u8,
+        },
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        let (s, r, u) = (0..4u8, 0..3u8, 0..4u8);
+        prop_oneof![
+            (s.clone(), 0..3u8, 0..2u8).prop_map(|(sid, peer, incarnation)| Step::Open {
+                sid,
+                peer,
+                incarnation
+            }),
+            s.clone().prop_map(|sid| Step::Close { sid }),
+            (s.clone(), r.clone(), u.clone(), any::<bool>()).prop_map(
+                |(sid, room, user, audience)| Step::Join {
+                    sid,
+                    room,
+                    user,
+                    audience
+                }
+            ),
+            (s.clone(), r.clone(), u.clone()).prop_map(|(sid, room, user)| Step::Push {
+                sid,
+                room,
+                user
+            }),
+            (s.clone(), r.clone(), u.clone()).prop_map(|(sid, room, user)| Step::Disconnect {
+                sid,
+                room,
+                user
+            }),
+            (s.clone(), r.clone(), u.clone()).prop_map(|(sid, room, user)| Step::Reconnect {
+                sid,
+                room,
+                user
+            }),
+            (s.clone(), r.clone(), u.clone()).prop_map(|(sid, room, user)| Step::Leave {
+                sid,
+                room,
+                user
+            }),
+            (r.clone(), u.clone()).prop_map(|(room, user)| Step::Remove { room, user }),
+            r.clone().prop_map(|room| Step::CloseRoom { room }),
+            (s.clone(), 0..2u8).prop_map(|(sid, msu)| Step::Msu { sid, msu }),
+            (s, r).prop_map(|(sid, room)| Step::InviteFailed { sid, room }),
+            (0..40u8).prop_map(|secs| Step::Wait { secs }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any sequence of commands, sessions ending and time passing
+        /// (refused commands included) leaves every index consistent with
+        /// the rooms, and a snapshot of the state restores it exactly.
+        #[test]
+        fn every_step_keeps_the_indexes_consistent(
+            steps in proptest::collection::vec(step(), 1..60),
+            replace in proptest::prelude::any::<bool>(),
+        ) {
+            let config = RulesConfig {
+                reconnect_grace: Duration::from_secs(30),
+                duplicate_user: if replace { DuplicatePolicy::Replace } else { DuplicatePolicy::Reject },
+                max_users_per_session: 6,
+                ..RulesConfig::default()
+            };
+            let mut r = Rules::new(config.clone());
+            let fx = &mut Effects::default();
+            let mut now = Duration::ZERO;
+            let mut open: HashSet<SessionId> = HashSet::new();
+            let mut next_sid = 100;
+            // Slot -> its session id now (a slot reopened gets a new id).
+            let mut slot: HashMap<u8, SessionId> = HashMap::new();
+            let name = |room: u8, user: u8| (format!("r{room}"), format!("u{user}"));
+            for st in steps {
+                let live = |s: u8, slot: &HashMap<u8, SessionId>, open: &HashSet<SessionId>| {
+                    slot.get(&s).copied().filter(|sid| open.contains(sid))
+                };
+                match st {
+                    Step::Open { sid, peer, incarnation } => {
+                        if live(sid, &slot, &open).is_none() {
+                            next_sid += 1;
+                            slot.insert(sid, next_sid);
+                            open.insert(next_sid);
+                            r.open_session(next_sid, &format!("sfu{peer}"), &format!("i{incarnation}"), fx);
+                        }
+                    }
+                    Step::Close { sid } => {
+                        if let Some(id) = live(sid, &slot, &open) {
+                            open.remove(&id);
+                            r.close_session(id, now, fx);
+                        }
+                    }
+                    Step::Join { sid, room, user, audience } => if let Some(id) = live(sid, &slot, &open) {
+                        let (room_id, user_id) = name(room, user);
+                        let _ = r.join(id, proto::JoinRequest { room_id, user_id, user_name: "n".into(), audience, ..Default::default() }, fx);
+                    }
+                    Step::Push { sid, room, user } => if let Some(id) = live(sid, &slot, &open) {
+                        let (room_id, user_id) = name(room, user);
+                        let publishers = vec![proto::Publisher { pusher_id: format!("p{sid}"), ..Default::default() }];
+                        let _ = r.push(id, proto::PushRequest { room_id, user_id, publishers, ..Default::default() }, fx);
+                    }
+                    Step::Disconnect { sid, room, user } => if let Some(id) = live(sid, &slot, &open) {
+                        let (room_id, user_id) = name(room, user);
+                        let _ = r.user_disconnect(id, proto::UserDisconnectRequest { room_id, user_id, ..Default::default() }, fx);
+                    }
+                    Step::Reconnect { sid, room, user } => if let Some(id) = live(sid, &slot, &open) {
+                        let (room_id, user_id) = name(room, user);
+                        let _ = r.user_reconnect(id, proto::UserReConnectRequest { room_id, user_id, ..Default::default() }, fx);
+                    }
+                    Step::Leave { sid, room, user } => if let Some(id) = live(sid, &slot, &open) {
+                        let (room_id, user_id) = name(room, user);
+                        let _ = r.user_leave(id, proto::UserLeaveRequest { room_id, user_id, ..Default::default() }, fx);
+                    }
+                    Step::Remove { room, user } => {
+                        let (room_id, user_id) = name(room, user);
+                        let _ = r.remove_user(&room_id, &user_id, fx);
+                    }
+                    Step::CloseRoom { room } => {
+                        let _ = r.close_room(&name(room, 0).0, fx);
+                    }
+                    Step::Msu { sid, msu } => if let Some(id) = live(sid, &slot, &open) {
+                        let req = proto::RegisterMsuRequest { msu_id: format!("m{msu}") };
+                        let _ = r.register_msu(id, req, SystemTime::UNIX_EPOCH, fx);
+                    }
+                    Step::InviteFailed { sid, room } => if let Some(id) = live(sid, &slot, &open) {
+                        r.invite_failed(&name(room, 0).0, id, fx);
+                    }
+                    Step::Wait { secs } => {
+                        now += Duration::from_secs(secs.into());
+                        r.expire(now, fx);
+                    }
+                }
+                if let Err(e) = check_indexes(&r) {
+                    proptest::prop_assert!(false, "{e}");
+                }
+            }
+            let mut snap = cp::Snapshot::default();
+            r.freeze().write(&mut snap);
+            let restored = Rules::import(config, &snap);
+            proptest::prop_assert_eq!(fingerprint(&restored), fingerprint(&r));
+        }
+    }
+
     #[test]
     fn indexes_give_their_memory_back_after_a_crowd_of_orphans_expires() {
         // 5,000 SFUs of one user each drop and never return: after their
