@@ -35,9 +35,8 @@ for r in $(seq "$rounds"); do
   peak=$(kib "$pid" VmHWM)
   sleep $((grace + 30))
   after=$(kib "$pid" VmRSS); after_s=$(show "$pid")
-  given=$(grep -c "heap given back" "$dir/center.log" || true)
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
   echo "round $r: cold $cold_s; warm $warm_s; peak $((peak / 1024)) MB; 30 s after the users left $after_s;" \
     "over warm $(awk -v a="$after" -v b="$warm" 'BEGIN {printf "%+.0f%%", (a / b - 1) * 100}')," \
-    "over cold $(awk -v a="$after" -v b="$cold" 'BEGIN {printf "%+.0f%%", (a / b - 1) * 100}'); heap given back $given time(s)"
+    "over cold $(awk -v a="$after" -v b="$cold" 'BEGIN {printf "%+.0f%%", (a / b - 1) * 100}')"
 done

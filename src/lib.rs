@@ -39,7 +39,6 @@ pub mod config;
 pub mod error;
 pub mod file_store;
 pub mod grpc;
-pub mod heap;
 pub mod limits;
 pub mod metrics;
 pub mod operator;

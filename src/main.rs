@@ -248,8 +248,30 @@ fn parse_level(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+// The center's allocator (docs/PERFORMANCE.md, "Memory after a crowd",
+// has the measurements that chose it and its settings).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read when it starts:
+/// - a background thread purges freed pages a second after they were last
+///   used (`dirty_decay_ms`), straight back to the OS (`muzzy_decay_ms: 0`:
+///   no lazy `MADV_FREE` stage, whose pages would still count as resident),
+///   so what a crowd freed goes back while the center idles, with no call
+///   from the center;
+/// - no per-thread caches (`tcache: false`): an idle worker's cache keeps
+///   the crowd's last blocks, each pinning a page (24 MB resident after the
+///   crowd with them, 16 MB without); what they saved did not show in the
+///   `sfu` throughput or p99;
+/// - a setting jemalloc does not know stops the start (`abort_conf`).
+#[cfg(feature = "jemalloc")]
+#[allow(unsafe_code)] // jemalloc finds its settings by this symbol's name
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static JEMALLOC_CONF: &[u8; 89] =
+    b"background_thread:true,tcache:false,dirty_decay_ms:1000,muzzy_decay_ms:0,abort_conf:true\0";
+
 fn main() -> std::process::ExitCode {
-    pilot_center::heap::tune();
     match start() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -285,11 +307,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let mut stop = StopSignals::listen()?;
     let server = Server::start(&config).await?;
     tracing::info!(url = %server.ws_url(), grpc = ?server.grpc_addr(), "pilot center started");
-    let trimmer = tokio::spawn(pilot_center::heap::give_back_after_crowds_leave(
-        server.center().clone(),
-    ));
     stop.wait().await;
-    trimmer.abort();
     let grace = Duration::from_secs(config.center.shutdown_grace_secs);
     tracing::info!(?grace, "shutting down");
     if server.shutdown(grace).await {
