@@ -106,6 +106,38 @@ async fn sfu_a_and_peer_b(a_addr: std::net::SocketAddr, b: &Server) -> (Sfu, Pee
     (a, peer)
 }
 
+/// n1 reaches `redis` through a proxy the test controls, n2 directly;
+/// `extra` goes into both nodes' `cluster:` section.
+async fn proxied_pair(redis: &RedisServer, extra: &str) -> (common::proxy::Proxy, Server, Server) {
+    let target: std::net::SocketAddr = format!("127.0.0.1:{}", redis.port).parse().unwrap();
+    let proxy = common::proxy::Proxy::start(target).await;
+    let start = |url: String, id: &'static str| async move {
+        let yaml = format!("{}{extra}", node_yaml(&url, id));
+        Server::start(&Config::parse(&yaml).unwrap()).await.unwrap()
+    };
+    let n1 = start(proxy.redis_url(), "n1").await;
+    let n2 = start(redis.url(), "n2").await;
+    (proxy, n1, n2)
+}
+
+/// Once both nodes have applied everything, they list room "r" and the
+/// sessions alike; returns how many sessions they list.
+async fn same_truth(n1: &Server, n2: &Server) -> usize {
+    common::settle(n1).await;
+    common::settle(n2).await;
+    let rooms = |s: &Server| format!("{:?}", s.center().get_room("r").unwrap());
+    assert_eq!(rooms(n1), rooms(n2));
+    let sessions = |s: &Server| {
+        s.center()
+            .list_sessions()
+            .into_iter()
+            .map(|x| (x.session_id, x.peer_id, x.user_count))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(sessions(n1), sessions(n2));
+    sessions(n1).len()
+}
+
 /// Waits until the center closes `sfu`'s link; returns the close code.
 async fn close_code(sfu: &Sfu) -> u16 {
     let mut poll = common::Poll::new("the center to close the SFU's link");
@@ -362,20 +394,7 @@ async fn a_node_cut_off_from_redis_for_less_than_its_lease_keeps_its_sessions() 
         let Some(redis) = RedisServer::start("cut", false).await else {
             return;
         };
-        let target: std::net::SocketAddr = format!("127.0.0.1:{}", redis.port).parse().unwrap();
-        let proxy = common::proxy::Proxy::start(target).await;
-        let yaml = |url: &str, id: &str| {
-            node_yaml(url, id).replace(
-                "  node_ttl_secs: 10\n",
-                "  node_ttl_secs: 10\n  store_timeout_secs: 1\n",
-            )
-        };
-        let n1 = Server::start(&Config::parse(&yaml(&proxy.redis_url(), "n1")).unwrap())
-            .await
-            .unwrap();
-        let n2 = Server::start(&Config::parse(&yaml(&redis.url(), "n2")).unwrap())
-            .await
-            .unwrap();
+        let (proxy, n1, n2) = proxied_pair(&redis, "  store_timeout_secs: 1\n").await;
         let (mut a, mut b) = sfu_a_and_peer_b(n1.ws_addr(), &n2).await;
 
         for mode in [common::proxy::Mode::Blackhole, common::proxy::Mode::Cut] {
@@ -405,18 +424,7 @@ async fn a_node_cut_off_from_redis_for_less_than_its_lease_keeps_its_sessions() 
         .await;
         assert_eq!(b.expect("newUser").await["userId"], json!("u3"));
         // Both nodes hold the same truth.
-        common::settle(&n1).await;
-        common::settle(&n2).await;
-        let rooms = |s: &Server| format!("{:?}", s.center().get_room("r").unwrap());
-        assert_eq!(rooms(&n1), rooms(&n2));
-        let sessions = |s: &Server| {
-            s.center()
-                .list_sessions()
-                .into_iter()
-                .map(|x| (x.session_id, x.peer_id, x.user_count))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(sessions(&n1), sessions(&n2));
+        same_truth(&n1, &n2).await;
     })
     .await;
 }
@@ -616,19 +624,7 @@ async fn a_sentinel_failover_moves_every_node_to_the_new_master_without_closing_
         assert!(a.close_code.lock().unwrap().is_none());
         assert_eq!(node_losts(&log(&set.replica).await), Vec::<u32>::new());
         // Both nodes hold the same truth.
-        common::settle(&n1).await;
-        common::settle(&n2).await;
-        let rooms = |s: &Server| format!("{:?}", s.center().get_room("r").unwrap());
-        assert_eq!(rooms(&n1), rooms(&n2));
-        let sessions = |s: &Server| {
-            s.center()
-                .list_sessions()
-                .into_iter()
-                .map(|x| (x.session_id, x.peer_id, x.user_count))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(sessions(&n1), sessions(&n2));
-        assert_eq!(sessions(&n1).len(), 2);
+        assert_eq!(same_truth(&n1, &n2).await, 2);
     })
     .await;
 }
@@ -639,20 +635,7 @@ async fn a_slow_redis_slows_changes_or_refuses_them_visibly_and_closes_nobody() 
         let Some(redis) = RedisServer::start("delay", false).await else {
             return;
         };
-        let target: std::net::SocketAddr = format!("127.0.0.1:{}", redis.port).parse().unwrap();
-        let proxy = common::proxy::Proxy::start(target).await;
-        let yaml = |url: &str, id: &str| {
-            node_yaml(url, id).replace(
-                "  node_ttl_secs: 10\n",
-                "  node_ttl_secs: 10\n  store_timeout_secs: 2\n",
-            )
-        };
-        let n1 = Server::start(&Config::parse(&yaml(&proxy.redis_url(), "n1")).unwrap())
-            .await
-            .unwrap();
-        let n2 = Server::start(&Config::parse(&yaml(&redis.url(), "n2")).unwrap())
-            .await
-            .unwrap();
+        let (proxy, n1, n2) = proxied_pair(&redis, "  store_timeout_secs: 2\n").await;
         let (mut a, mut b) = sfu_a_and_peer_b(n1.ws_addr(), &n2).await;
         let join = |user: &str| json!({"roomId": "r", "userId": user, "userName": user});
 
@@ -710,20 +693,7 @@ async fn a_node_the_log_was_trimmed_past_rejoins_from_the_snapshot_instead_of_sk
         let Some(redis) = RedisServer::start("trimmed", false).await else {
             return;
         };
-        let target: std::net::SocketAddr = format!("127.0.0.1:{}", redis.port).parse().unwrap();
-        let proxy = common::proxy::Proxy::start(target).await;
-        let yaml = |url: &str, id: &str| {
-            node_yaml(url, id).replace(
-                "  node_ttl_secs: 10\n",
-                "  node_ttl_secs: 10\n  snapshot_every: 10\n",
-            )
-        };
-        let n1 = Server::start(&Config::parse(&yaml(&proxy.redis_url(), "n1")).unwrap())
-            .await
-            .unwrap();
-        let n2 = Server::start(&Config::parse(&yaml(&redis.url(), "n2")).unwrap())
-            .await
-            .unwrap();
+        let (proxy, n1, n2) = proxied_pair(&redis, "  snapshot_every: 10\n").await;
         let (a, mut b) = sfu_a_and_peer_b(n1.ws_addr(), &n2).await;
         common::settle(&n1).await;
 

@@ -1,0 +1,456 @@
+//! Tests of the rules as a whole: every index consistent after any step,
+//! a snapshot that restores every rule, memory given back after a crowd.
+
+use super::*;
+use crate::cluster_proto as cp;
+use prost::Message as _;
+
+/// Everything the rules hold, indexes included, in a stable order.
+fn fingerprint(r: &Rules) -> String {
+    let mut rooms: Vec<_> = r
+        .rooms
+        .iter()
+        .map(|(id, room)| {
+            let mut users: Vec<_> = room
+                .users
+                .iter()
+                .map(|(u, user)| {
+                    format!(
+                        "{u}:{}:{}:{:?}:{:?}",
+                        user.name, user.audience, user.holder, user.pushers
+                    )
+                })
+                .collect();
+            users.sort();
+            let mut listeners: Vec<_> = room.listeners.iter().collect();
+            listeners.sort();
+            format!("{id} msu={:?} users={users:?} hear={listeners:?}", room.msu)
+        })
+        .collect();
+    rooms.sort();
+    let mut sessions: Vec<_> = r
+        .sessions
+        .iter()
+        .map(|(sid, h)| {
+            let mut held: Vec<_> = h
+                .rooms
+                .iter()
+                .map(|(room, users)| {
+                    let mut users: Vec<_> = users.iter().collect();
+                    users.sort();
+                    format!("{room}={users:?}")
+                })
+                .collect();
+            held.sort();
+            let mut msus: Vec<_> = h.msus.iter().collect();
+            msus.sort();
+            format!(
+                "{sid}:{}:{}:{}:{held:?}:{msus:?}",
+                h.identity, h.incarnation, h.opened
+            )
+        })
+        .collect();
+    sessions.sort();
+    let orphans = r.orphans.listed();
+    // Deadlines may hold entries of users claimed since; only the due
+    // orphans they name matter.
+    let deadlines: Vec<_> = r
+        .orphans
+        .deadlines()
+        .map(|(d, k)| (d, k.clone()))
+        .filter(|(d, (room, user))| {
+            r.rooms
+                .get(room)
+                .and_then(|x| x.users.get(user))
+                .is_some_and(
+                    |u| matches!(u.holder, Holder::Orphan { deadline, .. } if deadline == *d),
+                )
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    format!(
+        "opened={} rooms={rooms:#?} sessions={sessions:#?} orphans={orphans:?} deadlines={deadlines:?} msus={:?}",
+        r.opened,
+        r.msus()
+    )
+}
+
+fn join(r: &mut Rules, sid: SessionId, room: &str, user: &str) {
+    let req = proto::JoinRequest {
+        room_id: room.into(),
+        user_id: user.into(),
+        user_name: user.to_uppercase(),
+        ..Default::default()
+    };
+    r.join(sid, req, &mut Effects::default()).unwrap();
+}
+
+/// Every index agrees with the rooms: a user held by a session is in
+/// that session's holdings and counts once in the room's listeners;
+/// an orphan is listed under its identity with its deadline; a room's
+/// MSU serves it; no empty room or holding is kept.
+fn check_indexes(r: &Rules) -> Result<(), String> {
+    let listed = r.orphans.listed();
+    for (room_id, room) in &r.rooms {
+        if room.users.is_empty() {
+            return Err(format!("empty room {room_id} kept"));
+        }
+        let mut listeners: HashMap<SessionId, u32> = HashMap::new();
+        for (user_id, user) in &room.users {
+            let key = (room_id.clone(), user_id.clone());
+            match &user.holder {
+                Holder::Session { sid, .. } => {
+                    *listeners.entry(*sid).or_default() += 1;
+                    let held = r
+                        .sessions
+                        .get(sid)
+                        .and_then(|h| h.rooms.get(room_id))
+                        .is_some_and(|users| users.contains(user_id));
+                    if !held {
+                        return Err(format!("{key:?} held by {sid}, which does not list it"));
+                    }
+                }
+                Holder::Orphan {
+                    identity, deadline, ..
+                } => {
+                    if !listed.contains(&(identity.to_string(), key.clone())) {
+                        return Err(format!("orphan {key:?} not listed under {identity}"));
+                    }
+                    if !r
+                        .orphans
+                        .deadlines()
+                        .any(|(d, k)| d == *deadline && *k == key)
+                    {
+                        return Err(format!("orphan {key:?} has no deadline entry"));
+                    }
+                }
+            }
+        }
+        if listeners != room.listeners {
+            return Err(format!(
+                "{room_id} listeners {:?}, held {listeners:?}",
+                room.listeners
+            ));
+        }
+        if let Some(msu) = &room.msu
+            && !r
+                .msus
+                .iter()
+                .any(|(id, m)| id == msu && m.rooms.contains(room_id))
+        {
+            return Err(format!(
+                "{room_id} names MSU {msu}, which does not serve it"
+            ));
+        }
+    }
+    for (sid, h) in &r.sessions {
+        for (room_id, users) in &h.rooms {
+            if users.is_empty() {
+                return Err(format!("session {sid} keeps an empty holding in {room_id}"));
+            }
+            for user_id in users {
+                let holder = r
+                    .rooms
+                    .get(room_id)
+                    .and_then(|room| room.users.get(user_id))
+                    .and_then(User::holder_session);
+                if holder != Some(*sid) {
+                    return Err(format!(
+                        "{sid} lists {room_id}/{user_id}, held by {holder:?}"
+                    ));
+                }
+            }
+        }
+    }
+    for (identity, (room_id, user_id)) in listed {
+        let orphan_of = r
+            .rooms
+            .get(&room_id)
+            .and_then(|room| room.users.get(&user_id))
+            .and_then(|u| match &u.holder {
+                Holder::Orphan { identity, .. } => Some(identity.to_string()),
+                Holder::Session { .. } => None,
+            });
+        if orphan_of.as_deref() != Some(identity.as_str()) {
+            return Err(format!(
+                "{identity} lists {room_id}/{user_id}, an orphan of {orphan_of:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What a peer says about a user.
+#[derive(Debug, Clone, Copy)]
+enum Act {
+    Join { audience: bool },
+    Push,
+    Disconnect,
+    Reconnect,
+    Leave,
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Open {
+        sid: u8,
+        peer: u8,
+        incarnation: u8,
+    },
+    Close {
+        sid: u8,
+    },
+    /// A peer command about one user, from session slot `sid`.
+    User {
+        sid: u8,
+        room: u8,
+        user: u8,
+        act: Act,
+    },
+    Remove {
+        room: u8,
+        user: u8,
+    },
+    CloseRoom {
+        room: u8,
+    },
+    Msu {
+        sid: u8,
+        msu: u8,
+    },
+    InviteFailed {
+        sid: u8,
+        room: u8,
+    },
+    Wait {
+        secs: u8,
+    },
+}
+
+fn act() -> impl proptest::strategy::Strategy<Value = Act> {
+    use proptest::prelude::*;
+    prop_oneof![
+        any::<bool>().prop_map(|audience| Act::Join { audience }),
+        Just(Act::Push),
+        Just(Act::Disconnect),
+        Just(Act::Reconnect),
+        Just(Act::Leave),
+    ]
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    let (s, r, u) = (0..4u8, 0..3u8, 0..4u8);
+    prop_oneof![
+        (s.clone(), 0..3u8, 0..2u8).prop_map(|(sid, peer, incarnation)| Step::Open {
+            sid,
+            peer,
+            incarnation
+        }),
+        s.clone().prop_map(|sid| Step::Close { sid }),
+        (s.clone(), r.clone(), u.clone(), act()).prop_map(|(sid, room, user, act)| Step::User {
+            sid,
+            room,
+            user,
+            act
+        }),
+        (r.clone(), u.clone()).prop_map(|(room, user)| Step::Remove { room, user }),
+        r.clone().prop_map(|room| Step::CloseRoom { room }),
+        (s.clone(), 0..2u8).prop_map(|(sid, msu)| Step::Msu { sid, msu }),
+        (s, r).prop_map(|(sid, room)| Step::InviteFailed { sid, room }),
+        (0..40u8).prop_map(|secs| Step::Wait { secs }),
+    ]
+}
+
+proptest::proptest! {
+    /// Any sequence of commands, sessions ending and time passing
+    /// (refused commands included) leaves every index consistent with
+    /// the rooms, and a snapshot of the state restores it exactly.
+    #[test]
+    fn every_step_keeps_the_indexes_consistent(
+        steps in proptest::collection::vec(step(), 1..60),
+        replace in proptest::prelude::any::<bool>(),
+    ) {
+        let config = RulesConfig {
+            reconnect_grace: Duration::from_secs(30),
+            duplicate_user: if replace { DuplicatePolicy::Replace } else { DuplicatePolicy::Reject },
+            max_users_per_session: 6,
+            ..RulesConfig::default()
+        };
+        let mut r = Rules::new(config.clone());
+        let fx = &mut Effects::default();
+        let mut now = Duration::ZERO;
+        let mut open: HashSet<SessionId> = HashSet::new();
+        let mut next_sid = 100;
+        // Slot -> its session id now (a slot reopened gets a new id).
+        let mut slot: HashMap<u8, SessionId> = HashMap::new();
+        let name = |room: u8, user: u8| (format!("r{room}"), format!("u{user}"));
+        for st in steps {
+            let live = |s: u8, slot: &HashMap<u8, SessionId>, open: &HashSet<SessionId>| {
+                slot.get(&s).copied().filter(|sid| open.contains(sid))
+            };
+            match st {
+                Step::Open { sid, peer, incarnation } => {
+                    if live(sid, &slot, &open).is_none() {
+                        next_sid += 1;
+                        slot.insert(sid, next_sid);
+                        open.insert(next_sid);
+                        r.open_session(next_sid, &format!("sfu{peer}"), &format!("i{incarnation}"), fx);
+                    }
+                }
+                Step::Close { sid } => {
+                    if let Some(id) = live(sid, &slot, &open) {
+                        open.remove(&id);
+                        r.close_session(id, now, fx);
+                    }
+                }
+                Step::User { sid, room, user, act } => if let Some(id) = live(sid, &slot, &open) {
+                    let (room_id, user_id) = name(room, user);
+                    let _ = match act {
+                        Act::Join { audience } => r.join(id, proto::JoinRequest { room_id, user_id, user_name: "n".into(), audience, ..Default::default() }, fx).map(drop),
+                        Act::Push => {
+                            let publishers = vec![proto::Publisher { pusher_id: format!("p{sid}"), ..Default::default() }];
+                            r.push(id, proto::PushRequest { room_id, user_id, publishers, ..Default::default() }, fx)
+                        }
+                        Act::Disconnect => r.user_disconnect(id, proto::UserDisconnectRequest { room_id, user_id, ..Default::default() }, fx),
+                        Act::Reconnect => r.user_reconnect(id, proto::UserReConnectRequest { room_id, user_id, ..Default::default() }, fx),
+                        Act::Leave => r.user_leave(id, proto::UserLeaveRequest { room_id, user_id, ..Default::default() }, fx),
+                    };
+                }
+                Step::Remove { room, user } => {
+                    let (room_id, user_id) = name(room, user);
+                    let _ = r.remove_user(&room_id, &user_id, fx);
+                }
+                Step::CloseRoom { room } => {
+                    let _ = r.close_room(&name(room, 0).0, fx);
+                }
+                Step::Msu { sid, msu } => if let Some(id) = live(sid, &slot, &open) {
+                    let req = proto::RegisterMsuRequest { msu_id: format!("m{msu}") };
+                    let _ = r.register_msu(id, req, SystemTime::UNIX_EPOCH, fx);
+                }
+                Step::InviteFailed { sid, room } => if let Some(id) = live(sid, &slot, &open) {
+                    r.invite_failed(&name(room, 0).0, id, fx);
+                }
+                Step::Wait { secs } => {
+                    now += Duration::from_secs(secs.into());
+                    r.expire(now, fx);
+                }
+            }
+            if let Err(e) = check_indexes(&r) {
+                proptest::prop_assert!(false, "{e}");
+            }
+        }
+        let mut snap = cp::Snapshot::default();
+        r.freeze().write(&mut snap);
+        let restored = Rules::import(config, &snap);
+        proptest::prop_assert_eq!(fingerprint(&restored), fingerprint(&r));
+    }
+}
+
+#[test]
+fn indexes_give_their_memory_back_after_a_crowd_of_orphans_expires() {
+    // 5,000 SFUs of one user each drop and never return: after their
+    // grace every index that grew with them is small again, so the
+    // heap it used can go back to the OS (issue 11, item 8).
+    let config = RulesConfig {
+        reconnect_grace: Duration::from_secs(30),
+        ..RulesConfig::default()
+    };
+    let mut r = Rules::new(config);
+    let fx = &mut Effects::default();
+    for sid in 1..=5000u64 {
+        r.open_session(sid, &format!("sfu-{sid}"), "", fx);
+        join(&mut r, sid, &format!("room-{sid}"), "u");
+    }
+    for sid in 1..=5000u64 {
+        r.close_session(sid, Duration::ZERO, fx);
+    }
+    assert_eq!(r.orphans.identities(), 5000);
+    r.expire(Duration::from_secs(30), fx);
+    assert!(r.rooms.is_empty() && r.sessions.is_empty() && r.orphans.identities() == 0);
+    for (name, capacity) in [
+        ("rooms", r.rooms.capacity()),
+        ("sessions", r.sessions.capacity()),
+        ("orphans", r.orphans.capacity()),
+    ] {
+        assert!(capacity <= 1024, "{name} keeps room for {capacity}");
+    }
+}
+
+#[test]
+fn a_snapshot_restores_every_rule_and_index() {
+    let config = RulesConfig {
+        reconnect_grace: Duration::from_secs(30),
+        ..RulesConfig::default()
+    };
+    let mut r = Rules::new(config.clone());
+    let fx = &mut Effects::default();
+    for (sid, identity) in [(1, "sfu-a"), (2, "sfu-b"), (3, "msu"), (4, "sfu-c")] {
+        r.open_session(sid, identity, "", fx);
+    }
+    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+    r.register_msu(
+        3,
+        proto::RegisterMsuRequest {
+            msu_id: "m1".into(),
+        },
+        at,
+        fx,
+    )
+    .unwrap();
+    join(&mut r, 1, "r1", "u1");
+    join(&mut r, 2, "r1", "u2");
+    join(&mut r, 1, "r2", "u3");
+    join(&mut r, 4, "r2", "u4");
+    let push = proto::PushRequest {
+        room_id: "r1".into(),
+        user_id: "u1".into(),
+        publishers: vec![proto::Publisher {
+            pusher_id: "p1".into(),
+            rtp_param_json: r#"{"x": 1.50}"#.into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    r.push(1, push, fx).unwrap();
+    let gone = proto::UserDisconnectRequest {
+        room_id: "r1".into(),
+        user_id: "u2".into(),
+        ..Default::default()
+    };
+    r.user_disconnect(2, gone, fx).unwrap();
+    r.close_session(1, Duration::from_secs(10), fx);
+
+    let mut snap = cp::Snapshot::default();
+    r.freeze().write(&mut snap);
+    let snap = cp::Snapshot::decode(snap.encode_to_vec().as_slice()).unwrap();
+    let mut loaded = Rules::new(config);
+    loaded.open_session(99, "stale", "", &mut Effects::default());
+    join(&mut loaded, 99, "stale", "x"); // replaced by the load
+    loaded.load(&snap);
+    assert_eq!(fingerprint(&loaded), fingerprint(&r));
+    let mut again = cp::Snapshot::default();
+    loaded.freeze().write(&mut again);
+    assert_eq!(again, snap);
+
+    // And both go on alike: sfu-a back takes its users, then the rest
+    // of the grace ends. A state frozen before stays as it was.
+    let frozen = r.freeze();
+    let (mut a, mut b) = (Effects::default(), Effects::default());
+    assert_eq!(r.open_session(5, "sfu-a", "", &mut a).reclaimed, 2);
+    assert_eq!(loaded.open_session(5, "sfu-a", "", &mut b).reclaimed, 2);
+    r.close_session(2, Duration::from_secs(20), &mut a);
+    loaded.close_session(2, Duration::from_secs(20), &mut b);
+    r.expire(Duration::from_secs(60), &mut a);
+    loaded.expire(Duration::from_secs(60), &mut b);
+    assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    assert_eq!(fingerprint(&loaded), fingerprint(&r));
+    let mut then = cp::Snapshot::default();
+    frozen.write(&mut then);
+    assert_eq!(then, snap);
+    assert_ne!(
+        fingerprint(&loaded),
+        fingerprint(&Rules::import(RulesConfig::default(), &snap))
+    );
+}
