@@ -448,6 +448,13 @@ async fn a_rolling_restart_loses_no_user_and_sends_no_user_leave() {
                 json!({"roomId": "r", "userId": user, "userName": user, "publishers": [{"pusherId": format!("p{i}"), "rtpParam": rtp_param(i as u64)}]}),
             )
             .await;
+            // The push is in the log before the next SFU joins (else that
+            // one may be in the room first and hear it: a race of the
+            // test, seen once in 18 runs with a core busy). The echo
+            // proves the session has handed the push on; the barrier, that
+            // the node's log has it.
+            ok(&s.request("echo", json!({"ts": 1, "index": 1})).await);
+            settle(n).await;
             sfus.push(s);
         }
         sfus[0].expect("newUser").await;
