@@ -700,34 +700,31 @@ async fn write_entries(
                 }
             }
             outcome => {
-                // Refused, or maybe taken: a batch sent but not confirmed
-                // may still be in the log, and its waiters must not be
-                // told it was not applied.
-                // (A connection that drops in the instant after Redis took
-                // a batch is answered 503 too; telling that apart from a
-                // batch never sent is not possible from here.)
-                let unconfirmed = match &outcome {
-                    Err(_) => true,
-                    Ok(Err(e)) => e.is_timeout(),
-                    Ok(Ok(_)) => false,
-                };
-                match &outcome {
-                    Ok(Err(e)) if e.to_string().contains("FENCED") => standing.fence(&center),
-                    _ => {
-                        let why = match outcome {
-                            Ok(Err(e)) => e.to_string(),
-                            _ => format!("no answer within {} s", timeout.as_secs()),
-                        };
-                        if standing.healthy.swap(false, Ordering::Relaxed) {
-                            tracing::error!(error = %why, entries = batch.len(), "state store unavailable: changes refused");
-                        }
+                // A batch Redis refused, or could not be sent, was not
+                // applied: 503. One sent but not confirmed in time may
+                // still be in the log: its waiters hear 504, never "not
+                // applied". (A connection that drops in the instant after
+                // Redis took a batch is answered 503 too; that cannot be
+                // told apart from a batch never sent.)
+                let (error, why) = match outcome {
+                    Ok(Err(e)) if e.to_string().contains("FENCED") => {
+                        standing.fence(&center);
+                        (CenterError::StoreUnavailable, None)
                     }
-                }
-                let error = if unconfirmed {
-                    CenterError::StoreUnconfirmed
-                } else {
-                    CenterError::StoreUnavailable
+                    Ok(Err(e)) if e.is_timeout() => {
+                        (CenterError::StoreUnconfirmed, Some(e.to_string()))
+                    }
+                    Ok(Err(e)) => (CenterError::StoreUnavailable, Some(e.to_string())),
+                    _ => (
+                        CenterError::StoreUnconfirmed,
+                        Some(format!("no answer within {} s", timeout.as_secs())),
+                    ),
                 };
+                if let Some(why) = why
+                    && standing.healthy.swap(false, Ordering::Relaxed)
+                {
+                    tracing::error!(error = %why, entries = batch.len(), "state store unavailable: changes refused");
+                }
                 for (origin_seq, _) in &batch {
                     center.abandon(*origin_seq, error.clone());
                 }
