@@ -136,8 +136,24 @@ async fn same_truth(n1: &Server, n2: &Server) -> usize {
             .collect::<Vec<_>>()
     };
     assert_eq!(sessions(n1), sessions(n2));
-    let listed: Vec<u64> = sessions(n1).into_iter().map(|(id, _, _)| id).collect();
-    for user in n1.center().get_room("r").unwrap().users {
+    no_user_bound_to_an_unlisted_session(n1)
+}
+
+/// Asserts that every user of room "r" is unbound (waiting out a grace)
+/// or bound to a session `s` lists; returns how many sessions it lists.
+fn no_user_bound_to_an_unlisted_session(s: &Server) -> usize {
+    let listed: Vec<u64> = s
+        .center()
+        .list_sessions()
+        .into_iter()
+        .map(|x| x.session_id)
+        .collect();
+    let users = s
+        .center()
+        .get_room("r")
+        .map(|r| r.users)
+        .unwrap_or_default();
+    for user in users {
         assert!(
             user.session_id == 0 || listed.contains(&user.session_id),
             "{} bound to session {}, which is not listed",
@@ -146,6 +162,25 @@ async fn same_truth(n1: &Server, n2: &Server) -> usize {
         );
     }
     listed.len()
+}
+
+/// Polls until both nodes, each having applied everything (a node still
+/// rejoining refuses the barrier, and is asked again), show the same
+/// `view`.
+async fn until_both_agree<T: PartialEq + std::fmt::Debug>(
+    n1: &Server,
+    n2: &Server,
+    view: impl Fn(&Server) -> T,
+) {
+    let mut poll = common::Poll::new("both nodes to hold the same state");
+    loop {
+        let settled = n1.center().settle().await.is_ok() && n2.center().settle().await.is_ok();
+        if settled && view(n1) == view(n2) {
+            return;
+        }
+        poll.again(&format!("{:?} / {:?}", view(n1), view(n2)))
+            .await;
+    }
 }
 
 /// Waits until the center closes `sfu`'s link; returns the close code.
@@ -537,24 +572,8 @@ async fn a_redis_killed_under_appendfsync_everysec_leaves_the_nodes_agreeing() {
                 .unwrap_or_default();
             (sessions, users)
         };
-        // (A node may still be taking a new lease and rejoining: its
-        // barrier is then refused, and it is asked again.)
-        let mut poll = common::Poll::new("both nodes to hold the same state");
-        loop {
-            let settled = n1.center().settle().await.is_ok() && n2.center().settle().await.is_ok();
-            if settled && view(&n1) == view(&n2) {
-                break;
-            }
-            poll.again(&format!("{:?} / {:?}", view(&n1), view(&n2)))
-                .await;
-        }
-        let (sessions, users) = view(&n1);
-        for (user, session) in users {
-            assert!(
-                session == 0 || sessions.contains(&session),
-                "{user} bound to session {session}, which is not listed"
-            );
-        }
+        until_both_agree(&n1, &n2, view).await;
+        no_user_bound_to_an_unlisted_session(&n1);
     })
     .await;
 }
@@ -742,7 +761,6 @@ async fn a_node_the_log_was_trimmed_past_rejoins_from_the_snapshot_instead_of_sk
         // ("node stale") and rejoins from the snapshot.
         assert_eq!(close_code(&a).await, 1013);
         until_status(n1.admin_addr().unwrap(), "/readyz", 200).await;
-        let mut poll = common::Poll::new("both nodes to hold the same state");
         let rooms = |s: &Server| {
             let mut rooms: Vec<String> = (0..i)
                 .map(|r| format!("{:?}", s.center().get_room(&format!("room{r}"))))
@@ -750,13 +768,7 @@ async fn a_node_the_log_was_trimmed_past_rejoins_from_the_snapshot_instead_of_sk
             rooms.push(format!("{:?}", s.center().get_room("r")));
             rooms
         };
-        loop {
-            let settled = n1.center().settle().await.is_ok() && n2.center().settle().await.is_ok();
-            if settled && rooms(&n1) == rooms(&n2) {
-                break;
-            }
-            poll.again(&"not yet").await;
-        }
+        until_both_agree(&n1, &n2, rooms).await;
         assert!(n1.center().get_room(&format!("room{}", i - 1)).is_ok());
     })
     .await;
