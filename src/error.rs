@@ -55,6 +55,12 @@ pub enum CenterError {
     /// a push (they replace), and the listing says which it was.
     #[error("state store did not confirm in time: the change may still take effect")]
     StoreUnconfirmed,
+    /// The change came from a session of a lease this cluster node lost
+    /// (it was declared lost while paused or cut off): it was not applied,
+    /// and the session is closing with 1013 "node lost" so that its peer
+    /// reconnects. Nothing of a lost lease reaches the log.
+    #[error("this node lost its lease: the change was not applied; reconnect")]
+    LeaseLost,
     /// A bug or an impossible state; logged.
     #[error("internal error: {0}")]
     Internal(String),
@@ -81,7 +87,7 @@ impl CenterError {
             Self::Conflict(_) => 409,
             Self::OutOfRange(_) => 400,
             Self::LimitReached(_) => 429,
-            Self::ShuttingDown | Self::StoreUnavailable => 503,
+            Self::ShuttingDown | Self::StoreUnavailable | Self::LeaseLost => 503,
             Self::StoreUnconfirmed => 504,
             Self::Internal(_) => 500,
         }
@@ -103,7 +109,7 @@ impl From<CenterError> for tonic::Status {
             CenterError::LimitReached(_) => Status::resource_exhausted(e.to_string()),
             CenterError::Conflict(_) => Status::already_exists(e.to_string()),
             CenterError::OutOfRange(_) => Status::out_of_range(e.to_string()),
-            CenterError::ShuttingDown | CenterError::StoreUnavailable => {
+            CenterError::ShuttingDown | CenterError::StoreUnavailable | CenterError::LeaseLost => {
                 Status::unavailable(e.to_string())
             }
             // gRPC's own word for "may have completed".

@@ -9,7 +9,11 @@
 //!   crc32: u32 LE | pilot.cluster.v1.Snapshot`, the state after every
 //!   entry of the segments below `next segment` (the same codec a Redis
 //!   cluster's joining node loads);
-//! - `LOCK`: held while a center uses the directory.
+//! - `LOCK`: held while a center uses the directory;
+//! - `epoch`: the epoch the last start took, in decimal: each start takes a
+//!   higher one (and never one below [`crate::center::ids::epoch_floor`]),
+//!   written and synced before any session opens, so session ids never
+//!   repeat across restarts ([`crate::center::ids`]).
 //!
 //! On start the snapshot is loaded and the segments from its `next` on are
 //! replayed, in order, with the time each entry was first applied at; then
@@ -26,6 +30,7 @@
 //! `batch`/`never`; a machine that loses power also what the OS had not
 //! written (`never`).
 
+use crate::center::ids::{MAX_EPOCH, epoch_floor};
 use crate::center::{At, Center, CenterConfig, Entry, FrozenState, Store};
 use crate::cluster_proto as cp;
 use crate::error::CenterError;
@@ -109,6 +114,17 @@ pub enum FileStoreError {
         offset: u64,
         /// Intact entries before it in this segment.
         entries: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The epoch file cannot be read.
+    #[error(
+        "state directory: {path}: unreadable epoch ({reason}); remove the file to take \
+         an epoch from the clock (session ids of recent starts may then repeat)"
+    )]
+    BadEpoch {
+        /// The epoch file.
+        path: PathBuf,
         /// What is wrong.
         reason: String,
     },
@@ -282,6 +298,41 @@ fn read_snapshot(path: &Path) -> Result<Option<(u64, cp::Snapshot)>, FileStoreEr
     Ok(Some((next, snap)))
 }
 
+/// Takes this start's epoch: above the last one the directory kept and not
+/// below the clock's floor; kept (written, synced, renamed, the directory
+/// synced) before it is used.
+fn take_epoch(dir: &Path) -> Result<u32, FileStoreError> {
+    let path = dir.join("epoch");
+    let bad = |reason: String| FileStoreError::BadEpoch {
+        path: path.clone(),
+        reason,
+    };
+    let last = match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse::<u32>()
+            .map_err(|e| bad(format!("{e}: {:?}", text.trim())))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    let now_ms = crate::center::unix_ms(SystemTime::now());
+    let epoch = last.saturating_add(1).max(epoch_floor(now_ms));
+    if epoch > MAX_EPOCH {
+        return Err(bad(format!("{epoch} is past the last epoch, {MAX_EPOCH}")));
+    }
+    let tmp = dir.join("epoch.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(format!("{epoch}\n").as_bytes())?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, &path)?;
+        File::open(dir)?.sync_all()
+    };
+    write().map_err(io(&path))?;
+    Ok(epoch)
+}
+
 /// Writes the snapshot of `state` as the one before segment `next`:
 /// a new file, synced, renamed over the old one; then the segments below
 /// `next` go.
@@ -409,6 +460,8 @@ struct Shared {
 /// The state directory as the center's store (see the module docs).
 pub struct FileStore {
     shared: Arc<Shared>,
+    /// This start's epoch: the high bits of its session ids.
+    epoch: u32,
     fsync: Fsync,
     snapshot_every: u64,
     since_snapshot: AtomicU64,
@@ -419,6 +472,10 @@ pub struct FileStore {
 }
 
 impl Store for FileStore {
+    fn node_number(&self) -> u32 {
+        self.epoch
+    }
+
     fn append(&self, entry: &Entry, at: At) -> Result<(), CenterError> {
         let bytes = record(entry, at);
         let mut p = self.shared.pending.lock();
@@ -630,6 +687,7 @@ pub fn open(
         return Err(FileStoreError::Locked { path: dir.clone() });
     }
     let started = std::time::Instant::now();
+    let epoch = take_epoch(dir)?;
     let snapshot_path = dir.join("snapshot");
     let snapshot = read_snapshot(&snapshot_path)?;
     let first = snapshot.as_ref().map_or(0, |(next, _)| *next);
@@ -672,6 +730,7 @@ pub fn open(
     };
     let store = Arc::new(FileStore {
         shared,
+        epoch,
         fsync: config.fsync,
         snapshot_every: config.snapshot_every.max(1),
         since_snapshot: AtomicU64::new(0),
@@ -709,9 +768,9 @@ pub fn open(
     }
     recovered.sessions = center.end_former_sessions();
     recovered.users = center.counts().2;
-    if snapshot.is_some() || recovered.entries > 0 {
-        tracing::info!(dir = %dir.display(), entries = recovered.entries, sessions = recovered.sessions, users = recovered.users, took = ?started.elapsed(), "state loaded: the former sessions' users wait for their peers");
-    }
+    // The one line about the past: the entries replayed logged nothing of
+    // their own (they were logged when they happened).
+    tracing::info!(dir = %dir.display(), epoch, snapshot = snapshot.is_some(), entries = recovered.entries, sessions = recovered.sessions, users = recovered.users, took = ?started.elapsed(), "state loaded: the former sessions' users wait for their peers");
     if recovered.entries > 0 {
         // The next start reads one snapshot instead of this log.
         center.compact_store();

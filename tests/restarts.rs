@@ -334,3 +334,118 @@ async fn a_damaged_state_file_stops_the_start_with_a_way_forward() {
     })
     .await;
 }
+
+/// A center on `state` with its admin listener (for `/metrics`), as a
+/// process; returns it with its WebSocket and admin addresses.
+async fn center_with_admin(
+    name: &str,
+    state: &TempDir,
+) -> (Binary, std::net::SocketAddr, std::net::SocketAddr) {
+    let yaml = format!(
+        "websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n  self_signed: true\n\
+         grpc:\n  enabled: false\nadmin:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n\
+         center:\n  state_dir: {:?}\n  fsync: always\n  reconnect_grace_secs: 30\n",
+        state.0.display().to_string()
+    );
+    let mut center = Binary::start(name, &yaml, &[]).await;
+    let ws = center.addr("websocket").await.parse().unwrap();
+    let admin = center.addr("admin").await.parse().unwrap();
+    (center, ws, admin)
+}
+
+/// The session ids a center's log says it opened.
+fn opened_ids(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("session opened"))
+        .filter_map(|l| l.split("session.id=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// Issue 27: session ids name one session for the life of a state
+/// directory, through a SIGTERM and a `kill -9`; a start after `kill -9`
+/// replays the log quietly (one summary line, no past event logged or
+/// counted as if it happened now).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_ids_never_repeat_across_restarts_and_replay_is_quiet() {
+    common::bounded(async move {
+        let state = TempDir::new("ids");
+        let mut ids = Vec::new();
+
+        // First start: two SFUs, a user each, a pusher.
+        let (mut first, ws, _) = center_with_admin("ids-1", &state).await;
+        let (a, b) = two_sfus(ws).await;
+        first.sigterm();
+        first.read_to_end().await;
+        drop((a, b));
+        ids.extend(opened_ids(&first.log));
+
+        // Second start, after SIGTERM: the SFUs come back (taking their
+        // users back), a third joins, a pull reaches nobody.
+        let (mut second, ws, _) = center_with_admin("ids-2", &state).await;
+        let mut a = Sfu::connect_to(ws, true, "/pilot/center?peer=sfu-a").await;
+        let mut b = Sfu::connect_to(ws, true, "/pilot/center?peer=sfu-b").await;
+        assert_eq!(a.expect("userReConnect").await["userId"], json!("u2"));
+        let mut c = Sfu::connect_to(ws, true, "/pilot/center?peer=sfu-c").await;
+        c.request("join", join("r", "u3")).await;
+        for sfu in [&mut a, &mut b] {
+            assert_eq!(sfu.expect("newUser").await["userId"], json!("u3"));
+        }
+        b.notify("pullRemoteStream", pull("r", "ghost", "v")).await;
+        for sfu in [&mut a, &mut b, &mut c] {
+            sfu.expect_silence().await;
+        }
+        second.kill9();
+        second.read_to_end().await;
+        drop((a, b, c));
+        assert!(
+            second.log.contains("users taken back after reconnect")
+                && second.log.contains("dropped: reached nobody"),
+            "the second start logged what happened then:\n{}",
+            second.log
+        );
+        ids.extend(opened_ids(&second.log));
+
+        // Third start, after kill -9: the replay says one line and nothing
+        // of the past (read up to the listeners: no session yet).
+        let (mut third, ws, admin) = center_with_admin("ids-3", &state).await;
+        let at_start = third.log.clone();
+        assert_eq!(
+            at_start.matches("state loaded").count(),
+            1,
+            "one summary line:\n{at_start}"
+        );
+        for past in [
+            "user joined",
+            "users taken back",
+            "dropped: reached nobody",
+            "room created",
+            "user reconnected",
+            "newPusher",
+        ] {
+            assert!(
+                !at_start.contains(past),
+                "a past event logged as a live one ({past}):\n{at_start}"
+            );
+        }
+        let (_, metrics) = common::http_get(admin, "/metrics").await;
+        assert!(
+            !metrics.contains("pilot_pulls_dropped_total{")
+                && metrics.contains("pilot_users_reclaimed_total 0"),
+            "the past counted again:\n{metrics}"
+        );
+        let mut a = Sfu::connect_to(ws, true, "/pilot/center?peer=sfu-a").await;
+        let mut b = Sfu::connect_to(ws, true, "/pilot/center?peer=sfu-b").await;
+        assert_eq!(a.expect("userReConnect").await["userId"], json!("u2"));
+        a.expect_silence().await;
+        b.expect_silence().await;
+        third.sigterm();
+        third.read_to_end().await;
+        ids.extend(opened_ids(&third.log));
+
+        assert_eq!(ids.len(), 2 + 3 + 2, "{ids:?}");
+        let distinct: std::collections::BTreeSet<u64> = ids.iter().copied().collect();
+        assert_eq!(distinct.len(), ids.len(), "a session id twice: {ids:?}");
+    })
+    .await;
+}

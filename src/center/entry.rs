@@ -5,6 +5,7 @@
 //! log's order (docs/CLUSTER.md). Either way the same rules run on the same
 //! values, and a replay of the entries gives the same state.
 
+use super::ids::node_of;
 use super::rules::Effects;
 use super::store::At;
 use super::{SessionId, Shared};
@@ -29,24 +30,55 @@ pub enum Outcome {
     Done,
 }
 
-/// The node number in a cluster-wide session id (its high 32 bits).
-pub fn node_of(sid: SessionId) -> u32 {
-    u32::try_from(sid >> 32).unwrap_or(u32::MAX)
+/// Whether an entry is applied as it happens or replayed from the log.
+#[derive(Clone, Copy)]
+pub(super) enum Tense<'a> {
+    /// It happens now: its lines are logged at INFO, it is counted in the
+    /// metrics, and its feed events carry its time.
+    Now(&'a Metrics),
+    /// It happened before (a replay at start, a node catching up from a
+    /// snapshot): it rebuilds the state quietly, its lines at DEBUG
+    /// (they were logged when it happened) and counted nowhere.
+    Past,
+}
+
+/// The epoch (a cluster node's lease) of the session an entry of `kind`
+/// comes from; `None` for entries no session made (operator actions, the
+/// grace timer, barriers), which belong to the lease current when they are
+/// made. An entry is appended under this lease or not at all: nothing a
+/// session of a lost lease sends reaches the log.
+pub fn lease_of(kind: &Kind) -> Option<u32> {
+    match kind {
+        Kind::SessionOpen(o) => Some(node_of(o.session_id)),
+        Kind::SessionClose(c) => Some(node_of(c.session_id)),
+        Kind::PeerCommand(c) => Some(node_of(c.session_id)),
+        Kind::InviteFailed(f) => Some(node_of(f.session_id)),
+        Kind::NodeLost(_)
+        | Kind::Barrier(_)
+        | Kind::ExpireGrace(_)
+        | Kind::RemoveUser(_)
+        | Kind::CloseRoom(_)
+        | Kind::SendText(_) => None,
+    }
 }
 
 impl Shared {
     /// Applies one entry to the rules and carries its effects to the
     /// sessions this process holds and to the event feed.
     /// `origin`: the node that made it ("" when not a cluster).
-    pub(super) fn apply(&mut self, origin: &str, kind: Kind, at: At, metrics: &Metrics) -> Outcome {
+    pub(super) fn apply(&mut self, origin: &str, kind: Kind, at: At, tense: Tense<'_>) -> Outcome {
         let mut fx = Effects::default();
+        self.rooms.replaying = matches!(tense, Tense::Past);
         let outcome = match kind {
             Kind::SessionOpen(o) => {
-                self.registry.note_open(origin, &o);
+                self.registry.note_open(origin, &o, at.wall);
                 let opened =
                     self.rooms
                         .open_session(o.session_id, &o.peer_id, &o.incarnation, &mut fx);
-                if opened.reclaimed > 0 && self.registry.is_local(o.session_id) {
+                if let Tense::Now(metrics) = tense
+                    && opened.reclaimed > 0
+                    && self.registry.is_local(o.session_id)
+                {
                     metrics.users_reclaimed.inc_by(u64::from(opened.reclaimed));
                 }
                 // The opening comes first on the feed, then what it took back.
@@ -82,7 +114,9 @@ impl Shared {
                     .collect();
                 lost.sort_unstable();
                 lost.dedup();
-                tracing::warn!(node.id = %n.node_id, node.number = n.node_number, sessions = lost.len(), "node lost: its sessions end");
+                if matches!(tense, Tense::Now(_)) {
+                    tracing::warn!(node.id = %n.node_id, node.number = n.node_number, sessions = lost.len(), "node lost: its sessions end");
+                }
                 for sid in lost {
                     self.registry.lose(sid);
                     self.close_session(sid, "node lost".into(), at, &mut fx);
@@ -111,7 +145,7 @@ impl Shared {
                 &mut fx,
             )),
         };
-        self.registry.apply(fx, metrics);
+        self.registry.apply(fx, at.wall, tense);
         outcome
     }
 

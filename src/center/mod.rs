@@ -18,14 +18,16 @@
 
 mod entry;
 mod feed;
+pub mod ids;
 mod invites;
 mod registry;
 mod rules;
 mod snapshot;
 pub mod store;
 
-pub use entry::{Entry, FORMAT, node_of};
+pub use entry::{Entry, FORMAT, lease_of};
 pub use feed::{EventFilter, lagged};
+pub use ids::{SessionId, node_of};
 use invites::PendingInvites;
 pub use rules::DuplicatePolicy;
 pub use store::{At, MemoryStore, Store};
@@ -36,7 +38,7 @@ use crate::cluster_proto::{self as cp, entry::Kind};
 use crate::error::CenterError;
 use crate::metrics::{Metrics, StateGauges};
 use crate::proto::{self, Command, Reply, Transport, command};
-use entry::Outcome;
+use entry::{Outcome, Tense};
 use parking_lot::Mutex;
 pub use registry::Resumed;
 use registry::{Registry, SessionEntry};
@@ -49,9 +51,6 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{broadcast, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
-
-/// Identifies a peer session for the life of the process (never reused).
-pub type SessionId = u64;
 
 /// Gives a map's memory back once it holds a small fraction of what it
 /// once did (a crowd left), so the heap can be trimmed; rare enough to cost
@@ -306,6 +305,8 @@ impl Waiter {
                 let _ = tx.send(Err(e));
             }
             Self::Opened(eviction) => eviction.evict("state store unavailable"),
+            // The session's lease was lost: "node lost" ended it already.
+            Self::Closed(..) if e == CenterError::LeaseLost => {}
             Self::Closed(inner, sid, reason) => {
                 if let Some(inner) = inner.upgrade() {
                     inner.unrecorded_closings.lock().push((sid, reason));
@@ -504,8 +505,8 @@ impl Center {
         let entry = Entry {
             node_id: String::new(),
             origin_seq: 0,
+            node_number: lease_of(&kind).unwrap_or_else(|| self.inner.store.node_number()),
             kind: Some(kind),
-            node_number: 0,
             format: FORMAT,
         };
         if let Err(e) = self.inner.store.append(&entry, at) {
@@ -517,7 +518,7 @@ impl Center {
         let Some(kind) = entry.kind else {
             return Outcome::Done;
         };
-        let outcome = state.apply("", kind, at, &self.inner.metrics);
+        let outcome = state.apply("", kind, at, Tense::Now(&self.inner.metrics));
         if self.inner.store.wants_snapshot() {
             self.inner.store.compact(state.freeze(""));
         }
@@ -539,11 +540,13 @@ impl Center {
                 if !matches!(waiter, Waiter::None) {
                     self.inner.pending.lock().insert(origin_seq, waiter);
                 }
+                // A session's entry goes under the lease it was opened
+                // with: if that lease is lost, the log refuses it.
                 let entry = Entry {
                     node_id: node_id.to_owned(),
                     origin_seq,
+                    node_number: lease_of(&kind).unwrap_or_else(|| self.inner.store.node_number()),
                     kind: Some(kind),
-                    node_number: self.inner.store.node_number(),
                     format: FORMAT,
                 };
                 let at = At {
@@ -594,7 +597,7 @@ impl Center {
             self.skip_session_ids([o.session_id]);
         }
         let mut state = self.inner.state.lock();
-        state.apply("", kind, at, &self.inner.metrics);
+        state.apply("", kind, at, Tense::Past);
     }
 
     /// New sessions get ids above `ids` (those of a former process), so a
@@ -679,6 +682,23 @@ impl Center {
     /// refused, never skipped: skipping it would leave this node's state
     /// apart from the others'.
     pub fn apply_logged(&self, entry: Entry, unix_ms: u64) -> Result<(), UnknownEntry> {
+        self.apply_from_log(entry, unix_ms, Tense::Now(&self.inner.metrics))
+    }
+
+    /// Applies an entry of the shared log that happened before this node
+    /// caught up (joining, or rejoining from the snapshot), as
+    /// [`Center::apply_logged`] does, but quietly: it is the past, logged
+    /// and counted when it happened.
+    pub fn catch_up_logged(&self, entry: Entry, unix_ms: u64) -> Result<(), UnknownEntry> {
+        self.apply_from_log(entry, unix_ms, Tense::Past)
+    }
+
+    fn apply_from_log(
+        &self,
+        entry: Entry,
+        unix_ms: u64,
+        tense: Tense<'_>,
+    ) -> Result<(), UnknownEntry> {
         if entry.format > FORMAT {
             return Err(UnknownEntry(format!(
                 "format {} (this build reads {FORMAT})",
@@ -693,9 +713,11 @@ impl Center {
             grace: Duration::from_millis(unix_ms),
             wall,
         };
-        let mine = self.shared() && self.inner.store.node_number() == entry.node_number;
+        // Its maker waits here if it came from one of this process's leases
+        // (the current one, or one lost after the entry was appended).
+        let mine = self.shared() && self.inner.store.owns_lease(entry.node_number);
         let mut state = self.inner.state.lock();
-        let outcome = state.apply(&entry.node_id, kind, at, &self.inner.metrics);
+        let outcome = state.apply(&entry.node_id, kind, at, tense);
         if mine {
             let waiter = self.inner.pending.lock().remove(&entry.origin_seq);
             if let Some(w) = waiter {
@@ -724,8 +746,10 @@ impl Center {
     /// dropped, so a session task that ends in any way leaves no state behind.
     pub fn open_session(&self, peer: PeerInfo, grant: Grant, outlet: impl Outlet) -> SessionHandle {
         let number = self.inner.store.node_number();
-        let id = (u64::from(number) << 32)
-            | (self.inner.next_session.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff);
+        let id = ids::session_id(
+            number,
+            self.inner.next_session.fetch_add(1, Ordering::Relaxed),
+        );
         let stats = Arc::new(SessionStats::default());
         let overflow = CancellationToken::new();
         let eviction = Arc::new(Eviction::default());
@@ -1272,5 +1296,63 @@ pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// A replayed entry is the past: its feed event carries the time it
+    /// was first applied at, and it is counted in no metric.
+    #[test]
+    fn a_replayed_entry_keeps_its_time_and_counts_nothing() {
+        let center = Center::default();
+        let then = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);
+        let at = At {
+            grace: Duration::from_secs(1_790_000_000),
+            wall: then,
+        };
+        let open = |sid| Entry {
+            node_id: String::new(),
+            origin_seq: 0,
+            node_number: 0,
+            kind: Some(Kind::SessionOpen(cp::SessionOpen {
+                session_id: sid,
+                peer_addr: "127.0.0.1:1".into(),
+                transport: 0,
+                peer_id: "sfu-a".into(),
+                incarnation: String::new(),
+            })),
+            format: FORMAT,
+        };
+        center.replay(open(1), at);
+        center.replay(
+            Entry {
+                kind: Some(Kind::PeerCommand(cp::PeerCommand {
+                    session_id: 1,
+                    command: Some(Command {
+                        kind: Some(command::Kind::PullRemoteStream(
+                            proto::PullRemoteStreamRequest {
+                                room_id: "nowhere".into(),
+                                pusher_user_id: "ghost".into(),
+                                ..Default::default()
+                            },
+                        )),
+                    }),
+                })),
+                ..open(1)
+            },
+            at,
+        );
+        let resumed = center.resume(Some(0)).unwrap();
+        let events: Vec<_> = resumed.backlog().collect();
+        assert!(events.len() >= 2, "{events:?}");
+        for e in &events {
+            assert_eq!(e.time, Some(timestamp(then)), "{e:?}");
+        }
+        let text = center.metrics().render(&center.state_gauges());
+        assert!(!text.contains("pilot_pulls_dropped_total{"), "{text}");
     }
 }

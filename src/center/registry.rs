@@ -2,6 +2,7 @@
 //! information, and the event feed's sequence. It carries the [`Effects`]
 //! of the rules to sessions and watchers, in the order they were made.
 
+use super::entry::Tense;
 use super::feed::{EncodedEvents, EventLog};
 use super::rules::{Effects, Notice};
 use super::{
@@ -9,7 +10,7 @@ use super::{
     timestamp,
 };
 use crate::error::CenterError;
-use crate::metrics::{Metrics, StateGauges};
+use crate::metrics::StateGauges;
 use crate::proto::{self, EventKind, watch_events_response::Event};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -204,7 +205,12 @@ impl Registry {
 
     /// Applies a session's opening from the shared log: a session another
     /// node holds becomes known here (this process's own are already open).
-    pub fn note_open(&mut self, node_id: &str, o: &crate::cluster_proto::SessionOpen) {
+    pub fn note_open(
+        &mut self,
+        node_id: &str,
+        o: &crate::cluster_proto::SessionOpen,
+        opened_at: SystemTime,
+    ) {
         if self.sessions.contains_key(&o.session_id) {
             return;
         }
@@ -218,7 +224,7 @@ impl Registry {
                     incarnation: o.incarnation.clone(),
                 },
                 node_id: node_id.to_owned(),
-                connected_at: SystemTime::now(),
+                connected_at: opened_at,
             },
         );
     }
@@ -342,9 +348,10 @@ impl Registry {
         self.sessions.len() + self.remote.len()
     }
 
-    /// Carries out what the rules decided: items to sessions, then events to
-    /// the feed, each in order.
-    pub fn apply(&mut self, fx: Effects, metrics: &Metrics) {
+    /// Carries out what the rules decided at `at`: items to sessions, then
+    /// events to the feed (stamped `at`), each in order; counted in the
+    /// metrics only when it happens now.
+    pub(super) fn apply(&mut self, fx: Effects, at: SystemTime, tense: Tense<'_>) {
         for notice in fx.notices {
             match notice {
                 Notice::Event { to, event } => {
@@ -360,8 +367,11 @@ impl Registry {
             }
         }
         for (room_id, kind, event) in fx.events {
-            self.emit(room_id, kind, event);
+            self.emit(room_id, kind, event, at);
         }
+        let Tense::Now(metrics) = tense else {
+            return;
+        };
         for d in fx.dropped {
             metrics
                 .pulls_dropped
@@ -402,11 +412,11 @@ impl Registry {
 
     /// Puts one event on the feed and in the log. The sequence number
     /// advances with every event, so watchers see no gaps.
-    pub fn emit(&mut self, room_id: String, kind: EventKind, event: Event) {
+    pub fn emit(&mut self, room_id: String, kind: EventKind, event: Event, at: SystemTime) {
         self.seq += 1;
         let event = proto::WatchEventsResponse {
             seq: self.seq,
-            time: Some(timestamp(SystemTime::now())),
+            time: Some(timestamp(at)),
             room_id,
             kind: kind.into(),
             event: Some(event),

@@ -35,11 +35,18 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
-    /// The node's number now: its lease in the cluster, never reused, and
-    /// the high 32 bits of the session ids it hands out (0 for a local
-    /// store). It changes when the node lost its lease and took a new one.
+    /// The epoch now (see [`super::ids`]): a cluster node's lease, never
+    /// reused, a state directory's start; the high 32 bits of the session
+    /// ids it hands out (0 in memory only). A cluster node's changes when it
+    /// lost its lease and took a new one.
     fn node_number(&self) -> u32 {
         0
+    }
+
+    /// Whether lease `n` is, or was, this process's: entries of it that
+    /// the log hands back answer this process's waiters.
+    fn owns_lease(&self, n: u32) -> bool {
+        n == self.node_number()
     }
 
     /// Takes `entry`, made at `at`. A local store is called under the

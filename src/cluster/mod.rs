@@ -14,6 +14,7 @@
 //! sessions is declared lost by an entry ("node lost"), which every node
 //! applies: the lost node's users follow the reconnect grace.
 
+use crate::center::ids::{EPOCH_BASE_UNIX_MS, EPOCH_UNIT_MS, MAX_EPOCH, node_of};
 use crate::center::{At, Center, CenterConfig, Entry, FORMAT, Store};
 use crate::cluster_proto::{self as cp, entry::Kind};
 use crate::config::ClusterConfig;
@@ -139,21 +140,50 @@ struct Standing {
     broken: AtomicBool,
     /// Its number: its current lease, never reused.
     number: AtomicU32,
+    /// The last lease it found lost: while it is the current one, the
+    /// lease task takes a new one (once; then the tailer rejoins).
+    lost: AtomicU32,
+    /// Every lease this process held, the current one last: entries of
+    /// them the log hands back answer this process's waiters.
+    leases: parking_lot::Mutex<Vec<u32>>,
+    /// The highest lease this node has seen anywhere (its own, in the
+    /// entries it applied, in the sessions of a snapshot): a new lease is
+    /// taken above it, so a Redis that lost its counter cannot hand out a
+    /// number again while a node that saw it lives.
+    highest_seen: AtomicU32,
     /// Asks the tailer to reload the snapshot and replay from there.
     rejoin: tokio::sync::Notify,
 }
 
 impl Standing {
+    /// This node now holds lease `n`.
+    fn hold(&self, n: u32) {
+        self.leases.lock().push(n);
+        self.saw(n);
+        self.number.store(n, Ordering::Release);
+    }
+
+    /// Lease `n` was seen (in an entry, a session id, a snapshot).
+    fn saw(&self, n: u32) {
+        self.highest_seen.fetch_max(n, Ordering::AcqRel);
+    }
+
     fn serving(&self) -> bool {
         !self.stale.load(Ordering::Relaxed)
             && !self.fenced.load(Ordering::Relaxed)
             && !self.broken.load(Ordering::Relaxed)
     }
 
-    /// This node lost its lease: it stops serving now (its sessions close
-    /// with "node lost", so their SFUs reconnect to another node); the
-    /// lease task takes a new lease, then asks the tailer to rejoin.
-    fn fence(&self, center: &Center) {
+    /// This node lost lease `lease`: if that is its current one, it stops
+    /// serving now (its sessions close with "node lost", so their SFUs
+    /// reconnect to another node); the lease task takes a new lease, then
+    /// asks the tailer to rejoin. The refusal of an older lease (a batch
+    /// sent before the node took its new one) changes nothing.
+    fn fence(&self, center: &Center, lease: u32) {
+        if lease != self.number.load(Ordering::Acquire) {
+            return;
+        }
+        self.lost.store(lease, Ordering::Release);
         if !self.fenced.swap(true, Ordering::AcqRel) {
             let n = center.evict_local_sessions("node lost");
             tracing::error!(
@@ -179,12 +209,20 @@ impl Standing {
     }
 }
 
+/// An entry on its way to the log: who waits for it (its origin number),
+/// the lease it belongs to, its bytes.
+struct Queued {
+    origin_seq: u64,
+    lease: u32,
+    bytes: Vec<u8>,
+}
+
 /// The shared log as a node's center sees it: a queue to this node's
 /// writer, and where the node stands.
 struct RedisStore {
     id: String,
-    /// Entries (origin number, encoded) for the writer.
-    tx: mpsc::Sender<(u64, Vec<u8>)>,
+    /// Entries for the writer.
+    tx: mpsc::Sender<Queued>,
     standing: Arc<Standing>,
 }
 
@@ -197,13 +235,29 @@ impl Store for RedisStore {
         self.standing.number.load(Ordering::Relaxed)
     }
 
+    fn owns_lease(&self, n: u32) -> bool {
+        self.standing.leases.lock().contains(&n)
+    }
+
     fn append(&self, entry: &Entry, _at: At) -> Result<(), CenterError> {
+        // A session of a lease this node lost speaks no more: its entries
+        // are refused here, and by the log if they got past (the writer
+        // appends under the entry's own lease).
+        if self.standing.fenced.load(Ordering::Acquire)
+            || entry.node_number != self.standing.number.load(Ordering::Acquire)
+        {
+            return Err(CenterError::LeaseLost);
+        }
         if !self.standing.serving() {
             return Err(CenterError::StoreUnavailable);
         }
         // The log's time is the entry's: the stream id says when Redis took it.
         self.tx
-            .try_send((entry.origin_seq, entry.encode_to_vec()))
+            .try_send(Queued {
+                origin_seq: entry.origin_seq,
+                lease: entry.node_number,
+                bytes: entry.encode_to_vec(),
+            })
             .map_err(|_| CenterError::StoreUnavailable)
     }
 
@@ -264,11 +318,15 @@ const NOW: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 100
 const NOTE_RENEWAL: &str = "local last = tonumber(redis.call('GET', RENEWED) or '0')\nif now - last > TTL then redis.call('SET', LIVE_SINCE, now) end\nredis.call('SET', RENEWED, now)\n";
 
 /// A new lease: a node number never used before, its lease until now+ttl.
-/// KEYS: node-numbers, leases, renewed, live-since, node-ids; ARGV: ttl ms,
-/// node id. Returns the number.
+/// The number is the counter's next, but never below `ARGV[3]` (above the
+/// highest number the node has seen) nor below the epoch floor of Redis's
+/// clock (`ARGV[4]` base ms, `ARGV[5]` unit ms: [`crate::center::ids`]), so
+/// a Redis that lost its counter does not count from 1 again; the counter
+/// is raised to the number taken. KEYS: node-numbers, leases, renewed,
+/// live-since, node-ids; ARGV: ttl ms, node id, floors. Returns the number.
 static JOIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "{NOW}local n = redis.call('INCR', KEYS[1])\nredis.call('ZADD', KEYS[2], now + tonumber(ARGV[1]), n)\nredis.call('HSET', KEYS[5], n, ARGV[2])\n{}return n",
+        "{NOW}local n = redis.call('INCR', KEYS[1])\nlocal floor = math.max(tonumber(ARGV[3]), math.floor((now - tonumber(ARGV[4])) / tonumber(ARGV[5])) + 1)\nif n < floor then n = floor redis.call('SET', KEYS[1], n) end\nredis.call('ZADD', KEYS[2], now + tonumber(ARGV[1]), n)\nredis.call('HSET', KEYS[5], n, ARGV[2])\n{}return n",
         NOTE_RENEWAL
             .replace("RENEWED", "KEYS[3]")
             .replace("LIVE_SINCE", "KEYS[4]")
@@ -289,9 +347,11 @@ static RENEW: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
-/// Appends `ARGV[2..]` to the log if lease `ARGV[1]` is still held: a node
-/// declared lost can never append again (fencing). KEYS: leases, log.
-const APPEND: &str = "if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return redis.error_reply('FENCED this node lost its lease') end\nfor i = 2, #ARGV do redis.call('XADD', KEYS[2], '*', 'e', ARGV[i]) end\nreturn #ARGV - 1";
+/// Appends `ARGV[2..]`, entries of lease `ARGV[1]`, to the log if that
+/// lease is still held: a node declared lost can never append again
+/// (fencing). KEYS: leases, log. Returns how many were appended, or -1
+/// when the lease is gone (nothing appended).
+const APPEND: &str = "if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return -1 end\nfor i = 2, #ARGV do redis.call('XADD', KEYS[2], '*', 'e', ARGV[i]) end\nreturn #ARGV - 1";
 
 /// Declares node `ARGV[2]` lost if its lease lapsed while the cluster was
 /// live (not in an outage for everyone), by the holder of lease `ARGV[1]`:
@@ -323,13 +383,16 @@ async fn eval<T: redis::FromRedisValue>(
     cmd.query_async(conn).await
 }
 
-/// Takes a new lease (a new node number) for node `id`.
+/// Takes a new lease (a new node number) for node `id`, above `highest_seen`.
 async fn new_lease(
     conn: &mut Link,
     keys: &Keys,
     id: &str,
     ttl: Duration,
+    highest_seen: u32,
 ) -> redis::RedisResult<u32> {
+    let floor = (u64::from(highest_seen) + 1).to_string();
+    let (base, unit) = (EPOCH_BASE_UNIX_MS.to_string(), EPOCH_UNIT_MS.to_string());
     let n: u64 = eval(
         conn,
         &JOIN,
@@ -340,10 +403,22 @@ async fn new_lease(
             &keys.live_since,
             &keys.node_ids,
         ],
-        &[ttl_ms(ttl).as_bytes(), id.as_bytes()],
+        &[
+            ttl_ms(ttl).as_bytes(),
+            id.as_bytes(),
+            floor.as_bytes(),
+            base.as_bytes(),
+            unit.as_bytes(),
+        ],
     )
     .await?;
-    Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    match u32::try_from(n) {
+        Ok(n) if n <= MAX_EPOCH => Ok(n),
+        _ => Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "node numbers are used up (session ids would pass 2^53)",
+        ))),
+    }
 }
 
 fn ttl_ms(ttl: Duration) -> String {
@@ -359,16 +434,56 @@ enum CatchUpError {
     Unreadable { id: String, reason: String },
 }
 
+/// What catching up with the log did, for the one line a join or a rejoin
+/// logs about it.
+struct CaughtUp {
+    /// The last entry applied.
+    last: String,
+    /// The entry the snapshot it started from was taken after, and its size.
+    snapshot: Option<(String, usize)>,
+    /// Entries replayed after the snapshot.
+    entries: u64,
+    took: Duration,
+}
+
+impl CaughtUp {
+    /// The one line about it (the entries replayed are the past: they log
+    /// nothing of their own, see `Center::catch_up_logged`).
+    fn log(&self, center: &Center, node_id: &str, number: u32, what: &'static str) {
+        let (sessions, rooms, users, _) = center.counts();
+        let (after, bytes) = self
+            .snapshot
+            .as_ref()
+            .map_or(("", 0), |(a, b)| (a.as_str(), *b));
+        tracing::info!(
+            node.id = %node_id,
+            node.number = number,
+            snapshot.after = after,
+            snapshot.bytes = bytes,
+            entries = self.entries,
+            last = %self.last,
+            sessions,
+            rooms,
+            users,
+            took = ?self.took,
+            "{what}: state loaded from the snapshot and the log after it"
+        );
+    }
+}
+
 /// Loads the latest snapshot (or starts from nothing) and applies the log
-/// after it up to where it ends now; reports the position first, so no
-/// trim passes what it is about to replay. Returns the last entry applied.
+/// after it up to where it ends now, quietly (it is the past); reports the
+/// position first, so no trim passes what it is about to replay. Every
+/// lease it sees raises `standing`'s highest.
 async fn catch_up(
     reader: &mut Link,
     writer: &mut Link,
     keys: &Keys,
-    number: u32,
+    standing: &Standing,
     center: &Center,
-) -> Result<String, CatchUpError> {
+) -> Result<CaughtUp, CatchUpError> {
+    let started = std::time::Instant::now();
+    let number = standing.number.load(Ordering::Acquire);
     let end: StreamRangeReply = redis::cmd("XREVRANGE")
         .arg(&keys.log)
         .arg("+")
@@ -378,6 +493,7 @@ async fn catch_up(
         .query_async(reader)
         .await?;
     let mut last = "0-0".to_owned();
+    let mut snapshot = None;
     match latest_snapshot(reader, keys).await? {
         Some((after, data)) => {
             let snap =
@@ -386,14 +502,17 @@ async fn catch_up(
                     reason: e.to_string(),
                 })?;
             center.load_snapshot(&snap);
-            tracing::info!(after = %after, bytes = data.len(), sessions = snap.sessions.len(), rooms = snap.rooms.len(), "cluster snapshot loaded");
+            for s in &snap.sessions {
+                standing.saw(node_of(s.session_id));
+            }
+            snapshot = Some((after.clone(), data.len()));
             last = after;
         }
         None => center.load_snapshot(&cp::Snapshot::default()),
     }
     set_position(writer, keys, number, &last).await?;
+    let mut applied = 0u64;
     if let Some(end_id) = end.ids.first().map(|e| e.id.clone()) {
-        let mut applied = 0u64;
         while !passed(&last, &end_id) {
             let Read::Entries(batch) = read(reader, keys, &last, None).await? else {
                 return Err(CatchUpError::Redis(redis::RedisError::from((
@@ -411,16 +530,21 @@ async fn catch_up(
                 };
                 let entry =
                     Entry::decode(bytes.as_slice()).map_err(|e| unreadable(e.to_string()))?;
+                standing.saw(entry.node_number);
                 center
-                    .apply_logged(entry, stream_ms(&entry_id))
+                    .catch_up_logged(entry, stream_ms(&entry_id))
                     .map_err(|e| unreadable(e.to_string()))?;
                 last = entry_id;
                 applied += 1;
             }
         }
-        tracing::info!(entries = applied, last = %last, "cluster log replayed");
     }
-    Ok(last)
+    Ok(CaughtUp {
+        last,
+        snapshot,
+        entries: applied,
+        took: started.elapsed(),
+    })
 }
 
 /// Joins the cluster: takes a node number, builds the center, replays the
@@ -497,14 +621,14 @@ pub async fn join(
         config.node_id.clone()
     };
     let ttl = Duration::from_secs(config.node_ttl_secs);
-    let number = new_lease(&mut writer, &keys, &id, ttl)
+    let number = new_lease(&mut writer, &keys, &id, ttl, 0)
         .await
         .map_err(redis_err)?;
     let standing = Arc::new(Standing {
         healthy: AtomicBool::new(true),
-        number: AtomicU32::new(number),
         ..Standing::default()
     });
+    standing.hold(number);
     let (tx, rx) = mpsc::channel(APPEND_QUEUE);
     let center = Center::with_store(
         center_config,
@@ -515,7 +639,7 @@ pub async fn join(
         }),
     );
     // Replay the log up to where it ends now, before serving anyone.
-    let last = catch_up(&mut reader, &mut writer, &keys, number, &center)
+    let caught_up = catch_up(&mut reader, &mut writer, &keys, &standing, &center)
         .await
         .map_err(|e| match e {
             CatchUpError::Redis(error) => redis_err(error),
@@ -526,6 +650,8 @@ pub async fn join(
             },
         })?;
     tracing::info!(node.id = %id, node.number = number, redis = %url, "joined the cluster");
+    caught_up.log(&center, &id, number, "joined the cluster");
+    let last = caught_up.last;
     // Reported before the replay; the tailer reports it again as it goes.
     let position = Arc::new(parking_lot::Mutex::new(last.clone()));
 
@@ -541,6 +667,7 @@ pub async fn join(
     tracker.spawn(tail(
         Tailer {
             conn: reader,
+            node_id: id.clone(),
             writer: writer.clone(),
             keys: keys.clone(),
             center: center.clone(),
@@ -657,7 +784,7 @@ async fn read(
 /// not confirm within `timeout` is answered with 503 "state store
 /// unavailable" to whoever waits for its entries.
 async fn write_entries(
-    mut rx: mpsc::Receiver<(u64, Vec<u8>)>,
+    mut rx: mpsc::Receiver<Queued>,
     mut conn: Link,
     keys: Keys,
     center: Center,
@@ -687,16 +814,44 @@ async fn write_entries(
                 Err(_) => break,
             }
         }
-        let number = standing.number.load(Ordering::Relaxed).to_string();
+        // Entries of a lease this node no longer holds (its sessions spoke
+        // before the node found it was fenced) never go out.
+        let lease = standing.number.load(Ordering::Acquire);
+        let fenced = standing.fenced.load(Ordering::Acquire);
+        let before = batch.len();
+        batch.retain(|q| {
+            let current = !fenced && q.lease == lease;
+            if !current {
+                center.abandon(q.origin_seq, CenterError::LeaseLost);
+            }
+            current
+        });
+        if batch.len() < before {
+            tracing::info!(
+                entries = before - batch.len(),
+                "discarded what sessions of a lost lease sent"
+            );
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let number = lease.to_string();
         let mut args: Vec<&[u8]> = Vec::with_capacity(batch.len() + 1);
         args.push(number.as_bytes());
-        args.extend(batch.iter().map(|(_, bytes)| bytes.as_slice()));
+        args.extend(batch.iter().map(|q| q.bytes.as_slice()));
         let script_keys = [keys.leases.as_str(), keys.log.as_str()];
-        let appended = eval::<u64>(&mut conn, APPEND, &script_keys, &args);
+        let appended = eval::<i64>(&mut conn, APPEND, &script_keys, &args);
         match tokio::time::timeout(timeout, appended).await {
-            Ok(Ok(_)) => {
+            Ok(Ok(n)) if n >= 0 => {
                 if !standing.healthy.swap(true, Ordering::Relaxed) {
                     tracing::info!("state store reachable again");
+                }
+            }
+            Ok(Ok(_)) => {
+                // The log refused the lease: this node was declared lost.
+                standing.fence(&center, lease);
+                for q in &batch {
+                    center.abandon(q.origin_seq, CenterError::LeaseLost);
                 }
             }
             outcome => {
@@ -707,26 +862,18 @@ async fn write_entries(
                 // Redis took a batch is answered 503 too; that cannot be
                 // told apart from a batch never sent.)
                 let (error, why) = match outcome {
-                    Ok(Err(e)) if e.to_string().contains("FENCED") => {
-                        standing.fence(&center);
-                        (CenterError::StoreUnavailable, None)
-                    }
-                    Ok(Err(e)) if e.is_timeout() => {
-                        (CenterError::StoreUnconfirmed, Some(e.to_string()))
-                    }
-                    Ok(Err(e)) => (CenterError::StoreUnavailable, Some(e.to_string())),
+                    Ok(Err(e)) if e.is_timeout() => (CenterError::StoreUnconfirmed, e.to_string()),
+                    Ok(Err(e)) => (CenterError::StoreUnavailable, e.to_string()),
                     _ => (
                         CenterError::StoreUnconfirmed,
-                        Some(format!("no answer within {} s", timeout.as_secs())),
+                        format!("no answer within {} s", timeout.as_secs()),
                     ),
                 };
-                if let Some(why) = why
-                    && standing.healthy.swap(false, Ordering::Relaxed)
-                {
+                if standing.healthy.swap(false, Ordering::Relaxed) {
                     tracing::error!(error = %why, entries = batch.len(), "state store unavailable: changes refused");
                 }
-                for (origin_seq, _) in &batch {
-                    center.abandon(*origin_seq, error.clone());
+                for q in &batch {
+                    center.abandon(q.origin_seq, error.clone());
                 }
             }
         }
@@ -753,6 +900,7 @@ struct Snapshots {
 /// What the tailer works with.
 struct Tailer {
     conn: Link,
+    node_id: String,
     /// For reporting its position when it rejoins.
     writer: Link,
     keys: Keys,
@@ -812,6 +960,7 @@ async fn tail(
                     let applied = Entry::decode(bytes.as_slice())
                         .map_err(|e| e.to_string())
                         .and_then(|entry| {
+                            t.standing.saw(entry.node_number);
                             t.center
                                 .apply_logged(entry, stream_ms(&id))
                                 .map_err(|e| e.to_string())
@@ -869,16 +1018,24 @@ async fn rejoin(t: &mut Tailer) -> Option<String> {
     let mut backoff = Duration::from_millis(50);
     loop {
         let number = t.standing.number.load(Ordering::Acquire);
-        match catch_up(&mut t.conn, &mut t.writer, &t.keys, number, &t.center).await {
-            Ok(last) => {
+        // Read through the writer's connection: the tailer's own may still
+        // carry the blocking read the rejoin interrupted (up to a second).
+        let mut reader = t.writer.clone();
+        match catch_up(&mut reader, &mut t.writer, &t.keys, &t.standing, &t.center).await {
+            Ok(caught_up) => {
                 t.standing.stale.store(false, Ordering::Release);
                 t.standing.fenced.store(false, Ordering::Release);
                 // Its sessions from before, whose closings it could not
                 // record while it was out, end now (their users get the
                 // grace); a fenced node's were ended by "node lost".
                 let ended = t.center.end_own_former_sessions(number);
-                tracing::info!(node.number = number, last = %last, former_sessions = ended, "rejoined the cluster from its snapshot: serving again");
-                return Some(last);
+                caught_up.log(&t.center, &t.node_id, number, "rejoined the cluster");
+                tracing::info!(
+                    node.number = number,
+                    former_sessions = ended,
+                    "serving again"
+                );
+                return Some(caught_up.last);
             }
             Err(CatchUpError::Unreadable { id, reason }) => {
                 t.standing.broken.store(true, Ordering::Release);
@@ -1110,7 +1267,7 @@ async fn leases(mut l: Leaseholder, shutdown: CancellationToken) {
         .await;
         let now = match renewed {
             Ok(0) => {
-                l.standing.fence(&l.center);
+                l.standing.fence(&l.center, number);
                 None
             }
             Ok(now) => Some(now),
@@ -1119,14 +1276,25 @@ async fn leases(mut l: Leaseholder, shutdown: CancellationToken) {
                 continue;
             }
         };
+        let fenced = l.standing.fenced.load(Ordering::Acquire);
+        let lost = fenced && l.standing.lost.load(Ordering::Acquire) == number;
+        if fenced && !lost {
+            // It holds a new lease (renewed just now) and the tailer is
+            // rejoining under it: nothing else to do until it serves.
+            continue;
+        }
         // Fenced, by this refused renewal or by a refused append before it:
-        // the old lease is lost whatever this renewal said. Take a new one
-        // and rejoin under it.
-        let Some(now) = now.filter(|_| !l.standing.fenced.load(Ordering::Acquire)) else {
-            match new_lease(&mut l.conn, &l.keys, &l.id, l.ttl).await {
+        // the current lease is lost whatever this renewal said. Take a new
+        // one (once) and rejoin under it.
+        let Some(now) = now.filter(|_| !lost) else {
+            // Its sessions were stopped when it found the lease lost
+            // (`Standing::fence`), and nothing of theirs is appended from
+            // here on: their entries carry the old lease.
+            let highest = l.standing.highest_seen.load(Ordering::Acquire);
+            match new_lease(&mut l.conn, &l.keys, &l.id, l.ttl, highest).await {
                 Ok(n) => {
                     tracing::warn!(node.id = %l.id, old = number, new = n, "took a new lease");
-                    l.standing.number.store(n, Ordering::Release);
+                    l.standing.hold(n);
                     l.standing.rejoin.notify_one();
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot take a new lease yet"),
@@ -1249,7 +1417,7 @@ async fn declare_lapsed(l: &mut Leaseholder, number: u32, now: u64) -> redis::Re
                 tracing::warn!(node.id = %node_id, node.number = n, "node lease lapsed: declared it lost")
             }
             -1 => {
-                l.standing.fence(&l.center);
+                l.standing.fence(&l.center, number);
                 return Ok(());
             }
             _ => {}

@@ -103,6 +103,18 @@ impl Drop for Binary {
 }
 
 impl Binary {
+    /// Sends `signal` (`STOP`, `CONT`, ...).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args([format!("-{signal}"), pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
     /// Sends SIGKILL: the process dies without a word to anyone.
     pub fn kill9(&self) {
         if let Some(pid) = self.child.id() {

@@ -35,6 +35,15 @@ pub async fn bounded<F: std::future::Future>(body: F) -> F::Output {
     }
 }
 
+/// Runs a test body of many rounds under `limit` (longer than
+/// [`TEST_LIMIT`], for the few tests that repeat a fault many times).
+pub async fn bounded_for<F: std::future::Future>(limit: Duration, body: F) -> F::Output {
+    match tokio::time::timeout(limit, body).await {
+        Ok(out) => out,
+        Err(_) => panic!("the test did not finish within {limit:?}"),
+    }
+}
+
 /// Awaits a spawned task under [`WAIT`], failing the test with the task's
 /// own panic message if it panicked.
 pub async fn join<T>(task: tokio::task::JoinHandle<T>) -> T {

@@ -246,6 +246,24 @@ impl Sfu {
         .expect("write frame");
     }
 
+    /// Sends a text message if the connection still takes it; false once
+    /// it does not (the center closed it), for peers that keep talking
+    /// while the center may be going away.
+    pub async fn try_send_text(&mut self, text: &str) -> bool {
+        self.mask = self
+            .mask
+            .wrapping_mul(1_664_525)
+            .wrapping_add(1_013_904_223);
+        let frame = client_frame(0x1, text.as_bytes(), self.mask.to_be_bytes());
+        matches!(
+            tokio::time::timeout(super::WAIT, async {
+                self.writer.lock().await.write_all(&frame).await
+            })
+            .await,
+            Ok(Ok(()))
+        )
+    }
+
     /// Whether the center closed the connection (close frame or EOF).
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)

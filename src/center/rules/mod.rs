@@ -14,6 +14,18 @@
 //!   (which takes them all back) or one that names them; unclaimed orphans
 //!   leave when the grace ends.
 
+/// Logs what the rules did at INFO, or at DEBUG while they replay the
+/// past (it was logged when it happened; see `Tense`).
+macro_rules! happened {
+    ($rules:expr, $($arg:tt)+) => {
+        if $rules.replaying {
+            tracing::debug!($($arg)+)
+        } else {
+            tracing::info!($($arg)+)
+        }
+    };
+}
+
 mod effects;
 mod holdings;
 mod membership;
@@ -72,6 +84,9 @@ pub struct Rules {
     pub(super) orphans: Orphans,
     /// Sessions opened so far.
     pub(super) opened: u64,
+    /// Whether the entries being applied are the past (a replay): then
+    /// what they do is logged at DEBUG only ([`happened!`]).
+    pub(crate) replaying: bool,
 }
 
 /// What a session's opening did to the users of earlier sessions with its
@@ -133,6 +148,7 @@ impl Rules {
             msus: MsuPool::default(),
             orphans: Orphans::default(),
             opened: 0,
+            replaying: false,
         }
     }
 
@@ -167,7 +183,8 @@ impl Rules {
                     user_left_event(user_id, "replaced"),
                 );
                 fx.users_replaced += 1;
-                tracing::info!(
+                happened!(
+                    self,
                     room.id = room_id,
                     user.id = user_id,
                     from = old,
@@ -222,7 +239,7 @@ impl Rules {
         if !self.rooms.contains_key(room_id) {
             self.rooms
                 .insert(room_id.to_owned(), Arc::new(Room::default()));
-            tracing::info!(room.id = room_id, "room created");
+            happened!(self, room.id = room_id, "room created");
             fx.event(
                 room_id,
                 EventKind::RoomCreated,
@@ -247,7 +264,7 @@ impl Rules {
         if let Some(msu) = &room.msu {
             self.msus.release(msu, room_id);
         }
-        tracing::info!(room.id = room_id, "room closed");
+        happened!(self, room.id = room_id, "room closed");
         fx.event(
             room_id,
             EventKind::RoomClosed,
@@ -342,7 +359,7 @@ impl Rules {
             .and_then(User::speaker)
             .filter(|s| *s != sid);
         if speaker.is_some() && self.config.duplicate_user == DuplicatePolicy::Reject {
-            tracing::info!(room.id = %r.room_id, user.id = %r.user_id, session.id = sid, "join refused: user already joined from another session");
+            happened!(self, room.id = %r.room_id, user.id = %r.user_id, session.id = sid, "join refused: user already joined from another session");
             return Err(CenterError::Conflict(
                 "user already joined from another session".into(),
             ));
@@ -382,7 +399,7 @@ impl Rules {
                 }),
             );
         }
-        tracing::info!(room.id = %r.room_id, user.id = %r.user_id, session.id = sid, audience = r.audience, "user joined");
+        happened!(self, room.id = %r.room_id, user.id = %r.user_id, session.id = sid, audience = r.audience, "user joined");
         fx.event(
             &r.room_id,
             EventKind::UserJoined,
@@ -419,7 +436,7 @@ impl Rules {
             .and_then(User::speaker);
         if let Some(other) = speaker.filter(|s| *s != sid) {
             // Only the session speaking for a user publishes for it.
-            tracing::info!(room.id = %r.room_id, user.id = %r.user_id, session.id = sid, holder = other, "push refused: the user is another session's");
+            happened!(self, room.id = %r.room_id, user.id = %r.user_id, session.id = sid, holder = other, "push refused: the user is another session's");
             return Err(CenterError::Forbidden(format!(
                 "user {} is held by another session",
                 r.user_id
@@ -611,7 +628,7 @@ impl Rules {
                 extra: r.extra,
             }),
         );
-        tracing::info!(room.id = %r.room_id, user.id = %r.user_id, "user disconnected");
+        happened!(self, room.id = %r.room_id, user.id = %r.user_id, "user disconnected");
         fx.event(
             &r.room_id,
             EventKind::UserDisconnected,
@@ -641,7 +658,7 @@ impl Rules {
             }),
         );
         self.remove(&r.room_id, &r.user_id);
-        tracing::info!(room.id = %r.room_id, user.id = %r.user_id, "user left");
+        happened!(self, room.id = %r.room_id, user.id = %r.user_id, "user left");
         fx.event(
             &r.room_id,
             EventKind::UserLeft,
@@ -735,7 +752,7 @@ impl Rules {
                 extra: r.extra,
             }),
         );
-        tracing::info!(room.id = %r.room_id, user.id = %r.user_id, session.id = sid, "user reconnected");
+        happened!(self, room.id = %r.room_id, user.id = %r.user_id, session.id = sid, "user reconnected");
         fx.event(
             &r.room_id,
             EventKind::UserReconnected,

@@ -18,7 +18,7 @@ impl Rules {
         if let Some(h) = self.sessions.get_mut(&sid) {
             h.msus.insert(r.msu_id.clone());
         }
-        tracing::info!(msu.id = %r.msu_id, session.id = sid, "msu registered");
+        happened!(self, msu.id = %r.msu_id, session.id = sid, "msu registered");
         fx.event(
             "",
             EventKind::MsuRegistered,
@@ -74,7 +74,7 @@ impl Rules {
                 room.msu = None;
             }
         }
-        tracing::info!(msu.id = %msu_id, rooms = room_ids.len(), "msu lost");
+        happened!(self, msu.id = %msu_id, rooms = room_ids.len(), "msu lost");
         fx.event(
             "",
             EventKind::MsuLost,

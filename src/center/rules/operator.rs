@@ -20,7 +20,8 @@ impl Rules {
         }
         let notified = fx.send(room.audience_but(&[]), user_left(room_id, user_id));
         self.remove(room_id, user_id);
-        tracing::info!(
+        happened!(
+            self,
             room.id = room_id,
             user.id = user_id,
             "user removed by operator"

@@ -45,7 +45,7 @@ impl Rules {
         let (reclaimed, left) = self.take_orphans(sid, &identity, &incarnation, fx);
         gone += left;
         if gone > 0 {
-            tracing::info!(session.id = sid, peer.id = %identity, peer.incarnation = %incarnation, users = gone, "users of the peer's previous process left");
+            happened!(self, session.id = sid, peer.id = %identity, peer.incarnation = %incarnation, users = gone, "users of the peer's previous process left");
         }
         Opened { reclaimed, gone }
     }
@@ -83,7 +83,7 @@ impl Rules {
         if let Some(room) = self.rooms.get(room_id) {
             fx.send(room.audience_but(&[]), user_left(room_id, user_id));
         }
-        tracing::info!(room.id = %room_id, user.id = %user_id, reason, "user left");
+        happened!(self, room.id = %room_id, user.id = %user_id, reason, "user left");
         fx.event(
             room_id,
             EventKind::UserLeft,
@@ -122,7 +122,7 @@ impl Rules {
             }
         }
         if taken > 0 {
-            tracing::info!(session.id = sid, peer.id = %identity, users = taken, "users taken back after reconnect");
+            happened!(self, session.id = sid, peer.id = %identity, users = taken, "users taken back after reconnect");
         }
         (taken, gone)
     }
