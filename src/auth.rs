@@ -432,6 +432,7 @@ mod tests {
         let register = proto::Command {
             kind: Some(command::Kind::RegisterMsu(proto::RegisterMsuRequest {
                 msu_id: "m".into(),
+                ..Default::default()
             })),
         };
         let client = Grant::from_claims(claims(Role::Client, &["a"], 0));

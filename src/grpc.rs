@@ -347,6 +347,16 @@ impl RoomService for RoomServiceImpl {
         }))
     }
 
+    async fn list_relays(
+        &self,
+        request: Request<proto::ListRelaysRequest>,
+    ) -> Result<Response<proto::ListRelaysResponse>, Status> {
+        require_admin(&request)?;
+        self.center.settle().await.map_err(status)?;
+        let relays = self.center.list_relays(&request.get_ref().room_id);
+        Ok(Response::new(proto::ListRelaysResponse { relays }))
+    }
+
     async fn remove_user(
         &self,
         request: Request<proto::RemoveUserRequest>,

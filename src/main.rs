@@ -77,6 +77,9 @@ enum Command {
     Sessions(Remote),
     /// List the MSUs and their rooms.
     Msus(Remote),
+    /// List the media relays: each publisher whose media crosses SFUs, the
+    /// MSU it goes through and its destinations.
+    Relays(Remote),
     /// Remove a user from a room (its sessions get userLeave).
     Kick {
         /// The room.
@@ -189,7 +192,7 @@ async fn operate(command: Command) -> anyhow::Result<()> {
         Command::Token { .. } | Command::RepairState { .. } => {
             anyhow::bail!("not an operator command")
         }
-        Command::Rooms(r) | Command::Sessions(r) | Command::Msus(r) => r,
+        Command::Rooms(r) | Command::Sessions(r) | Command::Msus(r) | Command::Relays(r) => r,
         Command::Room { remote, .. }
         | Command::Kick { remote, .. }
         | Command::Close { remote, .. }
@@ -204,6 +207,7 @@ async fn operate(command: Command) -> anyhow::Result<()> {
         Command::Room { room_id, .. } => view::show_room(&op.room(room_id).await?, json),
         Command::Sessions(_) => view::show_sessions(&op.sessions().await?, json),
         Command::Msus(_) => view::show_msus(&op.msus().await?, json),
+        Command::Relays(_) => view::show_relays(&op.relays().await?, json),
         Command::Kick {
             room_id, user_id, ..
         } => {

@@ -71,6 +71,8 @@ pub struct Metrics {
     pub users_replaced: Counter,
     /// Users taken back by a reconnecting session with the same identity.
     pub users_reclaimed: Counter,
+    /// Pulls the publisher's SFU will not serve (no MSU in the room).
+    pub pulls_unserved: Counter,
     /// `messages_in` per method, by [`METHODS`] index: counted on the hot
     /// path without the family's lock.
     in_by_method: Vec<Counter>,
@@ -157,6 +159,7 @@ impl Metrics {
         let pulls_dropped = Family::<DropLabel, Counter>::default();
         let users_replaced = Counter::default();
         let users_reclaimed = Counter::default();
+        let pulls_unserved = Counter::default();
         let request_seconds = Family::<MethodLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.000_005, 2.0, 20))
         });
@@ -219,6 +222,11 @@ impl Metrics {
             users_replaced.clone(),
         );
         registry.register(
+            "pulls_unserved",
+            "pullRemoteStream the publisher's SFU will not serve: no MSU in the room, and the SFU sends each publisher to one destination, another puller's",
+            pulls_unserved.clone(),
+        );
+        registry.register(
             "users_reclaimed",
             "Users taken back by a reconnecting session with the same identity",
             users_reclaimed.clone(),
@@ -276,6 +284,7 @@ impl Metrics {
             pulls_dropped,
             users_replaced,
             users_reclaimed,
+            pulls_unserved,
             sessions,
             rooms,
             users,

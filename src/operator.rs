@@ -184,6 +184,12 @@ impl Operator {
         .await
     }
 
+    /// Every media relay.
+    pub async fn relays(&mut self) -> Result<Vec<proto::Relay>, OperatorError> {
+        let r = self.request(proto::ListRelaysRequest::default());
+        Ok(self.client.list_relays(r).await?.into_inner().relays)
+    }
+
     /// Removes a user; returns the sessions told.
     pub async fn kick(&mut self, room_id: &str, user_id: &str) -> Result<u32, OperatorError> {
         let r = self.request(proto::RemoveUserRequest {

@@ -111,6 +111,30 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A client configuration that trusts the certificates in the PEM file at
+/// `ca_path` (a private CA, or the server's own certificate), for peers of
+/// the center such as `pilot-msu`.
+pub fn client_config(ca_path: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let pem = std::fs::read(ca_path).map_err(|error| TlsError::Read {
+        path: ca_path.display().to_string(),
+        error,
+    })?;
+    let certs = PemPair {
+        cert_pem: pem,
+        key_pem: Vec::new(),
+    }
+    .certs()?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// A client configuration that accepts any server certificate, as the real
 /// SFU does. For tests and the load tool only: never for production peers.
 pub fn insecure_client_config() -> Result<Arc<rustls::ClientConfig>, TlsError> {

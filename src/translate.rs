@@ -32,7 +32,14 @@ pub fn request_command(method: &str, data: &RawValue) -> Result<Command, CenterE
             let msu_id = o
                 .take_str("id")
                 .ok_or_else(|| CenterError::invalid("msu_id", "Invalid id"))?;
-            command::Kind::RegisterMsu(proto::RegisterMsuRequest { msu_id })
+            // An MSU that relays media says where SFUs send it.
+            let udp_ip = o.take_str("udp_ip").unwrap_or_default();
+            let udp_port = o.take_i64("udp_port").unwrap_or_default();
+            command::Kind::RegisterMsu(proto::RegisterMsuRequest {
+                msu_id,
+                udp_ip,
+                udp_port,
+            })
         }
         "join" => {
             const REASON: &str = "Invalid roomId or userId";
@@ -205,15 +212,33 @@ fn write_extra(w: &mut ObjectWriter, extra: &HashMap<String, String>) {
     w.extra(extra.iter().filter(|(k, _)| !STRICT.contains(&k.as_str())));
 }
 
-fn write_publishers(buf: &mut Vec<u8>, pushers: &[proto::Publisher]) {
+/// A JSON array of `items`, each written by `one`.
+fn write_array<T>(buf: &mut Vec<u8>, items: &[T], mut one: impl FnMut(&mut Vec<u8>, &T)) {
     buf.push(b'[');
-    for (i, p) in pushers.iter().enumerate() {
+    for (i, item) in items.iter().enumerate() {
         if i > 0 {
             buf.push(b',');
         }
-        buf.extend_from_slice(&publisher_json(p));
+        one(buf, item);
     }
     buf.push(b']');
+}
+
+fn write_publishers(buf: &mut Vec<u8>, pushers: &[proto::Publisher]) {
+    write_array(buf, pushers, |b, p| b.extend_from_slice(&publisher_json(p)));
+}
+
+fn write_destinations(buf: &mut Vec<u8>, destinations: &[proto::RelayDestination]) {
+    write_array(buf, destinations, |buf, d| {
+        let mut w = ObjectWriter::with_capacity(96);
+        w.str("udp_ip", &d.udp_ip)
+            .int("udp_port", d.udp_port)
+            .str("peerId", &d.peer_id)
+            .with("pusherIds", |b| {
+                write_array(b, &d.pusher_ids, |b, p| crate::protoo::write_json_str(b, p));
+            });
+        buf.extend_from_slice(&w.finish());
+    });
 }
 
 fn publisher_json(p: &proto::Publisher) -> Vec<u8> {
@@ -245,18 +270,13 @@ pub fn reply_data(reply: &proto::Reply) -> Vec<u8> {
                 .str("message", "join success")
                 .str("roomId", &j.room_id)
                 .with("users", |buf| {
-                    buf.push(b'[');
-                    for (i, u) in j.users.iter().enumerate() {
-                        if i > 0 {
-                            buf.push(b',');
-                        }
+                    write_array(buf, &j.users, |buf, u| {
                         let mut uw = ObjectWriter::with_capacity(64);
                         uw.str("userId", &u.user_id)
                             .str("userName", &u.user_name)
                             .with("pushers", |b| write_publishers(b, &u.pushers));
                         buf.extend_from_slice(&uw.finish());
-                    }
-                    buf.push(b']');
+                    });
                 });
             w.finish()
         }
@@ -303,6 +323,8 @@ pub fn event_method(event: &proto::PeerEvent) -> &'static str {
         Some(peer_event::Kind::UserLeft(_)) => "userLeave",
         Some(peer_event::Kind::TextMessage(_)) => "textMessage",
         Some(peer_event::Kind::UserReconnected(_)) => "userReConnect",
+        Some(peer_event::Kind::Relay(_)) => "relay",
+        Some(peer_event::Kind::RelayEnded(_)) => "relayEnd",
         None => "unknown",
     }
 }
@@ -359,6 +381,21 @@ pub fn event_data(event: &proto::PeerEvent) -> Vec<u8> {
                 .str("userId", &e.user_id)
                 .str("userName", &e.user_name);
             write_extra(&mut w, &e.extra);
+        }
+        Some(peer_event::Kind::Relay(r)) => {
+            w.str("roomId", &r.room_id)
+                .str("pusher_user_id", &r.pusher_user_id)
+                .str("msuId", &r.msu_id)
+                .str("udp_ip", &r.udp_ip)
+                .int("udp_port", r.udp_port)
+                .with("pushers", |b| write_publishers(b, &r.pushers))
+                .with("destinations", |b| write_destinations(b, &r.destinations));
+        }
+        Some(peer_event::Kind::RelayEnded(e)) => {
+            w.str("roomId", &e.room_id)
+                .str("pusher_user_id", &e.pusher_user_id)
+                .str("msuId", &e.msu_id)
+                .str("reason", &e.reason);
         }
         // Never built by the center; written as an empty notification.
         None => {}

@@ -251,7 +251,81 @@ pub fn event_detail(e: &proto::WatchEventsResponse) -> String {
             "{} user={} pusher={} from={} reason={}",
             x.method, x.user_id, x.pusher_id, x.from_session_id, x.reason
         ),
+        Some(Event::RelayChanged(x)) => relay_words(x),
+        Some(Event::RelayEnded(x)) => format!(
+            "user={} msu={} reason={}",
+            x.pusher_user_id,
+            or_none(&x.msu_id),
+            x.reason
+        ),
+        Some(Event::PullUnserved(x)) => format!(
+            "user={} from session={} asked={}:{} sfu sends to={}:{}",
+            x.pusher_user_id,
+            x.from_session_id,
+            x.udp_ip,
+            x.udp_port,
+            x.serving_udp_ip,
+            x.serving_udp_port
+        ),
     }
+}
+
+fn or_none(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
+/// A relay's destinations as `ip:port` words.
+fn destinations(r: &proto::Relay) -> String {
+    r.destinations
+        .iter()
+        .map(|d| format!("{}:{}", d.udp_ip, d.udp_port))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn relay_words(r: &proto::Relay) -> String {
+    format!(
+        "user={} msu={} sfu sends to={}:{} destinations={}",
+        r.pusher_user_id,
+        or_none(&r.msu_id),
+        r.udp_ip,
+        r.udp_port,
+        destinations(r)
+    )
+}
+
+/// The relays, as a table or JSON.
+pub fn show_relays(relays: &[proto::Relay], as_json: bool) -> String {
+    if as_json {
+        let v: Vec<Value> = relays
+            .iter()
+            .map(|r| {
+                json!({"roomId": r.room_id, "userId": r.pusher_user_id, "msuId": r.msu_id,
+                       "sendsTo": format!("{}:{}", r.udp_ip, r.udp_port),
+                       "pushers": r.pushers.iter().map(|p| p.pusher_id.clone()).collect::<Vec<_>>(),
+                       "destinations": r.destinations.iter().map(|d| json!({
+                           "addr": format!("{}:{}", d.udp_ip, d.udp_port), "peerId": d.peer_id,
+                           "sessionId": d.session_id, "pusherIds": d.pusher_ids})).collect::<Vec<_>>()})
+            })
+            .collect();
+        return format!("{}\n", Value::Array(v));
+    }
+    let rows: Vec<Vec<String>> = relays
+        .iter()
+        .map(|r| {
+            vec![
+                r.room_id.clone(),
+                r.pusher_user_id.clone(),
+                or_none(&r.msu_id).to_owned(),
+                format!("{}:{}", r.udp_ip, r.udp_port),
+                destinations(r),
+            ]
+        })
+        .collect();
+    table(
+        &["ROOM", "PUBLISHER", "MSU", "SFU SENDS TO", "DESTINATIONS"],
+        &rows,
+    )
 }
 
 /// One event of `watch`, as a line of text or JSON.

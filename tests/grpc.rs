@@ -252,6 +252,7 @@ async fn a_grpc_msu_gets_and_answers_invites() {
         let command_result::Outcome::Reply(r) = m
             .run(command::Kind::RegisterMsu(proto::RegisterMsuRequest {
                 msu_id: "gm".into(),
+                ..Default::default()
             }))
             .await
         else {
@@ -567,15 +568,19 @@ async fn watch_events_sees_a_scripted_scenario_in_order() {
             K::UserJoined,
             K::MsuInvited,
             K::PusherAdded,
+            // The MSU has no media address: the publisher's SFU sends to b.
+            K::RelayChanged,
             K::PullForwarded,
             K::TextMessage,
             K::UserDisconnected,
             K::UserReconnected,
             K::UserLeft,
             K::SessionClosed,
-            // A's close: a1 disconnected and removed, the room closed, the MSU lost.
+            // A's close: a1 disconnected and removed (its relay ends), the
+            // room closed, the MSU lost.
             K::UserDisconnected,
             K::UserLeft,
+            K::RelayEnded,
             K::RoomClosed,
             K::MsuLost,
             K::SessionClosed,
@@ -586,7 +591,7 @@ async fn watch_events_sees_a_scripted_scenario_in_order() {
             assert_eq!(pair[1].seq, pair[0].seq + 1, "gap-free sequence numbers");
         }
         assert!(events.iter().all(|e| e.time.is_some()));
-        let Some(Event::UserReconnected(r)) = &events[12].event else {
+        let Some(Event::UserReconnected(r)) = &events[13].event else {
             panic!()
         };
         assert_eq!(r.user_id, "a1");

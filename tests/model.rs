@@ -282,6 +282,9 @@ fn received(slot: &mut Slot) -> Vec<(&'static str, String)> {
             peer_event::Kind::UserLeft(e) => e.user_id.clone(),
             peer_event::Kind::TextMessage(e) => e.user_id.clone(),
             peer_event::Kind::UserReconnected(e) => e.user_id.clone(),
+            // The model has no MSU: no relay reaches anyone.
+            peer_event::Kind::Relay(e) => e.pusher_user_id.clone(),
+            peer_event::Kind::RelayEnded(e) => e.pusher_user_id.clone(),
         };
         out.push((pilot_center::translate::event_method(&d.event), user));
     }

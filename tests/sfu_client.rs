@@ -406,3 +406,140 @@ async fn an_sfu_that_never_returns_loses_its_users_when_the_grace_ends() {
     })
     .await;
 }
+
+/// Issue 29 (PROTOCOL.md §8): the real SFU sends each publisher to the
+/// first puller only. Without an MSU a second SFU's pull is still
+/// forwarded, and counted and put on the feed as unserved; with an MSU
+/// that registered a media address, the publisher's SFU is asked once per
+/// track to send to the hub (a pull it reads like any other SFU's, strict
+/// types and all), and every pull becomes a destination the MSU hears of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hubs_pulls_look_like_another_sfus_and_without_a_hub_a_second_pull_is_unserved() {
+    common::bounded(async move {
+        let config = common::config_sections(true, "", "", "  invite_timeout_secs: 60\n");
+        let server = common::start_server(&config).await;
+        let addr = server.ws_addr();
+        let pull = |room: &str, user: &str, port: u16, ssrc: u64| {
+            json!({"roomId": room, "pusher_user_id": user, "udp_ip": "10.0.0.2", "udp_port": port,
+                   "mediaType": "video", "pushInfo": {"pusherId": format!("{user}-video"), "rtpParam": rtp_param(ssrc)}})
+        };
+
+        // No MSU: room1 spans three SFUs.
+        let (mut s1, mut s2) = two_named_sfus_in_room1(addr).await;
+        let mut s3 = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-3").await;
+        s3.request(
+            "join",
+            json!({"roomId": "room1", "userId": "u3", "userName": "Cat"}),
+        )
+        .await;
+        s1.expect("newUser").await;
+        s2.expect("newUser").await;
+        let publishers = json!([{"pusherId": "u1-video", "rtpParam": rtp_param(4242)}]);
+        s1.notify(
+            "push",
+            json!({"roomId": "room1", "userId": "u1", "userName": "Ann", "publishers": publishers}),
+        )
+        .await;
+        s2.expect("newPusher").await;
+        s3.expect("newPusher").await;
+        s2.notify("pullRemoteStream", pull("room1", "u1", 5002, 4242))
+            .await;
+        s2.expect_silence().await;
+        s3.notify("pullRemoteStream", pull("room1", "u1", 5003, 4242))
+            .await;
+        s3.expect_silence().await;
+        for port in [5002, 5003] {
+            assert_eq!(
+                s1.expect("pullRemoteStream").await["udp_port"],
+                json!(port),
+                "forwarded verbatim"
+            );
+        }
+        s1.expect_silence().await;
+        server.settled().await;
+        let metrics = server
+            .center()
+            .metrics()
+            .render(&server.center().state_gauges());
+        assert!(
+            metrics.contains("pilot_pulls_unserved_total 1"),
+            "{metrics}"
+        );
+        let unserved: Vec<_> = server
+            .center()
+            .resume(Some(0))
+            .unwrap()
+            .backlog()
+            .filter_map(|e| match e.event {
+                Some(pilot_center::proto::watch_events_response::Event::PullUnserved(u)) => Some(u),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(unserved.len(), 1, "{unserved:?}");
+        assert_eq!(
+            (unserved[0].udp_port, unserved[0].serving_udp_port),
+            (5003, 5002)
+        );
+
+        // An MSU with a media address: room2's media goes through it.
+        let mut msu = Peer::connect(&server).await;
+        msu.request(
+            "register",
+            json!({"id": "m1", "udp_ip": "10.9.9.9", "udp_port": 40000}),
+        )
+        .await;
+        for (sfu, user) in [(&mut s1, "u4"), (&mut s2, "u5"), (&mut s3, "u6")] {
+            sfu.request(
+                "join",
+                json!({"roomId": "room2", "userId": user, "userName": user}),
+            )
+            .await;
+        }
+        let publishers = json!([{"pusherId": "u4-video", "rtpParam": rtp_param(7777)}]);
+        s1.notify(
+            "push",
+            json!({"roomId": "room2", "userId": "u4", "userName": "u4", "publishers": publishers}),
+        )
+        .await;
+        for user in ["u5", "u6"] {
+            assert_eq!(s1.expect("newUser").await["userId"], json!(user));
+        }
+        assert_eq!(s2.expect("newUser").await["userId"], json!("u6"));
+        s2.expect("newPusher").await;
+        s3.expect("newPusher").await;
+        s2.notify("pullRemoteStream", pull("room2", "u4", 6002, 7777))
+            .await;
+        s2.expect_silence().await;
+        s3.notify("pullRemoteStream", pull("room2", "u4", 6003, 7777))
+            .await;
+        s3.expect_silence().await;
+        // The publisher's SFU is asked once, to send to the hub.
+        let mut asked = None;
+        while asked.is_none() {
+            let m = s1.expect_any().await;
+            if m["method"] == json!("pullRemoteStream") {
+                asked = Some(m["data"].clone());
+            }
+        }
+        let asked = asked.unwrap();
+        assert_eq!(
+            (&asked["udp_ip"], &asked["udp_port"], &asked["pushInfo"]["pusherId"]),
+            (&json!("10.9.9.9"), &json!(40000), &json!("u4-video"))
+        );
+        s1.expect_silence().await;
+        server.settled().await;
+        let relays = server.center().list_relays("room2");
+        assert_eq!(relays.len(), 1);
+        let ports: Vec<i64> = relays[0].destinations.iter().map(|d| d.udp_port).collect();
+        assert_eq!(ports, [6002, 6003]);
+        // And the MSU heard the whole relay.
+        let mut heard = 0;
+        while heard < 2 {
+            let m = msu.next_within(WAIT).await.expect("a relay for the MSU");
+            if m["method"] == json!("relay") {
+                heard = m["data"]["destinations"].as_array().unwrap().len();
+            }
+        }
+    })
+    .await;
+}

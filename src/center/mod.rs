@@ -915,6 +915,12 @@ impl Center {
         (sessions_of(&state), state.registry.cursor())
     }
 
+    /// The media relays of `room_id` (every room's when empty), sorted by
+    /// room and publisher.
+    pub fn list_relays(&self, room_id: &str) -> Vec<proto::Relay> {
+        self.inner.state.lock().rooms.relays(room_id)
+    }
+
     /// Every MSU, sorted by id.
     pub fn list_msus(&self) -> Vec<proto::MsuInfo> {
         msus_of(&self.inner.state.lock())

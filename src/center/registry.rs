@@ -385,6 +385,9 @@ impl Registry {
         if fx.users_replaced > 0 {
             metrics.users_replaced.inc_by(fx.users_replaced);
         }
+        if fx.pulls_unserved > 0 {
+            metrics.pulls_unserved.inc_by(fx.pulls_unserved);
+        }
     }
 
     /// Queues `item` for session `sid`. A full queue marks the session as a

@@ -17,6 +17,8 @@ pub struct FrozenRules {
     sessions: Vec<(SessionId, Arc<str>, Arc<str>, u64)>,
     rooms: Vec<(String, Arc<Room>)>,
     msus: Vec<(String, SessionId, Vec<String>, SystemTime)>,
+    /// MSU id -> its media address.
+    media: HashMap<String, (String, i64)>,
 }
 
 impl FrozenRules {
@@ -75,6 +77,7 @@ impl FrozenRules {
                     room_id,
                     msu_id: room.msu.clone().unwrap_or_default(),
                     users,
+                    relays: room.relays.values().cloned().collect(),
                 }
             })
             .collect();
@@ -82,11 +85,16 @@ impl FrozenRules {
         snap.msus = self
             .msus
             .into_iter()
-            .map(|(msu_id, session_id, room_ids, at)| cp::SnapshotMsu {
-                msu_id,
-                session_id,
-                room_ids,
-                registered_at_unix_ms: super::unix_ms(at),
+            .map(|(msu_id, session_id, room_ids, at)| {
+                let (udp_ip, udp_port) = self.media.get(&msu_id).cloned().unwrap_or_default();
+                cp::SnapshotMsu {
+                    msu_id,
+                    session_id,
+                    room_ids,
+                    registered_at_unix_ms: super::unix_ms(at),
+                    udp_ip,
+                    udp_port,
+                }
             })
             .collect();
     }
@@ -110,6 +118,11 @@ impl Rules {
                 .map(|(id, room)| (id.clone(), room.clone()))
                 .collect(),
             msus: self.msus(),
+            media: self
+                .msus
+                .iter()
+                .filter_map(|(id, m)| Some((id.clone(), m.media.clone()?)))
+                .collect(),
         }
     }
 
@@ -147,6 +160,11 @@ impl Rules {
         for r in &snap.rooms {
             let mut room = Room {
                 msu: (!r.msu_id.is_empty()).then(|| r.msu_id.clone()),
+                relays: r
+                    .relays
+                    .iter()
+                    .map(|relay| (relay.pusher_user_id.clone(), relay.clone()))
+                    .collect(),
                 ..Room::default()
             };
             for u in &r.users {
@@ -202,6 +220,7 @@ impl Rules {
                     rooms: m.room_ids.iter().cloned().collect(),
                     registered_at: SystemTime::UNIX_EPOCH
                         + Duration::from_millis(m.registered_at_unix_ms),
+                    media: (!m.udp_ip.is_empty()).then(|| (m.udp_ip.clone(), m.udp_port)),
                 },
             );
         }

@@ -311,6 +311,11 @@ impl Sfu {
         Some(msg)
     }
 
+    /// The next message, whatever it is.
+    pub async fn expect_any(&mut self) -> Value {
+        self.recv(super::WAIT).await.expect("a message in time")
+    }
+
     /// The next notification, which must be `method`.
     pub async fn expect(&mut self, method: &str) -> Value {
         let msg = self

@@ -41,6 +41,9 @@ pub struct Effects {
     pub dropped: Vec<Dropped>,
     /// Joins that moved a user from another live session (`replace`).
     pub users_replaced: u64,
+    /// Pulls the publisher's SFU will not serve (no MSU in the room; it
+    /// sends to another puller).
+    pub pulls_unserved: u64,
 }
 
 /// A pull or text message that reached nobody (PROTOCOL.md §4: no error

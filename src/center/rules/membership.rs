@@ -60,6 +60,8 @@ pub(crate) struct Room {
     pub(crate) listeners: HashMap<SessionId, u32>,
     /// The MSU serving this room.
     pub(crate) msu: Option<String>,
+    /// Publisher user id -> where its media goes between SFUs.
+    pub(crate) relays: std::collections::BTreeMap<String, proto::Relay>,
 }
 
 impl Room {

@@ -33,6 +33,7 @@ mod msu_pool;
 mod msus;
 mod operator;
 mod orphans;
+mod relays;
 mod sessions;
 mod view;
 
@@ -217,7 +218,8 @@ impl Rules {
     }
 
     /// Removes a user and whatever pointed at it; returns whether it existed.
-    fn remove(&mut self, room_id: &str, user_id: &str) -> bool {
+    fn remove(&mut self, room_id: &str, user_id: &str, fx: &mut Effects) -> bool {
+        self.end_relay(room_id, user_id, "publisher left", fx);
         let Some(room) = self.rooms.get_mut(room_id).map(Arc::make_mut) else {
             return false;
         };
@@ -523,6 +525,10 @@ impl Rules {
             }
         };
         let (room_id, pusher_user_id) = (r.room_id.clone(), r.pusher_user_id.clone());
+        // Through the room's MSU, once per track; else straight on.
+        let Some(r) = self.relay_pull(sid, &r, fx) else {
+            return Ok(());
+        };
         fx.send(vec![target], peer_event::Kind::PullRemoteStream(r));
         tracing::debug!(room.id = %room_id, pusher.user = %pusher_user_id, to = target, "pull forwarded");
         fx.event(
@@ -657,7 +663,7 @@ impl Rules {
                 extra: r.extra,
             }),
         );
-        self.remove(&r.room_id, &r.user_id);
+        self.remove(&r.room_id, &r.user_id, fx);
         happened!(self, room.id = %r.room_id, user.id = %r.user_id, "user left");
         fx.event(
             &r.room_id,

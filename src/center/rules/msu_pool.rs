@@ -17,6 +17,8 @@ pub(crate) struct Msu {
     pub(crate) rooms: HashSet<String>,
     /// When it last registered.
     pub(crate) registered_at: SystemTime,
+    /// Its media address (ip, port), where SFUs send what it relays.
+    pub(crate) media: Option<(String, i64)>,
 }
 
 /// See the module docs.
@@ -26,13 +28,14 @@ pub(crate) struct MsuPool {
 }
 
 impl MsuPool {
-    /// Registers `id` through `session` at `now`, or refreshes it; an id
-    /// another session holds is refused with 409.
+    /// Registers `id` through `session` at `now` with its media address,
+    /// or refreshes it; an id another session holds is refused with 409.
     pub(crate) fn register(
         &mut self,
         id: &str,
         session: SessionId,
         now: SystemTime,
+        media: Option<(String, i64)>,
     ) -> Result<(), CenterError> {
         match self.msus.get_mut(id) {
             Some(msu) if msu.session != session => Err(CenterError::Conflict(format!(
@@ -40,6 +43,7 @@ impl MsuPool {
             ))),
             Some(msu) => {
                 msu.registered_at = now;
+                msu.media = media;
                 Ok(())
             }
             None => {
@@ -49,6 +53,7 @@ impl MsuPool {
                         session,
                         rooms: HashSet::new(),
                         registered_at: now,
+                        media,
                     },
                 );
                 Ok(())
@@ -66,6 +71,11 @@ impl MsuPool {
         self.msus.contains_key(id)
     }
 
+    /// The media address MSU `id` registered with.
+    pub(crate) fn media_of(&self, id: &str) -> Option<&(String, i64)> {
+        self.msus.get(id)?.media.as_ref()
+    }
+
     /// The session MSU `id` registered through.
     pub(crate) fn session_of(&self, id: &str) -> Option<SessionId> {
         self.msus.get(id).map(|m| m.session)
@@ -81,6 +91,14 @@ impl MsuPool {
             .min_by(|a, b| a.1.rooms.len().cmp(&b.1.rooms.len()).then(a.0.cmp(b.0)))?;
         msu.rooms.insert(room_id.to_owned());
         Some(id.clone())
+    }
+
+    /// MSU `id` serves `room_id` again (it came back to the relays it had
+    /// there).
+    pub(crate) fn adopt(&mut self, id: &str, room_id: &str) {
+        if let Some(msu) = self.msus.get_mut(id) {
+            msu.rooms.insert(room_id.to_owned());
+        }
     }
 
     /// MSU `id` no longer serves `room_id`.
@@ -147,7 +165,7 @@ mod tests {
                     Op::Register { msu, session } => {
                         let id = format!("msu{msu}");
                         let session = SessionId::from(session);
-                        let result = pool.register(&id, session, SystemTime::UNIX_EPOCH);
+                        let result = pool.register(&id, session, SystemTime::UNIX_EPOCH, None);
                         let first = *owner.entry(id.clone()).or_insert(session);
                         prop_assert_eq!(result.is_ok(), first == session);
                     }

@@ -14,7 +14,13 @@ impl Rules {
         fx: &mut Effects,
     ) -> Result<proto::RegisterMsuResponse, CenterError> {
         required(&r.msu_id, "msu_id", "Invalid id")?;
-        self.msus.register(&r.msu_id, sid, now)?;
+        let media = match (r.udp_ip.as_str(), r.udp_port) {
+            ("", _) => None,
+            (ip, port @ 1..=65535) => Some((ip.to_owned(), port)),
+            _ => return Err(CenterError::invalid("udp_port", "Invalid udp_port")),
+        };
+        self.msus.register(&r.msu_id, sid, now, media)?;
+        self.resend_relays(&r.msu_id, sid, fx);
         if let Some(h) = self.sessions.get_mut(&sid) {
             h.msus.insert(r.msu_id.clone());
         }

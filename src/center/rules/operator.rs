@@ -19,7 +19,7 @@ impl Rules {
             return Err(CenterError::UserNotFound(user_id.to_owned()));
         }
         let notified = fx.send(room.audience_but(&[]), user_left(room_id, user_id));
-        self.remove(room_id, user_id);
+        self.remove(room_id, user_id, fx);
         happened!(
             self,
             room.id = room_id,
@@ -46,7 +46,7 @@ impl Rules {
             fx.send(to.clone(), user_left(room_id, user_id));
         }
         for user_id in &user_ids {
-            self.remove(room_id, user_id);
+            self.remove(room_id, user_id, fx);
             fx.event(
                 room_id,
                 EventKind::UserLeft,

@@ -35,6 +35,11 @@ impl Orphans {
         self.deadlines.entry(deadline).or_default().push(user);
     }
 
+    /// Whether `identity` has users waiting for it.
+    pub(crate) fn has(&self, identity: &str) -> bool {
+        self.by_identity.contains_key(identity)
+    }
+
     /// `user` is no longer an orphan of `identity` (taken, or gone).
     pub(crate) fn remove(&mut self, identity: &Arc<str>, room_id: &str, user_id: &str) {
         if let Some(set) = self.by_identity.get_mut(identity) {

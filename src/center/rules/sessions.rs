@@ -44,6 +44,8 @@ impl Rules {
         );
         let (reclaimed, left) = self.take_orphans(sid, &identity, &incarnation, fx);
         gone += left;
+        // Another process of the peer: its receive relays are gone.
+        self.drop_destinations(&identity, Some(&incarnation), fx);
         if gone > 0 {
             happened!(self, session.id = sid, peer.id = %identity, peer.incarnation = %incarnation, users = gone, "users of the peer's previous process left");
         }
@@ -63,7 +65,7 @@ impl Rules {
         held.sort();
         let mut gone = 0;
         for (room_id, user_id) in held {
-            if self.remove(&room_id, &user_id) {
+            if self.remove(&room_id, &user_id, fx) {
                 self.announce_left(&room_id, &user_id, "peer restarted", fx);
                 gone += 1;
             }
@@ -116,7 +118,7 @@ impl Rules {
                 if self.reclaim(sid, &room_id, &user_id, "reclaimed", fx) {
                     taken += 1;
                 }
-            } else if self.remove(&room_id, &user_id) {
+            } else if self.remove(&room_id, &user_id, fx) {
                 self.announce_left(&room_id, &user_id, "peer restarted", fx);
                 gone += 1;
             }
@@ -189,6 +191,7 @@ impl Rules {
             .collect();
         held.sort();
         for (room_id, users) in held {
+            let mut left: Vec<String> = Vec::new();
             let Some(room) = self.rooms.get_mut(&room_id).map(Arc::make_mut) else {
                 continue;
             };
@@ -224,6 +227,7 @@ impl Rules {
                         EventKind::UserLeft,
                         user_left_event(&user_id, "session closed"),
                     );
+                    left.push(user_id);
                 } else {
                     let deadline = now + grace;
                     user.holder = Holder::Orphan {
@@ -235,12 +239,19 @@ impl Rules {
                         .add(&h.identity, (room_id.clone(), user_id), deadline);
                 }
             }
+            for user_id in left {
+                self.end_relay(&room_id, &user_id, "publisher left", fx);
+            }
             self.drop_if_empty(&room_id, fx);
         }
         let mut msus: Vec<String> = h.msus.into_iter().collect();
         msus.sort();
         for msu_id in msus {
             self.lose_msu(&msu_id, fx);
+        }
+        if grace.is_zero() {
+            // No grace: its process may not come back for what it pulled.
+            self.drop_destinations(&h.identity, None, fx);
         }
         // The peer came back before its old session was found dead (a
         // half-open connection, a node lost after its SFU reconnected
@@ -263,21 +274,34 @@ impl Rules {
 
     /// Users whose grace ended by `now` leave: `userLeave` to their rooms.
     pub fn expire(&mut self, now: Duration, fx: &mut Effects) {
+        let mut gone: Vec<Arc<str>> = Vec::new();
         while let Some((deadline, due)) = self.orphans.due(now) {
             for (room_id, user_id) in due {
-                let still_orphan = self
+                let identity = self
                     .rooms
                     .get(&room_id)
                     .and_then(|r| r.users.get(&user_id))
-                    .is_some_and(
-                        |u| matches!(u.holder, Holder::Orphan { deadline: d, .. } if d == deadline),
-                    );
-                if !still_orphan {
+                    .and_then(|u| match &u.holder {
+                        Holder::Orphan {
+                            deadline: d,
+                            identity,
+                            ..
+                        } if *d == deadline => Some(identity.clone()),
+                        _ => None,
+                    });
+                let Some(identity) = identity else {
                     continue;
-                }
-                self.remove(&room_id, &user_id);
+                };
+                gone.push(identity);
+                self.remove(&room_id, &user_id, fx);
                 self.announce_left(&room_id, &user_id, "grace expired", fx);
             }
+        }
+        // The peers whose grace is over: what they pulled goes too.
+        gone.sort();
+        gone.dedup();
+        for identity in gone {
+            self.drop_destinations(&identity, None, fx);
         }
     }
 

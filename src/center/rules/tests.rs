@@ -24,7 +24,10 @@ fn fingerprint(r: &Rules) -> String {
             users.sort();
             let mut listeners: Vec<_> = room.listeners.iter().collect();
             listeners.sort();
-            format!("{id} msu={:?} users={users:?} hear={listeners:?}", room.msu)
+            format!(
+                "{id} msu={:?} users={users:?} hear={listeners:?} relays={:?}",
+                room.msu, room.relays
+            )
         })
         .collect();
     rooms.sort();
@@ -326,7 +329,10 @@ proptest::proptest! {
                     let _ = r.close_room(&name(room, 0).0, fx);
                 }
                 Step::Msu { sid, msu } => if let Some(id) = live(sid, &slot, &open) {
-                    let req = proto::RegisterMsuRequest { msu_id: format!("m{msu}") };
+                    let req = proto::RegisterMsuRequest {
+                        msu_id: format!("m{msu}"),
+                        ..Default::default()
+                    };
                     let _ = r.register_msu(id, req, SystemTime::UNIX_EPOCH, fx);
                 }
                 Step::InviteFailed { sid, room } => if let Some(id) = live(sid, &slot, &open) {
@@ -394,6 +400,8 @@ fn a_snapshot_restores_every_rule_and_index() {
         3,
         proto::RegisterMsuRequest {
             msu_id: "m1".into(),
+            udp_ip: "10.0.0.9".into(),
+            udp_port: 40_000,
         },
         at,
         fx,
@@ -414,6 +422,10 @@ fn a_snapshot_restores_every_rule_and_index() {
         ..Default::default()
     };
     r.push(1, push, fx).unwrap();
+    // sfu-b pulls u1's stream: a relay through m1, kept by the snapshot.
+    r.pull_remote_stream(2, pull("r1", "u1", "p1", 40_002), fx)
+        .unwrap();
+    assert_eq!(r.relays("r1").len(), 1);
     let gone = proto::UserDisconnectRequest {
         room_id: "r1".into(),
         user_id: "u2".into(),
@@ -453,4 +465,132 @@ fn a_snapshot_restores_every_rule_and_index() {
         fingerprint(&loaded),
         fingerprint(&Rules::import(RulesConfig::default(), &snap))
     );
+}
+
+fn pull(room: &str, user: &str, pusher: &str, port: i64) -> proto::PullRemoteStreamRequest {
+    proto::PullRemoteStreamRequest {
+        room_id: room.into(),
+        pusher_user_id: user.into(),
+        udp_ip: "10.0.0.2".into(),
+        udp_port: port,
+        media_type: "video".into(),
+        push_info: Some(proto::Publisher {
+            pusher_id: pusher.into(),
+            rtp_param_json: r#"{"ssrc": 7}"#.into(),
+            ..Default::default()
+        }),
+        payload_json: "{}".into(),
+    }
+}
+
+/// Pulls sent (to whom, which address), relays sent (to whom, how many
+/// destinations).
+type Sent = (Vec<(SessionId, String)>, Vec<(SessionId, usize)>);
+
+/// The pulls and relays in `fx`.
+fn sent(fx: &Effects) -> Sent {
+    let mut pulls = Vec::new();
+    let mut relays = Vec::new();
+    for n in &fx.notices {
+        if let Notice::Event { to, event } = n {
+            match event {
+                peer_event::Kind::PullRemoteStream(p) => {
+                    pulls.push((to[0], format!("{}:{}", p.udp_ip, p.udp_port)));
+                }
+                peer_event::Kind::Relay(r) => relays.push((to[0], r.destinations.len())),
+                _ => {}
+            }
+        }
+    }
+    (pulls, relays)
+}
+
+/// PROTOCOL.md §8: the publisher's SFU serves one destination. With an
+/// MSU, its first pull of a track goes upstream with the MSU's address and
+/// every pull is a destination the MSU hears of; without one, a pull to
+/// another address is forwarded but counted as unserved.
+#[test]
+fn pulls_go_through_the_rooms_msu_and_without_one_the_second_is_unserved() {
+    for with_msu in [true, false] {
+        let mut r = Rules::new(RulesConfig::default());
+        let fx = &mut Effects::default();
+        for (sid, identity) in [(1, "sfu-a"), (2, "sfu-b"), (3, "sfu-c"), (9, "msu")] {
+            r.open_session(sid, identity, "", fx);
+        }
+        if with_msu {
+            let m = proto::RegisterMsuRequest {
+                msu_id: "m1".into(),
+                udp_ip: "10.0.0.9".into(),
+                udp_port: 40_000,
+            };
+            r.register_msu(9, m, SystemTime::UNIX_EPOCH, fx).unwrap();
+        }
+        join(&mut r, 1, "r", "u1");
+        join(&mut r, 2, "r", "u2");
+        join(&mut r, 3, "r", "u3");
+        let track = |id: &str| proto::Publisher {
+            pusher_id: id.into(),
+            ..Default::default()
+        };
+        let push = proto::PushRequest {
+            room_id: "r".into(),
+            user_id: "u1".into(),
+            publishers: vec![track("v"), track("a")],
+            ..Default::default()
+        };
+        r.push(1, push, fx).unwrap();
+        let mut first = Effects::default();
+        r.pull_remote_stream(2, pull("r", "u1", "v", 40_002), &mut first)
+            .unwrap();
+        let mut second = Effects::default();
+        r.pull_remote_stream(3, pull("r", "u1", "v", 40_003), &mut second)
+            .unwrap();
+        let mut audio = Effects::default();
+        r.pull_remote_stream(3, pull("r", "u1", "a", 40_003), &mut audio)
+            .unwrap();
+        if with_msu {
+            assert_eq!(
+                sent(&first),
+                (vec![(1, "10.0.0.9:40000".into())], vec![(9, 1)])
+            );
+            // The track is asked already: the MSU adds a destination.
+            assert_eq!(sent(&second), (vec![], vec![(9, 2)]));
+            // A new track goes upstream, to the MSU again.
+            assert_eq!(
+                sent(&audio),
+                (vec![(1, "10.0.0.9:40000".into())], vec![(9, 2)])
+            );
+            assert_eq!(second.pulls_unserved, 0);
+            let relay = &r.relays("r")[0];
+            assert_eq!(relay.destinations[1].pusher_ids, ["v", "a"]);
+            // sfu-c's process is gone (another incarnation): its
+            // destination goes, and the MSU hears it.
+            let mut gone = Effects::default();
+            r.close_session(3, Duration::ZERO, &mut gone);
+            r.open_session(4, "sfu-c", "2", &mut gone);
+            assert_eq!(sent(&gone).1.last(), Some(&(9, 1)));
+            // The publisher leaves: the relay ends.
+            let mut left = Effects::default();
+            let leave = proto::UserLeaveRequest {
+                room_id: "r".into(),
+                user_id: "u1".into(),
+                ..Default::default()
+            };
+            r.user_leave(1, leave, &mut left).unwrap();
+            assert!(r.relays("r").is_empty());
+            assert!(left.notices.iter().any(|n| matches!(n,
+                Notice::Event { to, event: peer_event::Kind::RelayEnded(_) } if to == &vec![9])));
+        } else {
+            assert_eq!(sent(&first).0, vec![(1, "10.0.0.2:40002".into())]);
+            assert_eq!(sent(&second).0, vec![(1, "10.0.0.2:40003".into())]);
+            assert_eq!((first.pulls_unserved, second.pulls_unserved), (0, 1));
+            assert!(
+                second
+                    .events
+                    .iter()
+                    .any(|(_, k, _)| *k == EventKind::PullUnserved)
+            );
+        }
+        check_indexes(&r).unwrap();
+    }
 }

@@ -64,6 +64,21 @@ impl Rules {
         Some((h.identity.to_string(), count(users), msus))
     }
 
+    /// The media relays of `room_id` (every room's when empty), sorted by
+    /// room and publisher.
+    pub fn relays(&self, room_id: &str) -> Vec<proto::Relay> {
+        let mut rooms: Vec<(&String, &std::sync::Arc<super::Room>)> = self
+            .rooms
+            .iter()
+            .filter(|(id, room)| (room_id.is_empty() || *id == room_id) && !room.relays.is_empty())
+            .collect();
+        rooms.sort_by(|a, b| a.0.cmp(b.0));
+        rooms
+            .into_iter()
+            .flat_map(|(_, room)| room.relays.values().cloned())
+            .collect()
+    }
+
     /// Every MSU: (id, session, rooms sorted, registered at), sorted by id.
     pub fn msus(&self) -> Vec<(String, SessionId, Vec<String>, SystemTime)> {
         let mut msus: Vec<_> = self

@@ -1,0 +1,100 @@
+//! `pilot-msu`: a media server unit for Pilot Center.
+//!
+//! The real SFU sends each publisher to one destination only, the first
+//! puller (PROTOCOL.md §8). An MSU registered with a media address becomes
+//! that destination for every publisher of its rooms, and fans the media
+//! out to every SFU that pulls it ([`hub`]); the center tells it where
+//! ([`link`]). Every subscriber on every SFU sees every publisher.
+
+pub mod config;
+pub mod hub;
+pub mod link;
+
+use config::Config;
+use hub::Hub;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A running MSU: its hub, bound, and its link's state.
+pub struct Msu {
+    /// The hub.
+    pub hub: Arc<Hub>,
+    /// The address SFUs send to (the advertised IP, the bound port).
+    pub media: SocketAddr,
+    /// The link's state.
+    pub link: Arc<link::LinkState>,
+}
+
+/// A fresh incarnation for this process: another one under the same id
+/// tells the center the old process is gone.
+pub fn new_incarnation() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            format!("{}-{}", std::process::id(), t.as_nanos())
+        })
+}
+
+/// Binds the hub and starts serving the center until `stop` resolves.
+/// Returns once the socket is bound, with the MSU and the task serving it.
+pub async fn start(
+    config: Config,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(Msu, tokio::task::JoinHandle<()>)> {
+    let m = &config.media;
+    let hub = Arc::new(
+        Hub::bind(
+            m.listen_ip,
+            m.port_min,
+            m.port_max,
+            m.history_packets,
+            Duration::from_millis(m.keyframe_interval_ms),
+        )
+        .await?,
+    );
+    let bound = hub.local_addr()?;
+    let media = SocketAddr::new(m.advertised_ip.unwrap_or(m.listen_ip), bound.port());
+    tracing::info!(media = %media, bound = %bound, msu.id = %config.msu.id, "media hub listening");
+    let state = Arc::new(link::LinkState::default());
+    let task = {
+        let (hub, state) = (hub.clone(), state.clone());
+        tokio::spawn(async move {
+            let incarnation = new_incarnation();
+            let serve = async {
+                if let Err(e) = hub.run().await {
+                    tracing::error!(error = %e, "media socket failed");
+                }
+            };
+            let summary = async {
+                let mut tick = tokio::time::interval(Duration::from_secs(10));
+                let mut last = String::new();
+                loop {
+                    tick.tick().await;
+                    let line = hub.stats().line();
+                    if line != last {
+                        let worst = hub.worst_loss();
+                        tracing::info!(relays = hub.relays(), worst_loss = ?worst, "{line}");
+                        last = line;
+                    }
+                }
+            };
+            tokio::select! {
+                () = link::run(config, hub.clone(), media, incarnation, state, stop) => {}
+                () = serve => {}
+                () = summary => {}
+            }
+        })
+    };
+    Ok((
+        Msu {
+            hub,
+            media,
+            link: state,
+        },
+        task,
+    ))
+}

@@ -1,0 +1,529 @@
+//! `pilot-msu` with a real center: SFU-like protoo peers pull a publisher
+//! through the hub, real `ffmpeg` plays the publisher's SFU (H264 and Opus
+//! RTP to the address the center's forwarded pull names), and the peers'
+//! UDP sockets count what arrives. Tests that need `ffmpeg` say so and
+//! pass without it (CI installs it).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use futures_util::{SinkExt, StreamExt};
+use pilot_center::config::Config as CenterConfig;
+use pilot_center::server::Server;
+use serde_json::{Value, json};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio_tungstenite::tungstenite::Message;
+
+const WAIT: Duration = Duration::from_secs(20);
+const LIMIT: Duration = Duration::from_secs(120);
+const VIDEO: u32 = 0x1111_0001;
+const VIDEO_RTX: u32 = 0x1111_0002;
+const AUDIO: u32 = 0x2222_0001;
+
+async fn bounded<F: std::future::Future>(body: F) -> F::Output {
+    tokio::time::timeout(LIMIT, body)
+        .await
+        .expect("the test finished in time")
+}
+
+/// Polls `cond` every 10 ms until it holds, or fails after [`WAIT`].
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not in time"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn center() -> Server {
+    let yaml = "websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n  self_signed: false\n\
+                grpc:\n  enabled: false\nadmin:\n  enabled: false\n\
+                limits:\n  messages_per_sec: 0\n\
+                center:\n  state_dir: \"\"\n  reconnect_grace_secs: 30\n";
+    Server::start(&CenterConfig::parse(yaml).unwrap())
+        .await
+        .unwrap()
+}
+
+fn msu_yaml(center: &Server, port_min: u16, port_max: u16) -> String {
+    format!(
+        "center:\n  url: \"ws://{}/pilot/center\"\n  heartbeat_secs: 1\n\
+         msu:\n  id: hub-1\n\
+         media:\n  listen_ip: 127.0.0.1\n  port_min: {port_min}\n  port_max: {port_max}\n  keyframe_interval_ms: 500\n",
+        center.ws_addr()
+    )
+}
+
+/// Starts the MSU in this process; stops when the token is cancelled.
+async fn msu_in_process(center: &Server) -> (pilot_msu::Msu, tokio_util::sync::CancellationToken) {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let config = pilot_msu::config::Config::parse(&msu_yaml(center, 41_000, 41_999)).unwrap();
+    let token = stop.clone();
+    let (msu, _task) = pilot_msu::start(config, async move { token.cancelled().await })
+        .await
+        .unwrap();
+    registered(center).await;
+    (msu, stop)
+}
+
+/// Waits until the center lists the MSU.
+async fn registered(center: &Server) {
+    let c = center.center().clone();
+    until("the MSU registers", || {
+        c.list_msus().iter().any(|m| m.msu_id == "hub-1")
+    })
+    .await;
+}
+
+/// A protoo peer (an SFU as the center sees it).
+struct Peer {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    pending: VecDeque<Value>,
+    next_id: u64,
+}
+
+impl Peer {
+    async fn connect(center: &Server, name: &str) -> Peer {
+        let url = format!("ws://{}/pilot/center?peer={name}", center.ws_addr());
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Peer {
+            ws,
+            pending: VecDeque::new(),
+            next_id: 1,
+        }
+    }
+
+    async fn recv(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a message in time")
+                .expect("open")
+                .unwrap();
+            if let Message::Text(t) = msg {
+                return serde_json::from_str(&t).unwrap();
+            }
+        }
+    }
+
+    async fn request(&mut self, method: &str, data: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let msg = json!({"request": true, "id": id, "method": method, "data": data});
+        self.ws.send(Message::text(msg.to_string())).await.unwrap();
+        loop {
+            let m = self.recv().await;
+            if m["response"] == json!(true) && m["id"] == json!(id) {
+                assert_eq!(m["ok"], json!(true), "{m}");
+                return m;
+            }
+            self.pending.push_back(m);
+        }
+    }
+
+    async fn notify(&mut self, method: &str, data: Value) {
+        let msg = json!({"notification": true, "method": method, "data": data});
+        self.ws.send(Message::text(msg.to_string())).await.unwrap();
+    }
+
+    /// The next notification of `method`, skipping others.
+    async fn expect(&mut self, method: &str) -> Value {
+        loop {
+            let m = match self.pending.pop_front() {
+                Some(m) => m,
+                None => self.recv().await,
+            };
+            if m["method"] == json!(method) {
+                return m["data"].clone();
+            }
+        }
+    }
+
+    /// Proves nothing more of `method` came: an echo's answer comes after
+    /// everything due before it.
+    async fn none_of(&mut self, method: &str) {
+        self.request("echo", json!({})).await;
+        let seen: Vec<&Value> = self
+            .pending
+            .iter()
+            .filter(|m| m["method"] == json!(method))
+            .collect();
+        assert!(seen.is_empty(), "unexpected {method}: {seen:?}");
+    }
+}
+
+fn rtp_param(ssrc: u32, pt: u32, rtx: u32) -> Value {
+    json!({"av_type": if pt == 111 { 1 } else { 2 }, "codec": if pt == 111 { "opus" } else { "H264" },
+           "fmtp_param": "", "rtcp_features": ["nack", "pli"], "ssrc": ssrc, "payload_type": pt,
+           "clock_rate": if pt == 111 { 48000 } else { 90000 }, "rtx_ssrc": rtx,
+           "rtx_payload_type": if rtx == 0 { 0 } else { 109 }, "use_nack": true})
+}
+
+fn pull(port: u16, pusher: &str, ssrc: u32, pt: u32, rtx: u32) -> Value {
+    json!({"roomId": "r", "pusher_user_id": "u1", "udp_ip": "127.0.0.1", "udp_port": port,
+           "mediaType": if pt == 111 { "audio" } else { "video" },
+           "pushInfo": {"pusherId": pusher, "rtpParam": rtp_param(ssrc, pt, rtx)}})
+}
+
+/// What a UDP socket received: RTP packets by SSRC (with their payload
+/// types and sequence numbers) and RTCP packets.
+#[derive(Default)]
+struct Seen {
+    rtp: HashMap<u32, Vec<(u8, u16)>>,
+    rtcp: Vec<Vec<u8>>,
+}
+
+/// A UDP socket counting what arrives, in a task of its own; `forward`
+/// sends each RTP packet on from the same socket (a publisher's SFU's send
+/// relay between ffmpeg and the hub).
+fn tap(socket: Arc<UdpSocket>, forward: Option<SocketAddr>) -> Arc<Mutex<Seen>> {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, _)) = socket.recv_from(&mut buf).await {
+            let p = &buf[..n];
+            if pilot_msu::hub::is_rtcp(p) {
+                s.lock().unwrap().rtcp.push(p.to_vec());
+                continue;
+            }
+            if n < 12 {
+                continue;
+            }
+            let ssrc = u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
+            let seq = u16::from_be_bytes([p[2], p[3]]);
+            s.lock()
+                .unwrap()
+                .rtp
+                .entry(ssrc)
+                .or_default()
+                .push((p[1] & 0x7f, seq));
+            if let Some(to) = forward {
+                let _ = socket.send_to(p, to).await;
+            }
+        }
+    });
+    seen
+}
+
+async fn udp() -> Arc<UdpSocket> {
+    Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap())
+}
+
+fn port(s: &UdpSocket) -> u16 {
+    s.local_addr().unwrap().port()
+}
+
+/// SFU A holds publisher u1 (video with RTX, and audio) in room r; B and C
+/// hold u2 and u3 and pull u1's tracks to `dest_b` and `dest_c`. Returns
+/// the peers after checking what A was asked: each track once, with the
+/// hub's address.
+async fn room_with_three_sfus(
+    center: &Server,
+    media: SocketAddr,
+    dest_b: u16,
+    dest_c: u16,
+) -> (Peer, Peer, Peer) {
+    let mut a = Peer::connect(center, "sfu-a").await;
+    let mut b = Peer::connect(center, "sfu-b").await;
+    let mut c = Peer::connect(center, "sfu-c").await;
+    for (p, u) in [(&mut a, "u1"), (&mut b, "u2"), (&mut c, "u3")] {
+        p.request("join", json!({"roomId": "r", "userId": u, "userName": u}))
+            .await;
+    }
+    a.notify(
+        "push",
+        json!({"roomId": "r", "userId": "u1", "userName": "u1", "publishers": [
+        {"pusherId": "v", "rtpParam": rtp_param(VIDEO, 108, VIDEO_RTX)},
+        {"pusherId": "a", "rtpParam": rtp_param(AUDIO, 111, 0)}]}),
+    )
+    .await;
+    for (p, port) in [(&mut b, dest_b), (&mut c, dest_c)] {
+        p.expect("newPusher").await;
+        p.notify("pullRemoteStream", pull(port, "v", VIDEO, 108, VIDEO_RTX))
+            .await;
+        p.notify("pullRemoteStream", pull(port, "a", AUDIO, 111, 0))
+            .await;
+        p.request("echo", json!({})).await;
+    }
+    // A is asked for each track once, to send it to the hub.
+    for pusher in ["v", "a"] {
+        let asked = a.expect("pullRemoteStream").await;
+        assert_eq!(asked["pushInfo"]["pusherId"], json!(pusher), "{asked}");
+        assert_eq!(
+            (
+                asked["udp_ip"].as_str().unwrap(),
+                asked["udp_port"].as_u64().unwrap()
+            ),
+            (media.ip().to_string().as_str(), u64::from(media.port())),
+            "{asked}"
+        );
+    }
+    a.none_of("pullRemoteStream").await;
+    (a, b, c)
+}
+
+fn ffmpeg_available() -> bool {
+    let found = std::process::Command::new("ffmpeg")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("ffmpeg is not installed: this test needs it (CI installs it); skipped");
+    }
+    found
+}
+
+/// Real ffmpeg plays the publisher's SFU for `secs` seconds: H264 and Opus
+/// RTP to `to`.
+async fn ffmpeg_publishes(to: u16, secs: u32) {
+    let out = tokio::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error"])
+        .args(["-re", "-t", &secs.to_string(), "-f", "lavfi"])
+        .args(["-i", "testsrc=size=320x240:rate=25"])
+        .args(["-re", "-t", &secs.to_string(), "-f", "lavfi"])
+        .args(["-i", "sine=frequency=440:sample_rate=48000"])
+        .args([
+            "-map",
+            "0:v",
+            "-c:v",
+            "libx264",
+            "-profile:v",
+            "baseline",
+            "-tune",
+            "zerolatency",
+        ])
+        .args(["-pix_fmt", "yuv420p", "-g", "25", "-payload_type", "108"])
+        .args(["-ssrc", &VIDEO.to_string(), "-f", "rtp"])
+        .arg(format!("rtp://127.0.0.1:{to}?pkt_size=1200"))
+        .args(["-map", "1:a", "-c:a", "libopus", "-payload_type", "111"])
+        .args(["-ssrc", &AUDIO.to_string(), "-f", "rtp"])
+        .arg(format!("rtp://127.0.0.1:{to}"))
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ffmpeg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn pli(ssrc: u32) -> Vec<u8> {
+    // RTCP PSFB (206), FMT 1, length 2: sender SSRC, media SSRC.
+    let mut p = vec![0x81, 206, 0, 2];
+    p.extend_from_slice(&0xdead_beef_u32.to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p
+}
+
+fn nack(ssrc: u32, seq: u16) -> Vec<u8> {
+    // RTCP RTPFB (205), FMT 1, length 3: sender, media, one (PID, BLP=0).
+    let mut p = vec![0x81, 205, 0, 3];
+    p.extend_from_slice(&0xdead_beef_u32.to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p
+}
+
+/// Issue 29: two SFUs pull one publisher through the hub; each receives
+/// every packet ffmpeg sent (count, SSRC, payload type); a PLI from one
+/// destination reaches the publisher's SFU once however often it is
+/// asked; a NACK is answered from the hub's history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_destination_gets_every_packet_key_frames_are_asked_once_nacks_are_answered() {
+    bounded(async {
+        if !ffmpeg_available() {
+            return;
+        }
+        let center = center().await;
+        let (msu, _stop) = msu_in_process(&center).await;
+        let (sock_b, sock_c) = (udp().await, udp().await);
+        let (_a, _b, _c) =
+            room_with_three_sfus(&center, msu.media, port(&sock_b), port(&sock_c)).await;
+        let key = ("r".to_owned(), "u1".to_owned());
+        until("the hub has both destinations", || {
+            msu.hub.destinations(&key).len() == 2
+        })
+        .await;
+        let seen_b = tap(sock_b.clone(), None);
+        let seen_c = tap(sock_c.clone(), None);
+        // SFU A's send relay: what ffmpeg sends, counted, on to the hub.
+        let relay_a = udp().await;
+        let sent = tap(relay_a.clone(), Some(msu.media));
+        ffmpeg_publishes(port(&relay_a), 2).await;
+
+        let count =
+            |s: &Arc<Mutex<Seen>>, ssrc: u32| s.lock().unwrap().rtp.get(&ssrc).map_or(0, Vec::len);
+        let (video, audio) = (count(&sent, VIDEO), count(&sent, AUDIO));
+        assert!(
+            video > 40 && audio > 40,
+            "ffmpeg sent {video} video, {audio} audio packets"
+        );
+        for (name, seen) in [("B", &seen_b), ("C", &seen_c)] {
+            until(&format!("{name} gets every packet"), || {
+                count(seen, VIDEO) >= video && count(seen, AUDIO) >= audio
+            })
+            .await;
+            let s = seen.lock().unwrap();
+            assert_eq!(s.rtp[&VIDEO].len(), video, "{name}: video");
+            assert_eq!(s.rtp[&AUDIO].len(), audio, "{name}: audio");
+            assert!(
+                s.rtp[&VIDEO].iter().all(|(pt, _)| *pt == 108),
+                "{name}: video PT"
+            );
+            assert!(
+                s.rtp[&AUDIO].iter().all(|(pt, _)| *pt == 111),
+                "{name}: audio PT"
+            );
+            let order_b: Vec<u16> = s.rtp[&VIDEO].iter().map(|(_, q)| *q).collect();
+            let order_a: Vec<u16> = sent.lock().unwrap().rtp[&VIDEO]
+                .iter()
+                .map(|(_, q)| *q)
+                .collect();
+            assert_eq!(order_b, order_a, "{name}: the same packets");
+        }
+
+        // Key frames: B asks three times at once, C once: one PLI upstream.
+        for _ in 0..3 {
+            sock_b.send_to(&pli(VIDEO), msu.media).await.unwrap();
+        }
+        sock_c.send_to(&pli(VIDEO), msu.media).await.unwrap();
+        until("a PLI reaches the publisher's SFU", || {
+            !sent.lock().unwrap().rtcp.is_empty()
+        })
+        .await;
+        let stats = msu.hub.stats();
+        until("the other requests are coalesced", || {
+            stats
+                .keyframe_coalesced
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 3
+        })
+        .await;
+        {
+            let s = sent.lock().unwrap();
+            assert_eq!(s.rtcp.len(), 1, "one PLI upstream");
+            let p = &s.rtcp[0];
+            assert_eq!((p[0] & 0x1f, p[1]), (1, 206), "a PLI");
+            assert_eq!(u32::from_be_bytes([p[8], p[9], p[10], p[11]]), VIDEO);
+        }
+
+        // C lost a packet: the hub resends it from its history.
+        let last = *seen_c.lock().unwrap().rtp[&VIDEO].last().unwrap();
+        sock_c
+            .send_to(&nack(VIDEO, last.1), msu.media)
+            .await
+            .unwrap();
+        until("the NACKed packet comes again", || {
+            seen_c.lock().unwrap().rtp[&VIDEO]
+                .iter()
+                .filter(|(_, q)| *q == last.1)
+                .count()
+                == 2
+        })
+        .await;
+        assert_eq!(
+            stats
+                .nack_answered
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    })
+    .await;
+}
+
+/// Issue 29: `kill -9` of the MSU and its return on the same address: the
+/// publisher's SFU keeps sending there, and the relays resume with no new
+/// pull (the center gives the MSU back its relays when it registers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_msu_killed_and_back_on_its_address_resumes_its_relays_with_no_new_pull() {
+    bounded(async {
+        let center = center().await;
+        // A port for the MSU, the same both times.
+        let media_port = {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap().port()
+        };
+        let dir = std::env::temp_dir().join(format!("pilot-msu-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("msu.yaml");
+        std::fs::write(&config, msu_yaml(&center, media_port, media_port)).unwrap();
+        let spawn = || {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_pilot-msu"))
+                .arg(&config)
+                .env("NO_COLOR", "1")
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap()
+        };
+        let mut msu = spawn();
+        registered(&center).await;
+        let media: SocketAddr = format!("127.0.0.1:{media_port}").parse().unwrap();
+        let (sock_b, sock_c) = (udp().await, udp().await);
+        let (mut a, _b, _c) =
+            room_with_three_sfus(&center, media, port(&sock_b), port(&sock_c)).await;
+        let seen_b = tap(sock_b.clone(), None);
+        let relay_a = udp().await;
+        let mut seq = 0u16;
+        let mut send = || {
+            seq = seq.wrapping_add(1);
+            let mut p = vec![0x80, 108];
+            p.extend_from_slice(&seq.to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0, 0]);
+            p.extend_from_slice(&VIDEO.to_be_bytes());
+            p.extend_from_slice(&[0u8; 100]);
+            p
+        };
+        let got = |n: usize| {
+            let seen_b = seen_b.clone();
+            move || seen_b.lock().unwrap().rtp.get(&VIDEO).map_or(0, Vec::len) >= n
+        };
+        // Packets flow (sent until the hub has B: its relay may still be
+        // on its way).
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !got(1)() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no packet through the hub"
+            );
+            relay_a.send_to(&send(), media).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        msu.start_kill().unwrap();
+        msu.wait().await.unwrap();
+        let c = center.center().clone();
+        until("the center sees the MSU gone", || c.list_msus().is_empty()).await;
+        let before = seen_b.lock().unwrap().rtp[&VIDEO].len();
+        let mut msu = spawn();
+        registered(&center).await;
+        // The SFU sends on to the same address, as the real one does.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !got(before + 1)() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the relay did not resume"
+            );
+            relay_a.send_to(&send(), media).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // No new pull reached the publisher's SFU.
+        a.none_of("pullRemoteStream").await;
+        assert_eq!(center.center().list_relays("r").len(), 1);
+        msu.start_kill().unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+    })
+    .await;
+}
