@@ -222,22 +222,27 @@ fn port(s: &UdpSocket) -> u16 {
     s.local_addr().unwrap().port()
 }
 
-/// SFU A holds publisher u1 (video with RTX, and audio) in room r; B and C
-/// hold u2 and u3 and pull u1's tracks to `dest_b` and `dest_c`. Returns
-/// the peers after checking what A was asked: each track once, with the
-/// hub's address.
-async fn room_with_three_sfus(
-    center: &Server,
-    media: SocketAddr,
-    dest_b: u16,
-    dest_c: u16,
-) -> (Peer, Peer, Peer) {
+/// SFU A holds publisher u1 (video with RTX, and audio) in room r; one
+/// more SFU per port of `pullers` holds a user there and pulls u1's tracks
+/// to that port. Returns A and the pullers after checking what A was
+/// asked: each track once, with the hub's address.
+async fn room_of_sfus(center: &Server, media: SocketAddr, pullers: &[u16]) -> (Peer, Vec<Peer>) {
     let mut a = Peer::connect(center, "sfu-a").await;
-    let mut b = Peer::connect(center, "sfu-b").await;
-    let mut c = Peer::connect(center, "sfu-c").await;
-    for (p, u) in [(&mut a, "u1"), (&mut b, "u2"), (&mut c, "u3")] {
-        p.request("join", json!({"roomId": "r", "userId": u, "userName": u}))
-            .await;
+    a.request(
+        "join",
+        json!({"roomId": "r", "userId": "u1", "userName": "u1"}),
+    )
+    .await;
+    let mut others = Vec::new();
+    for i in 0..pullers.len() {
+        let mut p = Peer::connect(center, &format!("sfu-{i}")).await;
+        let user = format!("v{i}");
+        p.request(
+            "join",
+            json!({"roomId": "r", "userId": user, "userName": user}),
+        )
+        .await;
+        others.push(p);
     }
     a.notify(
         "push",
@@ -246,11 +251,11 @@ async fn room_with_three_sfus(
         {"pusherId": "a", "rtpParam": rtp_param(AUDIO, 111, 0)}]}),
     )
     .await;
-    for (p, port) in [(&mut b, dest_b), (&mut c, dest_c)] {
+    for (p, port) in others.iter_mut().zip(pullers) {
         p.expect("newPusher").await;
-        p.notify("pullRemoteStream", pull(port, "v", VIDEO, 108, VIDEO_RTX))
+        p.notify("pullRemoteStream", pull(*port, "v", VIDEO, 108, VIDEO_RTX))
             .await;
-        p.notify("pullRemoteStream", pull(port, "a", AUDIO, 111, 0))
+        p.notify("pullRemoteStream", pull(*port, "a", AUDIO, 111, 0))
             .await;
         p.request("echo", json!({})).await;
     }
@@ -268,7 +273,7 @@ async fn room_with_three_sfus(
         );
     }
     a.none_of("pullRemoteStream").await;
-    (a, b, c)
+    (a, others)
 }
 
 fn ffmpeg_available() -> bool {
@@ -336,9 +341,9 @@ fn nack(ssrc: u32, seq: u16) -> Vec<u8> {
     p
 }
 
-/// Issue 29: two SFUs pull one publisher through the hub; each receives
-/// every packet ffmpeg sent (count, SSRC, payload type); a PLI from one
-/// destination reaches the publisher's SFU once however often it is
+/// Issue 29: three SFUs pull one publisher through the hub; each receives
+/// every packet ffmpeg sent (count, SSRC, payload type, order); a PLI from
+/// the destinations reaches the publisher's SFU once however often it is
 /// asked; a NACK is answered from the hub's history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_destination_gets_every_packet_key_frames_are_asked_once_nacks_are_answered() {
@@ -348,16 +353,17 @@ async fn every_destination_gets_every_packet_key_frames_are_asked_once_nacks_are
         }
         let center = center().await;
         let (msu, _stop) = msu_in_process(&center).await;
-        let (sock_b, sock_c) = (udp().await, udp().await);
-        let (_a, _b, _c) =
-            room_with_three_sfus(&center, msu.media, port(&sock_b), port(&sock_c)).await;
+        let (sock_b, sock_c, sock_d) = (udp().await, udp().await, udp().await);
+        let ports = [port(&sock_b), port(&sock_c), port(&sock_d)];
+        let _peers = room_of_sfus(&center, msu.media, &ports).await;
         let key = ("r".to_owned(), "u1".to_owned());
-        until("the hub has both destinations", || {
-            msu.hub.destinations(&key).len() == 2
+        until("the hub has the three destinations", || {
+            msu.hub.destinations(&key).len() == 3
         })
         .await;
         let seen_b = tap(sock_b.clone(), None);
         let seen_c = tap(sock_c.clone(), None);
+        let seen_d = tap(sock_d.clone(), None);
         // SFU A's send relay: what ffmpeg sends, counted, on to the hub.
         let relay_a = udp().await;
         let sent = tap(relay_a.clone(), Some(msu.media));
@@ -370,7 +376,7 @@ async fn every_destination_gets_every_packet_key_frames_are_asked_once_nacks_are
             video > 40 && audio > 40,
             "ffmpeg sent {video} video, {audio} audio packets"
         );
-        for (name, seen) in [("B", &seen_b), ("C", &seen_c)] {
+        for (name, seen) in [("B", &seen_b), ("C", &seen_c), ("D", &seen_d)] {
             until(&format!("{name} gets every packet"), || {
                 count(seen, VIDEO) >= video && count(seen, AUDIO) >= audio
             })
@@ -472,8 +478,7 @@ async fn an_msu_killed_and_back_on_its_address_resumes_its_relays_with_no_new_pu
         registered(&center).await;
         let media: SocketAddr = format!("127.0.0.1:{media_port}").parse().unwrap();
         let (sock_b, sock_c) = (udp().await, udp().await);
-        let (mut a, _b, _c) =
-            room_with_three_sfus(&center, media, port(&sock_b), port(&sock_c)).await;
+        let (mut a, _pullers) = room_of_sfus(&center, media, &[port(&sock_b), port(&sock_c)]).await;
         let seen_b = tap(sock_b.clone(), None);
         let relay_a = udp().await;
         let mut seq = 0u16;
