@@ -137,6 +137,7 @@ impl Grant {
         let (name, room, user) = match kind {
             K::Echo(_) => return Ok(()),
             K::RegisterMsu(_) => ("register", None, None),
+            K::RelayStats(_) => ("relayStats", None, None),
             K::Join(r) => ("join", Some(&r.room_id), Some(&r.user_id)),
             K::Push(r) => ("push", Some(&r.room_id), Some(&r.user_id)),
             K::PullRemoteStream(r) => ("pullRemoteStream", Some(&r.room_id), None),
@@ -147,8 +148,8 @@ impl Grant {
         };
         let allowed = match self.role {
             Role::Admin => true,
-            Role::Sfu => name != "register",
-            Role::Msu => name == "register",
+            Role::Sfu => !matches!(name, "register" | "relayStats"),
+            Role::Msu => matches!(name, "register" | "relayStats"),
             Role::Client => matches!(name, "join" | "push" | "textMessage" | "userLeave"),
         };
         if !allowed {

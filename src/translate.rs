@@ -134,6 +134,7 @@ pub fn notification_command(method: &str, data: &RawValue) -> Result<Command, Ce
                 extra: o.into_extra(),
             })
         }
+        "relayStats" => command::Kind::RelayStats(relay_stats(data)?),
         other => return Err(CenterError::UnknownMethod(other.to_owned())),
     };
     Ok(Command { kind: Some(kind) })
@@ -284,6 +285,43 @@ pub fn reply_data(reply: &proto::Reply) -> Vec<u8> {
     }
 }
 
+/// `relayStats` data: `{"relays": [{"roomId", "pusher_user_id",
+/// "packetsIn", "packetsOut", "worstFractionLost"}]}`.
+fn relay_stats(data: &RawValue) -> Result<proto::RelayStatsRequest, CenterError> {
+    #[derive(serde::Deserialize)]
+    struct Wire {
+        relays: Vec<Counters>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Counters {
+        room_id: String,
+        #[serde(rename = "pusher_user_id")]
+        pusher_user_id: String,
+        #[serde(default)]
+        packets_in: u64,
+        #[serde(default)]
+        packets_out: u64,
+        #[serde(default)]
+        worst_fraction_lost: u32,
+    }
+    let w: Wire = serde_json::from_str(data.get())
+        .map_err(|e| CenterError::invalid("relays", format!("Invalid relayStats: {e}")))?;
+    Ok(proto::RelayStatsRequest {
+        relays: w
+            .relays
+            .into_iter()
+            .map(|c| proto::RelayCounters {
+                room_id: c.room_id,
+                pusher_user_id: c.pusher_user_id,
+                packets_in: c.packets_in,
+                packets_out: c.packets_out,
+                worst_fraction_lost: c.worst_fraction_lost,
+            })
+            .collect(),
+    })
+}
+
 /// The protoo method of a command.
 pub fn command_method(kind: &command::Kind) -> &'static str {
     match kind {
@@ -296,6 +334,7 @@ pub fn command_method(kind: &command::Kind) -> &'static str {
         command::Kind::UserLeave(_) => "userLeave",
         command::Kind::TextMessage(_) => "textMessage",
         command::Kind::UserReconnect(_) => "userReConnect",
+        command::Kind::RelayStats(_) => "relayStats",
     }
 }
 
@@ -309,7 +348,10 @@ pub fn command_ids(cmd: &Command) -> (&str, &str) {
         Some(command::Kind::UserLeave(r)) => (&r.room_id, &r.user_id),
         Some(command::Kind::TextMessage(r)) => (&r.room_id, &r.user_id),
         Some(command::Kind::UserReconnect(r)) => (&r.room_id, &r.user_id),
-        Some(command::Kind::Echo(_) | command::Kind::RegisterMsu(_)) | None => ("", ""),
+        Some(
+            command::Kind::Echo(_) | command::Kind::RegisterMsu(_) | command::Kind::RelayStats(_),
+        )
+        | None => ("", ""),
     }
 }
 
@@ -449,7 +491,7 @@ pub fn check_command(cmd: &Command) -> Result<(), CenterError> {
     match &cmd.kind {
         None => Err(CenterError::invalid("command", "empty command")),
         Some(command::Kind::Echo(e)) => check_json("data_json", &e.data_json, true),
-        Some(command::Kind::RegisterMsu(_)) => Ok(()),
+        Some(command::Kind::RegisterMsu(_) | command::Kind::RelayStats(_)) => Ok(()),
         Some(command::Kind::Join(j)) => check_extra("extra", &j.extra),
         Some(command::Kind::Push(p)) => {
             p.publishers.iter().try_for_each(check_publisher)?;

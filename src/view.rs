@@ -303,6 +303,8 @@ pub fn show_relays(relays: &[proto::Relay], as_json: bool) -> String {
                 json!({"roomId": r.room_id, "userId": r.pusher_user_id, "msuId": r.msu_id,
                        "sendsTo": format!("{}:{}", r.udp_ip, r.udp_port),
                        "pushers": r.pushers.iter().map(|p| p.pusher_id.clone()).collect::<Vec<_>>(),
+                       "packetsIn": r.packets_in, "packetsOut": r.packets_out,
+                       "worstFractionLost": r.worst_fraction_lost,
                        "destinations": r.destinations.iter().map(|d| json!({
                            "addr": format!("{}:{}", d.udp_ip, d.udp_port), "peerId": d.peer_id,
                            "sessionId": d.session_id, "pusherIds": d.pusher_ids})).collect::<Vec<_>>()})
@@ -319,11 +321,23 @@ pub fn show_relays(relays: &[proto::Relay], as_json: bool) -> String {
                 or_none(&r.msu_id).to_owned(),
                 format!("{}:{}", r.udp_ip, r.udp_port),
                 destinations(r),
+                r.packets_in.to_string(),
+                r.packets_out.to_string(),
+                format!("{:.1}%", f64::from(r.worst_fraction_lost) * 100.0 / 256.0),
             ]
         })
         .collect();
     table(
-        &["ROOM", "PUBLISHER", "MSU", "SFU SENDS TO", "DESTINATIONS"],
+        &[
+            "ROOM",
+            "PUBLISHER",
+            "MSU",
+            "SFU SENDS TO",
+            "DESTINATIONS",
+            "IN",
+            "OUT",
+            "WORST LOSS",
+        ],
         &rows,
     )
 }

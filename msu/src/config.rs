@@ -38,6 +38,9 @@ pub struct CenterLink {
     /// Seconds between heartbeats (`echo`).
     #[serde(default = "default_heartbeat")]
     pub heartbeat_secs: u64,
+    /// Seconds between reports of the relays' counters (`relayStats`).
+    #[serde(default = "default_heartbeat")]
+    pub stats_secs: u64,
 }
 
 /// Who this MSU is.

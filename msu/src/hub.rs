@@ -165,6 +165,25 @@ struct Relay {
     history: HashMap<u32, History>,
     last_keyframe_request: HashMap<u32, Instant>,
     reports: HashMap<(SocketAddr, u32), Report>,
+    /// RTP packets taken from the publisher's SFU.
+    packets_in: u64,
+    /// RTP packets sent to destinations (retransmissions included).
+    packets_out: u64,
+}
+
+/// One relay's counters, for the center (`relayStats`) and the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counters {
+    /// (room, publisher).
+    pub key: Key,
+    /// RTP packets from the publisher's SFU.
+    pub packets_in: u64,
+    /// RTP packets sent to destinations.
+    pub packets_out: u64,
+    /// The worst fraction lost (of 256) a destination reported last.
+    pub worst_fraction_lost: u8,
+    /// The worst interarrival jitter a destination reported last.
+    pub worst_jitter: u32,
 }
 
 #[derive(Default)]
@@ -306,6 +325,8 @@ impl Hub {
                         history: HashMap::new(),
                         last_keyframe_request: HashMap::new(),
                         reports: HashMap::new(),
+                        packets_in: 0,
+                        packets_out: 0,
                     },
                 );
             }
@@ -321,19 +342,27 @@ impl Hub {
         }
     }
 
-    /// The worst fraction lost (of 256) any destination reported, per relay.
-    pub fn worst_loss(&self) -> Vec<(Key, u8, u32)> {
+    /// Every relay's counters, sorted by key; receiver reports summarised
+    /// as the worst any destination gave.
+    pub fn counters(&self) -> Vec<Counters> {
         let table = self.table();
-        let mut out: Vec<(Key, u8, u32)> = table
+        let mut out: Vec<Counters> = table
             .relays
             .iter()
-            .map(|(k, r)| {
-                let worst = r.reports.values().map(|x| x.fraction_lost).max();
-                let jitter = r.reports.values().map(|x| x.jitter).max();
-                (k.clone(), worst.unwrap_or(0), jitter.unwrap_or(0))
+            .map(|(k, r)| Counters {
+                key: k.clone(),
+                packets_in: r.packets_in,
+                packets_out: r.packets_out,
+                worst_fraction_lost: r
+                    .reports
+                    .values()
+                    .map(|x| x.fraction_lost)
+                    .max()
+                    .unwrap_or(0),
+                worst_jitter: r.reports.values().map(|x| x.jitter).max().unwrap_or(0),
             })
             .collect();
-        out.sort();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
         out
     }
 
@@ -384,6 +413,7 @@ impl Hub {
             return;
         };
         Stats::add(&self.stats.rtp_in, 1);
+        relay.packets_in += 1;
         let learned = relay.source != Some(from);
         relay.source = Some(from);
         relay
@@ -398,6 +428,7 @@ impl Hub {
             }
         }
         Stats::add(&self.stats.rtp_out, sent);
+        relay.packets_out += sent;
         if learned {
             tracing::info!(room.id = %key.0, pusher.user = %key.1, source = %from, "publisher's SFU sends here");
             table.reindex();
@@ -435,7 +466,7 @@ impl Hub {
                 Packet::TransportFeedback(tf) => {
                     if let Ok(nack) = tf.parse_fci::<Nack>() {
                         let seqs: Vec<u16> = nack.entries().collect();
-                        self.answer_nack(&table, from, tf.media_ssrc(), &seqs);
+                        self.answer_nack(&mut table, from, tf.media_ssrc(), &seqs);
                     }
                 }
                 Packet::Rr(rr) => {
@@ -496,23 +527,29 @@ impl Hub {
 
     /// Resends what `to` NACKed of `ssrc` from the history; asks the
     /// publisher's SFU for the rest.
-    fn answer_nack(&self, table: &Table, to: SocketAddr, ssrc: u32, seqs: &[u16]) {
-        let Some(relay) = table.by_ssrc.get(&ssrc).and_then(|k| table.relays.get(k)) else {
+    fn answer_nack(&self, table: &mut Table, to: SocketAddr, ssrc: u32, seqs: &[u16]) {
+        let Some(key) = table.by_ssrc.get(&ssrc).cloned() else {
+            return;
+        };
+        let Some(relay) = table.relays.get_mut(&key) else {
             return;
         };
         let history = relay.history.get(&ssrc);
         let mut missing = Vec::new();
+        let mut resent = 0;
         for seq in seqs {
             match history.and_then(|h| h.get(*seq)) {
                 Some(packet) => {
                     if self.send(packet, to) {
                         Stats::add(&self.stats.nack_answered, 1);
                         Stats::add(&self.stats.rtp_out, 1);
+                        resent += 1;
                     }
                 }
                 None => missing.push(*seq),
             }
         }
+        relay.packets_out += resent;
         if let (false, Some(source)) = (missing.is_empty(), relay.source) {
             let nack = missing
                 .iter()

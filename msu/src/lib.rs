@@ -76,8 +76,10 @@ pub async fn start(
                     tick.tick().await;
                     let line = hub.stats().line();
                     if line != last {
-                        let worst = hub.worst_loss();
-                        tracing::info!(relays = hub.relays(), worst_loss = ?worst, "{line}");
+                        for c in hub.counters() {
+                            tracing::info!(room.id = %c.key.0, pusher.user = %c.key.1, packets_in = c.packets_in, packets_out = c.packets_out, worst_fraction_lost = c.worst_fraction_lost, worst_jitter = c.worst_jitter, "relay");
+                        }
+                        tracing::info!(relays = hub.relays(), "{line}");
                         last = line;
                     }
                 }

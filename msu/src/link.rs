@@ -145,12 +145,21 @@ async fn session(
     let mut heartbeat =
         tokio::time::interval(Duration::from_secs(config.center.heartbeat_secs.max(1)));
     heartbeat.tick().await;
+    let mut report = tokio::time::interval(Duration::from_secs(config.center.stats_secs.max(1)));
+    report.tick().await;
     loop {
         let frame = tokio::select! {
             f = ws.next() => f,
             _ = heartbeat.tick() => {
                 next_id += 1;
                 ws.send(protoo::request(next_id, "echo", b"{}").into()).await?;
+                continue;
+            }
+            _ = report.tick() => {
+                let counters = hub.counters();
+                if !counters.is_empty() {
+                    ws.send(protoo::notification("relayStats", &relay_stats(&counters)).into()).await?;
+                }
                 continue;
             }
         };
@@ -210,6 +219,21 @@ async fn session(
             },
         }
     }
+}
+
+/// The `relayStats` data for `counters`.
+fn relay_stats(counters: &[crate::hub::Counters]) -> Vec<u8> {
+    let relays: Vec<serde_json::Value> = counters
+        .iter()
+        .map(|c| {
+            serde_json::json!({"roomId": c.key.0, "pusher_user_id": c.key.1,
+                "packetsIn": c.packets_in, "packetsOut": c.packets_out,
+                "worstFractionLost": c.worst_fraction_lost})
+        })
+        .collect();
+    serde_json::json!({ "relays": relays })
+        .to_string()
+        .into_bytes()
 }
 
 #[derive(Deserialize)]

@@ -445,6 +445,17 @@ async fn every_destination_gets_every_packet_key_frames_are_asked_once_nacks_are
                 .load(std::sync::atomic::Ordering::Relaxed),
             1
         );
+
+        // The operator sees the relay's packets: the MSU reports them (in
+        // to the hub, out to the three destinations, and the resent one).
+        let c = center.center().clone();
+        let total = (video + audio) as u64;
+        until("the center lists the relay's packets", || {
+            c.list_relays("r")
+                .first()
+                .is_some_and(|r| r.packets_in == total && r.packets_out == 3 * total + 1)
+        })
+        .await;
     })
     .await;
 }

@@ -188,6 +188,10 @@ impl Shared {
             command::Kind::UserLeave(r) => ack(rooms.user_leave(sid, r, fx)?),
             command::Kind::TextMessage(r) => ack(rooms.text_message(sid, r, fx)?),
             command::Kind::UserReconnect(r) => ack(rooms.user_reconnect(sid, r, fx)?),
+            command::Kind::RelayStats(r) => {
+                rooms.relay_stats(sid, r);
+                proto::reply::Kind::Ack(proto::Ack {})
+            }
         };
         Ok(Reply { kind: Some(kind) })
     }

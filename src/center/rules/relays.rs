@@ -67,8 +67,7 @@ impl Rules {
                     msu_id,
                     udp_ip,
                     udp_port,
-                    pushers: Vec::new(),
-                    destinations: Vec::new(),
+                    ..Default::default()
                 }
             });
         let new_track = !relay.pushers.iter().any(|p| p.pusher_id == pusher_id);
@@ -124,6 +123,27 @@ impl Rules {
             EventKind::RelayChanged,
             Event::RelayChanged(relay.clone()),
         );
+    }
+
+    /// `relayStats` from the MSU of session `sid`: the counters of the
+    /// relays bound to it (others' are left alone). No event: counters
+    /// change all the time; listings show them.
+    pub fn relay_stats(&mut self, sid: SessionId, r: proto::RelayStatsRequest) {
+        let Some(msus) = self.sessions.get(&sid).map(|h| h.msus.clone()) else {
+            return;
+        };
+        for c in r.relays {
+            let Some(room) = self.rooms.get_mut(&c.room_id).map(Arc::make_mut) else {
+                continue;
+            };
+            if let Some(relay) = room.relays.get_mut(&c.pusher_user_id)
+                && msus.contains(&relay.msu_id)
+            {
+                relay.packets_in = c.packets_in;
+                relay.packets_out = c.packets_out;
+                relay.worst_fraction_lost = c.worst_fraction_lost;
+            }
+        }
     }
 
     /// `user_id` left `room_id`: its relay ends (its SFU stops sending).

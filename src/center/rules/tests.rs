@@ -563,6 +563,20 @@ fn pulls_go_through_the_rooms_msu_and_without_one_the_second_is_unserved() {
             assert_eq!(second.pulls_unserved, 0);
             let relay = &r.relays("r")[0];
             assert_eq!(relay.destinations[1].pusher_ids, ["v", "a"]);
+            // The MSU's counters are kept; another session's are not.
+            let stats = |n| proto::RelayStatsRequest {
+                relays: vec![proto::RelayCounters {
+                    room_id: "r".into(),
+                    pusher_user_id: "u1".into(),
+                    packets_in: n,
+                    packets_out: 2 * n,
+                    worst_fraction_lost: 3,
+                }],
+            };
+            r.relay_stats(9, stats(10));
+            r.relay_stats(2, stats(99));
+            let relay = &r.relays("r")[0];
+            assert_eq!((relay.packets_in, relay.packets_out), (10, 20));
             // sfu-c's process is gone (another incarnation): its
             // destination goes, and the MSU hears it.
             let mut gone = Effects::default();
