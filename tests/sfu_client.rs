@@ -407,6 +407,17 @@ async fn an_sfu_that_never_returns_loses_its_users_when_the_grace_ends() {
     .await;
 }
 
+/// Each SFU pulls `user`'s video to its port, one after the other (an echo
+/// between: the center handled the first pull before the second).
+async fn pull_in_turn(sfus: [(&mut Sfu, u16); 2], room: &str, user: &str, ssrc: u64) {
+    for (sfu, port) in sfus {
+        let pull = json!({"roomId": room, "pusher_user_id": user, "udp_ip": "10.0.0.2", "udp_port": port,
+                          "mediaType": "video", "pushInfo": {"pusherId": format!("{user}-video"), "rtpParam": rtp_param(ssrc)}});
+        sfu.notify("pullRemoteStream", pull).await;
+        sfu.expect_silence().await;
+    }
+}
+
 /// Issue 29 (PROTOCOL.md §8): the real SFU sends each publisher to the
 /// first puller only. Without an MSU a second SFU's pull is still
 /// forwarded, and counted and put on the feed as unserved; with an MSU
@@ -419,10 +430,6 @@ async fn the_hubs_pulls_look_like_another_sfus_and_without_a_hub_a_second_pull_i
         let config = common::config_sections(true, "", "", "  invite_timeout_secs: 60\n");
         let server = common::start_server(&config).await;
         let addr = server.ws_addr();
-        let pull = |room: &str, user: &str, port: u16, ssrc: u64| {
-            json!({"roomId": room, "pusher_user_id": user, "udp_ip": "10.0.0.2", "udp_port": port,
-                   "mediaType": "video", "pushInfo": {"pusherId": format!("{user}-video"), "rtpParam": rtp_param(ssrc)}})
-        };
 
         // No MSU: room1 spans three SFUs.
         let (mut s1, mut s2) = two_named_sfus_in_room1(addr).await;
@@ -442,12 +449,7 @@ async fn the_hubs_pulls_look_like_another_sfus_and_without_a_hub_a_second_pull_i
         .await;
         s2.expect("newPusher").await;
         s3.expect("newPusher").await;
-        s2.notify("pullRemoteStream", pull("room1", "u1", 5002, 4242))
-            .await;
-        s2.expect_silence().await;
-        s3.notify("pullRemoteStream", pull("room1", "u1", 5003, 4242))
-            .await;
-        s3.expect_silence().await;
+        pull_in_turn([(&mut s2, 5002), (&mut s3, 5003)], "room1", "u1", 4242).await;
         for port in [5002, 5003] {
             assert_eq!(
                 s1.expect("pullRemoteStream").await["udp_port"],
@@ -507,12 +509,7 @@ async fn the_hubs_pulls_look_like_another_sfus_and_without_a_hub_a_second_pull_i
         assert_eq!(s2.expect("newUser").await["userId"], json!("u6"));
         s2.expect("newPusher").await;
         s3.expect("newPusher").await;
-        s2.notify("pullRemoteStream", pull("room2", "u4", 6002, 7777))
-            .await;
-        s2.expect_silence().await;
-        s3.notify("pullRemoteStream", pull("room2", "u4", 6003, 7777))
-            .await;
-        s3.expect_silence().await;
+        pull_in_turn([(&mut s2, 6002), (&mut s3, 6003)], "room2", "u4", 7777).await;
         // The publisher's SFU is asked once, to send to the hub.
         let mut asked = None;
         while asked.is_none() {
@@ -523,7 +520,11 @@ async fn the_hubs_pulls_look_like_another_sfus_and_without_a_hub_a_second_pull_i
         }
         let asked = asked.unwrap();
         assert_eq!(
-            (&asked["udp_ip"], &asked["udp_port"], &asked["pushInfo"]["pusherId"]),
+            (
+                &asked["udp_ip"],
+                &asked["udp_port"],
+                &asked["pushInfo"]["pusherId"]
+            ),
             (&json!("10.9.9.9"), &json!(40000), &json!("u4-video"))
         );
         s1.expect_silence().await;
