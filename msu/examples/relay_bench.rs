@@ -1,5 +1,5 @@
 //! How fast the hub forwards, beside a bare UDP forwarder, in one run:
-//! `cargo run --release -p pilot-msu --example relay_bench -- [STREAMS] [DESTINATIONS] [SECONDS]`.
+//! `cargo run --release -p pilot-msu --example relay_bench -- [STREAMS] [DESTINATIONS] [SECONDS] [RATE]`.
 //!
 //! A sender paces RTP packets of `STREAMS` SSRCs (1,200 bytes, as video)
 //! at a fixed rate to the forwarder, which sends each to `DESTINATIONS`
@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 
-/// Packets per second the sender offers.
+/// Packets per second the sender offers, unless given.
 const RATE: u64 = 20_000;
 
 fn cpu_seconds() -> f64 {
@@ -51,7 +51,7 @@ async fn counters(n: usize) -> (Vec<SocketAddr>, Arc<AtomicU64>) {
     (addrs, got)
 }
 
-async fn send(to: SocketAddr, streams: u32, secs: u64) -> u64 {
+async fn send(to: SocketAddr, streams: u32, secs: u64, rate: u64) -> u64 {
     let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut packet = vec![0u8; 1200];
     packet[0] = 0x80;
@@ -61,7 +61,7 @@ async fn send(to: SocketAddr, streams: u32, secs: u64) -> u64 {
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     while start.elapsed() < Duration::from_secs(secs) {
         tick.tick().await;
-        for _ in 0..RATE / 1000 {
+        for _ in 0..rate / 1000 {
             let ssrc = 1000 + (sent % u64::from(streams)) as u32;
             packet[2..4].copy_from_slice(&((sent & 0xffff) as u16).to_be_bytes());
             packet[8..12].copy_from_slice(&ssrc.to_be_bytes());
@@ -77,7 +77,16 @@ struct Round {
     cpu_per_million: f64,
 }
 
-async fn round_hub(streams: u32, dests: usize, secs: u64) -> Round {
+/// What the sender offers.
+#[derive(Clone, Copy)]
+struct Load {
+    streams: u32,
+    secs: u64,
+    rate: u64,
+}
+
+async fn round_hub(load: Load, dests: usize) -> Round {
+    let streams = load.streams;
     let hub = Arc::new(
         Hub::bind(
             "127.0.0.1".parse().unwrap(),
@@ -112,17 +121,17 @@ async fn round_hub(streams: u32, dests: usize, secs: u64) -> Round {
         let hub = hub.clone();
         tokio::spawn(async move { hub.run().await })
     };
-    let round = measure(to, streams, secs, &hub.stats().rtp_out).await;
+    let round = measure(to, load, &hub.stats().rtp_out).await;
     serve.abort();
     let _ = got.load(Ordering::Relaxed);
     round
 }
 
 /// Offers the load to `to` and reads `out` (packets sent on).
-async fn measure(to: SocketAddr, streams: u32, secs: u64, out: &AtomicU64) -> Round {
+async fn measure(to: SocketAddr, load: Load, out: &AtomicU64) -> Round {
     let cpu = cpu_seconds();
     let start = Instant::now();
-    send(to, streams, secs).await;
+    send(to, load.streams, load.secs, load.rate).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (elapsed, cpu) = (start.elapsed().as_secs_f64(), cpu_seconds() - cpu);
     let out = out.load(Ordering::Relaxed) as f64;
@@ -132,7 +141,7 @@ async fn measure(to: SocketAddr, streams: u32, secs: u64, out: &AtomicU64) -> Ro
     }
 }
 
-async fn round_bare(dests: usize, secs: u64, streams: u32) -> Round {
+async fn round_bare(load: Load, dests: usize) -> Round {
     let s = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
     let to = s.local_addr().unwrap();
     let (addrs, _got) = counters(dests).await;
@@ -150,7 +159,7 @@ async fn round_bare(dests: usize, secs: u64, streams: u32) -> Round {
             }
         })
     };
-    let round = measure(to, streams, secs, &out).await;
+    let round = measure(to, load, &out).await;
     serve.abort();
     round
 }
@@ -169,10 +178,16 @@ async fn main() {
     let streams = args.first().copied().unwrap_or(20) as u32;
     let dests = args.get(1).copied().unwrap_or(3) as usize;
     let secs = args.get(2).copied().unwrap_or(3);
+    let rate = args.get(3).copied().unwrap_or(RATE);
+    let load = Load {
+        streams,
+        secs,
+        rate,
+    };
     let (mut hub_out, mut hub_cpu, mut bare_out, mut bare_cpu) = (vec![], vec![], vec![], vec![]);
     for _ in 0..3 {
-        let h = round_hub(streams, dests, secs).await;
-        let b = round_bare(dests, secs, streams).await;
+        let h = round_hub(load, dests).await;
+        let b = round_bare(load, dests).await;
         hub_out.push(h.out_per_sec);
         hub_cpu.push(h.cpu_per_million);
         bare_out.push(b.out_per_sec);
@@ -185,7 +200,7 @@ async fn main() {
         median(bare_cpu),
     );
     println!(
-        "{streams} streams x {dests} destinations, {RATE} packets/s offered, {secs} s x 3 rounds (medians):"
+        "{streams} streams x {dests} destinations, {rate} packets/s offered, {secs} s x 3 rounds (medians):"
     );
     println!("  hub : {ho:>9.0} packets out/s, {hc:>6.2} CPU s per million out");
     println!("  bare: {bo:>9.0} packets out/s, {bc:>6.2} CPU s per million out");
