@@ -207,6 +207,15 @@ impl Rules {
                     },
                 );
             }
+            for relay in room.relays.values() {
+                for d in &relay.destinations {
+                    rules
+                        .pullers
+                        .entry(d.peer_id.clone())
+                        .or_default()
+                        .insert((r.room_id.clone(), relay.pusher_user_id.clone()));
+                }
+            }
             rules.rooms.insert(r.room_id.clone(), Arc::new(room));
         }
         for m in &snap.msus {

@@ -88,6 +88,9 @@ pub struct Rules {
     /// Whether the entries being applied are the past (a replay): then
     /// what they do is logged at DEBUG only ([`happened!`]).
     pub(crate) replaying: bool,
+    /// Puller identity -> the relays (room, publisher) with a destination
+    /// of it, so that a peer's process ending touches only those.
+    pub(crate) pullers: HashMap<String, std::collections::BTreeSet<(String, String)>>,
 }
 
 /// What a session's opening did to the users of earlier sessions with its
@@ -150,6 +153,7 @@ impl Rules {
             orphans: Orphans::default(),
             opened: 0,
             replaying: false,
+            pullers: HashMap::new(),
         }
     }
 

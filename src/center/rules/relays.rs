@@ -97,6 +97,10 @@ impl Rules {
         }
         add_destination(relay, sid, &identity, &incarnation, asked, &pusher_id);
         let relay = relay.clone();
+        self.pullers
+            .entry(identity)
+            .or_default()
+            .insert((r.room_id.clone(), r.pusher_user_id.clone()));
         self.relay_changed(&relay, fx);
         if !through_msu {
             return Some(r.clone());
@@ -160,6 +164,10 @@ impl Rules {
         let Some(relay) = room.relays.remove(user_id) else {
             return;
         };
+        let key = (room_id.to_owned(), user_id.to_owned());
+        for d in &relay.destinations {
+            self.forget_puller(&d.peer_id, &key);
+        }
         let ended = proto::RelayEnded {
             room_id: room_id.to_owned(),
             pusher_user_id: user_id.to_owned(),
@@ -220,19 +228,26 @@ impl Rules {
                         .any(|h| &*h.identity == identity && &*h.incarnation == incarnation)
             }
         };
-        let mut changed: Vec<(String, String)> = Vec::new();
-        for (room_id, room) in &self.rooms {
-            for (user_id, relay) in &room.relays {
-                if relay
-                    .destinations
-                    .iter()
-                    .any(|d| d.peer_id == identity && !alive(self, &d.incarnation))
-                {
-                    changed.push((room_id.clone(), user_id.clone()));
-                }
-            }
-        }
-        changed.sort();
+        // Only the relays this identity pulls (sorted: the same order on
+        // every node).
+        let changed: Vec<(String, String)> = self
+            .pullers
+            .get(identity)
+            .into_iter()
+            .flatten()
+            .filter(|(room_id, user_id)| {
+                self.rooms
+                    .get(room_id)
+                    .and_then(|room| room.relays.get(user_id))
+                    .is_some_and(|relay| {
+                        relay
+                            .destinations
+                            .iter()
+                            .any(|d| d.peer_id == identity && !alive(self, &d.incarnation))
+                    })
+            })
+            .cloned()
+            .collect();
         for (room_id, user_id) in changed {
             let keep: Vec<bool> = self.rooms[&room_id].relays[&user_id]
                 .destinations
@@ -248,8 +263,23 @@ impl Rules {
             let mut keep = keep.into_iter();
             relay.destinations.retain(|_| keep.next().unwrap_or(true));
             let relay = relay.clone();
+            if !relay.destinations.iter().any(|d| d.peer_id == identity) {
+                self.forget_puller(identity, &(room_id.clone(), user_id.clone()));
+            }
             happened!(self, room.id = %room_id, pusher.user = %user_id, peer.id = identity, "relay destination dropped: its puller's process is gone");
             self.relay_changed(&relay, fx);
+        }
+    }
+}
+
+impl Rules {
+    /// `identity` pulls relay `key` no more.
+    fn forget_puller(&mut self, identity: &str, key: &(String, String)) {
+        if let Some(keys) = self.pullers.get_mut(identity) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.pullers.remove(identity);
+            }
         }
     }
 }

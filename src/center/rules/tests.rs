@@ -181,17 +181,36 @@ fn check_indexes(r: &Rules) -> Result<(), String> {
             ));
         }
     }
+    // Who pulls which relay, as the relays' destinations say.
+    let mut pullers: HashMap<String, std::collections::BTreeSet<(String, String)>> = HashMap::new();
+    for (room_id, room) in &r.rooms {
+        for (user_id, relay) in &room.relays {
+            for d in &relay.destinations {
+                pullers
+                    .entry(d.peer_id.clone())
+                    .or_default()
+                    .insert((room_id.clone(), user_id.clone()));
+            }
+        }
+    }
+    if pullers != r.pullers {
+        return Err(format!("pullers {:?}, relays say {pullers:?}", r.pullers));
+    }
     Ok(())
 }
 
 /// What a peer says about a user.
 #[derive(Debug, Clone, Copy)]
 enum Act {
-    Join { audience: bool },
+    Join {
+        audience: bool,
+    },
     Push,
     Disconnect,
     Reconnect,
     Leave,
+    /// Pull the user's stream (a relay destination per session slot).
+    Pull,
 }
 
 #[derive(Debug, Clone)]
@@ -239,6 +258,7 @@ fn act() -> impl proptest::strategy::Strategy<Value = Act> {
         Just(Act::Disconnect),
         Just(Act::Reconnect),
         Just(Act::Leave),
+        Just(Act::Pull),
     ]
 }
 
@@ -319,6 +339,11 @@ proptest::proptest! {
                         Act::Disconnect => r.user_disconnect(id, proto::UserDisconnectRequest { room_id, user_id, ..Default::default() }, fx),
                         Act::Reconnect => r.user_reconnect(id, proto::UserReConnectRequest { room_id, user_id, ..Default::default() }, fx),
                         Act::Leave => r.user_leave(id, proto::UserLeaveRequest { room_id, user_id, ..Default::default() }, fx),
+                        Act::Pull => {
+                            // Any pusher of the user (the sessions push p{slot}).
+                            let pusher = r.rooms.get(&room_id).and_then(|x| x.users.get(&user_id)).and_then(|u| u.pushers.first()).map(|p| p.pusher_id.clone()).unwrap_or_default();
+                            r.pull_remote_stream(id, pull(&room_id, &user_id, &pusher, 5000 + i64::from(sid)), fx)
+                        }
                     };
                 }
                 Step::Remove { room, user } => {
@@ -442,6 +467,8 @@ fn a_snapshot_restores_every_rule_and_index() {
     join(&mut loaded, 99, "stale", "x"); // replaced by the load
     loaded.load(&snap);
     assert_eq!(fingerprint(&loaded), fingerprint(&r));
+    assert_eq!(loaded.pullers, r.pullers);
+    assert!(!r.pullers.is_empty());
     let mut again = cp::Snapshot::default();
     loaded.freeze().write(&mut again);
     assert_eq!(again, snap);
@@ -583,6 +610,7 @@ fn pulls_go_through_the_rooms_msu_and_without_one_the_second_is_unserved() {
             r.close_session(3, Duration::ZERO, &mut gone);
             r.open_session(4, "sfu-c", "2", &mut gone);
             assert_eq!(sent(&gone).1.last(), Some(&(9, 1)));
+            check_indexes(&r).unwrap();
             // The publisher leaves: the relay ends.
             let mut left = Effects::default();
             let leave = proto::UserLeaveRequest {
@@ -594,6 +622,7 @@ fn pulls_go_through_the_rooms_msu_and_without_one_the_second_is_unserved() {
             assert!(r.relays("r").is_empty());
             assert!(left.notices.iter().any(|n| matches!(n,
                 Notice::Event { to, event: peer_event::Kind::RelayEnded(_) } if to == &vec![9])));
+            assert!(r.pullers.is_empty(), "{:?}", r.pullers);
         } else {
             assert_eq!(sent(&first).0, vec![(1, "10.0.0.2:40002".into())]);
             assert_eq!(sent(&second).0, vec![(1, "10.0.0.2:40003".into())]);
