@@ -95,13 +95,17 @@ impl Rules {
             // Forwarded all the same: an SFU that serves more gets it.
             return Some(r.clone());
         }
-        add_destination(relay, sid, &identity, &incarnation, asked, &pusher_id);
+        let added = add_destination(relay, sid, &identity, &incarnation, asked, &pusher_id);
         let relay = relay.clone();
         self.pullers
             .entry(identity)
             .or_default()
             .insert((r.room_id.clone(), r.pusher_user_id.clone()));
-        self.relay_changed(&relay, fx);
+        // A pull repeated (another subscriber on the same SFU) changes
+        // nothing: no word to the MSU, no event.
+        if added || new_track {
+            self.relay_changed(&relay, fx);
+        }
         if !through_msu {
             return Some(r.clone());
         }
@@ -284,7 +288,9 @@ impl Rules {
     }
 }
 
-/// Adds (or refreshes) the destination at `addr` for track `pusher_id`.
+/// Adds (or refreshes) the destination at `addr` for track `pusher_id`;
+/// whether the MSU has something new to hear (a destination or a track of
+/// one).
 fn add_destination(
     relay: &mut proto::Relay,
     sid: SessionId,
@@ -292,7 +298,7 @@ fn add_destination(
     incarnation: &str,
     addr: Addr,
     pusher_id: &str,
-) {
+) -> bool {
     let at = relay
         .destinations
         .iter()
@@ -312,7 +318,9 @@ fn add_destination(
     d.session_id = sid;
     identity.clone_into(&mut d.peer_id);
     incarnation.clone_into(&mut d.incarnation);
-    if !d.pusher_ids.iter().any(|p| p == pusher_id) {
-        d.pusher_ids.push(pusher_id.to_owned());
+    if d.pusher_ids.iter().any(|p| p == pusher_id) {
+        return at.is_none();
     }
+    d.pusher_ids.push(pusher_id.to_owned());
+    true
 }

@@ -588,6 +588,17 @@ fn pulls_go_through_the_rooms_msu_and_without_one_the_second_is_unserved() {
                 (vec![(1, "10.0.0.9:40000".into())], vec![(9, 2)])
             );
             assert_eq!(second.pulls_unserved, 0);
+            // The same pull again (another subscriber on sfu-b): nothing new.
+            let mut again = Effects::default();
+            r.pull_remote_stream(2, pull("r", "u1", "v", 40_002), &mut again)
+                .unwrap();
+            assert_eq!(sent(&again), (vec![], vec![]));
+            assert!(
+                again
+                    .events
+                    .iter()
+                    .all(|(_, k, _)| *k != EventKind::RelayChanged)
+            );
             let relay = &r.relays("r")[0];
             assert_eq!(relay.destinations[1].pusher_ids, ["v", "a"]);
             // The MSU's counters are kept; another session's are not.
