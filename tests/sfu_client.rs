@@ -286,6 +286,17 @@ async fn pongs_come_fast_while_the_room_floods() {
 }
 
 /// sfu-1 with u1 and sfu-2 with u2 in room1, each having heard of the other.
+/// u1 (on `s1`) publishes `u1-video` in room1; returns its publishers.
+async fn push_u1_video(s1: &mut Sfu) -> Value {
+    let publishers = json!([{"pusherId": "u1-video", "rtpParam": rtp_param(4242)}]);
+    s1.notify(
+        "push",
+        json!({"roomId": "room1", "userId": "u1", "userName": "Ann", "publishers": publishers}),
+    )
+    .await;
+    publishers
+}
+
 async fn two_named_sfus_in_room1(addr: std::net::SocketAddr) -> (Sfu, Sfu) {
     let mut s1 = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-1").await;
     let mut s2 = Sfu::connect_to(addr, true, "/pilot/center?peer=sfu-2").await;
@@ -309,12 +320,7 @@ async fn an_sfu_that_reconnects_within_the_grace_keeps_its_users_and_streams() {
         let (server, clock) = common::start_with_grace(true).await;
         let addr = server.ws_addr();
         let (mut s1, mut s2) = two_named_sfus_in_room1(addr).await;
-        let publishers = json!([{"pusherId": "u1-video", "rtpParam": rtp_param(4242)}]);
-        s1.notify(
-            "push",
-            json!({"roomId": "room1", "userId": "u1", "userName": "Ann", "publishers": publishers}),
-        )
-        .await;
+        let publishers = push_u1_video(&mut s1).await;
         s2.expect("newPusher").await;
 
         // The link drops without a close frame.
@@ -441,12 +447,7 @@ async fn the_hubs_pulls_look_like_another_sfus_and_without_a_hub_a_second_pull_i
         .await;
         s1.expect("newUser").await;
         s2.expect("newUser").await;
-        let publishers = json!([{"pusherId": "u1-video", "rtpParam": rtp_param(4242)}]);
-        s1.notify(
-            "push",
-            json!({"roomId": "room1", "userId": "u1", "userName": "Ann", "publishers": publishers}),
-        )
-        .await;
+        push_u1_video(&mut s1).await;
         s2.expect("newPusher").await;
         s3.expect("newPusher").await;
         pull_in_turn([(&mut s2, 5002), (&mut s3, 5003)], "room1", "u1", 4242).await;

@@ -583,7 +583,6 @@ impl Center {
         let mut state = self.inner.state.lock();
         state.rooms.load(snap);
         state.registry.load(snap);
-        self.skip_session_ids(snap.sessions.iter().map(|s| s.session_id));
     }
 
     /// Applies an entry a durable local store kept, as it was applied
@@ -593,22 +592,8 @@ impl Center {
         let Some(kind) = entry.kind else {
             return;
         };
-        if let Kind::SessionOpen(o) = &kind {
-            self.skip_session_ids([o.session_id]);
-        }
         let mut state = self.inner.state.lock();
         state.apply("", kind, at, Tense::Past);
-    }
-
-    /// New sessions get ids above `ids` (those of a former process), so a
-    /// restarted center never reuses one in its log or its feed.
-    fn skip_session_ids(&self, ids: impl IntoIterator<Item = SessionId>) {
-        let number = self.inner.store.node_number();
-        for sid in ids.into_iter().filter(|sid| node_of(*sid) == number) {
-            self.inner
-                .next_session
-                .fetch_max((sid & 0xffff_ffff) + 1, Ordering::Relaxed);
-        }
     }
 
     /// After a restart: every session the loaded state lists belonged to

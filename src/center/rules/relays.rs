@@ -120,10 +120,8 @@ impl Rules {
 
     /// The relay changed: its MSU (when live) hears it whole; the feed too.
     fn relay_changed(&self, relay: &proto::Relay, fx: &mut Effects) {
-        if let Some(session) = (!relay.msu_id.is_empty())
-            .then(|| self.msus.session_of(&relay.msu_id))
-            .flatten()
-        {
+        // An MSU id is never empty: a relay without one finds no session.
+        if let Some(session) = self.msus.session_of(&relay.msu_id) {
             fx.send(vec![session], peer_event::Kind::Relay(relay.clone()));
         }
         fx.event(
@@ -178,10 +176,8 @@ impl Rules {
             msu_id: relay.msu_id.clone(),
             reason: reason.to_owned(),
         };
-        if let Some(session) = (!relay.msu_id.is_empty())
-            .then(|| self.msus.session_of(&relay.msu_id))
-            .flatten()
-        {
+        // An MSU id is never empty: a relay without one finds no session.
+        if let Some(session) = self.msus.session_of(&relay.msu_id) {
             fx.send(vec![session], peer_event::Kind::RelayEnded(ended.clone()));
         }
         fx.event(room_id, EventKind::RelayEnded, Event::RelayEnded(ended));
