@@ -320,17 +320,28 @@ fn take_epoch(dir: &Path) -> Result<u32, FileStoreError> {
     if epoch > MAX_EPOCH {
         return Err(bad(format!("{epoch} is past the last epoch, {MAX_EPOCH}")));
     }
-    let tmp = dir.join("epoch.tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(format!("{epoch}\n").as_bytes())?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, &path)?;
-        File::open(dir)?.sync_all()
-    };
-    write().map_err(io(&path))?;
+    replace_synced(dir, "epoch", |f| {
+        f.write_all(format!("{epoch}\n").as_bytes())
+    })
+    .map_err(io(&path))?;
     Ok(epoch)
+}
+
+/// Replaces `dir/name` as a whole or not at all: `write` fills
+/// `name.tmp`, which is synced and renamed over it, then the directory is
+/// synced.
+fn replace_synced(
+    dir: &Path,
+    name: &str,
+    write: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = File::create(&tmp)?;
+    write(&mut f)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(name))?;
+    File::open(dir)?.sync_all()
 }
 
 /// Writes the snapshot of `state` as the one before segment `next`:
@@ -338,19 +349,15 @@ fn take_epoch(dir: &Path) -> Result<u32, FileStoreError> {
 /// `next` go.
 fn write_snapshot(dir: &Path, next: u64, state: FrozenState) -> std::io::Result<usize> {
     let body = state.into_snapshot().encode_to_vec();
-    let tmp = dir.join("snapshot.tmp");
-    let mut f = File::create(&tmp)?;
     let mut head = Vec::with_capacity(28);
     head.extend_from_slice(SNAPSHOT_MAGIC);
     head.extend_from_slice(&next.to_le_bytes());
     head.extend_from_slice(&(body.len() as u64).to_le_bytes());
     head.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    f.write_all(&head)?;
-    f.write_all(&body)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, dir.join("snapshot"))?;
-    File::open(dir)?.sync_all()?;
+    replace_synced(dir, "snapshot", |f| {
+        f.write_all(&head)?;
+        f.write_all(&body)
+    })?;
     for generation in segments(dir).map_err(|e| std::io::Error::other(e.to_string()))? {
         if generation < next {
             std::fs::remove_file(segment_path(dir, generation))?;
