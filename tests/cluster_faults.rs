@@ -851,11 +851,11 @@ async fn nothing_a_session_of_a_lost_lease_sends_reaches_another_node() {
         let Some(redis) = RedisServer::start("dead-lease", false).await else {
             return;
         };
-        // A 2 s lease: short enough to lapse quickly, long enough that a
+        // A 3 s lease: short enough to lapse quickly, long enough that a
         // loaded machine does not make it lapse between the pauses.
         let mut paused = Binary::start(
             "cluster-dead-lease",
-            &node_yaml_with_lease(&redis.url(), "paused", 2),
+            &node_yaml_with_lease(&redis.url(), "paused", 3),
             &["--log-level", "info"],
         )
         .await;
@@ -870,7 +870,12 @@ async fn nothing_a_session_of_a_lost_lease_sends_reaches_another_node() {
             if round > 0 {
                 // The SFU back on the node under its new lease: its user is
                 // its own again.
-                a = Sfu::connect_to(paused_ws, false, "/pilot/center?peer=sfu-a").await;
+                // (Refused with 503 while the node is not ready again: the
+                // real SFU retries, and so does this one.)
+                a = common::retry("the SFU back on its node", || {
+                    Sfu::try_connect_to(paused_ws, false, "/pilot/center?peer=sfu-a")
+                })
+                .await;
                 assert_eq!(b.expect("userReConnect").await["userId"], json!("u1"));
             }
             a.expect_silence().await;

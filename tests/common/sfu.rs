@@ -138,12 +138,25 @@ impl Sfu {
     /// Connects with `subpath` as the SFU's configured path, e.g.
     /// `/pilot/center?peer=sfu-1` to give itself an identity.
     pub async fn connect_to(addr: std::net::SocketAddr, tls: bool, subpath: &str) -> Sfu {
+        Self::try_connect_to(addr, tls, subpath)
+            .await
+            .unwrap_or_else(|e| panic!("the SFU accepts the 101: {e}"))
+    }
+
+    /// Connects like [`Sfu::connect_to`]; a refused upgrade (503 while the
+    /// center cannot take sessions) is an error to retry on, as the real
+    /// SFU does.
+    pub async fn try_connect_to(
+        addr: std::net::SocketAddr,
+        tls: bool,
+        subpath: &str,
+    ) -> Result<Sfu, String> {
         tokio::time::timeout(super::WAIT, Self::open(addr, tls, subpath))
             .await
             .expect("the SFU connects in time")
     }
 
-    async fn open(addr: std::net::SocketAddr, tls: bool, subpath: &str) -> Sfu {
+    async fn open(addr: std::net::SocketAddr, tls: bool, subpath: &str) -> Result<Sfu, String> {
         let tcp = TcpStream::connect(addr).await.expect("tcp connect");
         tcp.set_nodelay(true).ok();
         let std_tcp = tcp.into_std().expect("std");
@@ -166,7 +179,7 @@ impl Sfu {
         // One read, as the SFU does: the head must be complete in it.
         let mut buf = vec![0u8; 4096];
         let n = io.read(&mut buf).await.expect("read 101");
-        let trailing = parse_101_like_sfu(&buf[..n], key).expect("the SFU accepts the 101");
+        let trailing = parse_101_like_sfu(&buf[..n], key)?;
         assert_eq!(
             trailing, 0,
             "nothing may follow the 101 until the SFU speaks (it would be discarded)"
@@ -210,7 +223,7 @@ impl Sfu {
                 }
             }
         });
-        Sfu {
+        Ok(Sfu {
             writer,
             inbox,
             pending: VecDeque::new(),
@@ -223,7 +236,7 @@ impl Sfu {
             close_code,
             tcp: clone,
             tasks: vec![read_task, ping_task],
-        }
+        })
     }
 
     /// Sends a text message as one masked FIN frame.
