@@ -30,15 +30,20 @@ struct EventStream {
 }
 
 impl EventStream {
+    /// Sends the request and waits for the response head.
     async fn open(admin: SocketAddr, path: &str) -> Self {
         let mut tcp = TcpStream::connect(admin).await.unwrap();
         tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\n\r\n").as_bytes())
             .await
             .unwrap();
-        Self {
+        let mut stream = Self {
             tcp,
             seen: String::new(),
-        }
+        };
+        // The center subscribes before it answers, so the response's head is
+        // the barrier after which every event reaches this stream.
+        stream.until("\r\n\r\n").await;
+        stream
     }
 
     /// Reads until what arrived contains `needle`; returns all of it.
