@@ -94,6 +94,7 @@ async fn round_hub(load: Load, dests: usize) -> Round {
             0,
             512,
             Duration::from_millis(500),
+            None,
         )
         .await
         .unwrap(),
@@ -106,6 +107,7 @@ async fn round_hub(load: Load, dests: usize) -> Round {
                 pusher_id: "v".into(),
                 ssrc: 1000 + i,
                 rtx_ssrc: 0,
+                codec: "H264".into(),
             }],
             destinations: addrs
                 .iter()
@@ -114,6 +116,7 @@ async fn round_hub(load: Load, dests: usize) -> Round {
                     pusher_ids: vec!["v".into()],
                 })
                 .collect(),
+            recording_id: String::new(),
         });
     }
     let to = hub.local_addr().unwrap();

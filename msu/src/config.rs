@@ -15,6 +15,31 @@ pub struct Config {
     pub msu: Identity,
     /// Where the hub's media socket is.
     pub media: Media,
+    /// Where recordings are written.
+    #[serde(default)]
+    pub recording: Recording,
+}
+
+/// Recording settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recording {
+    /// The directory recordings are written under (one directory per
+    /// recording); created when needed.
+    #[serde(default = "default_recording_dir")]
+    pub dir: std::path::PathBuf,
+}
+
+impl Default for Recording {
+    fn default() -> Self {
+        Self {
+            dir: default_recording_dir(),
+        }
+    }
+}
+
+fn default_recording_dir() -> std::path::PathBuf {
+    "recordings".into()
 }
 
 /// How to reach the center.

@@ -16,12 +16,13 @@
 //! packet is sent with `try_send_to` (a full socket buffer drops it, and it
 //! is counted).
 
+use crate::record::{Recorder, Store, TrackSpec};
 use rtcp_types::prelude::*;
 use rtcp_types::{Compound, Fir, Nack, Packet, PayloadFeedback, Pli, TransportFeedback};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 
@@ -40,6 +41,8 @@ pub struct Track {
     pub ssrc: u32,
     /// Its retransmission SSRC (0: none).
     pub rtx_ssrc: u32,
+    /// Its codec, as `rtpParam` names it (`H264`, `opus`).
+    pub codec: String,
 }
 
 /// A destination: where the tracks it pulled go.
@@ -60,6 +63,8 @@ pub struct RelaySpec {
     pub tracks: Vec<Track>,
     /// Where they go.
     pub destinations: Vec<Destination>,
+    /// The recording the hub writes this publisher into ("": none).
+    pub recording_id: String,
 }
 
 /// Counters of the hub's work (monotonic).
@@ -169,6 +174,8 @@ struct Relay {
     packets_in: u64,
     /// RTP packets sent to destinations (retransmissions included).
     packets_out: u64,
+    /// Writes the publisher's media, while it is recorded.
+    recorder: Option<Recorder>,
 }
 
 /// One relay's counters, for the center (`relayStats`) and the log.
@@ -225,6 +232,7 @@ impl Table {
 /// See the module docs.
 pub struct Hub {
     socket: UdpSocket,
+    store: Option<Arc<Store>>,
     table: Mutex<Table>,
     stats: Stats,
     history_packets: usize,
@@ -249,13 +257,15 @@ pub enum HubError {
 }
 
 impl Hub {
-    /// Binds the first free port of `min..=max` on `ip`.
+    /// Binds the first free port of `min..=max` on `ip`; recordings go to
+    /// `store` (none: a relay asked to record is relayed only).
     pub async fn bind(
         ip: IpAddr,
         min: u16,
         max: u16,
         history_packets: usize,
         keyframe_interval: Duration,
+        store: Option<Arc<Store>>,
     ) -> Result<Hub, HubError> {
         let mut last = std::io::Error::other("empty range");
         for port in min..=max {
@@ -263,6 +273,7 @@ impl Hub {
                 Ok(socket) => {
                     return Ok(Hub {
                         socket,
+                        store,
                         table: Mutex::default(),
                         stats: Stats::default(),
                         history_packets: history_packets.max(1),
@@ -314,10 +325,11 @@ impl Hub {
             Some(relay) => {
                 relay.spec = spec;
                 relay.routes = routes;
+                self.reconcile_recorder(relay);
             }
             None => {
                 table.relays.insert(
-                    key,
+                    key.clone(),
                     Relay {
                         spec,
                         source: None,
@@ -327,11 +339,75 @@ impl Hub {
                         reports: HashMap::new(),
                         packets_in: 0,
                         packets_out: 0,
+                        recorder: None,
                     },
                 );
+                if let Some(relay) = table.relays.get_mut(&key) {
+                    self.reconcile_recorder(relay);
+                }
             }
         }
         table.reindex();
+    }
+
+    /// Starts, keeps, restarts (its tracks changed: a new part) or stops
+    /// the relay's recorder as its spec says.
+    fn reconcile_recorder(&self, relay: &mut Relay) {
+        let tracks: Vec<TrackSpec> = relay
+            .spec
+            .tracks
+            .iter()
+            .map(|t| TrackSpec {
+                pusher_id: t.pusher_id.clone(),
+                ssrc: t.ssrc,
+                codec: t.codec.clone(),
+            })
+            .collect();
+        let want = &relay.spec.recording_id;
+        let keep = relay
+            .recorder
+            .as_ref()
+            .is_some_and(|r| r.recording_id() == want && r.tracks() == tracks);
+        if keep {
+            return;
+        }
+        // Dropped, its thread closes the file by itself.
+        relay.recorder = None;
+        let (Some(store), false) = (&self.store, want.is_empty()) else {
+            return;
+        };
+        let (room_id, user_id) = &relay.spec.key;
+        tracing::info!(recording.id = %want, room.id = %room_id, user.id = %user_id, "recording");
+        relay.recorder = Some(Recorder::start(
+            store.clone(),
+            want,
+            room_id,
+            user_id,
+            tracks,
+        ));
+    }
+
+    /// Stops every recorder and waits until their files are closed (at
+    /// shutdown).
+    pub fn finish_recordings(&self) {
+        let recorders: Vec<Recorder> = self
+            .table()
+            .relays
+            .values_mut()
+            .filter_map(|r| r.recorder.take())
+            .collect();
+        for r in recorders {
+            r.finish();
+        }
+    }
+
+    /// How many publishers are being recorded.
+    pub fn recording(&self) -> usize {
+        self.table()
+            .relays
+            .values()
+            .filter(|r| r.recorder.is_some())
+            .count()
     }
 
     /// The relay `key` ends.
@@ -429,6 +505,22 @@ impl Hub {
         }
         Stats::add(&self.stats.rtp_out, sent);
         relay.packets_out += sent;
+        let keyframe = relay.recorder.as_ref().and_then(|r| {
+            r.rtp(packet);
+            // The recorder needs a key frame (it starts, or lost one).
+            r.wants_keyframe
+                .swap(false, Ordering::Relaxed)
+                .then(|| {
+                    r.tracks()
+                        .iter()
+                        .find(|t| t.codec.eq_ignore_ascii_case("h264"))
+                })
+                .flatten()
+                .map(|t| t.ssrc)
+        });
+        if let Some(video) = keyframe {
+            self.keyframe_request(&mut table, video);
+        }
         if learned {
             tracing::info!(room.id = %key.0, pusher.user = %key.1, source = %from, "publisher's SFU sends here");
             table.reindex();
@@ -438,8 +530,12 @@ impl Hub {
     fn on_rtcp(&self, from: SocketAddr, packet: &[u8]) {
         let mut table = self.table();
         if let Some(key) = table.by_source.get(&from).cloned() {
-            // The publisher's SFU (sender reports): on to its destinations.
+            // The publisher's SFU (sender reports): on to its destinations
+            // and its recorder.
             if let Some(relay) = table.relays.get(&key) {
+                if let Some(r) = &relay.recorder {
+                    r.rtcp(packet);
+                }
                 for (addr, _) in &relay.routes {
                     if self.send(packet, *addr) {
                         Stats::add(&self.stats.rtcp_forwarded, 1);
@@ -630,17 +726,20 @@ mod tests {
                     pusher_id: "v".into(),
                     ssrc: 1,
                     rtx_ssrc: 2,
+                    codec: "H264".into(),
                 },
                 Track {
                     pusher_id: "a".into(),
                     ssrc: 3,
                     rtx_ssrc: 0,
+                    codec: "opus".into(),
                 },
             ],
             destinations: vec![Destination {
                 addr,
                 pusher_ids: vec!["v".into()],
             }],
+            recording_id: String::new(),
         };
         assert_eq!(routes_of(&spec), vec![(addr, vec![1, 2])]);
     }

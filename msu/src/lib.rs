@@ -9,6 +9,7 @@
 pub mod config;
 pub mod hub;
 pub mod link;
+pub mod record;
 
 use config::Config;
 use hub::Hub;
@@ -46,6 +47,8 @@ pub async fn start(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(Msu, tokio::task::JoinHandle<()>)> {
     let m = &config.media;
+    let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let store = Arc::new(record::Store::new(config.recording.dir.clone(), events_tx));
     let hub = Arc::new(
         Hub::bind(
             m.listen_ip,
@@ -53,6 +56,7 @@ pub async fn start(
             m.port_max,
             m.history_packets,
             Duration::from_millis(m.keyframe_interval_ms),
+            Some(store.clone()),
         )
         .await?,
     );
@@ -85,10 +89,12 @@ pub async fn start(
                 }
             };
             tokio::select! {
-                () = link::run(config, hub.clone(), media, incarnation, state, stop) => {}
+                () = link::run(config, hub.clone(), store.clone(), events, media, incarnation, state, stop) => {}
                 () = serve => {}
                 () = summary => {}
             }
+            // Every file written up to its last sample and closed.
+            let _ = tokio::task::spawn_blocking(move || hub.finish_recordings()).await;
         })
     };
     Ok((

@@ -7,9 +7,11 @@
 
 use crate::config::Config;
 use crate::hub::{Destination, Hub, Key, RelaySpec, Track};
+use crate::record::{EventKind, RecordingEvent, Store};
 use futures_util::{SinkExt, StreamExt};
 use pilot_center::protoo::{self, Message};
 use serde::Deserialize;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,9 +38,12 @@ enum SessionError {
 }
 
 /// Serves the center until `stop` resolves: one session after another.
+#[allow(clippy::too_many_arguments)] // the link's parts, each used once
 pub async fn run(
     config: Config,
     hub: Arc<Hub>,
+    store: Arc<Store>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<RecordingEvent>,
     media: SocketAddr,
     incarnation: String,
     state: Arc<LinkState>,
@@ -46,8 +51,18 @@ pub async fn run(
 ) {
     tokio::pin!(stop);
     let mut backoff = Duration::from_secs(1);
+    // Recording events not yet told to the center: kept across sessions.
+    let mut unsent = VecDeque::new();
     loop {
-        let session = session(&config, &hub, media, &incarnation, &state);
+        let session = session(
+            &config,
+            &hub,
+            &store,
+            (&mut events, &mut unsent),
+            media,
+            &incarnation,
+            &state,
+        );
         tokio::select! {
             () = &mut stop => return,
             ended = session => match ended {
@@ -132,6 +147,11 @@ async fn connect(config: &Config, incarnation: &str) -> Result<Ws, SessionError>
 async fn session(
     config: &Config,
     hub: &Hub,
+    store: &Store,
+    (events, unsent): (
+        &mut tokio::sync::mpsc::UnboundedReceiver<RecordingEvent>,
+        &mut VecDeque<RecordingEvent>,
+    ),
     media: SocketAddr,
     incarnation: &str,
     state: &LinkState,
@@ -148,8 +168,18 @@ async fn session(
     let mut report = tokio::time::interval(Duration::from_secs(config.center.stats_secs.max(1)));
     report.tick().await;
     loop {
+        // Told in order; one is dropped only once the link took it.
+        while let Some(event) = unsent.front() {
+            ws.send(protoo::notification("recordingStatus", &recording_status(event)).into())
+                .await?;
+            unsent.pop_front();
+        }
         let frame = tokio::select! {
             f = ws.next() => f,
+            Some(event) = events.recv() => {
+                unsent.push_back(event);
+                continue;
+            }
             _ = heartbeat.tick() => {
                 next_id += 1;
                 ws.send(protoo::request(next_id, "echo", b"{}").into()).await?;
@@ -215,10 +245,63 @@ async fn session(
                     }
                     Err(e) => tracing::warn!(error = %e, "unreadable relayEnd from the center"),
                 },
+                "recordingDelete" => {
+                    match serde_json::from_str::<RecordingDeleteWire>(data.get()) {
+                        Ok(d) if crate::record::valid_id(&d.recording_id) => {
+                            // Files of a recording still written stay (the center
+                            // deletes stopped recordings only).
+                            let dir = store.dir_of(&d.recording_id);
+                            match std::fs::remove_dir_all(&dir) {
+                                Ok(()) => {
+                                    tracing::info!(recording.id = %d.recording_id, "recording deleted")
+                                }
+                                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                                Err(e) => {
+                                    tracing::warn!(recording.id = %d.recording_id, error = %e, "recording not deleted")
+                                }
+                            }
+                            store.forget(&d.recording_id);
+                        }
+                        Ok(d) => {
+                            tracing::warn!(recording.id = %d.recording_id, "not a recording id")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "unreadable recordingDelete from the center")
+                        }
+                    }
+                }
                 _ => {}
             },
         }
     }
+}
+
+/// The `recordingStatus` data for `event`.
+fn recording_status(event: &RecordingEvent) -> Vec<u8> {
+    let mut data = serde_json::json!({"recordingId": event.recording_id,
+        "roomId": event.room_id, "userId": event.user_id});
+    match &event.kind {
+        EventKind::FileStarted { file } => {
+            data["state"] = "fileStarted".into();
+            data["file"] = file.clone().into();
+        }
+        EventKind::FileEnded { file, bytes } => {
+            data["state"] = "fileEnded".into();
+            data["file"] = file.clone().into();
+            data["bytes"] = (*bytes).into();
+        }
+        EventKind::Failed { reason } => {
+            data["state"] = "failed".into();
+            data["reason"] = reason.clone().into();
+        }
+    }
+    data.to_string().into_bytes()
+}
+
+#[derive(Deserialize)]
+struct RecordingDeleteWire {
+    #[serde(rename = "recordingId")]
+    recording_id: String,
 }
 
 /// The `relayStats` data for `counters`.
@@ -245,6 +328,9 @@ struct RelayWire {
     pushers: Vec<PusherWire>,
     #[serde(default)]
     destinations: Vec<DestinationWire>,
+    /// The recording this publisher is written into (absent: none).
+    #[serde(rename = "recordingId", default)]
+    recording_id: String,
 }
 
 #[derive(Deserialize)]
@@ -293,6 +379,7 @@ pub fn relay_spec(data: &str) -> Result<RelaySpec, String> {
             pusher_id: p.pusher_id.clone(),
             ssrc: ssrc(&p.rtp_param["ssrc"]),
             rtx_ssrc: ssrc(&p.rtp_param["rtx_ssrc"]),
+            codec: p.rtp_param["codec"].as_str().unwrap_or_default().to_owned(),
         })
         .collect();
     let destinations = w
@@ -310,6 +397,7 @@ pub fn relay_spec(data: &str) -> Result<RelaySpec, String> {
         key,
         tracks,
         destinations,
+        recording_id: w.recording_id,
     })
 }
 

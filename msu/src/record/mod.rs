@@ -1,0 +1,959 @@
+//! Recording: the MSU writes what its hub relays for a publisher into one
+//! fragmented MP4 file per user ([`fmp4`]), H264 ([`h264`]) and Opus
+//! timed by their RTP timestamps, and a manifest per recording.
+//!
+//! Each recorded user has a thread of its own ([`Recorder`]): the hub hands
+//! it packets through a bounded queue (never waiting: a full queue drops
+//! the packet and counts it), so file writes never hold up the media path.
+//! Memory per stream is bounded by that queue, a reorder window of
+//! [`REORDER_PACKETS`], at most [`AUDIO_WAIT`] of audio held while the first
+//! key frame is awaited, and one fragment (a second of media).
+//!
+//! Layout: `DIR/RECORDING/manifest.json` and `DIR/RECORDING/USER-N.mp4`,
+//! one file per user and part (a new part when the MSU comes back, or when
+//! a user's tracks change). The manifest says who, which tracks and codecs,
+//! and each file's wall-clock start and end.
+
+pub mod fmp4;
+pub mod h264;
+
+use fmp4::{Fmp4File, Sample, TrackKind};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Packets queued per recorded user before the hub drops them.
+pub const QUEUE_PACKETS: usize = 4096;
+/// Packets held to put a reordered video stream back in sequence.
+pub const REORDER_PACKETS: usize = 64;
+/// Audio held while the first key frame is awaited; past it an audio-only
+/// part starts (and a new part with video once a key frame comes).
+pub const AUDIO_WAIT: Duration = Duration::from_secs(5);
+
+/// A track to record, as the relay names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackSpec {
+    /// The pusher id.
+    pub pusher_id: String,
+    /// Its media SSRC.
+    pub ssrc: u32,
+    /// Its codec name as `rtpParam` gives it (`H264`, `opus`).
+    pub codec: String,
+}
+
+/// What happened to a recording, for the center (`recordingStatus`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingEvent {
+    /// The recording.
+    pub recording_id: String,
+    /// The room.
+    pub room_id: String,
+    /// The recorded user.
+    pub user_id: String,
+    /// What.
+    pub kind: EventKind,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    /// A file was started.
+    FileStarted {
+        /// Its name in the recording's directory.
+        file: String,
+    },
+    /// A file was closed.
+    FileEnded {
+        /// Its name.
+        file: String,
+        /// Its size.
+        bytes: u64,
+    },
+    /// Something could not be recorded (a full disk, an unknown codec).
+    Failed {
+        /// Why, for a person.
+        reason: String,
+    },
+}
+
+/// One file of a recording, in its manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestFile {
+    /// The user.
+    pub user_id: String,
+    /// The file's name in the recording's directory.
+    pub file: String,
+    /// Its tracks.
+    pub tracks: Vec<ManifestTrack>,
+    /// Wall-clock time of its first sample (Unix ms).
+    pub started_at_unix_ms: u64,
+    /// When it was closed (Unix ms); absent while it is written, or when
+    /// the MSU was killed (the file is readable up to its last fragment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at_unix_ms: Option<u64>,
+    /// Its size when closed.
+    #[serde(default)]
+    pub bytes: u64,
+}
+
+/// One track of a file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestTrack {
+    /// `video` or `audio`.
+    pub kind: String,
+    /// `H264` or `opus`.
+    pub codec: String,
+    /// The publisher's SSRC.
+    pub ssrc: u32,
+    /// The pusher id.
+    pub pusher_id: String,
+    /// Picture size (video).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u16>,
+    /// Picture size (video).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u16>,
+}
+
+/// A recording's manifest (`manifest.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    /// The recording.
+    pub recording_id: String,
+    /// The room.
+    pub room_id: String,
+    /// Its files, in the order they were started.
+    pub files: Vec<ManifestFile>,
+}
+
+/// Why a recording could not be kept.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An id that cannot name a directory.
+    #[error("not a recording id: {0:?}")]
+    BadId(String),
+    /// The file system refused.
+    #[error("{path}: {error}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+}
+
+/// Where recordings are kept, and their manifests.
+pub struct Store {
+    dir: PathBuf,
+    manifests: Mutex<HashMap<String, Manifest>>,
+    events: tokio::sync::mpsc::UnboundedSender<RecordingEvent>,
+}
+
+/// Whether `id` can name a directory: letters, digits, `-` and `_`.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A user id as a file name: kept when plain, else hex-escaped byte by byte
+/// (`%xx`), so two ids never share a name.
+pub fn file_stem(user_id: &str) -> String {
+    let mut out = String::new();
+    for b in user_id.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02x}"));
+        }
+    }
+    if out.is_empty() { "%".into() } else { out }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Store {
+    /// Recordings under `dir` (created when needed); what happens is sent
+    /// to `events`.
+    pub fn new(dir: PathBuf, events: tokio::sync::mpsc::UnboundedSender<RecordingEvent>) -> Self {
+        Self {
+            dir,
+            manifests: Mutex::default(),
+            events,
+        }
+    }
+
+    /// The directory of recording `id`.
+    pub fn dir_of(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Manifest>> {
+        self.manifests.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets what it held of recording `id` (deleted).
+    pub fn forget(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    /// The manifest of `id` as it stands (read from disk the first time).
+    pub fn manifest(&self, id: &str) -> Option<Manifest> {
+        let mut all = self.lock();
+        if let Some(m) = all.get(id) {
+            return Some(m.clone());
+        }
+        let text = std::fs::read_to_string(self.dir_of(id).join("manifest.json")).ok()?;
+        let m: Manifest = serde_json::from_str(&text).ok()?;
+        all.insert(id.to_owned(), m.clone());
+        Some(m)
+    }
+
+    fn emit(&self, recording_id: &str, room_id: &str, user_id: &str, kind: EventKind) {
+        let _ = self.events.send(RecordingEvent {
+            recording_id: recording_id.to_owned(),
+            room_id: room_id.to_owned(),
+            user_id: user_id.to_owned(),
+            kind,
+        });
+    }
+
+    /// Changes the manifest of `recording_id` with `change` and writes it
+    /// (a new file, synced, renamed over the old one).
+    fn update(
+        &self,
+        recording_id: &str,
+        room_id: &str,
+        change: impl FnOnce(&mut Manifest),
+    ) -> Result<(), StoreError> {
+        let dir = self.dir_of(recording_id);
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |error| StoreError::Io { path, error }
+        };
+        // Loaded first, so that an MSU back after a restart appends.
+        let _ = self.manifest(recording_id);
+        let mut all = self.lock();
+        let m = all
+            .entry(recording_id.to_owned())
+            .or_insert_with(|| Manifest {
+                recording_id: recording_id.to_owned(),
+                room_id: room_id.to_owned(),
+                files: Vec::new(),
+            });
+        change(m);
+        let text = serde_json::to_vec_pretty(m).unwrap_or_default();
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let tmp = dir.join("manifest.json.tmp");
+        std::fs::write(&tmp, &text).map_err(io(&tmp))?;
+        let path = dir.join("manifest.json");
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        Ok(())
+    }
+
+    /// A new file for `user_id` in recording `recording_id`: the next free
+    /// part number.
+    fn new_file(
+        &self,
+        recording_id: &str,
+        room_id: &str,
+        user_id: &str,
+        tracks: &[TrackKind],
+        specs: &[&TrackSpec],
+        started: SystemTime,
+    ) -> Result<Fmp4File, StoreError> {
+        let dir = self.dir_of(recording_id);
+        std::fs::create_dir_all(&dir).map_err(|error| StoreError::Io {
+            path: dir.clone(),
+            error,
+        })?;
+        let stem = file_stem(user_id);
+        let mut part = 1;
+        let (file, name) = loop {
+            let name = format!("{stem}-{part}.mp4");
+            match Fmp4File::create(&dir.join(&name), tracks) {
+                Ok(f) => break (f, name),
+                Err(fmp4::WriteError::Io { error, .. })
+                    if error.kind() == std::io::ErrorKind::AlreadyExists =>
+                {
+                    part += 1;
+                }
+                Err(fmp4::WriteError::Io { path, error }) => {
+                    return Err(StoreError::Io { path, error });
+                }
+                Err(e) => {
+                    return Err(StoreError::Io {
+                        path: dir.join(&name),
+                        error: std::io::Error::other(e.to_string()),
+                    });
+                }
+            }
+        };
+        let entry = ManifestFile {
+            user_id: user_id.to_owned(),
+            file: name.clone(),
+            tracks: tracks
+                .iter()
+                .zip(specs)
+                .map(|(kind, spec)| match kind {
+                    TrackKind::H264 { width, height, .. } => ManifestTrack {
+                        kind: "video".into(),
+                        codec: "H264".into(),
+                        ssrc: spec.ssrc,
+                        pusher_id: spec.pusher_id.clone(),
+                        width: Some(*width),
+                        height: Some(*height),
+                    },
+                    TrackKind::Opus { .. } => ManifestTrack {
+                        kind: "audio".into(),
+                        codec: "opus".into(),
+                        ssrc: spec.ssrc,
+                        pusher_id: spec.pusher_id.clone(),
+                        width: None,
+                        height: None,
+                    },
+                })
+                .collect(),
+            started_at_unix_ms: unix_ms(started),
+            ended_at_unix_ms: None,
+            bytes: 0,
+        };
+        self.update(recording_id, room_id, |m| m.files.push(entry))?;
+        self.emit(
+            recording_id,
+            room_id,
+            user_id,
+            EventKind::FileStarted { file: name },
+        );
+        Ok(file)
+    }
+
+    fn end_file(&self, recording_id: &str, room_id: &str, user_id: &str, file: &str, bytes: u64) {
+        let now = unix_ms(SystemTime::now());
+        let updated = self.update(recording_id, room_id, |m| {
+            if let Some(f) = m.files.iter_mut().rev().find(|f| f.file == file) {
+                f.ended_at_unix_ms = Some(now);
+                f.bytes = bytes;
+            }
+        });
+        if let Err(e) = updated {
+            tracing::warn!(recording.id = recording_id, error = %e, "manifest not updated");
+        }
+        self.emit(
+            recording_id,
+            room_id,
+            user_id,
+            EventKind::FileEnded {
+                file: file.to_owned(),
+                bytes,
+            },
+        );
+    }
+}
+
+/// What the hub hands a recorder.
+enum Input {
+    Rtp(Vec<u8>, SystemTime),
+    Rtcp(Vec<u8>),
+}
+
+/// A recorded user, as the hub holds it: dropping it ends the recording
+/// of that user (its thread writes what it holds and closes the file).
+pub struct Recorder {
+    recording_id: String,
+    tracks: Vec<TrackSpec>,
+    tx: Option<SyncSender<Input>>,
+    /// Set by the recorder when it needs a key frame (at the start, after a
+    /// loss); the hub asks the publisher's SFU and clears it.
+    pub wants_keyframe: Arc<AtomicBool>,
+    /// Packets dropped because the queue was full.
+    pub dropped: AtomicU64,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Recorder {
+    /// Starts recording `user_id` of `room_id` into recording
+    /// `recording_id` of `store`.
+    pub fn start(
+        store: Arc<Store>,
+        recording_id: &str,
+        room_id: &str,
+        user_id: &str,
+        tracks: Vec<TrackSpec>,
+    ) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_PACKETS);
+        let wants_keyframe = Arc::new(AtomicBool::new(true));
+        let writer = Writer::new(
+            store,
+            recording_id.to_owned(),
+            room_id.to_owned(),
+            user_id.to_owned(),
+            &tracks,
+            wants_keyframe.clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name(format!("record {user_id}"))
+            .spawn(move || writer.run(rx))
+            .map_err(|e| tracing::error!(error = %e, "recorder thread not started"))
+            .ok();
+        Self {
+            recording_id: recording_id.to_owned(),
+            tracks,
+            tx: Some(tx),
+            wants_keyframe,
+            dropped: AtomicU64::new(0),
+            thread,
+        }
+    }
+
+    /// The recording it writes.
+    pub fn recording_id(&self) -> &str {
+        &self.recording_id
+    }
+
+    /// The tracks it records.
+    pub fn tracks(&self) -> &[TrackSpec] {
+        &self.tracks
+    }
+
+    fn offer(&self, input: Input) {
+        if let Some(tx) = &self.tx
+            && let Err(TrySendError::Full(_)) = tx.try_send(input)
+        {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// An RTP packet of the user's (never waits).
+    pub fn rtp(&self, packet: &[u8]) {
+        self.offer(Input::Rtp(packet.to_vec(), SystemTime::now()));
+    }
+
+    /// An RTCP packet from the user's SFU (sender reports time the tracks).
+    pub fn rtcp(&self, packet: &[u8]) {
+        self.offer(Input::Rtcp(packet.to_vec()));
+    }
+
+    /// Ends the recording of this user and waits until its file is closed.
+    pub fn finish(mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        // The thread sees the queue close and finishes by itself.
+        self.tx = None;
+    }
+}
+
+/// Sequence numbers and timestamps extended past their wrap.
+#[derive(Debug, Default, Clone, Copy)]
+struct Unwrap {
+    last: Option<i64>,
+}
+
+impl Unwrap {
+    fn seq(&mut self, v: u16) -> i64 {
+        self.next(i64::from(v), 1 << 16)
+    }
+
+    fn ts(&mut self, v: u32) -> i64 {
+        self.next(i64::from(v), 1 << 32)
+    }
+
+    fn next(&mut self, v: i64, modulo: i64) -> i64 {
+        let out = match self.last {
+            None => v,
+            Some(last) => {
+                let mut d = (v - last.rem_euclid(modulo)).rem_euclid(modulo);
+                if d > modulo / 2 {
+                    d -= modulo;
+                }
+                last + d
+            }
+        };
+        if self.last.is_none_or(|l| out > l) {
+            self.last = Some(out);
+        }
+        out
+    }
+}
+
+/// One incoming track's state.
+struct Track {
+    spec: TrackSpec,
+    video: bool,
+    seq: Unwrap,
+    ts: Unwrap,
+    /// (wall seconds, extended RTP timestamp) from the last sender report.
+    report: Option<(f64, u32)>,
+    /// (wall seconds, extended timestamp) of its first packet.
+    first: Option<(f64, i64)>,
+    next_seq: Option<i64>,
+    reorder: BTreeMap<i64, (Vec<u8>, f64)>,
+    depacketizer: h264::Depacketizer,
+    needs_keyframe: bool,
+    sps: Option<Vec<u8>>,
+    pps: Option<Vec<u8>>,
+}
+
+/// A sample on its way to a file: its track, wall time, timestamp.
+struct Pending {
+    track: usize,
+    wall: f64,
+    ts: i64,
+    data: Vec<u8>,
+    sync: bool,
+}
+
+/// The file being written and how its tracks map.
+struct Open {
+    file: Fmp4File,
+    name: String,
+    /// Incoming track index -> (file track index, dts offset, anchor ts).
+    map: HashMap<usize, (usize, i64, i64)>,
+    origin: f64,
+    with_video: bool,
+}
+
+/// The recorder's thread.
+struct Writer {
+    store: Arc<Store>,
+    recording_id: String,
+    room_id: String,
+    user_id: String,
+    tracks: Vec<Track>,
+    wants_keyframe: Arc<AtomicBool>,
+    waiting: VecDeque<Pending>,
+    open: Option<Open>,
+    failed: bool,
+}
+
+fn wall(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Writer {
+    fn new(
+        store: Arc<Store>,
+        recording_id: String,
+        room_id: String,
+        user_id: String,
+        specs: &[TrackSpec],
+        wants_keyframe: Arc<AtomicBool>,
+    ) -> Self {
+        let mut tracks = Vec::new();
+        for spec in specs {
+            let video = match spec.codec.to_ascii_lowercase().as_str() {
+                "h264" => true,
+                "opus" => false,
+                other => {
+                    store.emit(
+                        &recording_id,
+                        &room_id,
+                        &user_id,
+                        EventKind::Failed {
+                            reason: format!(
+                                "track {} ({other:?}): only H264 and Opus are recorded",
+                                spec.pusher_id
+                            ),
+                        },
+                    );
+                    continue;
+                }
+            };
+            tracks.push(Track {
+                spec: spec.clone(),
+                video,
+                seq: Unwrap::default(),
+                ts: Unwrap::default(),
+                report: None,
+                first: None,
+                next_seq: None,
+                reorder: BTreeMap::new(),
+                depacketizer: h264::Depacketizer::default(),
+                needs_keyframe: true,
+                sps: None,
+                pps: None,
+            });
+        }
+        Self {
+            store,
+            recording_id,
+            room_id,
+            user_id,
+            tracks,
+            wants_keyframe,
+            waiting: VecDeque::new(),
+            open: None,
+            failed: false,
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Input>) {
+        while let Ok(input) = rx.recv() {
+            if self.failed {
+                continue; // drained, so the hub never waits
+            }
+            match input {
+                Input::Rtp(packet, at) => self.rtp(&packet, wall(at)),
+                Input::Rtcp(packet) => self.rtcp(&packet),
+            }
+        }
+        // The stream ended: what reorder held goes in, then the file closes.
+        for i in 0..self.tracks.len() {
+            while let Some((&seq, _)) = self.tracks[i].reorder.first_key_value() {
+                self.tracks[i].next_seq = Some(seq);
+                self.drain(i);
+            }
+        }
+        self.close();
+    }
+
+    fn fail(&mut self, reason: String) {
+        tracing::error!(recording.id = %self.recording_id, user.id = %self.user_id, %reason, "recording failed");
+        self.store.emit(
+            &self.recording_id,
+            &self.room_id,
+            &self.user_id,
+            EventKind::Failed { reason },
+        );
+        self.failed = true;
+        self.open = None;
+    }
+
+    fn rtcp(&mut self, packet: &[u8]) {
+        let Ok(compound) = rtcp_types::Compound::parse(packet) else {
+            return;
+        };
+        for p in compound.flatten() {
+            if let rtcp_types::Packet::Sr(sr) = p
+                && let Some(t) = self.tracks.iter_mut().find(|t| t.spec.ssrc == sr.ssrc())
+            {
+                let ntp = sr.ntp_timestamp();
+                let secs = (ntp >> 32) as f64 - 2_208_988_800.0
+                    + (ntp & 0xffff_ffff) as f64 / 4_294_967_296.0;
+                t.report = Some((secs, sr.rtp_timestamp()));
+            }
+        }
+    }
+
+    fn rtp(&mut self, packet: &[u8], at: f64) {
+        let Ok(rtp) = rtp_types::RtpPacket::parse(packet) else {
+            return;
+        };
+        let Some(i) = self.tracks.iter().position(|t| t.spec.ssrc == rtp.ssrc()) else {
+            return; // RTX and tracks not recorded
+        };
+        let t = &mut self.tracks[i];
+        let seq = t.seq.seq(rtp.sequence_number());
+        if !t.video {
+            let ts = t.ts.ts(rtp.timestamp());
+            if t.next_seq.is_some_and(|n| seq < n) {
+                return; // late or repeated
+            }
+            t.next_seq = Some(seq + 1);
+            let data = rtp.payload().to_vec();
+            self.sample(i, at, ts, data, true);
+            return;
+        }
+        if t.next_seq.is_some_and(|n| seq < n) {
+            return;
+        }
+        t.reorder.insert(seq, (packet.to_vec(), at));
+        if t.next_seq.is_none() {
+            t.next_seq = Some(seq);
+        }
+        self.drain(i);
+    }
+
+    /// Feeds track `i`'s packets that are next in sequence.
+    fn drain(&mut self, i: usize) {
+        loop {
+            let t = &mut self.tracks[i];
+            let Some((&seq, _)) = t.reorder.first_key_value() else {
+                return;
+            };
+            let Some(next) = t.next_seq else { return };
+            // Out of order: wait, until the window is full (then what is
+            // missing is lost).
+            if seq != next && t.reorder.len() <= REORDER_PACKETS {
+                return;
+            }
+            let lost = seq != next;
+            let Some((packet, at)) = t.reorder.remove(&seq) else {
+                return;
+            };
+            t.next_seq = Some(seq + 1);
+            let Ok(rtp) = rtp_types::RtpPacket::parse(&packet) else {
+                continue;
+            };
+            if lost {
+                t.needs_keyframe = true;
+                self.wants_keyframe.store(true, Ordering::Relaxed);
+            }
+            let ts = t.ts.ts(rtp.timestamp());
+            let Some(au) =
+                t.depacketizer
+                    .push(lost, rtp.timestamp(), rtp.marker_bit(), rtp.payload())
+            else {
+                continue;
+            };
+            // The picture's own timestamp (a late marker can close an
+            // earlier one).
+            let au_ts = ts - i64::from(rtp.timestamp().wrapping_sub(au.rtp_ts) as i32);
+            let key = au.is_keyframe();
+            for nal in &au.nals {
+                match h264::nal_type(nal) {
+                    7 => t.sps = Some(nal.clone()),
+                    8 => t.pps = Some(nal.clone()),
+                    _ => {}
+                }
+            }
+            if t.needs_keyframe && !key {
+                self.wants_keyframe.store(true, Ordering::Relaxed);
+                continue;
+            }
+            t.needs_keyframe = false;
+            let mut data = Vec::with_capacity(au.nals.iter().map(|n| n.len() + 4).sum());
+            for nal in &au.nals {
+                if h264::nal_type(nal) == 9 {
+                    continue; // access unit delimiters add nothing
+                }
+                data.extend_from_slice(&u32::try_from(nal.len()).unwrap_or(0).to_be_bytes());
+                data.extend_from_slice(nal);
+            }
+            self.sample(i, at, au_ts, data, key);
+        }
+    }
+
+    /// A complete sample of track `i` arrived at wall time `at`.
+    fn sample(&mut self, i: usize, at: f64, ts: i64, data: Vec<u8>, sync: bool) {
+        let t = &mut self.tracks[i];
+        let clock = if t.video { 90_000.0 } else { 48_000.0 };
+        let first = *t.first.get_or_insert((at, ts));
+        // Its wall time: from the last sender report when there is one,
+        // else from when the track's first packet arrived.
+        let wall = match t.report {
+            Some((secs, rtp)) => secs + f64::from(ts.wrapping_sub(i64::from(rtp)) as i32) / clock,
+            None => first.0 + (ts - first.1) as f64 / clock,
+        };
+        let pending = Pending {
+            track: i,
+            wall,
+            ts,
+            data,
+            sync,
+        };
+        let has_video = self.tracks.iter().any(|t| t.video);
+        let video_ready = |w: &Writer| {
+            w.tracks
+                .iter()
+                .any(|t| t.video && t.sps.is_some() && t.pps.is_some())
+        };
+        match &self.open {
+            Some(open) if open.map.contains_key(&i) => self.write(pending),
+            Some(open) if !open.with_video && self.tracks[i].video && sync && video_ready(self) => {
+                // Video came to an audio-only part: a new part with both.
+                self.close();
+                self.waiting.push_back(pending);
+                self.open_file();
+            }
+            Some(_) => {}
+            None => {
+                self.waiting.push_back(pending);
+                let key_came = self.tracks[i].video && sync && video_ready(self);
+                let waited = self
+                    .waiting
+                    .front()
+                    .is_some_and(|f| wall - f.wall > AUDIO_WAIT.as_secs_f64());
+                if !has_video || key_came || waited {
+                    self.open_file();
+                }
+            }
+        }
+    }
+
+    /// Opens a file with the tracks that can be written now and writes
+    /// what waited for it.
+    fn open_file(&mut self) {
+        let mut kinds = Vec::new();
+        let mut specs = Vec::new();
+        let mut incoming = Vec::new();
+        for (i, t) in self.tracks.iter().enumerate() {
+            let kind = if t.video {
+                match (&t.sps, &t.pps) {
+                    (Some(sps), Some(pps))
+                        if self.waiting.iter().any(|p| p.track == i && p.sync) =>
+                    {
+                        let (width, height) = h264::sps_size(sps).unwrap_or((0, 0));
+                        TrackKind::H264 {
+                            sps: sps.clone(),
+                            pps: pps.clone(),
+                            width,
+                            height,
+                        }
+                    }
+                    _ => continue,
+                }
+            } else {
+                TrackKind::Opus { channels: 2 }
+            };
+            kinds.push(kind);
+            specs.push(&t.spec);
+            incoming.push(i);
+        }
+        if kinds.is_empty() {
+            return;
+        }
+        // Video starts at its key frame: what came before it is dropped.
+        if let Some(k) = self
+            .waiting
+            .iter()
+            .position(|p| self.tracks[p.track].video && p.sync)
+        {
+            let mut rest: VecDeque<Pending> = VecDeque::new();
+            for (j, p) in self.waiting.drain(..).enumerate() {
+                if !self.tracks[p.track].video || j >= k {
+                    rest.push_back(p);
+                }
+            }
+            self.waiting = rest;
+        }
+        let origin = self
+            .waiting
+            .iter()
+            .filter(|p| incoming.contains(&p.track))
+            .map(|p| p.wall)
+            .fold(f64::INFINITY, f64::min);
+        if !origin.is_finite() {
+            return;
+        }
+        let started = UNIX_EPOCH + Duration::from_secs_f64(origin.max(0.0));
+        let file = match self.store.new_file(
+            &self.recording_id,
+            &self.room_id,
+            &self.user_id,
+            &kinds,
+            &specs,
+            started,
+        ) {
+            Ok(f) => f,
+            Err(e) => return self.fail(e.to_string()),
+        };
+        let name = file
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        tracing::info!(recording.id = %self.recording_id, user.id = %self.user_id, file = %name, "recording to a new file");
+        let mut map = HashMap::new();
+        for (f, &i) in incoming.iter().enumerate() {
+            map.insert(i, (f, i64::MIN, 0));
+        }
+        let with_video = incoming.iter().any(|&i| self.tracks[i].video);
+        self.open = Some(Open {
+            file,
+            name,
+            map,
+            origin,
+            with_video,
+        });
+        for p in std::mem::take(&mut self.waiting) {
+            if self
+                .open
+                .as_ref()
+                .is_some_and(|o| o.map.contains_key(&p.track))
+            {
+                self.write(p);
+            }
+        }
+    }
+
+    fn write(&mut self, p: Pending) {
+        let Some(open) = &mut self.open else { return };
+        let Some(entry) = open.map.get_mut(&p.track) else {
+            return;
+        };
+        let clock = if self.tracks[p.track].video {
+            90_000.0
+        } else {
+            48_000.0
+        };
+        if entry.1 == i64::MIN {
+            // The track's place in the file: where its first sample falls
+            // after the file's start; then its own timestamps.
+            entry.1 = ((p.wall - open.origin) * clock).round() as i64;
+            entry.2 = p.ts;
+        }
+        let dts = entry.1 + (p.ts - entry.2);
+        let Ok(dts) = u64::try_from(dts) else { return };
+        let pushed = open.file.push(
+            entry.0,
+            Sample {
+                dts,
+                data: p.data,
+                sync: p.sync,
+            },
+        );
+        if let Err(e) = pushed {
+            self.fail(e.to_string());
+        }
+    }
+
+    fn close(&mut self) {
+        let Some(open) = self.open.take() else { return };
+        match open.file.finish() {
+            Ok(bytes) => self.store.end_file(
+                &self.recording_id,
+                &self.room_id,
+                &self.user_id,
+                &open.name,
+                bytes,
+            ),
+            Err(e) => self.fail(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_unwrap() {
+        let mut u = Unwrap::default();
+        assert_eq!(u.seq(65_534), 65_534);
+        assert_eq!(u.seq(65_535), 65_535);
+        assert_eq!(u.seq(1), 65_537);
+        assert_eq!(u.seq(65_535), 65_535, "a late one stays before");
+        assert_eq!(u.seq(2), 65_538);
+    }
+
+    #[test]
+    fn ids_and_user_names_make_safe_paths() {
+        assert!(valid_id("20261207-abc_1"));
+        assert!(!valid_id("../x"));
+        assert!(!valid_id(""));
+        assert_eq!(file_stem("alice"), "alice");
+        assert_eq!(file_stem("../a b"), "%2e%2e%2fa%20b");
+        assert_ne!(file_stem("a/b"), file_stem("a_b"));
+    }
+}
