@@ -138,6 +138,7 @@ impl Grant {
             K::Echo(_) => return Ok(()),
             K::RegisterMsu(_) => ("register", None, None),
             K::RelayStats(_) => ("relayStats", None, None),
+            K::RecordingStatus(_) => ("recordingStatus", None, None),
             K::Join(r) => ("join", Some(&r.room_id), Some(&r.user_id)),
             K::Push(r) => ("push", Some(&r.room_id), Some(&r.user_id)),
             K::PullRemoteStream(r) => ("pullRemoteStream", Some(&r.room_id), None),
@@ -148,8 +149,8 @@ impl Grant {
         };
         let allowed = match self.role {
             Role::Admin => true,
-            Role::Sfu => !matches!(name, "register" | "relayStats"),
-            Role::Msu => matches!(name, "register" | "relayStats"),
+            Role::Sfu => !matches!(name, "register" | "relayStats" | "recordingStatus"),
+            Role::Msu => matches!(name, "register" | "relayStats" | "recordingStatus"),
             Role::Client => matches!(name, "join" | "push" | "textMessage" | "userLeave"),
         };
         if !allowed {

@@ -39,6 +39,13 @@ pub enum CenterError {
     /// registered by another session).
     #[error("{0}")]
     Conflict(String),
+    /// A recording (or another named thing) does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The state does not allow it yet (a room without an MSU to record
+    /// it, a running recording to delete).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// An event-feed cursor outside the events the center keeps.
     #[error("{0}")]
     OutOfRange(String),
@@ -83,7 +90,9 @@ impl CenterError {
             Self::RoomNotFound(_)
             | Self::UserNotFound(_)
             | Self::PusherNotFound(_)
-            | Self::UnknownMethod(_) => 404,
+            | Self::UnknownMethod(_)
+            | Self::NotFound(_) => 404,
+            Self::FailedPrecondition(_) => 412,
             Self::Conflict(_) => 409,
             Self::OutOfRange(_) => 400,
             Self::LimitReached(_) => 429,
@@ -103,7 +112,9 @@ impl From<CenterError> for tonic::Status {
             }
             CenterError::RoomNotFound(_)
             | CenterError::UserNotFound(_)
-            | CenterError::PusherNotFound(_) => Status::not_found(e.to_string()),
+            | CenterError::PusherNotFound(_)
+            | CenterError::NotFound(_) => Status::not_found(e.to_string()),
+            CenterError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             CenterError::UnknownMethod(_) => Status::unimplemented(e.to_string()),
             CenterError::Forbidden(_) => Status::permission_denied(e.to_string()),
             CenterError::LimitReached(_) => Status::resource_exhausted(e.to_string()),

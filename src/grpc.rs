@@ -357,6 +357,60 @@ impl RoomService for RoomServiceImpl {
         Ok(Response::new(proto::ListRelaysResponse { relays }))
     }
 
+    async fn start_recording(
+        &self,
+        request: Request<proto::StartRecordingRequest>,
+    ) -> Result<Response<proto::StartRecordingResponse>, Status> {
+        require_admin(&request)?;
+        let r = request.get_ref();
+        let recording = self
+            .center
+            .start_recording(&r.room_id, &r.recording_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::StartRecordingResponse {
+            recording: Some(recording),
+        }))
+    }
+
+    async fn stop_recording(
+        &self,
+        request: Request<proto::StopRecordingRequest>,
+    ) -> Result<Response<proto::StopRecordingResponse>, Status> {
+        require_admin(&request)?;
+        let recording = self
+            .center
+            .stop_recording(&request.get_ref().room_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::StopRecordingResponse {
+            recording: Some(recording),
+        }))
+    }
+
+    async fn list_recordings(
+        &self,
+        request: Request<proto::ListRecordingsRequest>,
+    ) -> Result<Response<proto::ListRecordingsResponse>, Status> {
+        require_admin(&request)?;
+        self.center.settle().await.map_err(status)?;
+        let recordings = self.center.list_recordings(&request.get_ref().room_id);
+        Ok(Response::new(proto::ListRecordingsResponse { recordings }))
+    }
+
+    async fn delete_recording(
+        &self,
+        request: Request<proto::DeleteRecordingRequest>,
+    ) -> Result<Response<proto::DeleteRecordingResponse>, Status> {
+        require_admin(&request)?;
+        let msu_told = self
+            .center
+            .delete_recording(&request.get_ref().recording_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::DeleteRecordingResponse { msu_told }))
+    }
+
     async fn remove_user(
         &self,
         request: Request<proto::RemoveUserRequest>,

@@ -105,6 +105,40 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Start recording a room: its MSU writes every publisher into one
+    /// MP4 file per user (README, "Recording").
+    Record {
+        /// The room.
+        room_id: String,
+        /// The recording's id (letters, digits, '-', '_'); made up when
+        /// not given.
+        #[arg(long)]
+        id: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Stop a room's recording (its files are closed).
+    StopRecording {
+        /// The room.
+        room_id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List the recordings, running and stopped, with their files.
+    Recordings {
+        /// Only this room's.
+        #[arg(long = "room", default_value = "")]
+        room_id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Delete a stopped recording and its files on its MSU.
+    DeleteRecording {
+        /// The recording.
+        recording_id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Follow the event feed until interrupted.
     Watch {
         /// Only this room (repeat for several).
@@ -197,6 +231,10 @@ async fn operate(command: Command) -> anyhow::Result<()> {
         | Command::Kick { remote, .. }
         | Command::Close { remote, .. }
         | Command::Say { remote, .. }
+        | Command::Record { remote, .. }
+        | Command::StopRecording { remote, .. }
+        | Command::Recordings { remote, .. }
+        | Command::DeleteRecording { remote, .. }
         | Command::Watch { remote, .. } => remote,
     };
     let json = remote.json;
@@ -221,6 +259,27 @@ async fn operate(command: Command) -> anyhow::Result<()> {
         Command::Say { room_id, text, .. } => {
             let n = op.say(room_id, text).await?;
             format!("said in {room_id}; {n} sessions reached\n")
+        }
+        Command::Record { room_id, id, .. } => {
+            let r = op
+                .record(room_id, id.as_deref().unwrap_or_default())
+                .await?;
+            view::show_recordings(&[r], json)
+        }
+        Command::StopRecording { room_id, .. } => {
+            view::show_recordings(&[op.stop_recording(room_id).await?], json)
+        }
+        Command::Recordings { room_id, .. } => {
+            view::show_recordings(&op.recordings(room_id).await?, json)
+        }
+        Command::DeleteRecording { recording_id, .. } => {
+            if op.delete_recording(recording_id).await? {
+                format!("deleted {recording_id}; its MSU removes the files\n")
+            } else {
+                format!(
+                    "deleted {recording_id}; its MSU is not connected: the files stay on its disk\n"
+                )
+            }
         }
         Command::Watch {
             rooms,

@@ -190,6 +190,56 @@ impl Operator {
         Ok(self.client.list_relays(r).await?.into_inner().relays)
     }
 
+    /// Starts recording a room (`recording_id` empty: the center names it).
+    pub async fn record(
+        &mut self,
+        room_id: &str,
+        recording_id: &str,
+    ) -> Result<proto::Recording, OperatorError> {
+        let r = self.request(proto::StartRecordingRequest {
+            room_id: room_id.to_owned(),
+            recording_id: recording_id.to_owned(),
+        });
+        let reply = self.client.start_recording(r).await?.into_inner();
+        Ok(reply.recording.unwrap_or_default())
+    }
+
+    /// Stops a room's recording.
+    pub async fn stop_recording(
+        &mut self,
+        room_id: &str,
+    ) -> Result<proto::Recording, OperatorError> {
+        let r = self.request(proto::StopRecordingRequest {
+            room_id: room_id.to_owned(),
+        });
+        let reply = self.client.stop_recording(r).await?.into_inner();
+        Ok(reply.recording.unwrap_or_default())
+    }
+
+    /// The recordings of `room_id` (empty: all).
+    pub async fn recordings(
+        &mut self,
+        room_id: &str,
+    ) -> Result<Vec<proto::Recording>, OperatorError> {
+        let r = self.request(proto::ListRecordingsRequest {
+            room_id: room_id.to_owned(),
+        });
+        Ok(self
+            .client
+            .list_recordings(r)
+            .await?
+            .into_inner()
+            .recordings)
+    }
+
+    /// Deletes a stopped recording; whether its MSU was told.
+    pub async fn delete_recording(&mut self, recording_id: &str) -> Result<bool, OperatorError> {
+        let r = self.request(proto::DeleteRecordingRequest {
+            recording_id: recording_id.to_owned(),
+        });
+        Ok(self.client.delete_recording(r).await?.into_inner().msu_told)
+    }
+
     /// Removes a user; returns the sessions told.
     pub async fn kick(&mut self, room_id: &str, user_id: &str) -> Result<u32, OperatorError> {
         let r = self.request(proto::RemoveUserRequest {

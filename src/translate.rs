@@ -135,6 +135,7 @@ pub fn notification_command(method: &str, data: &RawValue) -> Result<Command, Ce
             })
         }
         "relayStats" => command::Kind::RelayStats(relay_stats(data)?),
+        "recordingStatus" => command::Kind::RecordingStatus(recording_status(data)?),
         other => return Err(CenterError::UnknownMethod(other.to_owned())),
     };
     Ok(Command { kind: Some(kind) })
@@ -322,6 +323,50 @@ fn relay_stats(data: &RawValue) -> Result<proto::RelayStatsRequest, CenterError>
     })
 }
 
+/// `recordingStatus` data: `{"recordingId", "roomId", "userId", "state":
+/// "fileStarted" | "fileEnded" | "failed", "file", "bytes", "reason"}`.
+fn recording_status(data: &RawValue) -> Result<proto::RecordingStatusRequest, CenterError> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Wire {
+        recording_id: String,
+        #[serde(default)]
+        room_id: String,
+        #[serde(default)]
+        user_id: String,
+        state: String,
+        #[serde(default)]
+        file: String,
+        #[serde(default)]
+        bytes: u64,
+        #[serde(default)]
+        reason: String,
+    }
+    let w: Wire = serde_json::from_str(data.get()).map_err(|e| {
+        CenterError::invalid("recording_id", format!("Invalid recordingStatus: {e}"))
+    })?;
+    let state = match w.state.as_str() {
+        "fileStarted" => proto::RecordingFileState::Started,
+        "fileEnded" => proto::RecordingFileState::Ended,
+        "failed" => proto::RecordingFileState::Failed,
+        other => {
+            return Err(CenterError::invalid(
+                "state",
+                format!("Invalid recordingStatus state: {other:?}"),
+            ));
+        }
+    };
+    Ok(proto::RecordingStatusRequest {
+        recording_id: w.recording_id,
+        room_id: w.room_id,
+        user_id: w.user_id,
+        state: state.into(),
+        file: w.file,
+        bytes: w.bytes,
+        reason: w.reason,
+    })
+}
+
 /// The protoo method of a command.
 pub fn command_method(kind: &command::Kind) -> &'static str {
     match kind {
@@ -335,6 +380,7 @@ pub fn command_method(kind: &command::Kind) -> &'static str {
         command::Kind::TextMessage(_) => "textMessage",
         command::Kind::UserReconnect(_) => "userReConnect",
         command::Kind::RelayStats(_) => "relayStats",
+        command::Kind::RecordingStatus(_) => "recordingStatus",
     }
 }
 
@@ -348,6 +394,7 @@ pub fn command_ids(cmd: &Command) -> (&str, &str) {
         Some(command::Kind::UserLeave(r)) => (&r.room_id, &r.user_id),
         Some(command::Kind::TextMessage(r)) => (&r.room_id, &r.user_id),
         Some(command::Kind::UserReconnect(r)) => (&r.room_id, &r.user_id),
+        Some(command::Kind::RecordingStatus(r)) => (&r.room_id, &r.user_id),
         Some(
             command::Kind::Echo(_) | command::Kind::RegisterMsu(_) | command::Kind::RelayStats(_),
         )
@@ -367,6 +414,7 @@ pub fn event_method(event: &proto::PeerEvent) -> &'static str {
         Some(peer_event::Kind::UserReconnected(_)) => "userReConnect",
         Some(peer_event::Kind::Relay(_)) => "relay",
         Some(peer_event::Kind::RelayEnded(_)) => "relayEnd",
+        Some(peer_event::Kind::RecordingDelete(_)) => "recordingDelete",
         None => "unknown",
     }
 }
@@ -432,6 +480,12 @@ pub fn event_data(event: &proto::PeerEvent) -> Vec<u8> {
                 .int("udp_port", r.udp_port)
                 .with("pushers", |b| write_publishers(b, &r.pushers))
                 .with("destinations", |b| write_destinations(b, &r.destinations));
+            if !r.recording_id.is_empty() {
+                w.str("recordingId", &r.recording_id);
+            }
+        }
+        Some(peer_event::Kind::RecordingDelete(d)) => {
+            w.str("recordingId", &d.recording_id);
         }
         Some(peer_event::Kind::RelayEnded(e)) => {
             w.str("roomId", &e.room_id)
@@ -491,7 +545,11 @@ pub fn check_command(cmd: &Command) -> Result<(), CenterError> {
     match &cmd.kind {
         None => Err(CenterError::invalid("command", "empty command")),
         Some(command::Kind::Echo(e)) => check_json("data_json", &e.data_json, true),
-        Some(command::Kind::RegisterMsu(_) | command::Kind::RelayStats(_)) => Ok(()),
+        Some(
+            command::Kind::RegisterMsu(_)
+            | command::Kind::RelayStats(_)
+            | command::Kind::RecordingStatus(_),
+        ) => Ok(()),
         Some(command::Kind::Join(j)) => check_extra("extra", &j.extra),
         Some(command::Kind::Push(p)) => {
             p.publishers.iter().try_for_each(check_publisher)?;

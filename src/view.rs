@@ -21,7 +21,7 @@ pub fn room_json(room: &proto::RoomDetail) -> Value {
             json!({"userId": u.user_id, "userName": u.user_name, "audience": u.audience, "sessionId": u.session_id, "pushers": pushers})
         })
         .collect();
-    json!({"roomId": room.room_id, "msuId": room.msu_id, "sessionIds": room.session_ids, "users": users})
+    json!({"roomId": room.room_id, "msuId": room.msu_id, "sessionIds": room.session_ids, "users": users, "recordingId": room.recording_id})
 }
 
 /// A session, as JSON.
@@ -258,6 +258,35 @@ pub fn event_detail(e: &proto::WatchEventsResponse) -> String {
             or_none(&x.msu_id),
             x.reason
         ),
+        Some(Event::RecordingStarted(x) | Event::RecordingStopped(x)) => format!(
+            "recording={} msu={}{}",
+            x.recording_id,
+            x.msu_id,
+            if x.stop_reason.is_empty() {
+                String::new()
+            } else {
+                format!(" reason={}", x.stop_reason)
+            }
+        ),
+        Some(Event::RecordingFile(x)) => {
+            let state = proto::RecordingFileState::try_from(x.state)
+                .map(|s| s.as_str_name())
+                .unwrap_or("RECORDING_FILE_STATE_UNSPECIFIED")
+                .trim_start_matches("RECORDING_FILE_STATE_")
+                .to_ascii_lowercase();
+            let mut words = format!("recording={} user={} {state}", x.recording_id, x.user_id);
+            if !x.file.is_empty() {
+                words.push_str(&format!(" file={}", x.file));
+            }
+            if x.bytes > 0 {
+                words.push_str(&format!(" bytes={}", x.bytes));
+            }
+            if !x.reason.is_empty() {
+                words.push_str(&format!(" reason={:?}", x.reason));
+            }
+            words
+        }
+        Some(Event::RecordingDeleted(x)) => format!("recording={}", x.recording_id),
         Some(Event::PullUnserved(x)) => format!(
             "user={} from session={} asked={}:{} sfu sends to={}:{}",
             x.pusher_user_id,
@@ -337,6 +366,59 @@ pub fn show_relays(relays: &[proto::Relay], as_json: bool) -> String {
             "IN",
             "OUT",
             "WORST LOSS",
+        ],
+        &rows,
+    )
+}
+
+/// The recordings, as a table or JSON.
+pub fn show_recordings(recordings: &[proto::Recording], as_json: bool) -> String {
+    let state = |r: &proto::Recording| {
+        proto::RecordingState::try_from(r.state)
+            .map(|s| s.as_str_name())
+            .unwrap_or("RECORDING_STATE_UNSPECIFIED")
+            .trim_start_matches("RECORDING_STATE_")
+            .to_ascii_lowercase()
+    };
+    if as_json {
+        let v: Vec<Value> = recordings
+            .iter()
+            .map(|r| {
+                json!({"recordingId": r.recording_id, "roomId": r.room_id, "msuId": r.msu_id,
+                       "state": state(r), "startedAt": time(r.started_at.as_ref()),
+                       "stoppedAt": r.stopped_at.as_ref().map(|t| time(Some(t))),
+                       "stopReason": r.stop_reason, "lastError": r.last_error,
+                       "files": r.files.iter().map(|f| json!({"userId": f.user_id, "file": f.file,
+                           "closed": f.closed, "bytes": f.bytes})).collect::<Vec<_>>()})
+            })
+            .collect();
+        return format!("{}\n", Value::Array(v));
+    }
+    let rows: Vec<Vec<String>> = recordings
+        .iter()
+        .map(|r| {
+            vec![
+                r.recording_id.clone(),
+                r.room_id.clone(),
+                r.msu_id.clone(),
+                state(r),
+                time(r.started_at.as_ref()),
+                r.files.len().to_string(),
+                r.files.iter().map(|f| f.bytes).sum::<u64>().to_string(),
+                or_none(&r.last_error).to_owned(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "RECORDING",
+            "ROOM",
+            "MSU",
+            "STATE",
+            "STARTED",
+            "FILES",
+            "BYTES",
+            "LAST ERROR",
         ],
         &rows,
     )

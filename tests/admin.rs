@@ -323,3 +323,34 @@ async fn shutdown_ends_open_event_streams() {
     })
     .await;
 }
+
+/// Issue 30: the page's record button asks the room service; a room with
+/// no MSU gets 412 with what to do, and nothing is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_a_room_without_an_msu_is_refused_with_what_to_do() {
+    common::bounded(async move {
+        let server = common::start().await;
+        let admin = server.admin_addr().unwrap();
+        let mut a = Peer::connect(&server).await;
+        a.join("lobby", "alice", "Alice").await;
+        let (status, body) =
+            http(admin, "POST", "/api/record", JSON, r#"{"roomId":"lobby"}"#).await;
+        assert_eq!(status, 412, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"], "failed_precondition");
+        assert!(v["reason"].as_str().unwrap().contains("no MSU"), "{body}");
+        let (status, body) = http(
+            admin,
+            "POST",
+            "/api/stop-recording",
+            JSON,
+            r#"{"roomId":"lobby"}"#,
+        )
+        .await;
+        assert_eq!(status, 412, "{body}");
+        assert!(server.center().list_recordings("").is_empty());
+        let o = overview(admin, "").await;
+        assert_eq!(o["rooms"][0]["recordingId"], "");
+    })
+    .await;
+}

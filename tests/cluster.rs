@@ -328,7 +328,7 @@ async fn a_killed_nodes_users_leave_when_the_grace_ends() {
 }
 
 /// Redis goes away and comes back (with its append-only file): sessions stay
-/// open, changes are refused with 503 meanwhile, nothing is lost, and the
+/// open, changes are refused with 503 (or 504) meanwhile, nothing is lost, and the
 /// node resumes by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_loses_nothing_and_the_node_resumes_by_itself() {
@@ -354,8 +354,20 @@ async fn a_redis_restart_loses_nothing_and_the_node_resumes_by_itself() {
             )
             .await;
         assert_eq!(refused["ok"], json!(false), "{refused}");
-        assert_eq!(refused["errorCode"], json!(503), "{refused}");
-        assert_eq!(refused["errorReason"], json!("state store unavailable"));
+        // 503 when the node knew Redis was gone before it sent the entry;
+        // 504 ("may still take effect") when it had sent it on a connection
+        // whose end it had not seen yet (seen once under load). Either way
+        // nothing is applied: Redis was dead (checked below).
+        match refused["errorCode"].as_u64() {
+            Some(503) => assert_eq!(refused["errorReason"], json!("state store unavailable")),
+            Some(504) => assert!(
+                refused["errorReason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("did not confirm")),
+                "{refused}"
+            ),
+            _ => panic!("neither 503 nor 504: {refused}"),
+        }
         // The heartbeat needs no store.
         ok(&a.request("echo", json!({"ts": 1, "index": 1})).await);
         let (code, body) = http_get(admin, "/readyz").await;

@@ -419,6 +419,31 @@ async fn operator_rpcs_over_websocket_state() {
             json!({"roomId": "r", "userId": "b1"})
         );
 
+        // Recording needs an MSU with a media address (m1 gave none): the
+        // caller is told, and nothing is recorded.
+        let refused = client
+            .start_recording(proto::StartRecordingRequest {
+                room_id: "r".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+        assert!(refused.message().contains("no MSU"), "{refused:?}");
+        let listed = client
+            .list_recordings(proto::ListRecordingsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(listed.recordings.is_empty());
+        let unknown = client
+            .delete_recording(proto::DeleteRecordingRequest {
+                recording_id: "nope".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+
         // Close: every session gets userLeave for each user; the room is gone.
         let n = client
             .close_room(proto::CloseRoomRequest {

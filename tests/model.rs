@@ -285,6 +285,7 @@ fn received(slot: &mut Slot) -> Vec<(&'static str, String)> {
             // The model has no MSU: no relay reaches anyone.
             peer_event::Kind::Relay(e) => e.pusher_user_id.clone(),
             peer_event::Kind::RelayEnded(e) => e.pusher_user_id.clone(),
+            peer_event::Kind::RecordingDelete(e) => e.recording_id.clone(),
         };
         out.push((pilot_center::translate::event_method(&d.event), user));
     }

@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use pilot_msu::hub::{Hub, RelaySpec, Track};
 use pilot_msu::record::{EventKind, Manifest, RecordingEvent, Store};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
@@ -255,6 +255,260 @@ async fn a_recording_plays_to_its_end_in_chromium() {
             (shown as f64 - frames as f64).abs() <= frames as f64 * 0.05,
             "Chromium counted {shown} frames of {frames}"
         );
+    })
+    .await;
+}
+
+/// SFU A joins publisher u1 into room r and pushes its video and audio;
+/// returns once the room has the MSU.
+async fn publisher_in_room(center: &pilot_center::server::Server) -> Peer {
+    let mut a = Peer::connect(center, "sfu-a").await;
+    a.request(
+        "join",
+        json!({"roomId": "r", "userId": "u1", "userName": "u1"}),
+    )
+    .await;
+    a.notify(
+        "push",
+        json!({"roomId": "r", "userId": "u1", "userName": "u1", "publishers": [
+        {"pusherId": "v", "rtpParam": rtp_param(VIDEO, 108, VIDEO_RTX)},
+        {"pusherId": "a", "rtpParam": rtp_param(AUDIO, 111, 0)}]}),
+    )
+    .await;
+    a.request("echo", json!({})).await;
+    let c = center.center().clone();
+    until("the room has the MSU", || {
+        c.get_room("r").is_ok_and(|r| r.msu_id == "hub-1")
+    })
+    .await;
+    a
+}
+
+/// The recording's files as the center lists them, once every one is
+/// closed (the MSU said so).
+async fn files_closed(
+    center: &pilot_center::server::Server,
+    id: &str,
+    at_least: usize,
+) -> Vec<pilot_center::proto::RecordingFile> {
+    let c = center.center().clone();
+    let listed = || {
+        c.list_recordings("")
+            .into_iter()
+            .find(|r| r.recording_id == id)
+            .map(|r| r.files)
+            .unwrap_or_default()
+    };
+    until("the MSU closed every file and said so", || {
+        let files = listed();
+        files.len() >= at_least && files.iter().all(|f| f.closed)
+    })
+    .await;
+    listed()
+}
+
+/// Issue 30, through the center as an operator does it: recording starts
+/// on a room whose publisher is on SFU A (A is asked to send each track to
+/// the MSU), real ffmpeg plays A, the recording stops; the center lists the
+/// file the MSU closed with its size, ffprobe reads it whole, and deleting
+/// the recording removes its files. Without an MSU, or twice, or stopping
+/// what does not run, the caller gets a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_recorded_through_the_center_is_listed_read_and_deleted() {
+    bounded(async {
+        if !ffmpeg_available() {
+            return;
+        }
+        let center = center().await;
+        let c = center.center().clone();
+        // No MSU yet: refused, and nothing is left behind.
+        let mut early = Peer::connect(&center, "sfu-early").await;
+        early
+            .request(
+                "join",
+                json!({"roomId": "bare", "userId": "x", "userName": "x"}),
+            )
+            .await;
+        let refused = c.start_recording("bare", "").await.unwrap_err();
+        assert_eq!(refused.protoo_code(), 412, "{refused}");
+        assert!(refused.to_string().contains("no MSU"), "{refused}");
+        assert!(c.list_recordings("").is_empty());
+
+        let dir = tempfile::tempdir().unwrap();
+        let (msu, _stop) = msu_with(
+            &center,
+            &msu_yaml_recording(&center, 43_000, 43_999, dir.path()),
+        )
+        .await;
+        let mut a = publisher_in_room(&center).await;
+        let started = c.start_recording("r", "meeting-1").await.unwrap();
+        assert_eq!(started.msu_id, "hub-1");
+        assert_eq!(
+            started.state(),
+            pilot_center::proto::RecordingState::Recording
+        );
+        let again = c.start_recording("r", "").await.unwrap_err();
+        assert_eq!(again.protoo_code(), 409, "{again}");
+        // A sends each track to the hub, which records it.
+        asked_to_send_to(&mut a, msu.media).await;
+        until("the MSU records u1", || msu.hub.recording() == 1).await;
+
+        let relay = udp().await;
+        let sent = tap(relay.clone(), Some(msu.media));
+        ffmpeg_publishes(port(&relay), 3).await;
+        let frames = {
+            let s = sent.lock().unwrap();
+            s.rtp[&VIDEO]
+                .iter()
+                .map(|p| p.2)
+                .collect::<HashSet<u32>>()
+                .len() as u64
+        };
+        let total = sent
+            .lock()
+            .unwrap()
+            .rtp
+            .values()
+            .map(Vec::len)
+            .sum::<usize>() as u64;
+        until("the hub took every packet", || {
+            msu.hub
+                .stats()
+                .rtp_in
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= total
+        })
+        .await;
+        let stopped = c.stop_recording("r").await.unwrap();
+        assert_eq!(
+            stopped.state(),
+            pilot_center::proto::RecordingState::Stopped
+        );
+        assert_eq!(stopped.stop_reason, "stopped");
+        let files = files_closed(&center, "meeting-1", 1).await;
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(
+            (files[0].user_id.as_str(), files[0].file.as_str()),
+            ("u1", "u1-1.mp4")
+        );
+        let path = dir.path().join("meeting-1/u1-1.mp4");
+        assert_eq!(files[0].bytes, std::fs::metadata(&path).unwrap().len());
+        let (streams, duration) = ffprobe(&path);
+        assert_eq!(
+            streams.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(),
+            ["h264", "opus"]
+        );
+        assert!(
+            (streams[0].1 as f64 - frames as f64).abs() <= frames as f64 * 0.05,
+            "video frames {} of {frames}",
+            streams[0].1
+        );
+        assert!((duration - 3.0).abs() <= 0.5, "duration {duration}");
+        let not_running = c.stop_recording("r").await.unwrap_err();
+        assert_eq!(not_running.protoo_code(), 412, "{not_running}");
+
+        // Deleted: forgotten by the center, its files removed by the MSU.
+        assert!(c.delete_recording("meeting-1").await.unwrap());
+        assert!(c.list_recordings("").is_empty());
+        until("the MSU removed the files", || {
+            !dir.path().join("meeting-1").exists()
+        })
+        .await;
+        let gone = c.delete_recording("meeting-1").await.unwrap_err();
+        assert_eq!(gone.protoo_code(), 404, "{gone}");
+    })
+    .await;
+}
+
+/// Issue 30: `kill -9` of the MSU mid-recording and its return under its
+/// identity on the same address: the file it was writing stays readable up
+/// to its last fragment, and the recording goes on in a new file of the
+/// same recording (the center gives the MSU its relays again, recording id
+/// included); the manifest lists both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_msu_killed_mid_recording_leaves_a_readable_file_and_records_on() {
+    bounded(async {
+        if !ffmpeg_available() {
+            return;
+        }
+        let center = center().await;
+        let c = center.center().clone();
+        let media_port = {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap().port()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("msu.yaml");
+        let recordings = dir.path().join("recordings");
+        std::fs::write(
+            &config,
+            msu_yaml_recording(&center, media_port, media_port, &recordings),
+        )
+        .unwrap();
+        let spawn = || {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_pilot-msu"))
+                .arg(&config)
+                .env("NO_COLOR", "1")
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap()
+        };
+        let mut msu = spawn();
+        registered(&center).await;
+        let media: std::net::SocketAddr = format!("127.0.0.1:{media_port}").parse().unwrap();
+        let mut a = publisher_in_room(&center).await;
+        c.start_recording("r", "kept").await.unwrap();
+        asked_to_send_to(&mut a, media).await;
+
+        // ffmpeg plays A for 6 s, sending on to the MSU's address whether
+        // it is there or not (as the real SFU does).
+        let relay = udp().await;
+        let _sent = tap(relay.clone(), Some(media));
+        let playing = tokio::spawn(ffmpeg_publishes(port(&relay), 6));
+        let first = recordings.join("kept/u1-1.mp4");
+        until("the first file has fragments", || {
+            std::fs::metadata(&first).is_ok_and(|m| m.len() > 20_000)
+        })
+        .await;
+        msu.start_kill().unwrap();
+        msu.wait().await.unwrap();
+        until("the center sees the MSU gone", || c.list_msus().is_empty()).await;
+        let mut msu = spawn();
+        registered(&center).await;
+        let second = recordings.join("kept/u1-2.mp4");
+        until("the MSU records on into a new file", || {
+            std::fs::metadata(&second).is_ok_and(|m| m.len() > 20_000)
+        })
+        .await;
+        playing.await.unwrap();
+        c.stop_recording("r").await.unwrap();
+        let files = files_closed(&center, "kept", 2).await;
+        let names: Vec<&str> = files.iter().map(|f| f.file.as_str()).collect();
+        assert_eq!(names, ["u1-1.mp4", "u1-2.mp4"], "{files:?}");
+        // The killed one was closed as it was on disk by the MSU back.
+        assert_eq!(files[0].bytes, std::fs::metadata(&first).unwrap().len());
+        for path in [&first, &second] {
+            let (streams, duration) = ffprobe(path);
+            let kinds: Vec<&str> = streams.iter().map(|s| s.0.as_str()).collect();
+            assert_eq!(kinds, ["h264", "opus"], "{}", path.display());
+            assert!(
+                streams.iter().all(|s| s.1 > 10) && duration > 0.5,
+                "{}: {streams:?} {duration} s",
+                path.display()
+            );
+        }
+        let manifest: Manifest = serde_json::from_str(
+            &std::fs::read_to_string(recordings.join("kept/manifest.json")).unwrap(),
+        )
+        .unwrap();
+        let parts: Vec<(&str, bool, bool)> = manifest
+            .files
+            .iter()
+            .map(|f| (f.file.as_str(), f.ended_at_unix_ms.is_some(), f.interrupted))
+            .collect();
+        assert_eq!(parts, [("u1-1.mp4", true, true), ("u1-2.mp4", true, false)]);
+        msu.start_kill().unwrap();
     })
     .await;
 }

@@ -291,6 +291,7 @@ impl From<CenterError> for ApiError {
             StatusCode::BAD_REQUEST => "invalid_argument",
             StatusCode::FORBIDDEN => "permission_denied",
             StatusCode::CONFLICT => "conflict",
+            StatusCode::PRECONDITION_FAILED => "failed_precondition",
             StatusCode::TOO_MANY_REQUESTS => "limit_reached",
             StatusCode::SERVICE_UNAVAILABLE => "unavailable",
             _ => "internal",
@@ -466,6 +467,13 @@ struct CloseBody {
     room_id: String,
 }
 
+/// Body of `POST /api/record` and `POST /api/stop-recording`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RecordBody {
+    room_id: String,
+}
+
 /// Body of `POST /api/say`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -496,6 +504,30 @@ async fn close(
     let n = s.state.center.close_room(&b.room_id).await?;
     tracing::info!(room.id = %b.room_id, "room closed from the admin page");
     Ok(Json(json!({"usersRemoved": n})))
+}
+
+async fn record(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    headers: HeaderMap,
+    Json(b): Json<RecordBody>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers, peer)?;
+    let r = s.state.center.start_recording(&b.room_id, "").await?;
+    tracing::info!(room.id = %b.room_id, recording.id = %r.recording_id, "recording started from the admin page");
+    Ok(Json(json!({"recordingId": r.recording_id})))
+}
+
+async fn stop_recording(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    headers: HeaderMap,
+    Json(b): Json<RecordBody>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers, peer)?;
+    let r = s.state.center.stop_recording(&b.room_id).await?;
+    tracing::info!(room.id = %b.room_id, recording.id = %r.recording_id, "recording stopped from the admin page");
+    Ok(Json(json!({"recordingId": r.recording_id})))
 }
 
 async fn say(
@@ -534,6 +566,8 @@ pub async fn serve(
         .route("/api/kick", post(kick))
         .route("/api/close", post(close))
         .route("/api/say", post(say))
+        .route("/api/record", post(record))
+        .route("/api/stop-recording", post(stop_recording))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -58,7 +58,10 @@ pub fn lease_of(kind: &Kind) -> Option<u32> {
         | Kind::ExpireGrace(_)
         | Kind::RemoveUser(_)
         | Kind::CloseRoom(_)
-        | Kind::SendText(_) => None,
+        | Kind::SendText(_)
+        | Kind::StartRecording(_)
+        | Kind::StopRecording(_)
+        | Kind::DeleteRecording(_) => None,
     }
 }
 
@@ -69,6 +72,7 @@ impl Shared {
     pub(super) fn apply(&mut self, origin: &str, kind: Kind, at: At, tense: Tense<'_>) -> Outcome {
         let mut fx = Effects::default();
         self.rooms.replaying = matches!(tense, Tense::Past);
+        self.rooms.now = at.wall;
         let outcome = match kind {
             Kind::SessionOpen(o) => {
                 self.registry.note_open(origin, &o, at.wall);
@@ -137,6 +141,13 @@ impl Shared {
                 Outcome::Count(self.rooms.remove_user(&r.room_id, &r.user_id, &mut fx))
             }
             Kind::CloseRoom(r) => Outcome::Count(self.rooms.close_room(&r.room_id, &mut fx)),
+            Kind::StartRecording(r) => Outcome::Count(self.rooms.start_recording(&r, &mut fx)),
+            Kind::StopRecording(r) => {
+                Outcome::Count(self.rooms.stop_recording(&r.room_id, "stopped", &mut fx))
+            }
+            Kind::DeleteRecording(r) => {
+                Outcome::Count(self.rooms.delete_recording(&r.recording_id, &mut fx))
+            }
             Kind::SendText(r) => Outcome::Count(self.rooms.send_text(
                 &r.room_id,
                 &r.user_id,
@@ -192,6 +203,7 @@ impl Shared {
                 rooms.relay_stats(sid, r);
                 proto::reply::Kind::Ack(proto::Ack {})
             }
+            command::Kind::RecordingStatus(r) => ack(rooms.recording_status(sid, r, fx)?),
         };
         Ok(Reply { kind: Some(kind) })
     }

@@ -351,6 +351,8 @@ struct Inner {
     /// Event feed (see [`Registry`]); kept here to subscribe without the lock.
     feed: broadcast::Sender<Arc<proto::WatchEventsResponse>>,
     next_session: AtomicU64,
+    /// Recordings started here, for their ids.
+    next_recording: AtomicU64,
     metrics: Arc<Metrics>,
     clock: Clock,
     /// What keeps the log of entries (memory, the state directory, Redis).
@@ -399,6 +401,7 @@ impl Center {
                 }),
                 feed,
                 next_session: AtomicU64::new(1),
+                next_recording: AtomicU64::new(1),
                 metrics,
                 clock: config.clock,
                 store,
@@ -904,6 +907,77 @@ impl Center {
     /// room and publisher.
     pub fn list_relays(&self, room_id: &str) -> Vec<proto::Relay> {
         self.inner.state.lock().rooms.relays(room_id)
+    }
+
+    /// Starts recording `room_id` (see `rules/recordings.rs`) as
+    /// `recording_id`, or under a new id when it is empty: the start time
+    /// in ms, this node's number and a count, so no two ever meet.
+    pub async fn start_recording(
+        &self,
+        room_id: &str,
+        recording_id: &str,
+    ) -> Result<proto::Recording, CenterError> {
+        let id = if recording_id.is_empty() {
+            format!(
+                "rec-{}-{}-{}",
+                unix_ms(SystemTime::now()),
+                self.inner.store.node_number(),
+                self.inner.next_recording.fetch_add(1, Ordering::Relaxed)
+            )
+        } else {
+            recording_id.to_owned()
+        };
+        self.operator(Kind::StartRecording(proto::StartRecordingRequest {
+            room_id: room_id.to_owned(),
+            recording_id: id.clone(),
+        }))
+        .await?;
+        self.recording(&id)
+    }
+
+    /// Stops the recording of `room_id`; returns it as it stands.
+    pub async fn stop_recording(&self, room_id: &str) -> Result<proto::Recording, CenterError> {
+        let id = self
+            .inner
+            .state
+            .lock()
+            .rooms
+            .recording_of(room_id)
+            .ok_or_else(|| {
+                CenterError::FailedPrecondition(format!("room {room_id} is not being recorded"))
+            })?;
+        self.operator(Kind::StopRecording(proto::StopRecordingRequest {
+            room_id: room_id.to_owned(),
+        }))
+        .await?;
+        self.recording(&id)
+    }
+
+    /// Deletes stopped recording `recording_id`; whether its MSU was told
+    /// to remove the files.
+    pub async fn delete_recording(&self, recording_id: &str) -> Result<bool, CenterError> {
+        let told = self
+            .operator(Kind::DeleteRecording(proto::DeleteRecordingRequest {
+                recording_id: recording_id.to_owned(),
+            }))
+            .await?;
+        Ok(told > 0)
+    }
+
+    /// The recordings of `room_id` (empty: all), sorted by id.
+    pub fn list_recordings(&self, room_id: &str) -> Vec<proto::Recording> {
+        self.inner.state.lock().rooms.recordings(room_id)
+    }
+
+    fn recording(&self, id: &str) -> Result<proto::Recording, CenterError> {
+        self.inner
+            .state
+            .lock()
+            .rooms
+            .recordings
+            .get(id)
+            .cloned()
+            .ok_or_else(|| CenterError::NotFound(format!("recording not found: {id}")))
     }
 
     /// Every MSU, sorted by id.

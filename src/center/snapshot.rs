@@ -19,6 +19,7 @@ pub struct FrozenRules {
     msus: Vec<(String, SessionId, Vec<String>, SystemTime)>,
     /// MSU id -> its media address.
     media: HashMap<String, (String, i64)>,
+    recordings: Vec<crate::proto::Recording>,
 }
 
 impl FrozenRules {
@@ -82,6 +83,7 @@ impl FrozenRules {
             })
             .collect();
         snap.rooms.sort_by(|a, b| a.room_id.cmp(&b.room_id));
+        snap.recordings = self.recordings;
         snap.msus = self
             .msus
             .into_iter()
@@ -123,6 +125,7 @@ impl Rules {
                 .iter()
                 .filter_map(|(id, m)| Some((id.clone(), m.media.clone()?)))
                 .collect(),
+            recordings: self.recordings.values().cloned().collect(),
         }
     }
 
@@ -217,6 +220,14 @@ impl Rules {
                 }
             }
             rules.rooms.insert(r.room_id.clone(), Arc::new(room));
+        }
+        for r in &snap.recordings {
+            rules.recordings.insert(r.recording_id.clone(), r.clone());
+            if r.state() == crate::proto::RecordingState::Recording
+                && let Some(room) = rules.rooms.get_mut(&r.room_id).map(Arc::make_mut)
+            {
+                room.recording = Some(r.recording_id.clone());
+            }
         }
         for m in &snap.msus {
             if let Some(held) = rules.sessions.get_mut(&m.session_id) {

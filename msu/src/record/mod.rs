@@ -99,6 +99,10 @@ pub struct ManifestFile {
     /// Its size when closed.
     #[serde(default)]
     pub bytes: u64,
+    /// Cut short: the MSU writing it was killed (found when it came back);
+    /// readable up to its last fragment.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 /// One track of a file.
@@ -329,8 +333,34 @@ impl Store {
             started_at_unix_ms: unix_ms(started),
             ended_at_unix_ms: None,
             bytes: 0,
+            interrupted: false,
         };
-        self.update(recording_id, room_id, |m| m.files.push(entry))?;
+        // Files of this user still open in the manifest were cut short by
+        // an MSU killed while writing them (this process writes one file
+        // per user and recording): closed now, as they are on disk.
+        let mut cut = Vec::new();
+        self.update(recording_id, room_id, |m| {
+            for f in m.files.iter_mut() {
+                if f.user_id == user_id && f.ended_at_unix_ms.is_none() {
+                    let meta = std::fs::metadata(dir.join(&f.file)).ok();
+                    f.bytes = meta.as_ref().map_or(0, std::fs::Metadata::len);
+                    f.ended_at_unix_ms =
+                        Some(meta.and_then(|m| m.modified().ok()).map_or(0, unix_ms));
+                    f.interrupted = true;
+                    cut.push((f.file.clone(), f.bytes));
+                }
+            }
+            m.files.push(entry);
+        })?;
+        for (file, bytes) in cut {
+            tracing::warn!(recording.id = recording_id, user.id = user_id, %file, bytes, "a file cut short by an earlier process, closed as it is");
+            self.emit(
+                recording_id,
+                room_id,
+                user_id,
+                EventKind::FileEnded { file, bytes },
+            );
+        }
         self.emit(
             recording_id,
             room_id,

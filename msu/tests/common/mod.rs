@@ -51,10 +51,24 @@ pub async fn center() -> Server {
 
 pub fn msu_yaml(center: &Server, port_min: u16, port_max: u16) -> String {
     format!(
-        "center:\n  url: \"ws://{}/pilot/center\"\n  heartbeat_secs: 1\n\
+        "center:\n  url: \"ws://{}/pilot/center\"\n  heartbeat_secs: 1\n  stats_secs: 1\n\
          msu:\n  id: hub-1\n\
          media:\n  listen_ip: 127.0.0.1\n  port_min: {port_min}\n  port_max: {port_max}\n  keyframe_interval_ms: 500\n",
         center.ws_addr()
+    )
+}
+
+/// [`msu_yaml`] recording into `dir`.
+pub fn msu_yaml_recording(
+    center: &Server,
+    port_min: u16,
+    port_max: u16,
+    dir: &std::path::Path,
+) -> String {
+    format!(
+        "{}recording:\n  dir: \"{}\"\n",
+        msu_yaml(center, port_min, port_max),
+        dir.display()
     )
 }
 
@@ -62,8 +76,17 @@ pub fn msu_yaml(center: &Server, port_min: u16, port_max: u16) -> String {
 pub async fn msu_in_process(
     center: &Server,
 ) -> (pilot_msu::Msu, tokio_util::sync::CancellationToken) {
+    msu_with(center, &msu_yaml(center, 41_000, 41_999)).await
+}
+
+/// Starts the MSU of configuration `yaml` in this process; stops when the
+/// token is cancelled.
+pub async fn msu_with(
+    center: &Server,
+    yaml: &str,
+) -> (pilot_msu::Msu, tokio_util::sync::CancellationToken) {
     let stop = tokio_util::sync::CancellationToken::new();
-    let config = pilot_msu::config::Config::parse(&msu_yaml(center, 41_000, 41_999)).unwrap();
+    let config = pilot_msu::config::Config::parse(yaml).unwrap();
     let token = stop.clone();
     let (msu, _task) = pilot_msu::start(config, async move { token.cancelled().await })
         .await
@@ -264,19 +287,7 @@ pub async fn room_of_sfus(
             .await;
         p.request("echo", json!({})).await;
     }
-    // A is asked for each track once, to send it to the hub.
-    for pusher in ["v", "a"] {
-        let asked = a.expect("pullRemoteStream").await;
-        assert_eq!(asked["pushInfo"]["pusherId"], json!(pusher), "{asked}");
-        assert_eq!(
-            (
-                asked["udp_ip"].as_str().unwrap(),
-                asked["udp_port"].as_u64().unwrap()
-            ),
-            (media.ip().to_string().as_str(), u64::from(media.port())),
-            "{asked}"
-        );
-    }
+    asked_to_send_to(&mut a, media).await;
     a.none_of("pullRemoteStream").await;
     (a, others)
 }
@@ -344,4 +355,21 @@ pub fn nack(ssrc: u32, seq: u16) -> Vec<u8> {
     p.extend_from_slice(&seq.to_be_bytes());
     p.extend_from_slice(&[0, 0]);
     p
+}
+
+/// The publisher's SFU `a` is asked for each of u1's tracks once, to send
+/// it to the hub at `media`.
+pub async fn asked_to_send_to(a: &mut Peer, media: SocketAddr) {
+    for pusher in ["v", "a"] {
+        let asked = a.expect("pullRemoteStream").await;
+        assert_eq!(asked["pushInfo"]["pusherId"], json!(pusher), "{asked}");
+        assert_eq!(
+            (
+                asked["udp_ip"].as_str().unwrap(),
+                asked["udp_port"].as_u64().unwrap()
+            ),
+            (media.ip().to_string().as_str(), u64::from(media.port())),
+            "{asked}"
+        );
+    }
 }

@@ -62,6 +62,8 @@ pub(crate) struct Room {
     pub(crate) msu: Option<String>,
     /// Publisher user id -> where its media goes between SFUs.
     pub(crate) relays: std::collections::BTreeMap<String, proto::Relay>,
+    /// The recording running in this room.
+    pub(crate) recording: Option<String>,
 }
 
 impl Room {

@@ -33,6 +33,7 @@ mod msu_pool;
 mod msus;
 mod operator;
 mod orphans;
+mod recordings;
 mod relays;
 mod sessions;
 mod view;
@@ -91,6 +92,10 @@ pub struct Rules {
     /// Puller identity -> the relays (room, publisher) with a destination
     /// of it, so that a peer's process ending touches only those.
     pub(crate) pullers: HashMap<String, std::collections::BTreeSet<(String, String)>>,
+    /// Recordings, running and stopped, by id.
+    pub(crate) recordings: std::collections::BTreeMap<String, proto::Recording>,
+    /// The time of the entry being applied (the rules read no clock).
+    pub(crate) now: SystemTime,
 }
 
 /// What a session's opening did to the users of earlier sessions with its
@@ -154,6 +159,8 @@ impl Rules {
             opened: 0,
             replaying: false,
             pullers: HashMap::new(),
+            recordings: std::collections::BTreeMap::new(),
+            now: SystemTime::UNIX_EPOCH,
         }
     }
 
@@ -262,6 +269,9 @@ impl Rules {
             .is_some_and(|room| room.users.is_empty())
         {
             return;
+        }
+        if self.rooms[room_id].recording.is_some() {
+            let _ = self.stop_recording(room_id, "room closed", fx);
         }
         let Some(room) = self.rooms.remove(room_id) else {
             return;
@@ -486,6 +496,7 @@ impl Rules {
             }),
         );
         tracing::debug!(room.id = %r.room_id, user.id = %r.user_id, pushers = r.publishers.len(), "push");
+        let user_id = r.user_id.clone();
         fx.event(
             &r.room_id,
             EventKind::PusherAdded,
@@ -496,6 +507,14 @@ impl Rules {
         );
         if created {
             self.invite_msu(&r.room_id, None, fx);
+        }
+        // A recorded room records its publishers as they push.
+        if self
+            .rooms
+            .get(&r.room_id)
+            .is_some_and(|room| room.recording.is_some())
+        {
+            self.record_user(&r.room_id, &user_id, fx);
         }
         Ok(())
     }

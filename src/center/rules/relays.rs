@@ -119,7 +119,7 @@ impl Rules {
     }
 
     /// The relay changed: its MSU (when live) hears it whole; the feed too.
-    fn relay_changed(&self, relay: &proto::Relay, fx: &mut Effects) {
+    pub(super) fn relay_changed(&self, relay: &proto::Relay, fx: &mut Effects) {
         // An MSU id is never empty: a relay without one finds no session.
         if let Some(session) = self.msus.session_of(&relay.msu_id) {
             fx.send(vec![session], peer_event::Kind::Relay(relay.clone()));

@@ -25,8 +25,8 @@ fn fingerprint(r: &Rules) -> String {
             let mut listeners: Vec<_> = room.listeners.iter().collect();
             listeners.sort();
             format!(
-                "{id} msu={:?} users={users:?} hear={listeners:?} relays={:?}",
-                room.msu, room.relays
+                "{id} msu={:?} users={users:?} hear={listeners:?} relays={:?} recording={:?}",
+                room.msu, room.relays, room.recording
             )
         })
         .collect();
@@ -73,9 +73,10 @@ fn fingerprint(r: &Rules) -> String {
         .into_iter()
         .collect();
     format!(
-        "opened={} rooms={rooms:#?} sessions={sessions:#?} orphans={orphans:?} deadlines={deadlines:?} msus={:?}",
+        "opened={} rooms={rooms:#?} sessions={sessions:#?} orphans={orphans:?} deadlines={deadlines:?} msus={:?} recordings={:?}",
         r.opened,
-        r.msus()
+        r.msus(),
+        r.recordings
     )
 }
 
@@ -647,4 +648,174 @@ fn pulls_go_through_the_rooms_msu_and_without_one_the_second_is_unserved() {
         }
         check_indexes(&r).unwrap();
     }
+}
+
+/// The recordings in `fx`'s relays sent to the MSU: (user, recording id).
+fn recorded(fx: &Effects) -> Vec<(String, String)> {
+    fx.notices
+        .iter()
+        .filter_map(|n| match n {
+            Notice::Event {
+                event: peer_event::Kind::Relay(r),
+                ..
+            } => Some((r.pusher_user_id.clone(), r.recording_id.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Issue 30: a recording rides on relays through the room's MSU. Starting
+/// it asks each publisher's SFU to send every track to the MSU and tells the
+/// MSU to record; a user who publishes later is recorded from then; a
+/// snapshot keeps it all; stopping clears the relays' recording; a room
+/// that closes ends its recording; only the recording's MSU reports its
+/// files; a running recording cannot be deleted, a stopped one can.
+#[test]
+fn a_recorded_room_records_its_publishers_now_and_later_until_it_stops() {
+    let mut r = Rules::new(RulesConfig::default());
+    let fx = &mut Effects::default();
+    for (sid, identity) in [(1, "sfu-a"), (2, "sfu-b"), (9, "msu")] {
+        r.open_session(sid, identity, "", fx);
+    }
+    let m = proto::RegisterMsuRequest {
+        msu_id: "m1".into(),
+        udp_ip: "10.0.0.9".into(),
+        udp_port: 40_000,
+    };
+    r.register_msu(9, m, SystemTime::UNIX_EPOCH, fx).unwrap();
+    join(&mut r, 1, "r", "u1");
+    join(&mut r, 2, "r", "u2");
+    let track = |id: &str, codec: &str| proto::Publisher {
+        pusher_id: id.into(),
+        rtp_param_json: format!(r#"{{"codec": "{codec}", "ssrc": 7}}"#),
+        ..Default::default()
+    };
+    let push = |user: &str, pushers| proto::PushRequest {
+        room_id: "r".into(),
+        user_id: user.into(),
+        publishers: pushers,
+        ..Default::default()
+    };
+    r.push(
+        1,
+        push("u1", vec![track("v", "H264"), track("a", "opus")]),
+        fx,
+    )
+    .unwrap();
+    let start = |id: &str| proto::StartRecordingRequest {
+        room_id: "r".into(),
+        recording_id: id.into(),
+    };
+    let bad = r.start_recording(&start("../x"), &mut Effects::default());
+    assert!(
+        matches!(bad, Err(CenterError::InvalidArgument { .. })),
+        "{bad:?}"
+    );
+
+    let mut started = Effects::default();
+    assert_eq!(r.start_recording(&start("rec1"), &mut started), Ok(1));
+    let to_msu = "10.0.0.9:40000".to_owned();
+    assert_eq!(
+        sent(&started).0,
+        vec![(1, to_msu.clone()), (1, to_msu.clone())]
+    );
+    assert_eq!(recorded(&started), vec![("u1".into(), "rec1".into())]);
+    let media: Vec<String> = started
+        .notices
+        .iter()
+        .filter_map(|n| match n {
+            Notice::Event {
+                event: peer_event::Kind::PullRemoteStream(p),
+                ..
+            } => Some(p.media_type.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(media, ["video", "audio"]);
+    assert!(
+        started
+            .events
+            .iter()
+            .any(|(_, k, _)| *k == EventKind::RecordingStarted)
+    );
+    let twice = r.start_recording(&start("rec9"), &mut Effects::default());
+    assert!(matches!(twice, Err(CenterError::Conflict(_))), "{twice:?}");
+
+    // u2 publishes later: recorded from then.
+    let mut later = Effects::default();
+    r.push(2, push("u2", vec![track("cam", "H264")]), &mut later)
+        .unwrap();
+    assert_eq!(sent(&later).0, vec![(2, to_msu.clone())]);
+    assert_eq!(recorded(&later), vec![("u2".into(), "rec1".into())]);
+    check_indexes(&r).unwrap();
+
+    // A snapshot keeps the recording and the room's tie to it.
+    let mut snap = cp::Snapshot::default();
+    r.freeze().write(&mut snap);
+    let restored = Rules::import(RulesConfig::default(), &snap);
+    assert_eq!(fingerprint(&restored), fingerprint(&r));
+
+    // Only the recording's MSU reports its files.
+    let status = |state: proto::RecordingFileState| proto::RecordingStatusRequest {
+        recording_id: "rec1".into(),
+        room_id: "r".into(),
+        user_id: "u1".into(),
+        state: state.into(),
+        file: "u1-1.mp4".into(),
+        bytes: 1234,
+        reason: String::new(),
+    };
+    let other = r.recording_status(2, status(proto::RecordingFileState::Started), fx);
+    assert!(matches!(other, Err(CenterError::Forbidden(_))), "{other:?}");
+    r.recording_status(9, status(proto::RecordingFileState::Started), fx)
+        .unwrap();
+    r.recording_status(9, status(proto::RecordingFileState::Ended), fx)
+        .unwrap();
+    let files = &r.recordings("r")[0].files;
+    assert_eq!(
+        (files.len(), files[0].closed, files[0].bytes),
+        (1, true, 1234)
+    );
+
+    let running = r.delete_recording("rec1", &mut Effects::default());
+    assert!(
+        matches!(running, Err(CenterError::FailedPrecondition(_))),
+        "{running:?}"
+    );
+    let mut stopped = Effects::default();
+    assert_eq!(r.stop_recording("r", "stopped", &mut stopped), Ok(2));
+    assert_eq!(
+        recorded(&stopped),
+        vec![("u1".into(), String::new()), ("u2".into(), String::new())]
+    );
+    assert_eq!(r.recordings("r")[0].state(), proto::RecordingState::Stopped);
+    // Not recorded any more: a new track goes nowhere new.
+    let mut after = Effects::default();
+    r.push(2, push("u2", vec![track("mic", "opus")]), &mut after)
+        .unwrap();
+    assert_eq!(sent(&after), (vec![], vec![]));
+
+    // A room that closes ends its recording.
+    r.start_recording(&start("rec2"), fx).unwrap();
+    let mut closed = Effects::default();
+    r.close_room("r", &mut closed).unwrap();
+    let rec2 = r
+        .recordings("r")
+        .into_iter()
+        .find(|x| x.recording_id == "rec2")
+        .unwrap();
+    assert_eq!(
+        (rec2.state(), rec2.stop_reason.as_str()),
+        (proto::RecordingState::Stopped, "room closed")
+    );
+    check_indexes(&r).unwrap();
+
+    // Deleted: the MSU is told to remove the files.
+    let mut deleted = Effects::default();
+    assert_eq!(r.delete_recording("rec2", &mut deleted), Ok(1));
+    assert!(deleted.notices.iter().any(|n| matches!(n,
+        Notice::Event { to, event: peer_event::Kind::RecordingDelete(_) } if to == &vec![9])));
+    assert_eq!(r.recordings("").len(), 1);
+    let gone = r.delete_recording("rec2", &mut Effects::default());
+    assert!(matches!(gone, Err(CenterError::NotFound(_))), "{gone:?}");
 }

@@ -47,6 +47,7 @@ impl Rules {
             msu_id: room.msu.clone().unwrap_or_default(),
             users,
             session_ids,
+            recording_id: room.recording.clone().unwrap_or_default(),
         })
     }
 

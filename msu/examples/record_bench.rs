@@ -1,0 +1,278 @@
+//! What recording costs the MSU, in one run:
+//! `cargo run --release -p pilot-msu --example record_bench -- [STREAMS...] [--secs S]`.
+//!
+//! Real ffmpeg encodes 4 s of 640x360 H264 at 25 fps and 48 kHz Opus as
+//! RTP once; the packets are kept with their times. For each count of
+//! streams, that capture is played in real time (looped, timestamps and
+//! sequence numbers carried on) as that many publishers with SSRCs of their
+//! own into a hub, twice: relayed only, and recorded to files. Figures:
+//! the process's CPU time (`/proc/self/stat`: the player is included alike
+//! in both) per stream and second, the cost recording adds per stream as a
+//! share of one core, bytes written per second, and the resident memory
+//! the recorders add (`VmRSS`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
+
+use pilot_msu::hub::{Hub, RelaySpec, Track};
+use pilot_msu::record::Store;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+
+const VIDEO: u32 = 0x1111_0001;
+const AUDIO: u32 = 0x2222_0001;
+
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f
+        .get(11..13)
+        .map(|x| x.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The capture: (offset from the first packet, packet).
+async fn capture() -> (Vec<(Duration, Vec<u8>)>, Duration) {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = s.local_addr().unwrap().port();
+    let ffmpeg = tokio::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-t",
+            "4",
+            "-f",
+            "lavfi",
+        ])
+        .args([
+            "-i",
+            "testsrc=size=640x360:rate=25",
+            "-re",
+            "-t",
+            "4",
+            "-f",
+            "lavfi",
+        ])
+        .args(["-i", "sine=frequency=440:sample_rate=48000", "-map", "0:v"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-profile:v",
+            "baseline",
+            "-tune",
+            "zerolatency",
+        ])
+        .args([
+            "-b:v",
+            "800k",
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            "50",
+            "-payload_type",
+            "108",
+        ])
+        .args(["-ssrc", &VIDEO.to_string(), "-f", "rtp"])
+        .arg(format!("rtp://127.0.0.1:{port}?pkt_size=1200"))
+        .args(["-map", "1:a", "-c:a", "libopus", "-payload_type", "111"])
+        .args(["-ssrc", &AUDIO.to_string(), "-f", "rtp"])
+        .arg(format!("rtp://127.0.0.1:{port}"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ffmpeg (Debian's ffmpeg package)");
+    let mut packets = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    let mut start = None;
+    let collect = async {
+        while let Ok((n, _)) = s.recv_from(&mut buf).await {
+            let t = *start.get_or_insert_with(Instant::now);
+            packets.push((t.elapsed(), buf[..n].to_vec()));
+        }
+    };
+    let mut ffmpeg = ffmpeg;
+    tokio::select! {
+        () = collect => {}
+        _ = ffmpeg.wait() => {}
+    }
+    let span = packets.last().map(|p| p.0).unwrap_or_default() + Duration::from_millis(40);
+    (packets, span)
+}
+
+/// Plays `streams` publishers of the capture to `to` for `secs` seconds.
+async fn play(
+    to: SocketAddr,
+    capture: &[(Duration, Vec<u8>)],
+    span: Duration,
+    streams: u32,
+    secs: u64,
+) {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let start = Instant::now();
+    let mut lap = 0u32;
+    let mut packet = Vec::with_capacity(2048);
+    'play: loop {
+        for (at, p) in capture {
+            let due = span * lap + *at;
+            if due > Duration::from_secs(secs) {
+                break 'play;
+            }
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+            let ssrc = u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
+            let (clock, count) = if ssrc == VIDEO {
+                (90_000, 0)
+            } else {
+                (48_000, 1)
+            };
+            let seq =
+                u16::from_be_bytes([p[2], p[3]]).wrapping_add((lap * capture.len() as u32) as u16);
+            let ts = u32::from_be_bytes([p[4], p[5], p[6], p[7]])
+                .wrapping_add((span.as_secs_f64() * f64::from(clock)) as u32 * lap);
+            for i in 0..streams {
+                packet.clear();
+                packet.extend_from_slice(p);
+                packet[2..4].copy_from_slice(&seq.to_be_bytes());
+                packet[4..8].copy_from_slice(&ts.to_be_bytes());
+                packet[8..12].copy_from_slice(&(10_000 + i * 2 + count).to_be_bytes());
+                let _ = s.send_to(&packet, to).await;
+            }
+        }
+        lap += 1;
+    }
+}
+
+struct Round {
+    cpu: f64,
+    bytes: u64,
+    rss_kib: u64,
+}
+
+async fn round(
+    capture: &[(Duration, Vec<u8>)],
+    span: Duration,
+    streams: u32,
+    secs: u64,
+    record: bool,
+) -> Round {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, _told) = tokio::sync::mpsc::unbounded_channel();
+    let store = Arc::new(Store::new(dir.path().to_owned(), events));
+    let hub = Arc::new(
+        Hub::bind(
+            "127.0.0.1".parse().unwrap(),
+            0,
+            0,
+            512,
+            Duration::from_millis(500),
+            Some(store),
+        )
+        .await
+        .unwrap(),
+    );
+    for i in 0..streams {
+        hub.apply(RelaySpec {
+            key: ("r".into(), format!("u{i}")),
+            tracks: vec![
+                Track {
+                    pusher_id: "v".into(),
+                    ssrc: 10_000 + i * 2,
+                    rtx_ssrc: 0,
+                    codec: "H264".into(),
+                },
+                Track {
+                    pusher_id: "a".into(),
+                    ssrc: 10_001 + i * 2,
+                    rtx_ssrc: 0,
+                    codec: "opus".into(),
+                },
+            ],
+            destinations: Vec::new(),
+            recording_id: if record {
+                "bench".into()
+            } else {
+                String::new()
+            },
+        });
+    }
+    let to = hub.local_addr().unwrap();
+    let serve = {
+        let hub = hub.clone();
+        tokio::spawn(async move { hub.run().await })
+    };
+    let rss = rss_kib();
+    let cpu = cpu_seconds();
+    play(to, capture, span, streams, secs).await;
+    let rss_kib = rss_kib().saturating_sub(rss);
+    let finishing = hub.clone();
+    tokio::task::spawn_blocking(move || finishing.finish_recordings())
+        .await
+        .unwrap();
+    let cpu = cpu_seconds() - cpu;
+    serve.abort();
+    let bytes = std::fs::read_dir(dir.path().join("bench"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    Round {
+        cpu,
+        bytes,
+        rss_kib,
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let secs = args
+        .iter()
+        .position(|a| a == "--secs")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(10);
+    let mut counts: Vec<u32> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| *a != "--secs" && (*i == 0 || args[i - 1] != "--secs"))
+        .filter_map(|(_, a)| a.parse().ok())
+        .collect();
+    if counts.is_empty() {
+        counts = vec![1, 10, 50];
+    }
+    let (capture, span) = capture().await;
+    println!(
+        "capture: {} packets over {:.1} s (640x360 H264 at 800 kbit/s, 25 fps; Opus), played {secs} s per round",
+        capture.len(),
+        span.as_secs_f64()
+    );
+    println!("streams  relay CPU/s  record CPU/s  recording adds per stream  written/s  RSS added");
+    for n in counts {
+        let relay = round(&capture, span, n, secs, false).await;
+        let rec = round(&capture, span, n, secs, true).await;
+        let per_stream = (rec.cpu - relay.cpu) / secs as f64 / f64::from(n);
+        println!(
+            "{n:>7}  {:>10.3}  {:>12.3}  {:>20.2} % of a core  {:>7.0} KiB  {:>6} KiB",
+            relay.cpu / secs as f64,
+            rec.cpu / secs as f64,
+            per_stream * 100.0,
+            rec.bytes as f64 / 1024.0 / secs as f64,
+            rec.rss_kib,
+        );
+    }
+}
