@@ -119,13 +119,27 @@ async fn play(
     span: Duration,
     streams: u32,
     secs: u64,
-) {
+) -> u64 {
     let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let ssrc_of = |p: &[u8]| u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
+    // Per lap, each SSRC's sequence numbers go on by its packet count.
+    let video_count = capture.iter().filter(|(_, p)| ssrc_of(p) == VIDEO).count() as u32;
+    let audio_count = capture.len() as u32 - video_count;
+    // Publishers are not in step: stream i starts i/streams of a frame
+    // (40 ms) later, so a packet's copies do not all arrive at once.
+    let mut schedule: Vec<(Duration, usize, u32)> = capture
+        .iter()
+        .enumerate()
+        .flat_map(|(k, (at, _))| {
+            (0..streams).map(move |i| (*at + Duration::from_millis(40) * i / streams, k, i))
+        })
+        .collect();
+    schedule.sort();
     let start = Instant::now();
-    let mut lap = 0u32;
+    let (mut lap, mut sent) = (0u32, 0u64);
     let mut packet = Vec::with_capacity(2048);
     'play: loop {
-        for (at, p) in capture {
+        for (at, k, i) in &schedule {
             let due = span * lap + *at;
             if due > Duration::from_secs(secs) {
                 break 'play;
@@ -133,30 +147,32 @@ async fn play(
             if let Some(wait) = due.checked_sub(start.elapsed()) {
                 tokio::time::sleep(wait).await;
             }
-            let ssrc = u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
-            let (clock, count) = if ssrc == VIDEO {
-                (90_000, 0)
+            let p = &capture[*k].1;
+            let (clock, count, audio) = if ssrc_of(p) == VIDEO {
+                (90_000.0, video_count, 0)
             } else {
-                (48_000, 1)
+                (48_000.0, audio_count, 1)
             };
-            let seq =
-                u16::from_be_bytes([p[2], p[3]]).wrapping_add((lap * capture.len() as u32) as u16);
+            let seq = u16::from_be_bytes([p[2], p[3]]).wrapping_add((lap * count) as u16);
             let ts = u32::from_be_bytes([p[4], p[5], p[6], p[7]])
-                .wrapping_add((span.as_secs_f64() * f64::from(clock)) as u32 * lap);
-            for i in 0..streams {
-                packet.clear();
-                packet.extend_from_slice(p);
-                packet[2..4].copy_from_slice(&seq.to_be_bytes());
-                packet[4..8].copy_from_slice(&ts.to_be_bytes());
-                packet[8..12].copy_from_slice(&(10_000 + i * 2 + count).to_be_bytes());
-                let _ = s.send_to(&packet, to).await;
+                .wrapping_add((span.as_secs_f64() * clock) as u32 * lap);
+            packet.clear();
+            packet.extend_from_slice(p);
+            packet[2..4].copy_from_slice(&seq.to_be_bytes());
+            packet[4..8].copy_from_slice(&ts.to_be_bytes());
+            packet[8..12].copy_from_slice(&(10_000 + i * 2 + audio).to_be_bytes());
+            if s.send_to(&packet, to).await.is_ok() {
+                sent += 1;
             }
         }
         lap += 1;
     }
+    sent
 }
 
 struct Round {
+    /// Packets the hub took of those sent.
+    taken: f64,
     cpu: f64,
     bytes: u64,
     rss_kib: u64,
@@ -216,7 +232,12 @@ async fn round(
     };
     let rss = rss_kib();
     let cpu = cpu_seconds();
-    play(to, capture, span, streams, secs).await;
+    let sent = play(to, capture, span, streams, secs).await;
+    let taken = hub
+        .stats()
+        .rtp_in
+        .load(std::sync::atomic::Ordering::Relaxed) as f64
+        / sent as f64;
     let rss_kib = rss_kib().saturating_sub(rss);
     let finishing = hub.clone();
     tokio::task::spawn_blocking(move || finishing.finish_recordings())
@@ -232,6 +253,7 @@ async fn round(
         })
         .unwrap_or(0);
     Round {
+        taken,
         cpu,
         bytes,
         rss_kib,
@@ -261,13 +283,16 @@ async fn main() {
         capture.len(),
         span.as_secs_f64()
     );
-    println!("streams  relay CPU/s  record CPU/s  recording adds per stream  written/s  RSS added");
+    println!(
+        "streams  taken  relay CPU/s  record CPU/s  recording adds per stream  written/s  RSS added"
+    );
     for n in counts {
         let relay = round(&capture, span, n, secs, false).await;
         let rec = round(&capture, span, n, secs, true).await;
         let per_stream = (rec.cpu - relay.cpu) / secs as f64 / f64::from(n);
         println!(
-            "{n:>7}  {:>10.3}  {:>12.3}  {:>20.2} % of a core  {:>7.0} KiB  {:>6} KiB",
+            "{n:>7}  {:>4.0} %  {:>10.3}  {:>12.3}  {:>20.2} % of a core  {:>7.0} KiB  {:>6} KiB",
+            rec.taken * 100.0,
             relay.cpu / secs as f64,
             rec.cpu / secs as f64,
             per_stream * 100.0,
