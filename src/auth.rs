@@ -139,6 +139,7 @@ impl Grant {
             K::RegisterMsu(_) => ("register", None, None),
             K::RelayStats(_) => ("relayStats", None, None),
             K::RecordingStatus(_) => ("recordingStatus", None, None),
+            K::PlaybackEnded(_) => ("playbackEnded", None, None),
             K::Join(r) => ("join", Some(&r.room_id), Some(&r.user_id)),
             K::Push(r) => ("push", Some(&r.room_id), Some(&r.user_id)),
             K::PullRemoteStream(r) => ("pullRemoteStream", Some(&r.room_id), None),
@@ -149,8 +150,21 @@ impl Grant {
         };
         let allowed = match self.role {
             Role::Admin => true,
-            Role::Sfu => !matches!(name, "register" | "relayStats" | "recordingStatus"),
-            Role::Msu => matches!(name, "register" | "relayStats" | "recordingStatus"),
+            Role::Sfu => !matches!(
+                name,
+                "register" | "relayStats" | "recordingStatus" | "playbackEnded"
+            ),
+            // An MSU joins and publishes the users it plays back.
+            Role::Msu => matches!(
+                name,
+                "register"
+                    | "relayStats"
+                    | "recordingStatus"
+                    | "playbackEnded"
+                    | "join"
+                    | "push"
+                    | "userLeave"
+            ),
             Role::Client => matches!(name, "join" | "push" | "textMessage" | "userLeave"),
         };
         if !allowed {

@@ -411,6 +411,43 @@ impl RoomService for RoomServiceImpl {
         Ok(Response::new(proto::DeleteRecordingResponse { msu_told }))
     }
 
+    async fn start_playback(
+        &self,
+        request: Request<proto::StartPlaybackRequest>,
+    ) -> Result<Response<proto::StartPlaybackResponse>, Status> {
+        require_admin(&request)?;
+        let playback = self
+            .center
+            .start_playback(request.into_inner())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::StartPlaybackResponse {
+            playback: Some(playback),
+        }))
+    }
+
+    async fn stop_playback(
+        &self,
+        request: Request<proto::StopPlaybackRequest>,
+    ) -> Result<Response<proto::StopPlaybackResponse>, Status> {
+        require_admin(&request)?;
+        self.center
+            .stop_playback(&request.get_ref().playback_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::StopPlaybackResponse {}))
+    }
+
+    async fn list_playbacks(
+        &self,
+        request: Request<proto::ListPlaybacksRequest>,
+    ) -> Result<Response<proto::ListPlaybacksResponse>, Status> {
+        require_admin(&request)?;
+        self.center.settle().await.map_err(status)?;
+        let playbacks = self.center.list_playbacks();
+        Ok(Response::new(proto::ListPlaybacksResponse { playbacks }))
+    }
+
     async fn remove_user(
         &self,
         request: Request<proto::RemoveUserRequest>,

@@ -139,6 +139,33 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Play a recorded user into a room as a user of your choice (its MSU
+    /// joins it and sends the recorded media to every SFU that pulls it).
+    Play {
+        /// The recording.
+        recording_id: String,
+        /// The room to play into.
+        room_id: String,
+        /// The user to play as.
+        user_id: String,
+        /// Whose files to play (needed when the recording has several users).
+        #[arg(long = "of", default_value = "")]
+        source_user_id: String,
+        /// Start again at the end, until stopped.
+        #[arg(long = "loop")]
+        looped: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Stop a playback (its user leaves).
+    StopPlayback {
+        /// The playback.
+        playback_id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List the running playbacks.
+    Playbacks(Remote),
     /// Follow the event feed until interrupted.
     Watch {
         /// Only this room (repeat for several).
@@ -226,7 +253,11 @@ async fn operate(command: Command) -> anyhow::Result<()> {
         Command::Token { .. } | Command::RepairState { .. } => {
             anyhow::bail!("not an operator command")
         }
-        Command::Rooms(r) | Command::Sessions(r) | Command::Msus(r) | Command::Relays(r) => r,
+        Command::Rooms(r)
+        | Command::Sessions(r)
+        | Command::Msus(r)
+        | Command::Relays(r)
+        | Command::Playbacks(r) => r,
         Command::Room { remote, .. }
         | Command::Kick { remote, .. }
         | Command::Close { remote, .. }
@@ -235,6 +266,8 @@ async fn operate(command: Command) -> anyhow::Result<()> {
         | Command::StopRecording { remote, .. }
         | Command::Recordings { remote, .. }
         | Command::DeleteRecording { remote, .. }
+        | Command::Play { remote, .. }
+        | Command::StopPlayback { remote, .. }
         | Command::Watch { remote, .. } => remote,
     };
     let json = remote.json;
@@ -281,6 +314,31 @@ async fn operate(command: Command) -> anyhow::Result<()> {
                 )
             }
         }
+        Command::Play {
+            recording_id,
+            room_id,
+            user_id,
+            source_user_id,
+            looped,
+            ..
+        } => {
+            let p = op
+                .play(pilot_center::proto::StartPlaybackRequest {
+                    recording_id: recording_id.clone(),
+                    source_user_id: source_user_id.clone(),
+                    room_id: room_id.clone(),
+                    user_id: user_id.clone(),
+                    r#loop: *looped,
+                    playback_id: String::new(),
+                })
+                .await?;
+            view::show_playbacks(&[p], json)
+        }
+        Command::StopPlayback { playback_id, .. } => {
+            op.stop_playback(playback_id).await?;
+            format!("stopped {playback_id}\n")
+        }
+        Command::Playbacks(_) => view::show_playbacks(&op.playbacks().await?, json),
         Command::Watch {
             rooms,
             kinds,

@@ -240,6 +240,31 @@ impl Operator {
         Ok(self.client.delete_recording(r).await?.into_inner().msu_told)
     }
 
+    /// Starts a playback.
+    pub async fn play(
+        &mut self,
+        r: proto::StartPlaybackRequest,
+    ) -> Result<proto::Playback, OperatorError> {
+        let r = self.request(r);
+        let reply = self.client.start_playback(r).await?.into_inner();
+        Ok(reply.playback.unwrap_or_default())
+    }
+
+    /// Stops a playback.
+    pub async fn stop_playback(&mut self, playback_id: &str) -> Result<(), OperatorError> {
+        let r = self.request(proto::StopPlaybackRequest {
+            playback_id: playback_id.to_owned(),
+        });
+        self.client.stop_playback(r).await?;
+        Ok(())
+    }
+
+    /// The running playbacks.
+    pub async fn playbacks(&mut self) -> Result<Vec<proto::Playback>, OperatorError> {
+        let r = self.request(proto::ListPlaybacksRequest {});
+        Ok(self.client.list_playbacks(r).await?.into_inner().playbacks)
+    }
+
     /// Removes a user; returns the sessions told.
     pub async fn kick(&mut self, room_id: &str, user_id: &str) -> Result<u32, OperatorError> {
         let r = self.request(proto::RemoveUserRequest {

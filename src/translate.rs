@@ -136,6 +136,22 @@ pub fn notification_command(method: &str, data: &RawValue) -> Result<Command, Ce
         }
         "relayStats" => command::Kind::RelayStats(relay_stats(data)?),
         "recordingStatus" => command::Kind::RecordingStatus(recording_status(data)?),
+        "playbackEnded" => {
+            #[derive(serde::Deserialize)]
+            #[serde(rename_all = "camelCase")]
+            struct Wire {
+                playback_id: String,
+                #[serde(default)]
+                reason: String,
+            }
+            let w: Wire = serde_json::from_str(data.get()).map_err(|e| {
+                CenterError::invalid("playback_id", format!("Invalid playbackEnded: {e}"))
+            })?;
+            command::Kind::PlaybackEnded(proto::PlaybackEndedRequest {
+                playback_id: w.playback_id,
+                reason: w.reason,
+            })
+        }
         other => return Err(CenterError::UnknownMethod(other.to_owned())),
     };
     Ok(Command { kind: Some(kind) })
@@ -381,6 +397,7 @@ pub fn command_method(kind: &command::Kind) -> &'static str {
         command::Kind::UserReconnect(_) => "userReConnect",
         command::Kind::RelayStats(_) => "relayStats",
         command::Kind::RecordingStatus(_) => "recordingStatus",
+        command::Kind::PlaybackEnded(_) => "playbackEnded",
     }
 }
 
@@ -395,6 +412,7 @@ pub fn command_ids(cmd: &Command) -> (&str, &str) {
         Some(command::Kind::TextMessage(r)) => (&r.room_id, &r.user_id),
         Some(command::Kind::UserReconnect(r)) => (&r.room_id, &r.user_id),
         Some(command::Kind::RecordingStatus(r)) => (&r.room_id, &r.user_id),
+        Some(command::Kind::PlaybackEnded(_)) => ("", ""),
         Some(
             command::Kind::Echo(_) | command::Kind::RegisterMsu(_) | command::Kind::RelayStats(_),
         )
@@ -415,6 +433,8 @@ pub fn event_method(event: &proto::PeerEvent) -> &'static str {
         Some(peer_event::Kind::Relay(_)) => "relay",
         Some(peer_event::Kind::RelayEnded(_)) => "relayEnd",
         Some(peer_event::Kind::RecordingDelete(_)) => "recordingDelete",
+        Some(peer_event::Kind::Playback(_)) => "playback",
+        Some(peer_event::Kind::PlaybackStop(_)) => "playbackStop",
         None => "unknown",
     }
 }
@@ -487,6 +507,17 @@ pub fn event_data(event: &proto::PeerEvent) -> Vec<u8> {
         Some(peer_event::Kind::RecordingDelete(d)) => {
             w.str("recordingId", &d.recording_id);
         }
+        Some(peer_event::Kind::Playback(p)) => {
+            w.str("playbackId", &p.playback_id)
+                .str("recordingId", &p.recording_id)
+                .str("sourceUserId", &p.source_user_id)
+                .str("roomId", &p.room_id)
+                .str("userId", &p.user_id)
+                .bool("loop", p.r#loop);
+        }
+        Some(peer_event::Kind::PlaybackStop(p)) => {
+            w.str("playbackId", &p.playback_id);
+        }
         Some(peer_event::Kind::RelayEnded(e)) => {
             w.str("roomId", &e.room_id)
                 .str("pusher_user_id", &e.pusher_user_id)
@@ -548,7 +579,8 @@ pub fn check_command(cmd: &Command) -> Result<(), CenterError> {
         Some(
             command::Kind::RegisterMsu(_)
             | command::Kind::RelayStats(_)
-            | command::Kind::RecordingStatus(_),
+            | command::Kind::RecordingStatus(_)
+            | command::Kind::PlaybackEnded(_),
         ) => Ok(()),
         Some(command::Kind::Join(j)) => check_extra("extra", &j.extra),
         Some(command::Kind::Push(p)) => {

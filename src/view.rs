@@ -287,6 +287,19 @@ pub fn event_detail(e: &proto::WatchEventsResponse) -> String {
             words
         }
         Some(Event::RecordingDeleted(x)) => format!("recording={}", x.recording_id),
+        Some(Event::PlaybackStarted(x)) => format!(
+            "playback={} user={} recording={} of={} msu={}{}",
+            x.playback_id,
+            x.user_id,
+            x.recording_id,
+            x.source_user_id,
+            x.msu_id,
+            if x.r#loop { " loop" } else { "" }
+        ),
+        Some(Event::PlaybackEnded(x)) => format!(
+            "playback={} user={} reason={}",
+            x.playback_id, x.user_id, x.reason
+        ),
         Some(Event::PullUnserved(x)) => format!(
             "user={} from session={} asked={}:{} sfu sends to={}:{}",
             x.pusher_user_id,
@@ -419,6 +432,47 @@ pub fn show_recordings(recordings: &[proto::Recording], as_json: bool) -> String
             "FILES",
             "BYTES",
             "LAST ERROR",
+        ],
+        &rows,
+    )
+}
+
+/// The playbacks, as a table or JSON.
+pub fn show_playbacks(playbacks: &[proto::Playback], as_json: bool) -> String {
+    if as_json {
+        let v: Vec<Value> = playbacks
+            .iter()
+            .map(|p| {
+                json!({"playbackId": p.playback_id, "recordingId": p.recording_id,
+                       "sourceUserId": p.source_user_id, "roomId": p.room_id, "userId": p.user_id,
+                       "msuId": p.msu_id, "loop": p.r#loop, "startedAt": time(p.started_at.as_ref())})
+            })
+            .collect();
+        return format!("{}\n", Value::Array(v));
+    }
+    let rows: Vec<Vec<String>> = playbacks
+        .iter()
+        .map(|p| {
+            vec![
+                p.playback_id.clone(),
+                p.room_id.clone(),
+                p.user_id.clone(),
+                format!("{}/{}", p.recording_id, p.source_user_id),
+                p.msu_id.clone(),
+                if p.r#loop { "loop" } else { "once" }.to_owned(),
+                time(p.started_at.as_ref()),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "PLAYBACK",
+            "ROOM",
+            "AS USER",
+            "RECORDING/USER",
+            "MSU",
+            "",
+            "STARTED",
         ],
         &rows,
     )

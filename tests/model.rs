@@ -286,6 +286,8 @@ fn received(slot: &mut Slot) -> Vec<(&'static str, String)> {
             peer_event::Kind::Relay(e) => e.pusher_user_id.clone(),
             peer_event::Kind::RelayEnded(e) => e.pusher_user_id.clone(),
             peer_event::Kind::RecordingDelete(e) => e.recording_id.clone(),
+            peer_event::Kind::Playback(e) => e.user_id.clone(),
+            peer_event::Kind::PlaybackStop(e) => e.playback_id.clone(),
         };
         out.push((pilot_center::translate::event_method(&d.event), user));
     }

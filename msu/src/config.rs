@@ -28,14 +28,24 @@ pub struct Recording {
     /// recording); created when needed.
     #[serde(default = "default_recording_dir")]
     pub dir: std::path::PathBuf,
+    /// Recorded video that sent no key frame for this many seconds is
+    /// asked for one (0: never), so that a playback can start and catch up
+    /// anywhere in the file.
+    #[serde(default = "default_keyframe_secs")]
+    pub keyframe_secs: u64,
 }
 
 impl Default for Recording {
     fn default() -> Self {
         Self {
             dir: default_recording_dir(),
+            keyframe_secs: default_keyframe_secs(),
         }
     }
+}
+
+fn default_keyframe_secs() -> u64 {
+    5
 }
 
 fn default_recording_dir() -> std::path::PathBuf {

@@ -233,6 +233,9 @@ impl Table {
 pub struct Hub {
     socket: UdpSocket,
     store: Option<Arc<Store>>,
+    /// SSRCs the MSU plays itself -> the flag a key-frame request for
+    /// them raises (see `playback`).
+    feedback: Mutex<HashMap<u32, Arc<std::sync::atomic::AtomicBool>>>,
     table: Mutex<Table>,
     stats: Stats,
     history_packets: usize,
@@ -274,6 +277,7 @@ impl Hub {
                     return Ok(Hub {
                         socket,
                         store,
+                        feedback: Mutex::default(),
                         table: Mutex::default(),
                         stats: Stats::default(),
                         history_packets: history_packets.max(1),
@@ -284,6 +288,58 @@ impl Hub {
             }
         }
         Err(HubError::NoPort { ip, min, max, last })
+    }
+
+    /// Sends `packet` to `to` from the hub's socket (what the MSU plays
+    /// itself); a full socket buffer drops it, counted.
+    pub fn send_raw(&self, packet: &[u8], to: SocketAddr) {
+        if self.send(packet, to) {
+            Stats::add(&self.stats.rtp_out, 1);
+        }
+    }
+
+    /// Key-frame requests (PLI, FIR) for `ssrc`, which the MSU plays, raise
+    /// `flag`.
+    pub fn watch_feedback(&self, ssrc: u32, flag: Arc<std::sync::atomic::AtomicBool>) {
+        self.feedback
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ssrc, flag);
+    }
+
+    /// No more feedback for `ssrc`.
+    pub fn unwatch_feedback(&self, ssrc: u32) {
+        self.feedback
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ssrc);
+    }
+
+    /// RTCP about what the MSU plays: whether it was (a key-frame request
+    /// raises the player's flag; reports are taken and dropped).
+    fn playback_feedback(&self, packet: &[u8]) -> bool {
+        let Ok(compound) = Compound::parse(packet) else {
+            return false;
+        };
+        let watched = self.feedback.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ours = false;
+        for p in compound.flatten() {
+            match p {
+                Packet::PayloadFeedback(pf)
+                    if pf.parse_fci::<Pli>().is_ok() || pf.parse_fci::<Fir>().is_ok() =>
+                {
+                    if let Some(flag) = watched.get(&pf.media_ssrc()) {
+                        flag.store(true, Ordering::Relaxed);
+                        ours = true;
+                    }
+                }
+                Packet::Rr(rr) => {
+                    ours |= rr.report_blocks().any(|b| watched.contains_key(&b.ssrc()));
+                }
+                _ => {}
+            }
+        }
+        ours
     }
 
     /// The address bound.
@@ -545,7 +601,10 @@ impl Hub {
             return;
         }
         if !table.by_destination.contains_key(&from) {
-            Stats::add(&self.stats.unrouted, 1);
+            drop(table);
+            if !self.playback_feedback(packet) {
+                Stats::add(&self.stats.unrouted, 1);
+            }
             return;
         }
         let Ok(compound) = Compound::parse(packet) else {
@@ -596,6 +655,16 @@ impl Hub {
         let Some(relay) = table.relays.get_mut(&key) else {
             return;
         };
+        // A stream the MSU plays itself: its player restarts at a key frame.
+        if let Some(flag) = self
+            .feedback
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ssrc)
+        {
+            flag.store(true, Ordering::Relaxed);
+            return;
+        }
         let Some(source) = relay.source else {
             // Nothing came from the publisher yet: its first packets will
             // start with what the SFU sends a new relay.
@@ -646,7 +715,12 @@ impl Hub {
             }
         }
         relay.packets_out += resent;
-        if let (false, Some(source)) = (missing.is_empty(), relay.source) {
+        let played_here = self
+            .feedback
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&ssrc);
+        if let (false, Some(source), false) = (missing.is_empty(), relay.source, played_here) {
             let nack = missing
                 .iter()
                 .fold(Nack::builder(), |b, s| b.add_rtp_sequence(*s));

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod hub;
 pub mod link;
+pub mod playback;
 pub mod record;
 
 use config::Config;
@@ -25,6 +26,8 @@ pub struct Msu {
     pub media: SocketAddr,
     /// The link's state.
     pub link: Arc<link::LinkState>,
+    /// The playbacks it runs.
+    pub players: Arc<playback::Players>,
 }
 
 /// A fresh incarnation for this process: another one under the same id
@@ -48,7 +51,10 @@ pub async fn start(
 ) -> anyhow::Result<(Msu, tokio::task::JoinHandle<()>)> {
     let m = &config.media;
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
-    let store = Arc::new(record::Store::new(config.recording.dir.clone(), events_tx));
+    let store = Arc::new(
+        record::Store::new(config.recording.dir.clone(), events_tx)
+            .with_keyframe_every(Duration::from_secs(config.recording.keyframe_secs)),
+    );
     let hub = Arc::new(
         Hub::bind(
             m.listen_ip,
@@ -64,8 +70,14 @@ pub async fn start(
     let media = SocketAddr::new(m.advertised_ip.unwrap_or(m.listen_ip), bound.port());
     tracing::info!(media = %media, bound = %bound, msu.id = %config.msu.id, "media hub listening");
     let state = Arc::new(link::LinkState::default());
+    let (to_center_tx, to_center) = tokio::sync::mpsc::unbounded_channel();
+    let players = Arc::new(playback::Players::new(
+        hub.clone(),
+        store.clone(),
+        to_center_tx,
+    ));
     let task = {
-        let (hub, state) = (hub.clone(), state.clone());
+        let (hub, state, players) = (hub.clone(), state.clone(), players.clone());
         tokio::spawn(async move {
             let incarnation = new_incarnation();
             let serve = async {
@@ -89,7 +101,7 @@ pub async fn start(
                 }
             };
             tokio::select! {
-                () = link::run(config, hub.clone(), store.clone(), events, media, incarnation, state, stop) => {}
+                () = link::run(link::Parts { config, hub: hub.clone(), store: store.clone(), players, media, incarnation, state }, events, to_center, stop) => {}
                 () = serve => {}
                 () = summary => {}
             }
@@ -102,6 +114,7 @@ pub async fn start(
             hub,
             media,
             link: state,
+            players,
         },
         task,
     ))

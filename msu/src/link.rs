@@ -7,6 +7,7 @@
 
 use crate::config::Config;
 use crate::hub::{Destination, Hub, Key, RelaySpec, Track};
+use crate::playback::{PlaybackSpec, Players, ToCenter};
 use crate::record::{EventKind, RecordingEvent, Store};
 use futures_util::{SinkExt, StreamExt};
 use pilot_center::protoo::{self, Message};
@@ -15,6 +16,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
 /// The link's state for the operator and the tests.
@@ -37,32 +39,38 @@ enum SessionError {
     Closed,
 }
 
+/// What the link works with.
+pub struct Parts {
+    /// The configuration.
+    pub config: Config,
+    /// The hub relays are handed to.
+    pub hub: Arc<Hub>,
+    /// Where recordings are.
+    pub store: Arc<Store>,
+    /// The playbacks.
+    pub players: Arc<Players>,
+    /// The media address registered.
+    pub media: SocketAddr,
+    /// This process's incarnation.
+    pub incarnation: String,
+    /// The link's state.
+    pub state: Arc<LinkState>,
+}
+
 /// Serves the center until `stop` resolves: one session after another.
-#[allow(clippy::too_many_arguments)] // the link's parts, each used once
+/// What `events` (recordings) and `to_center` (playbacks) bring is sent in
+/// order, kept across sessions until a session took it.
 pub async fn run(
-    config: Config,
-    hub: Arc<Hub>,
-    store: Arc<Store>,
-    mut events: tokio::sync::mpsc::UnboundedReceiver<RecordingEvent>,
-    media: SocketAddr,
-    incarnation: String,
-    state: Arc<LinkState>,
+    parts: Parts,
+    mut events: UnboundedReceiver<RecordingEvent>,
+    mut to_center: UnboundedReceiver<ToCenter>,
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
     let mut backoff = Duration::from_secs(1);
-    // Recording events not yet told to the center: kept across sessions.
     let mut unsent = VecDeque::new();
     loop {
-        let session = session(
-            &config,
-            &hub,
-            &store,
-            (&mut events, &mut unsent),
-            media,
-            &incarnation,
-            &state,
-        );
+        let session = session(&parts, (&mut events, &mut to_center, &mut unsent));
         tokio::select! {
             () = &mut stop => return,
             ended = session => match ended {
@@ -145,18 +153,26 @@ async fn connect(config: &Config, incarnation: &str) -> Result<Ws, SessionError>
 
 /// One session: connect, register, serve until the link ends.
 async fn session(
-    config: &Config,
-    hub: &Hub,
-    store: &Store,
-    (events, unsent): (
-        &mut tokio::sync::mpsc::UnboundedReceiver<RecordingEvent>,
-        &mut VecDeque<RecordingEvent>,
+    parts: &Parts,
+    (events, to_center, unsent): (
+        &mut UnboundedReceiver<RecordingEvent>,
+        &mut UnboundedReceiver<ToCenter>,
+        &mut VecDeque<ToCenter>,
     ),
-    media: SocketAddr,
-    incarnation: &str,
-    state: &LinkState,
 ) -> Result<(), SessionError> {
+    let Parts {
+        config,
+        hub,
+        store,
+        players,
+        media,
+        incarnation,
+        state,
+    } = parts;
+    let media = *media;
     let mut ws = connect(config, incarnation).await?;
+    // Requests the players made: an error answer is logged.
+    let mut asked: std::collections::HashMap<String, &'static str> = Default::default();
     let mut next_id: u64 = 1;
     let register_id = next_id;
     let data = serde_json::json!({"id": config.msu.id, "udp_ip": media.ip().to_string(), "udp_port": media.port()});
@@ -169,15 +185,28 @@ async fn session(
     report.tick().await;
     loop {
         // Told in order; one is dropped only once the link took it.
-        while let Some(event) = unsent.front() {
-            ws.send(protoo::notification("recordingStatus", &recording_status(event)).into())
-                .await?;
+        while let Some(message) = unsent.front() {
+            let frame = match message {
+                ToCenter::Notify(method, data) => {
+                    protoo::notification(method, data.to_string().as_bytes())
+                }
+                ToCenter::Request(method, data) => {
+                    next_id += 1;
+                    asked.insert(next_id.to_string(), method);
+                    protoo::request(next_id, method, data.to_string().as_bytes())
+                }
+            };
+            ws.send(frame.into()).await?;
             unsent.pop_front();
         }
         let frame = tokio::select! {
             f = ws.next() => f,
             Some(event) = events.recv() => {
-                unsent.push_back(event);
+                unsent.push_back(ToCenter::Notify("recordingStatus", recording_status(&event)));
+                continue;
+            }
+            Some(message) = to_center.recv() => {
+                unsent.push_back(message);
                 continue;
             }
             _ = heartbeat.tick() => {
@@ -229,7 +258,18 @@ async fn session(
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(msu.id = %config.msu.id, media = %media, "registered with the center");
             }
-            Message::Response { .. } => {}
+            Message::Response {
+                id,
+                ok,
+                error_reason,
+                ..
+            } => {
+                if let Some(method) = asked.remove(id.get())
+                    && !ok
+                {
+                    tracing::warn!(method, reason = %error_reason.unwrap_or_default(), "the center refused a playback's request");
+                }
+            }
             Message::Notification { method, data } => match method.as_str() {
                 "relay" => match relay_spec(data.get()) {
                     Ok(spec) => {
@@ -244,6 +284,39 @@ async fn session(
                         hub.end(&(end.room_id, end.pusher_user_id));
                     }
                     Err(e) => tracing::warn!(error = %e, "unreadable relayEnd from the center"),
+                },
+                "playback" => match serde_json::from_str::<PlaybackSpec>(data.get()) {
+                    Ok(spec) => {
+                        tracing::info!(playback.id = %spec.playback_id, recording.id = %spec.recording_id, room.id = %spec.room_id, user.id = %spec.user_id, "playback");
+                        players.start(spec);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "unreadable playback from the center"),
+                },
+                "playbackStop" => match serde_json::from_str::<PlaybackStopWire>(data.get()) {
+                    Ok(stop) => players.stop(&stop.playback_id),
+                    Err(e) => tracing::warn!(error = %e, "unreadable playbackStop from the center"),
+                },
+                "pullRemoteStream" => match serde_json::from_str::<PullWire>(data.get()) {
+                    Ok(pull) => {
+                        let addr = pull
+                            .udp_ip
+                            .parse()
+                            .map(|ip| SocketAddr::new(ip, pull.udp_port));
+                        let played = addr.is_ok_and(|addr| {
+                            players.pulled(
+                                &pull.room_id,
+                                &pull.pusher_user_id,
+                                addr,
+                                &pull.push_info.pusher_id,
+                            )
+                        });
+                        if !played {
+                            tracing::warn!(room.id = %pull.room_id, user.id = %pull.pusher_user_id, "a pull for a user this MSU does not play");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "unreadable pullRemoteStream from the center")
+                    }
                 },
                 "recordingDelete" => {
                     match serde_json::from_str::<RecordingDeleteWire>(data.get()) {
@@ -276,8 +349,25 @@ async fn session(
     }
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PlaybackStopWire {
+    playback_id: String,
+}
+
+#[derive(Deserialize)]
+struct PullWire {
+    #[serde(rename = "roomId")]
+    room_id: String,
+    pusher_user_id: String,
+    udp_ip: String,
+    udp_port: u16,
+    #[serde(rename = "pushInfo")]
+    push_info: PusherWire,
+}
+
 /// The `recordingStatus` data for `event`.
-fn recording_status(event: &RecordingEvent) -> Vec<u8> {
+fn recording_status(event: &RecordingEvent) -> serde_json::Value {
     let mut data = serde_json::json!({"recordingId": event.recording_id,
         "roomId": event.room_id, "userId": event.user_id});
     match &event.kind {
@@ -295,7 +385,7 @@ fn recording_status(event: &RecordingEvent) -> Vec<u8> {
             data["reason"] = reason.clone().into();
         }
     }
-    data.to_string().into_bytes()
+    data
 }
 
 #[derive(Deserialize)]

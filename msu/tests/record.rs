@@ -512,3 +512,264 @@ async fn an_msu_killed_mid_recording_leaves_a_readable_file_and_records_on() {
     })
     .await;
 }
+
+/// Two free UDP ports `p` and `p + 2` (with `p + 1` and `p + 3` free for
+/// ffmpeg's RTCP), found by binding.
+fn four_free_ports() -> u16 {
+    for p in (31_000..39_000).step_by(4) {
+        let all = (0..4).map(|i| std::net::UdpSocket::bind(("127.0.0.1", p + i)));
+        if all.collect::<Result<Vec<_>, _>>().is_ok() {
+            return p;
+        }
+    }
+    panic!("no four free ports");
+}
+
+/// Issue 30: a recording played into another room as a user of the
+/// operator's choice: the MSU joins it and pushes a video and an audio
+/// pusher (a non-zero `rtx_ssrc` on the video), a viewer's SFU pulls both
+/// to ports where real ffmpeg receives them with an SDP file, and ffmpeg
+/// decodes at least 90 % of the recorded pictures; at the end the user
+/// leaves and the playback is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_played_into_a_room_is_decoded_by_ffmpeg() {
+    bounded(async {
+        if !ffmpeg_available() {
+            return;
+        }
+        let center = center().await;
+        let c = center.center().clone();
+        let dir = tempfile::tempdir().unwrap();
+        let (msu, _stop) =
+            msu_with(&center, &msu_yaml_recording(&center, 44_000, 44_999, dir.path())).await;
+        let mut a = publisher_in_room(&center).await;
+        c.start_recording("r", "talk").await.unwrap();
+        asked_to_send_to(&mut a, msu.media).await;
+        let relay = udp().await;
+        let _sent = tap(relay.clone(), Some(msu.media));
+        ffmpeg_publishes(port(&relay), 3).await;
+        c.stop_recording("r").await.unwrap();
+        files_closed(&center, "talk", 1).await;
+        let (streams, _) = ffprobe(&dir.path().join("talk/u1-1.mp4"));
+        let recorded = streams[0].1;
+
+        // A viewer's SFU in another room.
+        let mut b = Peer::connect(&center, "sfu-b").await;
+        b.request(
+            "join",
+            json!({"roomId": "r2", "userId": "viewer", "userName": "viewer"}),
+        )
+        .await;
+        let played = c
+            .start_playback(pilot_center::proto::StartPlaybackRequest {
+                recording_id: "talk".into(),
+                room_id: "r2".into(),
+                user_id: "replay".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!((played.source_user_id.as_str(), played.msu_id.as_str()), ("u1", "hub-1"));
+        let pushed = b.expect("newPusher").await;
+        assert_eq!(pushed["userId"], json!("replay"), "{pushed}");
+        let pushers = pushed["pushers"].as_array().unwrap();
+        let ids: Vec<&str> = pushers.iter().filter_map(|p| p["pusherId"].as_str()).collect();
+        assert_eq!(ids, ["video", "audio"]);
+        let video = &pushers[0]["rtpParam"];
+        assert_eq!(video["codec"], json!("H264"));
+        assert_ne!(video["rtx_ssrc"], json!(0), "Chrome refuses an FID group with 0");
+        let audio = &pushers[1]["rtpParam"];
+        assert_eq!(audio["codec"], json!("opus"));
+
+        // ffmpeg receives what B's SFU would, described by an SDP file.
+        let p = four_free_ports();
+        let sdp = dir.path().join("play.sdp");
+        std::fs::write(
+            &sdp,
+            format!(
+                "v=0\no=- 0 0 IN IP4 127.0.0.1\ns=playback\nc=IN IP4 127.0.0.1\nt=0 0\n\
+                 m=video {p} RTP/AVP 108\na=rtpmap:108 H264/90000\na=fmtp:108 packetization-mode=1\n\
+                 m=audio {} RTP/AVP 111\na=rtpmap:111 opus/48000/2\n",
+                p + 2
+            ),
+        )
+        .unwrap();
+        let ffmpeg = tokio::process::Command::new("ffmpeg")
+            .args(["-hide_banner", "-nostdin", "-protocol_whitelist", "file,udp,rtp"])
+            .arg("-i")
+            .arg(&sdp)
+            .args(["-map", "0:v", "-f", "null", "-"])
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        until("ffmpeg listens", || {
+            std::net::UdpSocket::bind(("127.0.0.1", p)).is_err()
+        })
+        .await;
+        let pull_to = |port: u16, pusher: &serde_json::Value| {
+            json!({"roomId": "r2", "pusher_user_id": "replay", "udp_ip": "127.0.0.1", "udp_port": port,
+                   "mediaType": if pusher["pusherId"] == json!("video") { "video" } else { "audio" },
+                   "pushInfo": pusher})
+        };
+        b.notify("pullRemoteStream", pull_to(p, &pushers[0])).await;
+        b.notify("pullRemoteStream", pull_to(p + 2, &pushers[1])).await;
+        until("the playback ends", || c.list_playbacks().is_empty()).await;
+        let left = b.expect("userLeave").await;
+        assert_eq!(left["userId"], json!("replay"), "{left}");
+
+        // ffmpeg stops on SIGINT and says how many pictures it decoded.
+        let pid = ffmpeg.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap();
+        let out = ffmpeg.wait_with_output().await.unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        let decoded: u64 = log
+            .rsplit("frame=")
+            .next()
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        eprintln!("recorded {recorded} pictures; ffmpeg decoded {decoded} of the playback");
+        assert!(
+            decoded as f64 >= recorded as f64 * 0.9,
+            "ffmpeg decoded {decoded} of {recorded}: {log}"
+        );
+        assert!(msu.players.running() == 0);
+    })
+    .await;
+}
+
+/// Packets with when they arrived.
+type Arrivals = Vec<(tokio::time::Instant, Vec<u8>)>;
+
+/// Whether `p` (RTP) starts an IDR picture: an IDR or SPS NAL unit, alone,
+/// in a STAP-A, or the first FU-A fragment of one.
+fn starts_key_picture(p: &[u8]) -> bool {
+    let Some(&first) = p.get(12) else {
+        return false;
+    };
+    match first & 0x1f {
+        5 | 7 => true,
+        28 => p.get(13).is_some_and(|fu| fu & 0x80 != 0 && fu & 0x1f == 5),
+        _ => false,
+    }
+}
+
+/// Issue 30: a looped playback goes on past the recording's end until it
+/// is stopped (then its user leaves and nothing more is sent); a key-frame
+/// request from a destination makes the player send the last key frame at
+/// once (the recording's next one is up to a second away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looped_playback_answers_key_frame_requests_and_stops_when_told() {
+    bounded(async {
+        if !ffmpeg_available() {
+            return;
+        }
+        let center = center().await;
+        let c = center.center().clone();
+        let dir = tempfile::tempdir().unwrap();
+        let (msu, _stop) =
+            msu_with(&center, &msu_yaml_recording(&center, 45_000, 45_999, dir.path())).await;
+        let mut a = publisher_in_room(&center).await;
+        c.start_recording("r", "clip").await.unwrap();
+        asked_to_send_to(&mut a, msu.media).await;
+        let relay = udp().await;
+        let _sent = tap(relay.clone(), Some(msu.media));
+        ffmpeg_publishes(port(&relay), 2).await;
+        c.stop_recording("r").await.unwrap();
+        files_closed(&center, "clip", 1).await;
+
+        let mut b = Peer::connect(&center, "sfu-b").await;
+        b.request(
+            "join",
+            json!({"roomId": "r2", "userId": "viewer", "userName": "viewer"}),
+        )
+        .await;
+        let played = c
+            .start_playback(pilot_center::proto::StartPlaybackRequest {
+                recording_id: "clip".into(),
+                source_user_id: "u1".into(),
+                room_id: "r2".into(),
+                user_id: "replay".into(),
+                r#loop: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let pushed = b.expect("newPusher").await;
+        let video = pushed["pushers"][0].clone();
+        let ssrc = video["rtpParam"]["ssrc"].as_u64().unwrap() as u32;
+        // B's receive relay: a socket that keeps what arrives, in order.
+        let sock = udp().await;
+        let got: Arc<std::sync::Mutex<Arrivals>> = Arc::default();
+        {
+            let (sock, got) = (sock.clone(), got.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                while let Ok((n, _)) = sock.recv_from(&mut buf).await {
+                    got.lock().unwrap().push((tokio::time::Instant::now(), buf[..n].to_vec()));
+                }
+            });
+        }
+        b.notify(
+            "pullRemoteStream",
+            json!({"roomId": "r2", "pusher_user_id": "replay", "udp_ip": "127.0.0.1",
+                   "udp_port": port(&sock), "mediaType": "video", "pushInfo": video}),
+        )
+        .await;
+        let rtp_of = |g: &[(tokio::time::Instant, Vec<u8>)]| {
+            g.iter()
+                .filter(|(_, p)| !pilot_msu::hub::is_rtcp(p))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        until("the first key frame arrives", || {
+            rtp_of(&got.lock().unwrap()).iter().any(|(_, p)| starts_key_picture(p))
+        })
+        .await;
+        // A PLI from B: the last key frame comes again at once.
+        let keys_before = rtp_of(&got.lock().unwrap())
+            .iter()
+            .filter(|(_, p)| starts_key_picture(p))
+            .count();
+        sock.send_to(&pli(ssrc), msu.media).await.unwrap();
+        let asked = tokio::time::Instant::now();
+        until("a key frame answers the PLI", || {
+            rtp_of(&got.lock().unwrap())
+                .iter()
+                .filter(|(_, p)| starts_key_picture(p))
+                .count()
+                > keys_before
+        })
+        .await;
+        let answered = rtp_of(&got.lock().unwrap())
+            .into_iter()
+            .filter(|(at, p)| *at >= asked && starts_key_picture(p))
+            .map(|(at, _)| at - asked)
+            .next()
+            .unwrap();
+        assert!(
+            answered < Duration::from_millis(500),
+            "the key frame came {answered:?} after the PLI (the recording's next one is up to 1 s away)"
+        );
+
+        // Looped: still playing past the recording's 2 s.
+        let started = tokio::time::Instant::now();
+        until("the playback goes on past its end", || {
+            started.elapsed() > Duration::from_secs(3)
+                && rtp_of(&got.lock().unwrap())
+                    .last()
+                    .is_some_and(|(at, _)| at.elapsed() < Duration::from_millis(200))
+        })
+        .await;
+        assert_eq!(c.list_playbacks().len(), 1);
+        c.stop_playback(&played.playback_id).await.unwrap();
+        let left = b.expect("userLeave").await;
+        assert_eq!(left["userId"], json!("replay"), "{left}");
+        until("the MSU stops playing", || msu.players.running() == 0).await;
+        assert!(c.list_playbacks().is_empty());
+    })
+    .await;
+}

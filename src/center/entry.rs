@@ -61,7 +61,9 @@ pub fn lease_of(kind: &Kind) -> Option<u32> {
         | Kind::SendText(_)
         | Kind::StartRecording(_)
         | Kind::StopRecording(_)
-        | Kind::DeleteRecording(_) => None,
+        | Kind::DeleteRecording(_)
+        | Kind::StartPlayback(_)
+        | Kind::StopPlayback(_) => None,
     }
 }
 
@@ -148,6 +150,10 @@ impl Shared {
             Kind::DeleteRecording(r) => {
                 Outcome::Count(self.rooms.delete_recording(&r.recording_id, &mut fx))
             }
+            Kind::StartPlayback(r) => Outcome::Count(self.rooms.start_playback(&r, &mut fx)),
+            Kind::StopPlayback(r) => {
+                Outcome::Count(self.rooms.stop_playback(&r.playback_id, &mut fx))
+            }
             Kind::SendText(r) => Outcome::Count(self.rooms.send_text(
                 &r.room_id,
                 &r.user_id,
@@ -204,6 +210,7 @@ impl Shared {
                 proto::reply::Kind::Ack(proto::Ack {})
             }
             command::Kind::RecordingStatus(r) => ack(rooms.recording_status(sid, r, fx)?),
+            command::Kind::PlaybackEnded(r) => ack(rooms.playback_ended(sid, r, fx)?),
         };
         Ok(Reply { kind: Some(kind) })
     }

@@ -351,7 +351,7 @@ struct Inner {
     /// Event feed (see [`Registry`]); kept here to subscribe without the lock.
     feed: broadcast::Sender<Arc<proto::WatchEventsResponse>>,
     next_session: AtomicU64,
-    /// Recordings started here, for their ids.
+    /// Recordings and playbacks started here, for their ids.
     next_recording: AtomicU64,
     metrics: Arc<Metrics>,
     clock: Clock,
@@ -918,12 +918,7 @@ impl Center {
         recording_id: &str,
     ) -> Result<proto::Recording, CenterError> {
         let id = if recording_id.is_empty() {
-            format!(
-                "rec-{}-{}-{}",
-                unix_ms(SystemTime::now()),
-                self.inner.store.node_number(),
-                self.inner.next_recording.fetch_add(1, Ordering::Relaxed)
-            )
+            self.new_id("rec")
         } else {
             recording_id.to_owned()
         };
@@ -967,6 +962,53 @@ impl Center {
     /// The recordings of `room_id` (empty: all), sorted by id.
     pub fn list_recordings(&self, room_id: &str) -> Vec<proto::Recording> {
         self.inner.state.lock().rooms.recordings(room_id)
+    }
+
+    /// A new id: `prefix`, the time in ms, this node's number and a count,
+    /// so no two ever meet.
+    fn new_id(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}-{}-{}-{}",
+            unix_ms(SystemTime::now()),
+            self.inner.store.node_number(),
+            self.inner.next_recording.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Starts playback `r` (see `rules/playbacks.rs`); an empty
+    /// `playback_id` gets a new one.
+    pub async fn start_playback(
+        &self,
+        mut r: proto::StartPlaybackRequest,
+    ) -> Result<proto::Playback, CenterError> {
+        if r.playback_id.is_empty() {
+            r.playback_id = self.new_id("play");
+        }
+        let id = r.playback_id.clone();
+        self.operator(Kind::StartPlayback(r)).await?;
+        self.inner
+            .state
+            .lock()
+            .rooms
+            .playbacks
+            .get(&id)
+            .cloned()
+            // Over already (a file that could not be read ends at once).
+            .ok_or_else(|| CenterError::NotFound(format!("playback {id} is over already")))
+    }
+
+    /// Stops playback `playback_id`.
+    pub async fn stop_playback(&self, playback_id: &str) -> Result<(), CenterError> {
+        self.operator(Kind::StopPlayback(proto::StopPlaybackRequest {
+            playback_id: playback_id.to_owned(),
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// The running playbacks, sorted by id.
+    pub fn list_playbacks(&self) -> Vec<proto::Playback> {
+        self.inner.state.lock().rooms.playbacks()
     }
 
     fn recording(&self, id: &str) -> Result<proto::Recording, CenterError> {

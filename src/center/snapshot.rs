@@ -20,6 +20,7 @@ pub struct FrozenRules {
     /// MSU id -> its media address.
     media: HashMap<String, (String, i64)>,
     recordings: Vec<crate::proto::Recording>,
+    playbacks: Vec<crate::proto::Playback>,
 }
 
 impl FrozenRules {
@@ -84,6 +85,7 @@ impl FrozenRules {
             .collect();
         snap.rooms.sort_by(|a, b| a.room_id.cmp(&b.room_id));
         snap.recordings = self.recordings;
+        snap.playbacks = self.playbacks;
         snap.msus = self
             .msus
             .into_iter()
@@ -126,6 +128,7 @@ impl Rules {
                 .filter_map(|(id, m)| Some((id.clone(), m.media.clone()?)))
                 .collect(),
             recordings: self.recordings.values().cloned().collect(),
+            playbacks: self.playbacks.values().cloned().collect(),
         }
     }
 
@@ -228,6 +231,9 @@ impl Rules {
             {
                 room.recording = Some(r.recording_id.clone());
             }
+        }
+        for p in &snap.playbacks {
+            rules.playbacks.insert(p.playback_id.clone(), p.clone());
         }
         for m in &snap.msus {
             if let Some(held) = rules.sessions.get_mut(&m.session_id) {

@@ -16,6 +16,7 @@
 
 pub mod fmp4;
 pub mod h264;
+pub mod reader;
 
 use fmp4::{Fmp4File, Sample, TrackKind};
 use serde::{Deserialize, Serialize};
@@ -156,6 +157,10 @@ pub enum StoreError {
 /// Where recordings are kept, and their manifests.
 pub struct Store {
     dir: PathBuf,
+    /// A recorded video stream gets a key-frame request when it sent none
+    /// for this long (0: never), so that a playback can start, and catch up
+    /// after a loss, anywhere.
+    keyframe_every: Duration,
     manifests: Mutex<HashMap<String, Manifest>>,
     events: tokio::sync::mpsc::UnboundedSender<RecordingEvent>,
 }
@@ -194,9 +199,16 @@ impl Store {
     pub fn new(dir: PathBuf, events: tokio::sync::mpsc::UnboundedSender<RecordingEvent>) -> Self {
         Self {
             dir,
+            keyframe_every: Duration::ZERO,
             manifests: Mutex::default(),
             events,
         }
+    }
+
+    /// Asks recorded video for a key frame when it sent none for `every`.
+    pub fn with_keyframe_every(mut self, every: Duration) -> Self {
+        self.keyframe_every = every;
+        self
     }
 
     /// The directory of recording `id`.
@@ -539,6 +551,8 @@ struct Track {
     reorder: BTreeMap<i64, (Vec<u8>, f64)>,
     depacketizer: h264::Depacketizer,
     needs_keyframe: bool,
+    /// Wall time of the last key frame written.
+    last_keyframe: f64,
     sps: Option<Vec<u8>>,
     pps: Option<Vec<u8>>,
 }
@@ -620,6 +634,7 @@ impl Writer {
                 reorder: BTreeMap::new(),
                 depacketizer: h264::Depacketizer::default(),
                 needs_keyframe: true,
+                last_keyframe: 0.0,
                 sps: None,
                 pps: None,
             });
@@ -762,6 +777,13 @@ impl Writer {
                 continue;
             }
             t.needs_keyframe = false;
+            let every = self.store.keyframe_every.as_secs_f64();
+            if key {
+                t.last_keyframe = at;
+            } else if every > 0.0 && at - t.last_keyframe >= every {
+                // Coalesced by the hub; asked again until one comes.
+                self.wants_keyframe.store(true, Ordering::Relaxed);
+            }
             let mut data = Vec::with_capacity(au.nals.iter().map(|n| n.len() + 4).sum());
             for nal in &au.nals {
                 if h264::nal_type(nal) == 9 {

@@ -33,6 +33,7 @@ mod msu_pool;
 mod msus;
 mod operator;
 mod orphans;
+mod playbacks;
 mod recordings;
 mod relays;
 mod sessions;
@@ -94,6 +95,8 @@ pub struct Rules {
     pub(crate) pullers: HashMap<String, std::collections::BTreeSet<(String, String)>>,
     /// Recordings, running and stopped, by id.
     pub(crate) recordings: std::collections::BTreeMap<String, proto::Recording>,
+    /// Running playbacks, by id.
+    pub(crate) playbacks: std::collections::BTreeMap<String, proto::Playback>,
     /// The time of the entry being applied (the rules read no clock).
     pub(crate) now: SystemTime,
 }
@@ -160,6 +163,7 @@ impl Rules {
             replaying: false,
             pullers: HashMap::new(),
             recordings: std::collections::BTreeMap::new(),
+            playbacks: std::collections::BTreeMap::new(),
             now: SystemTime::UNIX_EPOCH,
         }
     }

@@ -92,6 +92,7 @@ impl Rules {
         for room_id in room_ids {
             self.invite_msu(&room_id, None, fx);
         }
+        self.end_playbacks_of(msu_id, fx);
     }
 
     /// An MSU refused an `invite` or let it time out: the room moves to

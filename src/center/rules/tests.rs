@@ -819,3 +819,93 @@ fn a_recorded_room_records_its_publishers_now_and_later_until_it_stops() {
     let gone = r.delete_recording("rec2", &mut Effects::default());
     assert!(matches!(gone, Err(CenterError::NotFound(_))), "{gone:?}");
 }
+
+/// Issue 30: a playback needs a recording with files of the user to play,
+/// its MSU connected, and a user id free in the room; the MSU is told, only
+/// it may say the playback is over, and its playbacks end with it.
+#[test]
+fn a_playback_is_checked_told_to_the_recordings_msu_and_ends_with_it() {
+    let mut r = Rules::new(RulesConfig::default());
+    let fx = &mut Effects::default();
+    for (sid, identity) in [(1, "sfu-a"), (9, "msu")] {
+        r.open_session(sid, identity, "", fx);
+    }
+    let m = proto::RegisterMsuRequest {
+        msu_id: "m1".into(),
+        udp_ip: "10.0.0.9".into(),
+        udp_port: 40_000,
+    };
+    r.register_msu(9, m, SystemTime::UNIX_EPOCH, fx).unwrap();
+    join(&mut r, 1, "r", "u1");
+    join(&mut r, 1, "r", "u2");
+    let start = proto::StartRecordingRequest {
+        room_id: "r".into(),
+        recording_id: "rec".into(),
+    };
+    r.start_recording(&start, fx).unwrap();
+    for user in ["u1", "u2"] {
+        let status = proto::RecordingStatusRequest {
+            recording_id: "rec".into(),
+            room_id: "r".into(),
+            user_id: user.into(),
+            state: proto::RecordingFileState::Started.into(),
+            file: format!("{user}-1.mp4"),
+            ..Default::default()
+        };
+        r.recording_status(9, status, fx).unwrap();
+    }
+    let play = |source: &str, user: &str, id: &str| proto::StartPlaybackRequest {
+        recording_id: "rec".into(),
+        source_user_id: source.into(),
+        room_id: "r".into(),
+        user_id: user.into(),
+        r#loop: false,
+        playback_id: id.into(),
+    };
+    let mut e = Effects::default();
+    let which = r.start_playback(&play("", "again", "p1"), &mut e);
+    assert!(
+        matches!(&which, Err(CenterError::InvalidArgument { reason, .. }) if reason.contains("u1, u2")),
+        "{which:?}"
+    );
+    let nobody = r.start_playback(&play("u9", "again", "p1"), &mut e);
+    assert!(matches!(nobody, Err(CenterError::NotFound(_))), "{nobody:?}");
+    let taken = r.start_playback(&play("u1", "u2", "p1"), &mut e);
+    assert!(matches!(taken, Err(CenterError::Conflict(_))), "{taken:?}");
+    assert!(e.notices.is_empty() && r.playbacks().is_empty());
+
+    let mut started = Effects::default();
+    assert_eq!(r.start_playback(&play("u1", "again", "p1"), &mut started), Ok(1));
+    assert!(started.notices.iter().any(|n| matches!(n,
+        Notice::Event { to, event: peer_event::Kind::Playback(p) } if to == &vec![9] && p.source_user_id == "u1")));
+    let twice = r.start_playback(&play("u1", "again", "p2"), &mut Effects::default());
+    assert!(matches!(twice, Err(CenterError::Conflict(_))), "{twice:?}");
+    let ended = proto::PlaybackEndedRequest {
+        playback_id: "p1".into(),
+        reason: "ended".into(),
+    };
+    let other = r.playback_ended(1, ended.clone(), &mut Effects::default());
+    assert!(matches!(other, Err(CenterError::Forbidden(_))), "{other:?}");
+    let mut snap = cp::Snapshot::default();
+    r.freeze().write(&mut snap);
+    assert_eq!(Rules::import(RulesConfig::default(), &snap).playbacks(), r.playbacks());
+    r.playback_ended(9, ended.clone(), fx).unwrap();
+    assert!(r.playbacks().is_empty());
+    // Said again (it was stopped meanwhile): no error.
+    r.playback_ended(9, ended, fx).unwrap();
+
+    // Stopped: the MSU is told. Its MSU gone: the others end.
+    r.start_playback(&play("u1", "again", "p3"), fx).unwrap();
+    let mut stopped = Effects::default();
+    assert_eq!(r.stop_playback("p3", &mut stopped), Ok(1));
+    assert!(stopped.notices.iter().any(|n| matches!(n,
+        Notice::Event { to, event: peer_event::Kind::PlaybackStop(_) } if to == &vec![9])));
+    r.start_playback(&play("u2", "again", "p4"), fx).unwrap();
+    let mut lost = Effects::default();
+    r.close_session(9, Duration::ZERO, &mut lost);
+    assert!(r.playbacks().is_empty());
+    assert!(lost.events.iter().any(|(_, k, e)| *k == EventKind::PlaybackEnded
+        && matches!(e, Event::PlaybackEnded(p) if p.reason == "msu lost")));
+    let gone = r.start_playback(&play("u1", "again", "p5"), &mut Effects::default());
+    assert!(matches!(gone, Err(CenterError::FailedPrecondition(_))), "{gone:?}");
+}
