@@ -31,6 +31,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const QUEUE_PACKETS: usize = 4096;
 /// Packets held to put a reordered video stream back in sequence.
 pub const REORDER_PACKETS: usize = 64;
+/// A recorded user whose SFU sent nothing for this long is reported.
+pub const SILENCE: Duration = Duration::from_secs(10);
 /// Audio held while the first key frame is awaited; past it an audio-only
 /// part starts (and a new part with video once a key frame comes).
 pub const AUDIO_WAIT: Duration = Duration::from_secs(5);
@@ -161,6 +163,9 @@ pub struct Store {
     /// for this long (0: never), so that a playback can start, and catch up
     /// after a loss, anywhere.
     keyframe_every: Duration,
+    /// A recorded user whose SFU sent nothing for this long is reported
+    /// (once per silence).
+    silence: Duration,
     manifests: Mutex<HashMap<String, Manifest>>,
     events: tokio::sync::mpsc::UnboundedSender<RecordingEvent>,
 }
@@ -200,6 +205,7 @@ impl Store {
         Self {
             dir,
             keyframe_every: Duration::ZERO,
+            silence: SILENCE,
             manifests: Mutex::default(),
             events,
         }
@@ -208,6 +214,12 @@ impl Store {
     /// Asks recorded video for a key frame when it sent none for `every`.
     pub fn with_keyframe_every(mut self, every: Duration) -> Self {
         self.keyframe_every = every;
+        self
+    }
+
+    /// Reports a recorded user whose SFU sent nothing for `silence`.
+    pub fn with_silence(mut self, silence: Duration) -> Self {
+        self.silence = silence;
         self
     }
 
@@ -653,9 +665,36 @@ impl Writer {
     }
 
     fn run(mut self, rx: Receiver<Input>) {
-        while let Ok(input) = rx.recv() {
+        let mut silent = false;
+        loop {
+            let input = match rx.recv_timeout(self.store.silence) {
+                Ok(input) => input,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if !silent && !self.failed {
+                        // Nothing fails silently: the stream stopped.
+                        silent = true;
+                        let reason = format!(
+                            "no media from its SFU for {} s",
+                            self.store.silence.as_secs_f64()
+                        );
+                        tracing::warn!(recording.id = %self.recording_id, user.id = %self.user_id, %reason, "recorded stream stopped");
+                        self.store.emit(
+                            &self.recording_id,
+                            &self.room_id,
+                            &self.user_id,
+                            EventKind::Failed { reason },
+                        );
+                    }
+                    continue;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             if self.failed {
                 continue; // drained, so the hub never waits
+            }
+            if silent && matches!(input, Input::Rtp(..)) {
+                silent = false;
+                tracing::info!(recording.id = %self.recording_id, user.id = %self.user_id, "recorded stream back");
             }
             match input {
                 Input::Rtp(packet, at) => self.rtp(&packet, wall(at)),
@@ -997,6 +1036,28 @@ mod tests {
         assert_eq!(u.seq(1), 65_537);
         assert_eq!(u.seq(65_535), 65_535, "a late one stays before");
         assert_eq!(u.seq(2), 65_538);
+    }
+
+    #[test]
+    fn a_recorded_stream_that_stops_is_reported_once() {
+        let dir = std::env::temp_dir().join(format!("pilot-msu-silence-{}", std::process::id()));
+        let (events, mut told) = tokio::sync::mpsc::unbounded_channel();
+        let store =
+            Arc::new(Store::new(dir.clone(), events).with_silence(Duration::from_millis(20)));
+        let track = TrackSpec {
+            pusher_id: "a".into(),
+            ssrc: 7,
+            codec: "opus".into(),
+        };
+        let recorder = Recorder::start(store, "rec", "r", "u", vec![track]);
+        let first = told.blocking_recv();
+        assert!(
+            matches!(&first, Some(RecordingEvent { kind: EventKind::Failed { reason }, .. }) if reason.contains("no media")),
+            "{first:?}"
+        );
+        recorder.finish();
+        assert!(told.try_recv().is_err(), "said once");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -869,13 +869,19 @@ fn a_playback_is_checked_told_to_the_recordings_msu_and_ends_with_it() {
         "{which:?}"
     );
     let nobody = r.start_playback(&play("u9", "again", "p1"), &mut e);
-    assert!(matches!(nobody, Err(CenterError::NotFound(_))), "{nobody:?}");
+    assert!(
+        matches!(nobody, Err(CenterError::NotFound(_))),
+        "{nobody:?}"
+    );
     let taken = r.start_playback(&play("u1", "u2", "p1"), &mut e);
     assert!(matches!(taken, Err(CenterError::Conflict(_))), "{taken:?}");
     assert!(e.notices.is_empty() && r.playbacks().is_empty());
 
     let mut started = Effects::default();
-    assert_eq!(r.start_playback(&play("u1", "again", "p1"), &mut started), Ok(1));
+    assert_eq!(
+        r.start_playback(&play("u1", "again", "p1"), &mut started),
+        Ok(1)
+    );
     assert!(started.notices.iter().any(|n| matches!(n,
         Notice::Event { to, event: peer_event::Kind::Playback(p) } if to == &vec![9] && p.source_user_id == "u1")));
     let twice = r.start_playback(&play("u1", "again", "p2"), &mut Effects::default());
@@ -888,7 +894,10 @@ fn a_playback_is_checked_told_to_the_recordings_msu_and_ends_with_it() {
     assert!(matches!(other, Err(CenterError::Forbidden(_))), "{other:?}");
     let mut snap = cp::Snapshot::default();
     r.freeze().write(&mut snap);
-    assert_eq!(Rules::import(RulesConfig::default(), &snap).playbacks(), r.playbacks());
+    assert_eq!(
+        Rules::import(RulesConfig::default(), &snap).playbacks(),
+        r.playbacks()
+    );
     r.playback_ended(9, ended.clone(), fx).unwrap();
     assert!(r.playbacks().is_empty());
     // Said again (it was stopped meanwhile): no error.
@@ -904,8 +913,15 @@ fn a_playback_is_checked_told_to_the_recordings_msu_and_ends_with_it() {
     let mut lost = Effects::default();
     r.close_session(9, Duration::ZERO, &mut lost);
     assert!(r.playbacks().is_empty());
-    assert!(lost.events.iter().any(|(_, k, e)| *k == EventKind::PlaybackEnded
-        && matches!(e, Event::PlaybackEnded(p) if p.reason == "msu lost")));
+    assert!(
+        lost.events
+            .iter()
+            .any(|(_, k, e)| *k == EventKind::PlaybackEnded
+                && matches!(e, Event::PlaybackEnded(p) if p.reason == "msu lost"))
+    );
     let gone = r.start_playback(&play("u1", "again", "p5"), &mut Effects::default());
-    assert!(matches!(gone, Err(CenterError::FailedPrecondition(_))), "{gone:?}");
+    assert!(
+        matches!(gone, Err(CenterError::FailedPrecondition(_))),
+        "{gone:?}"
+    );
 }
