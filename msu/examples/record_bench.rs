@@ -1,5 +1,6 @@
 //! What recording costs the MSU, in one run:
-//! `cargo run --release -p pilot-msu --example record_bench -- [STREAMS...] [--secs S]`.
+//! `cargo run --release -p pilot-msu --example record_bench -- [STREAMS...] [--secs S]`
+//! (recording, then playback of what was recorded).
 //!
 //! Real ffmpeg encodes 4 s of 640x360 H264 at 25 fps and 48 kHz Opus as
 //! RTP once; the packets are kept with their times. For each count of
@@ -184,10 +185,10 @@ async fn round(
     streams: u32,
     secs: u64,
     record: bool,
+    dir: &std::path::Path,
 ) -> Round {
-    let dir = tempfile::tempdir().unwrap();
     let (events, _told) = tokio::sync::mpsc::unbounded_channel();
-    let store = Arc::new(Store::new(dir.path().to_owned(), events));
+    let store = Arc::new(Store::new(dir.to_owned(), events));
     let hub = Arc::new(
         Hub::bind(
             "127.0.0.1".parse().unwrap(),
@@ -245,7 +246,7 @@ async fn round(
         .unwrap();
     let cpu = cpu_seconds() - cpu;
     serve.abort();
-    let bytes = std::fs::read_dir(dir.path().join("bench"))
+    let bytes = std::fs::read_dir(dir.join("bench"))
         .map(|d| {
             d.filter_map(|e| e.ok()?.metadata().ok())
                 .map(|m| m.len())
@@ -286,9 +287,13 @@ async fn main() {
     println!(
         "streams  taken  relay CPU/s  record CPU/s  recording adds per stream  written/s  RSS added"
     );
+    let mut played = Vec::new();
     for n in counts {
-        let relay = round(&capture, span, n, secs, false).await;
-        let rec = round(&capture, span, n, secs, true).await;
+        let relay_dir = tempfile::tempdir().unwrap();
+        let relay = round(&capture, span, n, secs, false, relay_dir.path()).await;
+        let rec_dir = tempfile::tempdir().unwrap();
+        let rec = round(&capture, span, n, secs, true, rec_dir.path()).await;
+        played.push((n, play_back(rec_dir.path(), n, secs).await));
         let per_stream = (rec.cpu - relay.cpu) / secs as f64 / f64::from(n);
         println!(
             "{n:>7}  {:>4.0} %  {:>10.3}  {:>12.3}  {:>20.2} % of a core  {:>7.0} KiB  {:>6} KiB",
@@ -299,5 +304,91 @@ async fn main() {
             rec.bytes as f64 / 1024.0 / secs as f64,
             rec.rss_kib,
         );
+    }
+    println!("playbacks  CPU/s  per playback  packets out/s  arrived");
+    for (n, p) in played {
+        println!(
+            "{n:>9}  {:>5.3}  {:>6.2} % of a core  {:>13.0}  {:>6.1} %",
+            p.cpu / secs as f64,
+            p.cpu / secs as f64 / f64::from(n) * 100.0,
+            p.sent as f64 / secs as f64,
+            p.arrived as f64 * 100.0 / p.sent.max(1) as f64,
+        );
+    }
+}
+
+struct Played {
+    cpu: f64,
+    sent: u64,
+    arrived: u64,
+}
+
+/// Plays the `n` users recorded in `dir` (recording `bench`) at once, each
+/// to a counting socket, for `secs` seconds.
+async fn play_back(dir: &std::path::Path, n: u32, secs: u64) -> Played {
+    use pilot_msu::playback::{AUDIO_PUSHER, PlaybackSpec, Players, VIDEO_PUSHER};
+    let (events, _told) = tokio::sync::mpsc::unbounded_channel();
+    let store = Arc::new(Store::new(dir.to_owned(), events));
+    let hub = Arc::new(
+        Hub::bind(
+            "127.0.0.1".parse().unwrap(),
+            0,
+            0,
+            512,
+            Duration::from_millis(500),
+            None,
+        )
+        .await
+        .unwrap(),
+    );
+    let (to_center, _center) = tokio::sync::mpsc::unbounded_channel();
+    let players = Arc::new(Players::new(hub.clone(), store, to_center));
+    let counter = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = counter.local_addr().unwrap();
+    let arrived = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counting = {
+        let arrived = arrived.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while counter.recv_from(&mut buf).await.is_ok() {
+                arrived.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
+    let cpu = cpu_seconds();
+    let out = hub
+        .stats()
+        .rtp_out
+        .load(std::sync::atomic::Ordering::Relaxed);
+    for i in 0..n {
+        let user = format!("p{i}");
+        players.start(PlaybackSpec {
+            playback_id: format!("play{i}"),
+            recording_id: "bench".into(),
+            source_user_id: format!("u{i}"),
+            room_id: "r".into(),
+            user_id: user.clone(),
+            looped: true,
+        });
+        for pusher in [VIDEO_PUSHER, AUDIO_PUSHER] {
+            players.pulled("r", &user, addr, pusher);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    for i in 0..n {
+        players.stop(&format!("play{i}"));
+    }
+    let cpu = cpu_seconds() - cpu;
+    let sent = hub
+        .stats()
+        .rtp_out
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - out;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    counting.abort();
+    Played {
+        cpu,
+        sent,
+        arrived: arrived.load(std::sync::atomic::Ordering::Relaxed),
     }
 }
