@@ -433,6 +433,11 @@ impl Hub {
             return;
         };
         let (room_id, user_id) = &relay.spec.key;
+        if !crate::record::valid_id(want) {
+            // It names a directory: never a path of the center's choosing.
+            tracing::warn!(recording.id = %want, room.id = %room_id, user.id = %user_id, "not a recording id: not recorded");
+            return;
+        }
         tracing::info!(recording.id = %want, room.id = %room_id, user.id = %user_id, "recording");
         relay.recorder = Some(Recorder::start(
             store.clone(),

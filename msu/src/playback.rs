@@ -224,6 +224,9 @@ impl Players {
     }
 
     async fn play(&self, spec: &PlaybackSpec, playing: &Playing) -> Result<(), String> {
+        if !crate::record::valid_id(&spec.recording_id) {
+            return Err(format!("not a recording id: {:?}", spec.recording_id));
+        }
         let manifest = self
             .store
             .manifest(&spec.recording_id)
