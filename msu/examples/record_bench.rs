@@ -14,7 +14,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
-use pilot_msu::hub::{Hub, RelaySpec, Track};
+mod common;
+
+use common::{cpu_seconds, rss_kib};
+use pilot_msu::hub::{RelaySpec, Track};
 use pilot_msu::record::Store;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,26 +26,6 @@ use tokio::net::UdpSocket;
 
 const VIDEO: u32 = 0x1111_0001;
 const AUDIO: u32 = 0x2222_0001;
-
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or_default();
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f
-        .get(11..13)
-        .map(|x| x.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
-        .unwrap_or(0.0);
-    ticks / 100.0
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
 
 /// The capture: (offset from the first packet, packet).
 async fn capture() -> (Vec<(Duration, Vec<u8>)>, Duration) {
@@ -189,18 +172,7 @@ async fn round(
 ) -> Round {
     let (events, _told) = tokio::sync::mpsc::unbounded_channel();
     let store = Arc::new(Store::new(dir.to_owned(), events));
-    let hub = Arc::new(
-        Hub::bind(
-            "127.0.0.1".parse().unwrap(),
-            0,
-            0,
-            512,
-            Duration::from_millis(500),
-            Some(store),
-        )
-        .await
-        .unwrap(),
-    );
+    let hub = common::loopback_hub(Some(store)).await;
     for i in 0..streams {
         hub.apply(RelaySpec {
             key: ("r".into(), format!("u{i}")),
@@ -329,18 +301,7 @@ async fn play_back(dir: &std::path::Path, n: u32, secs: u64) -> Played {
     use pilot_msu::playback::{AUDIO_PUSHER, PlaybackSpec, Players, VIDEO_PUSHER};
     let (events, _told) = tokio::sync::mpsc::unbounded_channel();
     let store = Arc::new(Store::new(dir.to_owned(), events));
-    let hub = Arc::new(
-        Hub::bind(
-            "127.0.0.1".parse().unwrap(),
-            0,
-            0,
-            512,
-            Duration::from_millis(500),
-            None,
-        )
-        .await
-        .unwrap(),
-    );
+    let hub = common::loopback_hub(None).await;
     let (to_center, _center) = tokio::sync::mpsc::unbounded_channel();
     let players = Arc::new(Players::new(hub.clone(), store, to_center));
     let counter = UdpSocket::bind("127.0.0.1:0").await.unwrap();

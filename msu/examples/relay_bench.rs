@@ -12,7 +12,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
-use pilot_msu::hub::{Destination, Hub, RelaySpec, Track};
+mod common;
+
+use common::cpu_seconds;
+use pilot_msu::hub::{Destination, RelaySpec, Track};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,18 +24,6 @@ use tokio::net::UdpSocket;
 
 /// Packets per second the sender offers, unless given.
 const RATE: u64 = 20_000;
-
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or_default();
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 (1-based), 12 and 13 here.
-    let ticks: f64 = f
-        .get(11..13)
-        .map(|x| x.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
-        .unwrap_or(0.0);
-    ticks / 100.0
-}
 
 async fn counters(n: usize) -> (Vec<SocketAddr>, Arc<AtomicU64>) {
     let got = Arc::new(AtomicU64::new(0));
@@ -87,18 +78,7 @@ struct Load {
 
 async fn round_hub(load: Load, dests: usize) -> Round {
     let streams = load.streams;
-    let hub = Arc::new(
-        Hub::bind(
-            "127.0.0.1".parse().unwrap(),
-            0,
-            0,
-            512,
-            Duration::from_millis(500),
-            None,
-        )
-        .await
-        .unwrap(),
-    );
+    let hub = common::loopback_hub(None).await;
     let (addrs, got) = counters(dests).await;
     for i in 0..streams {
         hub.apply(RelaySpec {

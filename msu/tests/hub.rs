@@ -140,23 +140,12 @@ async fn an_msu_killed_and_back_on_its_address_resumes_its_relays_with_no_new_pu
     bounded(async {
         let center = center().await;
         // A port for the MSU, the same both times.
-        let media_port = {
-            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            s.local_addr().unwrap().port()
-        };
+        let media_port = free_udp_port();
         let dir = std::env::temp_dir().join(format!("pilot-msu-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("msu.yaml");
         std::fs::write(&config, msu_yaml(&center, media_port, media_port)).unwrap();
-        let spawn = || {
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_pilot-msu"))
-                .arg(&config)
-                .env("NO_COLOR", "1")
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap()
-        };
+        let spawn = || spawn_msu(&config);
         let mut msu = spawn();
         registered(&center).await;
         let media: SocketAddr = format!("127.0.0.1:{media_port}").parse().unwrap();

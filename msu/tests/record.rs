@@ -56,6 +56,27 @@ fn ffprobe(path: &Path) -> (Vec<(String, u64)>, f64) {
     (streams, duration)
 }
 
+/// What ffmpeg sent, seen by `sent`: (pictures, Opus frames), once `hub`
+/// took every packet of it.
+async fn took_all(hub: &Hub, sent: &std::sync::Mutex<Seen>) -> (u64, u64) {
+    let (frames, packets, total) = {
+        let s = sent.lock().unwrap();
+        // A picture is every packet of one RTP timestamp; ffmpeg's Opus
+        // packets are one frame each.
+        let video: HashSet<u32> = s.rtp[&VIDEO].iter().map(|p| p.2).collect();
+        let total: usize = s.rtp.values().map(Vec::len).sum();
+        (video.len() as u64, s.rtp[&AUDIO].len() as u64, total as u64)
+    };
+    until("the hub took every packet", || {
+        hub.stats()
+            .rtp_in
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= total
+    })
+    .await;
+    (frames, packets)
+}
+
 fn spec(recording_id: &str) -> RelaySpec {
     RelaySpec {
         key: ("r".into(), "u1".into()),
@@ -114,27 +135,7 @@ async fn record_ffmpeg(
     let relay = udp().await;
     let sent = tap(relay.clone(), Some(media));
     ffmpeg_publishes(port(&relay), secs).await;
-    let (frames, packets) = {
-        let s = sent.lock().unwrap();
-        // A picture is every packet of one RTP timestamp; ffmpeg's Opus
-        // packets are one frame each.
-        let video: HashSet<u32> = s.rtp[&VIDEO].iter().map(|p| p.2).collect();
-        (video.len() as u64, s.rtp[&AUDIO].len() as u64)
-    };
-    let total = sent
-        .lock()
-        .unwrap()
-        .rtp
-        .values()
-        .map(Vec::len)
-        .sum::<usize>() as u64;
-    until("the hub took every packet", || {
-        hub.stats()
-            .rtp_in
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= total
-    })
-    .await;
+    let (frames, packets) = took_all(&hub, &sent).await;
     let finishing = hub.clone();
     tokio::task::spawn_blocking(move || finishing.finish_recordings())
         .await
@@ -268,13 +269,7 @@ async fn publisher_in_room(center: &pilot_center::server::Server) -> Peer {
         json!({"roomId": "r", "userId": "u1", "userName": "u1"}),
     )
     .await;
-    a.notify(
-        "push",
-        json!({"roomId": "r", "userId": "u1", "userName": "u1", "publishers": [
-        {"pusherId": "v", "rtpParam": rtp_param(VIDEO, 108, VIDEO_RTX)},
-        {"pusherId": "a", "rtpParam": rtp_param(AUDIO, 111, 0)}]}),
-    )
-    .await;
+    push_u1(&mut a).await;
     a.request("echo", json!({})).await;
     let c = center.center().clone();
     until("the room has the MSU", || {
@@ -356,29 +351,7 @@ async fn a_room_recorded_through_the_center_is_listed_read_and_deleted() {
         let relay = udp().await;
         let sent = tap(relay.clone(), Some(msu.media));
         ffmpeg_publishes(port(&relay), 3).await;
-        let frames = {
-            let s = sent.lock().unwrap();
-            s.rtp[&VIDEO]
-                .iter()
-                .map(|p| p.2)
-                .collect::<HashSet<u32>>()
-                .len() as u64
-        };
-        let total = sent
-            .lock()
-            .unwrap()
-            .rtp
-            .values()
-            .map(Vec::len)
-            .sum::<usize>() as u64;
-        until("the hub took every packet", || {
-            msu.hub
-                .stats()
-                .rtp_in
-                .load(std::sync::atomic::Ordering::Relaxed)
-                >= total
-        })
-        .await;
+        let (frames, _) = took_all(&msu.hub, &sent).await;
         let stopped = c.stop_recording("r").await.unwrap();
         assert_eq!(
             stopped.state(),
@@ -433,10 +406,7 @@ async fn an_msu_killed_mid_recording_leaves_a_readable_file_and_records_on() {
         }
         let center = center().await;
         let c = center.center().clone();
-        let media_port = {
-            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            s.local_addr().unwrap().port()
-        };
+        let media_port = free_udp_port();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("msu.yaml");
         let recordings = dir.path().join("recordings");
@@ -445,15 +415,7 @@ async fn an_msu_killed_mid_recording_leaves_a_readable_file_and_records_on() {
             msu_yaml_recording(&center, media_port, media_port, &recordings),
         )
         .unwrap();
-        let spawn = || {
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_pilot-msu"))
-                .arg(&config)
-                .env("NO_COLOR", "1")
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap()
-        };
+        let spawn = || spawn_msu(&config);
         let mut msu = spawn();
         registered(&center).await;
         let media: std::net::SocketAddr = format!("127.0.0.1:{media_port}").parse().unwrap();
@@ -513,6 +475,45 @@ async fn an_msu_killed_mid_recording_leaves_a_readable_file_and_records_on() {
     .await;
 }
 
+/// A center and an MSU (media ports from `ports`) that recorded u1 of room
+/// r, played by real ffmpeg for `secs` seconds, as recording `id`: the
+/// recording is stopped and its file closed.
+async fn recorded_room(
+    id: &str,
+    ports: u16,
+    secs: u32,
+) -> (
+    pilot_center::server::Server,
+    tempfile::TempDir,
+    (pilot_msu::Msu, tokio_util::sync::CancellationToken),
+) {
+    let center = center().await;
+    let c = center.center().clone();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = msu_yaml_recording(&center, ports, ports + 999, dir.path());
+    let (msu, stop) = msu_with(&center, &yaml).await;
+    let mut a = publisher_in_room(&center).await;
+    c.start_recording("r", id).await.unwrap();
+    asked_to_send_to(&mut a, msu.media).await;
+    let relay = udp().await;
+    let _sent = tap(relay.clone(), Some(msu.media));
+    ffmpeg_publishes(port(&relay), secs).await;
+    c.stop_recording("r").await.unwrap();
+    files_closed(&center, id, 1).await;
+    (center, dir, (msu, stop))
+}
+
+/// A viewer's SFU, holding user `viewer` of room r2.
+async fn viewer(center: &pilot_center::server::Server) -> Peer {
+    let mut b = Peer::connect(center, "sfu-b").await;
+    b.request(
+        "join",
+        json!({"roomId": "r2", "userId": "viewer", "userName": "viewer"}),
+    )
+    .await;
+    b
+}
+
 /// Two free UDP ports `p` and `p + 2` (with `p + 1` and `p + 3` free for
 /// ffmpeg's RTCP), found by binding.
 fn four_free_ports() -> u16 {
@@ -537,29 +538,11 @@ async fn a_recording_played_into_a_room_is_decoded_by_ffmpeg() {
         if !ffmpeg_available() {
             return;
         }
-        let center = center().await;
+        let (center, dir, (msu, _stop)) = recorded_room("talk", 44_000, 3).await;
         let c = center.center().clone();
-        let dir = tempfile::tempdir().unwrap();
-        let (msu, _stop) =
-            msu_with(&center, &msu_yaml_recording(&center, 44_000, 44_999, dir.path())).await;
-        let mut a = publisher_in_room(&center).await;
-        c.start_recording("r", "talk").await.unwrap();
-        asked_to_send_to(&mut a, msu.media).await;
-        let relay = udp().await;
-        let _sent = tap(relay.clone(), Some(msu.media));
-        ffmpeg_publishes(port(&relay), 3).await;
-        c.stop_recording("r").await.unwrap();
-        files_closed(&center, "talk", 1).await;
         let (streams, _) = ffprobe(&dir.path().join("talk/u1-1.mp4"));
         let recorded = streams[0].1;
-
-        // A viewer's SFU in another room.
-        let mut b = Peer::connect(&center, "sfu-b").await;
-        b.request(
-            "join",
-            json!({"roomId": "r2", "userId": "viewer", "userName": "viewer"}),
-        )
-        .await;
+        let mut b = viewer(&center).await;
         let played = c
             .start_playback(pilot_center::proto::StartPlaybackRequest {
                 recording_id: "talk".into(),
@@ -667,26 +650,9 @@ async fn a_looped_playback_answers_key_frame_requests_and_stops_when_told() {
         if !ffmpeg_available() {
             return;
         }
-        let center = center().await;
+        let (center, _dir, (msu, _stop)) = recorded_room("clip", 45_000, 2).await;
         let c = center.center().clone();
-        let dir = tempfile::tempdir().unwrap();
-        let (msu, _stop) =
-            msu_with(&center, &msu_yaml_recording(&center, 45_000, 45_999, dir.path())).await;
-        let mut a = publisher_in_room(&center).await;
-        c.start_recording("r", "clip").await.unwrap();
-        asked_to_send_to(&mut a, msu.media).await;
-        let relay = udp().await;
-        let _sent = tap(relay.clone(), Some(msu.media));
-        ffmpeg_publishes(port(&relay), 2).await;
-        c.stop_recording("r").await.unwrap();
-        files_closed(&center, "clip", 1).await;
-
-        let mut b = Peer::connect(&center, "sfu-b").await;
-        b.request(
-            "join",
-            json!({"roomId": "r2", "userId": "viewer", "userName": "viewer"}),
-        )
-        .await;
+        let mut b = viewer(&center).await;
         let played = c
             .start_playback(pilot_center::proto::StartPlaybackRequest {
                 recording_id: "clip".into(),

@@ -272,13 +272,7 @@ pub async fn room_of_sfus(
         .await;
         others.push(p);
     }
-    a.notify(
-        "push",
-        json!({"roomId": "r", "userId": "u1", "userName": "u1", "publishers": [
-        {"pusherId": "v", "rtpParam": rtp_param(VIDEO, 108, VIDEO_RTX)},
-        {"pusherId": "a", "rtpParam": rtp_param(AUDIO, 111, 0)}]}),
-    )
-    .await;
+    push_u1(&mut a).await;
     for (p, port) in others.iter_mut().zip(pullers) {
         p.expect("newPusher").await;
         p.notify("pullRemoteStream", pull(*port, "v", VIDEO, 108, VIDEO_RTX))
@@ -372,4 +366,33 @@ pub async fn asked_to_send_to(a: &mut Peer, media: SocketAddr) {
             "{asked}"
         );
     }
+}
+
+/// `pilot-msu` as its own process on configuration file `config` (killed
+/// when dropped).
+pub fn spawn_msu(config: &std::path::Path) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_pilot-msu"))
+        .arg(config)
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// A UDP port free now (for an MSU that must come back on the same one).
+pub fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().port()
+}
+
+/// `a` pushes u1's video (with RTX) and audio in room r.
+pub async fn push_u1(a: &mut Peer) {
+    a.notify(
+        "push",
+        json!({"roomId": "r", "userId": "u1", "userName": "u1", "publishers": [
+        {"pusherId": "v", "rtpParam": rtp_param(VIDEO, 108, VIDEO_RTX)},
+        {"pusherId": "a", "rtpParam": rtp_param(AUDIO, 111, 0)}]}),
+    )
+    .await;
 }

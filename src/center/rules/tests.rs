@@ -650,6 +650,23 @@ fn pulls_go_through_the_rooms_msu_and_without_one_the_second_is_unserved() {
     }
 }
 
+/// Rules with sessions `sfus` (id, identity) and MSU m1 on session 9,
+/// with a media address (10.0.0.9:40000).
+fn with_msu(sfus: &[(SessionId, &str)]) -> Rules {
+    let mut r = Rules::new(RulesConfig::default());
+    let fx = &mut Effects::default();
+    for (sid, identity) in sfus.iter().copied().chain([(9, "msu")]) {
+        r.open_session(sid, identity, "", fx);
+    }
+    let m = proto::RegisterMsuRequest {
+        msu_id: "m1".into(),
+        udp_ip: "10.0.0.9".into(),
+        udp_port: 40_000,
+    };
+    r.register_msu(9, m, SystemTime::UNIX_EPOCH, fx).unwrap();
+    r
+}
+
 /// The recordings in `fx`'s relays sent to the MSU: (user, recording id).
 fn recorded(fx: &Effects) -> Vec<(String, String)> {
     fx.notices
@@ -672,17 +689,10 @@ fn recorded(fx: &Effects) -> Vec<(String, String)> {
 /// files; a running recording cannot be deleted, a stopped one can.
 #[test]
 fn a_recorded_room_records_its_publishers_now_and_later_until_it_stops() {
-    let mut r = Rules::new(RulesConfig::default());
-    let fx = &mut Effects::default();
-    for (sid, identity) in [(1, "sfu-a"), (2, "sfu-b"), (9, "msu")] {
-        r.open_session(sid, identity, "", fx);
-    }
-    let m = proto::RegisterMsuRequest {
-        msu_id: "m1".into(),
-        udp_ip: "10.0.0.9".into(),
-        udp_port: 40_000,
-    };
-    r.register_msu(9, m, SystemTime::UNIX_EPOCH, fx).unwrap();
+    let (mut r, fx) = (
+        with_msu(&[(1, "sfu-a"), (2, "sfu-b")]),
+        &mut Effects::default(),
+    );
     join(&mut r, 1, "r", "u1");
     join(&mut r, 2, "r", "u2");
     let track = |id: &str, codec: &str| proto::Publisher {
@@ -825,17 +835,7 @@ fn a_recorded_room_records_its_publishers_now_and_later_until_it_stops() {
 /// it may say the playback is over, and its playbacks end with it.
 #[test]
 fn a_playback_is_checked_told_to_the_recordings_msu_and_ends_with_it() {
-    let mut r = Rules::new(RulesConfig::default());
-    let fx = &mut Effects::default();
-    for (sid, identity) in [(1, "sfu-a"), (9, "msu")] {
-        r.open_session(sid, identity, "", fx);
-    }
-    let m = proto::RegisterMsuRequest {
-        msu_id: "m1".into(),
-        udp_ip: "10.0.0.9".into(),
-        udp_port: 40_000,
-    };
-    r.register_msu(9, m, SystemTime::UNIX_EPOCH, fx).unwrap();
+    let (mut r, fx) = (with_msu(&[(1, "sfu-a")]), &mut Effects::default());
     join(&mut r, 1, "r", "u1");
     join(&mut r, 1, "r", "u2");
     let start = proto::StartRecordingRequest {
