@@ -542,6 +542,33 @@ async fn the_hubs_pulls_look_like_another_sfus_and_without_a_hub_a_second_pull_i
                 heard = m["data"]["destinations"].as_array().unwrap().len();
             }
         }
+
+        // Issue 30: recording room2 (an operator, on whichever node this
+        // center is) puts the recording's id on the relay the MSU hears; the
+        // track is asked of s1 already, so s1 hears nothing new. Stopped,
+        // the id goes.
+        let relay_to_msu = async |msu: &mut Peer| loop {
+            let m = msu.next_within(WAIT).await.expect("a relay for the MSU");
+            if m["method"] == json!("relay") {
+                return m["data"].clone();
+            }
+        };
+        let recording = server
+            .center()
+            .start_recording("room2", "board")
+            .await
+            .unwrap();
+        assert_eq!(recording.msu_id, "m1");
+        let relay = relay_to_msu(&mut msu).await;
+        assert_eq!(relay["recordingId"], json!("board"), "{relay}");
+        assert_eq!(relay["destinations"].as_array().unwrap().len(), 2);
+        s1.expect_silence().await;
+        server.settled().await;
+        let listed = server.center().list_recordings("room2");
+        assert_eq!(listed.len(), 1);
+        server.center().stop_recording("room2").await.unwrap();
+        let relay = relay_to_msu(&mut msu).await;
+        assert_eq!(relay.get("recordingId"), None, "{relay}");
     })
     .await;
 }
