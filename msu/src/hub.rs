@@ -416,6 +416,7 @@ impl Hub {
             .map(|t| TrackSpec {
                 pusher_id: t.pusher_id.clone(),
                 ssrc: t.ssrc,
+                rtx_ssrc: t.rtx_ssrc,
                 codec: t.codec.clone(),
             })
             .collect();
@@ -566,6 +567,15 @@ impl Hub {
         }
         Stats::add(&self.stats.rtp_out, sent);
         relay.packets_out += sent;
+        // What the recorder found missing is asked of the publisher's SFU.
+        let missing = relay
+            .recorder
+            .as_ref()
+            .map(Recorder::take_missing)
+            .unwrap_or_default();
+        for (ssrc, seqs) in group_by_ssrc(&missing) {
+            self.nack_upstream(from, ssrc, &seqs);
+        }
         let keyframe = relay.recorder.as_ref().and_then(|r| {
             r.rtp(packet);
             // The recorder needs a key frame (it starts, or lost one).
@@ -726,19 +736,36 @@ impl Hub {
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(&ssrc);
         if let (false, Some(source), false) = (missing.is_empty(), relay.source, played_here) {
-            let nack = missing
-                .iter()
-                .fold(Nack::builder(), |b, s| b.add_rtp_sequence(*s));
-            let feedback = TransportFeedback::builder_owned(nack)
-                .sender_ssrc(HUB_SSRC)
-                .media_ssrc(ssrc);
-            if let Some(bytes) = write(&feedback)
-                && self.send(&bytes, source)
-            {
-                Stats::add(&self.stats.nack_upstream, missing.len() as u64);
-            }
+            self.nack_upstream(source, ssrc, &missing);
         }
     }
+
+    /// Asks the publisher's SFU at `source` for packets `seqs` of `ssrc`.
+    fn nack_upstream(&self, source: SocketAddr, ssrc: u32, seqs: &[u16]) {
+        let nack = seqs
+            .iter()
+            .fold(Nack::builder(), |b, s| b.add_rtp_sequence(*s));
+        let feedback = TransportFeedback::builder_owned(nack)
+            .sender_ssrc(HUB_SSRC)
+            .media_ssrc(ssrc);
+        if let Some(bytes) = write(&feedback)
+            && self.send(&bytes, source)
+        {
+            Stats::add(&self.stats.nack_upstream, seqs.len() as u64);
+        }
+    }
+}
+
+/// `(ssrc, seq)` pairs grouped by SSRC, in order.
+fn group_by_ssrc(pairs: &[(u32, u16)]) -> Vec<(u32, Vec<u16>)> {
+    let mut out: Vec<(u32, Vec<u16>)> = Vec::new();
+    for (ssrc, seq) in pairs {
+        match out.iter_mut().find(|(s, _)| s == ssrc) {
+            Some((_, seqs)) => seqs.push(*seq),
+            None => out.push((*ssrc, vec![*seq])),
+        }
+    }
+    out
 }
 
 /// Destination -> the SSRCs of the tracks it pulled.

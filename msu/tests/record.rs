@@ -12,7 +12,9 @@ use pilot_msu::hub::{Hub, RelaySpec, Track};
 use pilot_msu::record::{EventKind, Manifest, RecordingEvent, Store};
 use serde_json::{Value, json};
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::Path;
+use tokio::net::UdpSocket;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,6 +112,24 @@ async fn record_ffmpeg(
     u64,
     tokio::sync::mpsc::UnboundedReceiver<RecordingEvent>,
 ) {
+    let (frames, packets, told, _) = record_ffmpeg_losing(dir, secs, None).await;
+    (frames, packets, told)
+}
+
+/// [`record_ffmpeg`], the publisher's SFU withholding video packet number
+/// `lose` (counted from 0) until the hub asks for it (NACK), and then
+/// sending it as RTX (RFC 4588), as the real SFU answers from its send
+/// history; also returns how many RTX packets it sent.
+async fn record_ffmpeg_losing(
+    dir: &Path,
+    secs: u32,
+    lose: Option<usize>,
+) -> (
+    u64,
+    u64,
+    tokio::sync::mpsc::UnboundedReceiver<RecordingEvent>,
+    u64,
+) {
     let (events, told) = tokio::sync::mpsc::unbounded_channel();
     let store = Arc::new(Store::new(dir.to_owned(), events));
     let hub = Arc::new(
@@ -133,7 +153,11 @@ async fn record_ffmpeg(
     assert_eq!(hub.recording(), 1);
     // The publisher's SFU: what ffmpeg sends, counted, on to the hub.
     let relay = udp().await;
-    let sent = tap(relay.clone(), Some(media));
+    let rtx_sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sent = match lose {
+        None => tap(relay.clone(), Some(media)),
+        Some(n) => lossy_sfu(relay.clone(), media, n, rtx_sent.clone()),
+    };
     ffmpeg_publishes(port(&relay), secs).await;
     let (frames, packets) = took_all(&hub, &sent).await;
     let finishing = hub.clone();
@@ -141,7 +165,83 @@ async fn record_ffmpeg(
         .await
         .unwrap();
     serving.abort();
-    (frames, packets, told)
+    let rtx = rtx_sent.load(std::sync::atomic::Ordering::Relaxed);
+    (frames, packets, told, rtx)
+}
+
+/// A publisher's SFU between ffmpeg and the hub at `to` that loses video
+/// packet `lose` on the way and answers NACKs from its history with RTX
+/// (payload type 109 on `VIDEO_RTX`: the original sequence number, then
+/// the original payload). Counts what ffmpeg sent, as [`tap`] does.
+fn lossy_sfu(
+    socket: Arc<UdpSocket>,
+    to: SocketAddr,
+    lose: usize,
+    rtx_sent: Arc<std::sync::atomic::AtomicU64>,
+) -> Arc<std::sync::Mutex<Seen>> {
+    let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        let mut history: std::collections::HashMap<u16, Vec<u8>> = Default::default();
+        let (mut video, mut rtx_seq) = (0usize, 0u16);
+        while let Ok((n, _)) = socket.recv_from(&mut buf).await {
+            let p = buf[..n].to_vec();
+            if pilot_msu::hub::is_rtcp(&p) {
+                // A NACK (RTPFB, FMT 1) for the video: each PID and its BLP.
+                if p[1] != 205 || p[0] & 0x1f != 1 {
+                    continue;
+                }
+                let mut asked = Vec::new();
+                for fci in p[12..].chunks_exact(4) {
+                    let pid = u16::from_be_bytes([fci[0], fci[1]]);
+                    let blp = u16::from_be_bytes([fci[2], fci[3]]);
+                    asked.push(pid);
+                    asked.extend(
+                        (0..16)
+                            .filter(|b| blp & (1 << b) != 0)
+                            .map(|b| pid.wrapping_add(b + 1)),
+                    );
+                }
+                for seq in asked {
+                    let Some(original) = history.get(&seq) else {
+                        continue;
+                    };
+                    let mut rtx = vec![0x80, (original[1] & 0x80) | 109];
+                    rtx.extend_from_slice(&rtx_seq.to_be_bytes());
+                    rtx.extend_from_slice(&original[4..8]);
+                    rtx.extend_from_slice(&VIDEO_RTX.to_be_bytes());
+                    rtx.extend_from_slice(&seq.to_be_bytes());
+                    rtx.extend_from_slice(&original[12..]);
+                    rtx_seq = rtx_seq.wrapping_add(1);
+                    let _ = socket.send_to(&rtx, to).await;
+                    rtx_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                continue;
+            }
+            if n < 12 {
+                continue;
+            }
+            let ssrc = u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
+            let seq = u16::from_be_bytes([p[2], p[3]]);
+            let ts = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+            s.lock()
+                .unwrap()
+                .rtp
+                .entry(ssrc)
+                .or_default()
+                .push((p[1] & 0x7f, seq, ts));
+            if ssrc == VIDEO {
+                history.insert(seq, p.clone());
+                video += 1;
+                if video - 1 == lose {
+                    continue; // lost on the way
+                }
+            }
+            let _ = socket.send_to(&p, to).await;
+        }
+    });
+    seen
 }
 
 /// Issue 30: a recorded publisher becomes one file with its video and
@@ -736,6 +836,28 @@ async fn a_looped_playback_answers_key_frame_requests_and_stops_when_told() {
         assert_eq!(left["userId"], json!("replay"), "{left}");
         until("the MSU stops playing", || msu.players.running() == 0).await;
         assert!(c.list_playbacks().is_empty());
+    })
+    .await;
+}
+
+/// Issue 30 (nothing lost): a video packet lost between the publisher's
+/// SFU and the MSU is asked for again (a NACK from the hub, the SFU answers
+/// with RTX), and the recording keeps every picture that was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_packet_is_asked_again_and_the_recording_keeps_every_picture() {
+    bounded(async {
+        if !ffmpeg_available() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (frames, _, _, rtx) = record_ffmpeg_losing(dir.path(), 2, Some(30)).await;
+        assert!(rtx >= 1, "the hub asked for the lost packet");
+        let (streams, _) = ffprobe(&dir.path().join("rec-1/u1-1.mp4"));
+        assert_eq!(
+            streams[0],
+            ("h264".to_owned(), frames),
+            "every picture sent"
+        );
     })
     .await;
 }

@@ -44,6 +44,8 @@ pub struct TrackSpec {
     pub pusher_id: String,
     /// Its media SSRC.
     pub ssrc: u32,
+    /// Its retransmission SSRC (0: none): RTX packets repair losses.
+    pub rtx_ssrc: u32,
     /// Its codec name as `rtpParam` gives it (`H264`, `opus`).
     pub codec: String,
 }
@@ -434,6 +436,10 @@ pub struct Recorder {
     pub wants_keyframe: Arc<AtomicBool>,
     /// Packets dropped because the queue was full.
     pub dropped: AtomicU64,
+    /// (SSRC, sequence number) of video packets the recorder found missing:
+    /// the hub asks the publisher's SFU for them (NACK), which answers with
+    /// RTX.
+    missing: Arc<Mutex<Vec<(u32, u16)>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -449,6 +455,7 @@ impl Recorder {
     ) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_PACKETS);
         let wants_keyframe = Arc::new(AtomicBool::new(true));
+        let missing: Arc<Mutex<Vec<(u32, u16)>>> = Arc::default();
         let writer = Writer::new(
             store,
             recording_id.to_owned(),
@@ -456,6 +463,7 @@ impl Recorder {
             user_id.to_owned(),
             &tracks,
             wants_keyframe.clone(),
+            missing.clone(),
         );
         let thread = std::thread::Builder::new()
             .name(format!("record {user_id}"))
@@ -468,8 +476,14 @@ impl Recorder {
             tx: Some(tx),
             wants_keyframe,
             dropped: AtomicU64::new(0),
+            missing,
             thread,
         }
+    }
+
+    /// The packets found missing since the last call, to ask for again.
+    pub fn take_missing(&self) -> Vec<(u32, u16)> {
+        std::mem::take(&mut *self.missing.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The recording it writes.
@@ -560,6 +574,8 @@ struct Track {
     /// (wall seconds, extended timestamp) of its first packet.
     first: Option<(f64, i64)>,
     next_seq: Option<i64>,
+    /// The highest sequence number seen: a gap beyond it is asked for once.
+    highest: i64,
     reorder: BTreeMap<i64, (Vec<u8>, f64)>,
     depacketizer: h264::Depacketizer,
     needs_keyframe: bool,
@@ -596,6 +612,7 @@ struct Writer {
     user_id: String,
     tracks: Vec<Track>,
     wants_keyframe: Arc<AtomicBool>,
+    missing: Arc<Mutex<Vec<(u32, u16)>>>,
     waiting: VecDeque<Pending>,
     open: Option<Open>,
     failed: bool,
@@ -614,6 +631,7 @@ impl Writer {
         user_id: String,
         specs: &[TrackSpec],
         wants_keyframe: Arc<AtomicBool>,
+        missing: Arc<Mutex<Vec<(u32, u16)>>>,
     ) -> Self {
         let mut tracks = Vec::new();
         for spec in specs {
@@ -643,6 +661,7 @@ impl Writer {
                 report: None,
                 first: None,
                 next_seq: None,
+                highest: i64::MIN,
                 reorder: BTreeMap::new(),
                 depacketizer: h264::Depacketizer::default(),
                 needs_keyframe: true,
@@ -658,6 +677,7 @@ impl Writer {
             user_id,
             tracks,
             wants_keyframe,
+            missing,
             waiting: VecDeque::new(),
             open: None,
             failed: false,
@@ -743,8 +763,29 @@ impl Writer {
         let Ok(rtp) = rtp_types::RtpPacket::parse(packet) else {
             return;
         };
-        let Some(i) = self.tracks.iter().position(|t| t.spec.ssrc == rtp.ssrc()) else {
-            return; // RTX and tracks not recorded
+        let ssrc = rtp.ssrc();
+        if let Some(t) = self
+            .tracks
+            .iter()
+            .find(|t| t.video && t.spec.rtx_ssrc != 0 && t.spec.rtx_ssrc == ssrc)
+        {
+            // RTX (RFC 4588): the original sequence number, then the
+            // original payload; the header keeps its timestamp and marker.
+            let payload = rtp.payload();
+            if payload.len() < 2 {
+                return;
+            }
+            let mut original = Vec::with_capacity(12 + payload.len());
+            original.push(0x80);
+            original.push(if rtp.marker_bit() { 0x80 } else { 0 });
+            original.extend_from_slice(&payload[..2]);
+            original.extend_from_slice(&rtp.timestamp().to_be_bytes());
+            original.extend_from_slice(&t.spec.ssrc.to_be_bytes());
+            original.extend_from_slice(&payload[2..]);
+            return self.rtp(&original, at);
+        }
+        let Some(i) = self.tracks.iter().position(|t| t.spec.ssrc == ssrc) else {
+            return; // tracks not recorded
         };
         let t = &mut self.tracks[i];
         let seq = t.seq.seq(rtp.sequence_number());
@@ -761,6 +802,19 @@ impl Writer {
         if t.next_seq.is_some_and(|n| seq < n) {
             return;
         }
+        // A gap beyond what was seen: asked for once (bounded).
+        if t.highest != i64::MIN && seq > t.highest + 1 {
+            let lost: Vec<(u32, u16)> = (t.highest + 1..seq)
+                .take(REORDER_PACKETS)
+                .map(|s| (ssrc, s as u16))
+                .collect();
+            self.missing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(lost);
+        }
+        let t = &mut self.tracks[i];
+        t.highest = t.highest.max(seq);
         t.reorder.insert(seq, (packet.to_vec(), at));
         if t.next_seq.is_none() {
             t.next_seq = Some(seq);
@@ -1047,6 +1101,7 @@ mod tests {
         let track = TrackSpec {
             pusher_id: "a".into(),
             ssrc: 7,
+            rtx_ssrc: 0,
             codec: "opus".into(),
         };
         let recorder = Recorder::start(store, "rec", "r", "u", vec![track]);
