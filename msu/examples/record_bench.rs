@@ -1,4 +1,4 @@
-//! What recording costs the MSU, in one run:
+//! What recording and playback cost the MSU, in one run:
 //! `cargo run --release -p pilot-msu --example record_bench -- [STREAMS...] [--secs S]`
 //! (recording, then playback of what was recorded).
 //!
@@ -10,7 +10,9 @@
 //! the process's CPU time (`/proc/self/stat`: the player is included alike
 //! in both) per stream and second, the cost recording adds per stream as a
 //! share of one core, bytes written per second, and the resident memory
-//! the recorders add (`VmRSS`).
+//! the recorders add (`VmRSS`). Then the files each recording round wrote
+//! are played back at once (looped, each to a counting socket): CPU per
+//! playback, packets out per second, and the share that arrived.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
