@@ -474,6 +474,13 @@ mod tests {
         let msu = Grant::from_claims(claims(Role::Msu, &[], 0));
         assert!(msu.permits(&register).is_ok());
         assert!(msu.permits(&join("a")).is_err());
+        // An MSU joins the users it plays back, in the rooms it is granted.
+        let playing = Grant::from_claims(claims(Role::Msu, &["*"], 0));
+        assert!(playing.permits(&join("a")).is_ok());
+        let pull = Command {
+            kind: Some(command::Kind::PullRemoteStream(Default::default())),
+        };
+        assert!(playing.permits(&pull).unwrap_err().contains("may not"));
         assert!(
             Grant::from_claims(claims(Role::Sfu, &["*"], 0))
                 .permits(&join("any"))

@@ -124,10 +124,19 @@ async fn websocket_auth_refuses_before_the_upgrade_and_checks_every_command() {
             msu.request("register", json!({"id": "m1"})).await["ok"],
             json!(true)
         );
+        // It joins (the users it plays back) only in the rooms its token
+        // grants: none here.
         let r = msu
             .request("join", json!({"roomId": "any-room", "userId": "x"}))
             .await;
         assert_eq!(r["errorCode"], json!(403));
+        assert!(
+            r["errorReason"]
+                .as_str()
+                .unwrap()
+                .contains("outside this token's grant"),
+            "{r}"
+        );
     })
     .await;
 }

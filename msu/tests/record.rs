@@ -14,9 +14,9 @@ use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use tokio::net::UdpSocket;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::UdpSocket;
 
 /// What ffprobe reads of a file: (codec, frames) per stream, and the
 /// duration.
