@@ -1,6 +1,7 @@
 //! What the MSU's benchmarks share: the process's own CPU time and memory.
 
 /// CPU time (user + system) this process used so far, in seconds.
+#[allow(dead_code)] // not every benchmark reads CPU
 pub fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or_default();
