@@ -21,7 +21,6 @@
 mod common;
 
 use common::rss_kib;
-use pilot_msu::hub::{Destination, RelaySpec, Track};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,23 +46,6 @@ impl Drop for Forwarder {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-fn relay(i: u32, to: SocketAddr) -> RelaySpec {
-    RelaySpec {
-        key: ("r".into(), format!("u{i}")),
-        tracks: vec![Track {
-            pusher_id: "v".into(),
-            ssrc: 1000 + i,
-            rtx_ssrc: 0,
-            codec: "H264".into(),
-        }],
-        destinations: vec![Destination {
-            addr: to,
-            pusher_ids: vec!["v".into()],
-        }],
-        recording_id: String::new(),
     }
 }
 
@@ -95,7 +77,7 @@ fn forwarder(bare: bool, streams: u32, to: SocketAddr) -> Forwarder {
             } else {
                 let hub = common::loopback_hub(None).await;
                 for i in 0..streams {
-                    hub.apply(relay(i, to));
+                    hub.apply(common::video_relay(i, &[to]));
                 }
                 tx.send(hub.local_addr().unwrap()).unwrap();
                 let watch = async {

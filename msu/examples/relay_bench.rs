@@ -15,7 +15,6 @@
 mod common;
 
 use common::cpu_seconds;
-use pilot_msu::hub::{Destination, RelaySpec, Track};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,23 +80,7 @@ async fn round_hub(load: Load, dests: usize) -> Round {
     let hub = common::loopback_hub(None).await;
     let (addrs, got) = counters(dests).await;
     for i in 0..streams {
-        hub.apply(RelaySpec {
-            key: ("r".into(), format!("u{i}")),
-            tracks: vec![Track {
-                pusher_id: "v".into(),
-                ssrc: 1000 + i,
-                rtx_ssrc: 0,
-                codec: "H264".into(),
-            }],
-            destinations: addrs
-                .iter()
-                .map(|a| Destination {
-                    addr: *a,
-                    pusher_ids: vec!["v".into()],
-                })
-                .collect(),
-            recording_id: String::new(),
-        });
+        hub.apply(common::video_relay(i, &addrs));
     }
     let to = hub.local_addr().unwrap();
     let serve = {

@@ -219,18 +219,9 @@ fn lossy_sfu(
                 }
                 continue;
             }
-            if n < 12 {
+            let Some((ssrc, seq)) = s.lock().unwrap().note_rtp(&p) else {
                 continue;
-            }
-            let ssrc = u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
-            let seq = u16::from_be_bytes([p[2], p[3]]);
-            let ts = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
-            s.lock()
-                .unwrap()
-                .rtp
-                .entry(ssrc)
-                .or_default()
-                .push((p[1] & 0x7f, seq, ts));
+            };
             if ssrc == VIDEO {
                 history.insert(seq, p.clone());
                 video += 1;

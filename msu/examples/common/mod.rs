@@ -43,3 +43,26 @@ pub async fn loopback_hub(
     .unwrap();
     std::sync::Arc::new(hub)
 }
+
+/// Stream `i` (one video track, SSRC 1000 + `i`) relayed to `to`.
+#[allow(dead_code)] // the relay benchmarks use it, not record_bench
+pub fn video_relay(i: u32, to: &[std::net::SocketAddr]) -> pilot_msu::hub::RelaySpec {
+    use pilot_msu::hub::{Destination, RelaySpec, Track};
+    RelaySpec {
+        key: ("r".into(), format!("u{i}")),
+        tracks: vec![Track {
+            pusher_id: "v".into(),
+            ssrc: 1000 + i,
+            rtx_ssrc: 0,
+            codec: "H264".into(),
+        }],
+        destinations: to
+            .iter()
+            .map(|addr| Destination {
+                addr: *addr,
+                pusher_ids: vec!["v".into()],
+            })
+            .collect(),
+        recording_id: String::new(),
+    }
+}

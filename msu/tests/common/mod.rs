@@ -204,6 +204,22 @@ pub struct Seen {
     pub rtcp: Vec<Vec<u8>>,
 }
 
+impl Seen {
+    /// Notes RTP packet `p`; its (SSRC, sequence number), or `None` when
+    /// it is too short to be one.
+    pub fn note_rtp(&mut self, p: &[u8]) -> Option<(u32, u16)> {
+        let header = p.get(..12)?;
+        let ssrc = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+        let seq = u16::from_be_bytes([header[2], header[3]]);
+        let ts = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+        self.rtp
+            .entry(ssrc)
+            .or_default()
+            .push((header[1] & 0x7f, seq, ts));
+        Some((ssrc, seq))
+    }
+}
+
 /// A UDP socket counting what arrives, in a task of its own; `forward`
 /// sends each RTP packet on from the same socket (a publisher's SFU's send
 /// relay between ffmpeg and the hub).
@@ -218,18 +234,9 @@ pub fn tap(socket: Arc<UdpSocket>, forward: Option<SocketAddr>) -> Arc<Mutex<See
                 s.lock().unwrap().rtcp.push(p.to_vec());
                 continue;
             }
-            if n < 12 {
+            if s.lock().unwrap().note_rtp(p).is_none() {
                 continue;
             }
-            let ssrc = u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
-            let seq = u16::from_be_bytes([p[2], p[3]]);
-            let ts = u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
-            s.lock()
-                .unwrap()
-                .rtp
-                .entry(ssrc)
-                .or_default()
-                .push((p[1] & 0x7f, seq, ts));
             if let Some(to) = forward {
                 let _ = socket.send_to(p, to).await;
             }
