@@ -52,6 +52,17 @@ pub fn session_id(epoch: u32, n: u64) -> SessionId {
     (u64::from(epoch) << 32) | (n & 0xffff_ffff)
 }
 
+/// Whether `id` can name a recording or a playback: 1 to 128 letters,
+/// digits, `-` and `_`. A recording's id is the name of its directory on
+/// its MSU, so the MSU holds what the center sends it to this rule too.
+pub fn valid_recording_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -131,14 +131,10 @@ pub struct Store {
     events: tokio::sync::mpsc::UnboundedSender<RecordingEvent>,
 }
 
-/// Whether `id` can name a directory: letters, digits, `-` and `_`.
-pub fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
+/// Whether `id` can name a recording's directory: the center's rule for
+/// recording ids (letters, digits, `-` and `_`), held here again because
+/// it comes from the center.
+pub use pilot_center::center::ids::valid_recording_id as valid_id;
 
 /// A user id as a file name: kept when plain, else hex-escaped byte by byte
 /// (`%xx`), so two ids never share a name.

@@ -12,6 +12,7 @@
 //! is deleted.
 
 use super::*;
+use crate::center::ids::valid_recording_id;
 
 /// How many files one recording lists (an MSU restarting without end
 /// must not grow the state without bound); later ones are counted only.
@@ -366,15 +367,6 @@ impl Rules {
             }),
         );
     }
-}
-
-/// Whether `id` can name a recording (and its directory on the MSU).
-pub fn valid_recording_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// "audio" or "video", from the pusher's `rtpParam.av_type` (1: audio,
