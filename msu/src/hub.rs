@@ -301,18 +301,12 @@ impl Hub {
     /// Key-frame requests (PLI, FIR) for `ssrc`, which the MSU plays, raise
     /// `flag`.
     pub fn watch_feedback(&self, ssrc: u32, flag: Arc<std::sync::atomic::AtomicBool>) {
-        self.feedback
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(ssrc, flag);
+        self.feedback().insert(ssrc, flag);
     }
 
     /// No more feedback for `ssrc`.
     pub fn unwatch_feedback(&self, ssrc: u32) {
-        self.feedback
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&ssrc);
+        self.feedback().remove(&ssrc);
     }
 
     /// RTCP about what the MSU plays: whether it was (a key-frame request
@@ -321,7 +315,7 @@ impl Hub {
         let Ok(compound) = Compound::parse(packet) else {
             return false;
         };
-        let watched = self.feedback.lock().unwrap_or_else(|e| e.into_inner());
+        let watched = self.feedback();
         let mut ours = false;
         for p in compound.flatten() {
             match p {
@@ -350,6 +344,11 @@ impl Hub {
     /// The hub's counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    fn feedback(&self) -> MutexGuard<'_, HashMap<u32, Arc<std::sync::atomic::AtomicBool>>> {
+        // As for the table: a panic elsewhere left it as it was.
+        self.feedback.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
@@ -671,12 +670,7 @@ impl Hub {
             return;
         };
         // A stream the MSU plays itself: its player restarts at a key frame.
-        if let Some(flag) = self
-            .feedback
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&ssrc)
-        {
+        if let Some(flag) = self.feedback().get(&ssrc) {
             flag.store(true, Ordering::Relaxed);
             return;
         }
@@ -730,11 +724,7 @@ impl Hub {
             }
         }
         relay.packets_out += resent;
-        let played_here = self
-            .feedback
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&ssrc);
+        let played_here = self.feedback().contains_key(&ssrc);
         if let (false, Some(source), false) = (missing.is_empty(), relay.source, played_here) {
             self.nack_upstream(source, ssrc, &missing);
         }
