@@ -932,20 +932,16 @@ impl Center {
 
     /// Stops the recording of `room_id`; returns it as it stands.
     pub async fn stop_recording(&self, room_id: &str) -> Result<proto::Recording, CenterError> {
-        let id = self
-            .inner
-            .state
-            .lock()
-            .rooms
-            .recording_of(room_id)
-            .ok_or_else(|| {
-                CenterError::FailedPrecondition(format!("room {room_id} is not being recorded"))
-            })?;
         self.operator(Kind::StopRecording(proto::StopRecordingRequest {
             room_id: room_id.to_owned(),
         }))
         .await?;
-        self.recording(&id)
+        // The rules refused unless one ran: the one stopped last is it.
+        self.list_recordings(room_id)
+            .into_iter()
+            .filter(|r| r.state() == proto::RecordingState::Stopped)
+            .max_by_key(|r| r.stopped_at.map(|t| (t.seconds, t.nanos)))
+            .ok_or_else(|| CenterError::Internal(format!("room {room_id}: no stopped recording")))
     }
 
     /// Deletes stopped recording `recording_id`; whether its MSU was told

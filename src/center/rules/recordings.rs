@@ -170,11 +170,6 @@ impl Rules {
         Ok(told)
     }
 
-    /// The id of the recording running in `room_id`.
-    pub fn recording_of(&self, room_id: &str) -> Option<String> {
-        self.rooms.get(room_id)?.recording.clone()
-    }
-
     /// The recordings of `room_id` (empty: all), sorted by id.
     pub fn recordings(&self, room_id: &str) -> Vec<proto::Recording> {
         self.recordings
