@@ -11,7 +11,6 @@ use pilot_center::center::{Center, Delivery, Outbound, PeerInfo};
 use pilot_center::proto::{self, Transport};
 use pilot_center::{protoo, translate};
 use std::hint::black_box;
-use std::sync::OnceLock;
 
 const RTP: &str = r#"{"av_type":"video","codec":"H264","fmtp_param":"profile-level-id=42e01f;level-asymmetry-allowed=1;packetization-mode=1;","rtcp_features":["nack","pli","transport-cc"],"channel":0,"ssrc":11111,"payload_type":96,"clock_rate":90000,"rtx_ssrc":11112,"rtx_payload_type":97,"use_nack":true,"key_request":true,"mid_ext_id":1,"tcc_ext_id":3}"#;
 
@@ -69,11 +68,7 @@ fn bench(c: &mut Criterion) {
     };
     c.bench_function("serialize newPusher (protobuf -> protoo text)", |b| {
         b.iter(|| {
-            let d = Delivery {
-                event: black_box(event.clone()),
-                json: OnceLock::new(),
-                size: 0,
-            };
+            let d = Delivery::new(black_box(event.clone()));
             translate::delivery_text(&d)
         })
     });

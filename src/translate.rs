@@ -533,13 +533,16 @@ pub fn event_data(event: &proto::PeerEvent) -> Vec<u8> {
 /// The protoo notification text of a delivery, made once and shared by
 /// every WebSocket session it goes to.
 pub fn delivery_text(delivery: &Delivery) -> Utf8Bytes {
-    delivery
-        .json
+    let bytes = delivery
+        .encoded
         .get_or_init(|| {
             let data = event_data(&delivery.event);
-            Utf8Bytes::from(protoo::notification(event_method(&delivery.event), &data))
+            bytes::Bytes::from(protoo::notification(event_method(&delivery.event), &data))
         })
-        .clone()
+        .clone();
+    // Made from a `String` above, so always valid: a failure cannot happen,
+    // and would send an empty notification rather than panic.
+    Utf8Bytes::try_from(bytes).unwrap_or_else(|_| Utf8Bytes::from_static("{}"))
 }
 
 /// The `invite` request for an MSU.

@@ -49,7 +49,6 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{broadcast, oneshot};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 /// Gives a map's memory back once it holds a small fraction of what it
@@ -63,14 +62,16 @@ pub(crate) fn shrink_after_crowd<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K
 
 /// A room event on its way to one or more sessions.
 ///
-/// Shared by every session it goes to; the protoo JSON text is made once, by
-/// the first WebSocket session that sends it, and reused by the others.
+/// Shared by every session it goes to. The center queues it as a value; a
+/// front end encodes it in its own task, outside the center's lock, and the
+/// first one to do so leaves its encoding here for the others (one encoding
+/// per room broadcast).
 #[derive(Debug)]
 pub struct Delivery {
     /// The event.
     pub event: proto::PeerEvent,
-    /// Cached protoo text of `event`, filled on first use.
-    pub json: OnceLock<Utf8Bytes>,
+    /// The event as text on the wire (protoo JSON), filled on first use.
+    pub encoded: OnceLock<bytes::Bytes>,
     /// About its size on the wire (its protobuf size), for byte-bounded
     /// queues that take it before its text is made.
     pub size: usize,
@@ -82,7 +83,7 @@ impl Delivery {
         let size = prost::Message::encoded_len(&event);
         Self {
             event,
-            json: OnceLock::new(),
+            encoded: OnceLock::new(),
             size,
         }
     }

@@ -10,6 +10,7 @@
 use crate::auth::Grant;
 use crate::center::{Center, Outbound, OutletError, PeerInfo, SessionHandle};
 use crate::clock::Clock;
+use crate::error::CenterError;
 use crate::limits::{Inbox, Next, RateSettings};
 use crate::metrics::method_label;
 use crate::outbox::{Outbox, OutboxReceiver, WireSize, outbox};
@@ -59,13 +60,28 @@ pub struct Settings<'a> {
     pub rate: RateSettings,
 }
 
-/// An item of the session's outbound queue.
+/// An item of the session's outbound queue. Queued as values: the writer
+/// task encodes them, so no JSON is made while the center's lock is held.
 #[derive(Debug)]
 pub enum WsOut {
     /// From the center: an event or an `invite`.
     Center(Outbound),
+    /// The result of a request, to answer as a protoo response.
+    Reply(Box<Pending>),
     /// A response made by this session's reader.
     Text(Utf8Bytes),
+}
+
+/// A request's result waiting for the writer to encode it.
+#[derive(Debug)]
+pub struct Pending {
+    /// The request's id, raw JSON as the peer sent it.
+    id: Box<serde_json::value::RawValue>,
+    result: Result<crate::proto::Reply, CenterError>,
+    /// The method, for the latency histogram.
+    label: crate::metrics::MethodLabel,
+    /// When the request was read, for the latency histogram.
+    started: std::time::Instant,
 }
 
 impl WireSize for WsOut {
@@ -73,6 +89,13 @@ impl WireSize for WsOut {
         match self {
             Self::Text(t) => t.len(),
             Self::Center(o) => o.wire_size(),
+            Self::Reply(p) => {
+                let body = match &p.result {
+                    Ok(reply) => prost::Message::encoded_len(reply),
+                    Err(e) => 16 + e.to_string().len(),
+                };
+                48 + p.id.get().len() + body
+            }
         }
     }
 }
@@ -174,7 +197,7 @@ where
         End::Close(_, RATE_LIMITED) => metrics.rate_limit_closes.inc(),
         _ => 0,
     };
-    let reason = finish(end, &mut sink, &mut stream, &mut rx).await;
+    let reason = finish(end, &mut sink, &mut stream, &mut rx, metrics).await;
     tracing::info!(session.id = session_id, peer.id = %settings.identity, reason, "session closed");
     ctx.handle.close(reason);
 }
@@ -185,6 +208,7 @@ async fn finish<S>(
     sink: &mut SplitSink<WebSocketStream<S>, Message>,
     stream: &mut SplitStream<WebSocketStream<S>>,
     rx: &mut OutboxReceiver<WsOut>,
+    metrics: &crate::metrics::Metrics,
 ) -> &'static str
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -202,7 +226,7 @@ where
             // Deliver what is already queued (responses in flight) first.
             let _ = tokio::time::timeout(WAIT, async {
                 while let Some(item) = rx.try_recv() {
-                    if let Some(msg) = encode_simple(item) {
+                    if let Some(msg) = encode_simple(item, metrics) {
                         sink.feed(msg).await?;
                     }
                 }
@@ -230,9 +254,24 @@ where
 }
 
 /// Encodes a queued item that needs no session state (not an `invite`).
-fn encode_simple(item: WsOut) -> Option<Message> {
+fn encode_simple(item: WsOut, metrics: &crate::metrics::Metrics) -> Option<Message> {
     match item {
         WsOut::Text(t) => Some(Message::Text(t)),
+        WsOut::Reply(p) => {
+            let text = match &p.result {
+                Ok(reply) => protoo::ok_response(&p.id, &translate::reply_data(reply)),
+                Err(e) => {
+                    tracing::debug!(code = e.protoo_code(), error = %e, "request failed");
+                    metrics.error(e.protoo_code());
+                    protoo::error_response(Some(&p.id), e.protoo_code(), &e.to_string())
+                }
+            };
+            metrics
+                .request_seconds
+                .get_or_create(&p.label)
+                .observe(p.started.elapsed().as_secs_f64());
+            Some(Message::Text(Utf8Bytes::from(text)))
+        }
         WsOut::Center(Outbound::Event(d)) => Some(Message::Text(translate::delivery_text(&d))),
         WsOut::Center(Outbound::Invite { .. }) => None,
     }
@@ -325,24 +364,17 @@ fn on_text(ctx: &Ctx, text: &str, delayed: bool) {
             tracing::debug!(data = data.get(), "request");
             let started = std::time::Instant::now();
             // The reply is queued in the same step as what the command caused
-            // (for a cluster node: when the shared log hands the command back).
-            let (tx, tally, id_owned) = (ctx.tx.clone(), ctx.handle.tally(), id.to_owned());
+            // (for a cluster node: when the shared log hands the command back),
+            // as a value: the writer encodes it, outside the center's lock.
+            let (tx, tally, id) = (ctx.tx.clone(), ctx.handle.tally(), id.to_owned());
             let label = method_label(&method);
-            let respond = move |result: Result<_, crate::error::CenterError>| {
-                let text = match result {
-                    Ok(reply) => protoo::ok_response(&id_owned, &translate::reply_data(&reply)),
-                    Err(e) => {
-                        tracing::debug!(code = e.protoo_code(), error = %e, "request failed");
-                        tally.metrics().error(e.protoo_code());
-                        protoo::error_response(Some(&id_owned), e.protoo_code(), &e.to_string())
-                    }
-                };
-                tally.queued(tx.push(WsOut::Text(Utf8Bytes::from(text))));
-                tally
-                    .metrics()
-                    .request_seconds
-                    .get_or_create(&label)
-                    .observe(started.elapsed().as_secs_f64());
+            let respond = move |result: Result<_, CenterError>| {
+                tally.queued(tx.push(WsOut::Reply(Box::new(Pending {
+                    id,
+                    result,
+                    label,
+                    started,
+                }))));
             };
             match translate::request_command(&method, data) {
                 Ok(cmd) => {
@@ -364,7 +396,7 @@ fn on_text(ctx: &Ctx, text: &str, delayed: bool) {
             // A refused notification has no answer in protoo: it is counted
             // (`pilot_errors{code}`), and one refused for trust is logged.
             let tally = ctx.handle.tally();
-            let log_refusal = move |e: crate::error::CenterError| {
+            let log_refusal = move |e: CenterError| {
                 tally.metrics().error(e.protoo_code());
                 if matches!(e, crate::error::CenterError::Forbidden(_)) {
                     tracing::info!(method = %method, error = %e, "notification refused");
@@ -428,6 +460,7 @@ where
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_ping = Instant::now() + settings.ping_interval;
     let mut awaiting_since: Option<Instant> = None;
+    let metrics = ctx.handle.metrics();
     let encode_item = |item: WsOut| match item {
         WsOut::Center(Outbound::Invite { room_id }) => {
             let id = ctx
@@ -436,14 +469,12 @@ where
             tracing::debug!(room.id = %room_id, id, "invite sent");
             Message::Text(Utf8Bytes::from(translate::invite_request(id, &room_id)))
         }
-        other => {
-            encode_simple(other).unwrap_or_else(|| Message::Text(Utf8Bytes::from_static("{}")))
-        }
+        other => encode_simple(other, metrics)
+            .unwrap_or_else(|| Message::Text(Utf8Bytes::from_static("{}"))),
     };
-    let metrics = ctx.handle.metrics();
     let encode = |item: WsOut| {
         let method = match &item {
-            WsOut::Text(_) => "response",
+            WsOut::Text(_) | WsOut::Reply(_) => "response",
             WsOut::Center(Outbound::Event(d)) => translate::event_method(&d.event),
             WsOut::Center(Outbound::Invite { .. }) => "invite",
         };
