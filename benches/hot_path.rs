@@ -6,6 +6,7 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use futures_util::FutureExt as _;
 use pilot_center::auth::Grant;
 use pilot_center::center::{Center, Delivery, Outbound, PeerInfo};
 use pilot_center::proto::{self, Transport};
@@ -91,6 +92,8 @@ fn bench(c: &mut Criterion) {
         let join = format!(r#"{{"roomId":"room-42","userId":"other-{i}","userName":"O"}}"#);
         let raw: Box<serde_json::value::RawValue> = serde_json::from_str(&join).unwrap();
         s.execute(translate::request_command("join", &raw).unwrap())
+            .now_or_never()
+            .unwrap()
             .unwrap();
     }
     while rx.try_recv().is_ok() {}
@@ -105,6 +108,8 @@ fn bench(c: &mut Criterion) {
                 };
                 sender
                     .execute(translate::notification_command(&method, data).unwrap())
+                    .now_or_never()
+                    .unwrap()
                     .unwrap();
                 while let Ok(Outbound::Event(d)) = rx.try_recv() {
                     black_box(translate::delivery_text(&d));

@@ -5,10 +5,11 @@
 
 #![allow(clippy::expect_used)] // a benchmark fails loudly
 
+use futures_util::FutureExt as _;
 use pilot_center::auth::Grant;
-use pilot_center::center::{CenterConfig, Outbound, PeerInfo};
-use pilot_center::file_store::{self, FileStoreConfig, Fsync};
+use pilot_center::center::{Center, CenterConfig, Outbound, PeerInfo};
 use pilot_center::proto::{self, Command, command};
+use pilot_center::store::file::{self as file_store, FileStoreConfig, Fsync};
 use std::time::{Duration, Instant};
 
 const USERS: u32 = 100_000;
@@ -21,7 +22,8 @@ fn fill(dir: &std::path::Path, clean: bool) {
         fsync: Fsync::Batch,
         snapshot_every: u64::MAX,
     };
-    let (center, _) = file_store::open(&config, CenterConfig::default()).expect("open");
+    let (center, _) = file_store::open(&config, |s| Center::with_store(CenterConfig::default(), s))
+        .expect("open");
     let (tx, _rx) = tokio::sync::mpsc::channel::<Outbound>(1 << 20);
     let peer = PeerInfo {
         addr: "bench".into(),
@@ -40,6 +42,8 @@ fn fill(dir: &std::path::Path, clean: bool) {
         sfu.execute(Command {
             kind: Some(command::Kind::Join(join)),
         })
+        .now_or_never()
+        .expect("a local store answers at once")
         .expect("join");
     }
     drop(sfu);
@@ -67,7 +71,8 @@ fn main() {
             };
             let started = Instant::now();
             let (center, recovered) =
-                file_store::open(&config, CenterConfig::default()).expect("reopen");
+                file_store::open(&config, |s| Center::with_store(CenterConfig::default(), s))
+                    .expect("reopen");
             took.push(started.elapsed());
             users = recovered.users;
             drop(center);

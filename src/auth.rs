@@ -417,7 +417,7 @@ mod tests {
     }
 
     fn far() -> u64 {
-        crate::center::unix_ms(std::time::SystemTime::now()) / 1000 + 3600
+        crate::clock::unix_ms(std::time::SystemTime::now()) / 1000 + 3600
     }
 
     #[test]

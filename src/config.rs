@@ -484,7 +484,7 @@ pub struct CenterSection {
     #[serde(default)]
     pub max_users_per_session: usize,
     /// Seconds to finish in-flight work on SIGTERM/SIGINT before exiting.
-    #[serde(default = "default_grace")]
+    #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_secs: u64,
     /// Seconds the users of an ended session wait, with their pushers, for
     /// a session with the same identity (0: they leave with it).
@@ -503,7 +503,7 @@ pub struct CenterSection {
     /// synced before it takes effect), `batch` (synced every 10 ms) or
     /// `never` (written every 10 ms, synced by the OS).
     #[serde(default)]
-    pub fsync: crate::file_store::Fsync,
+    pub fsync: crate::store::file::Fsync,
     /// Changes between snapshots of `state_dir` (each lets the log before
     /// it go).
     #[serde(default = "default_state_snapshot_every")]
@@ -526,11 +526,11 @@ impl Default for CenterSection {
             event_log_capacity: default_event_log(),
             max_rooms_per_session: 0,
             max_users_per_session: 0,
-            shutdown_grace_secs: default_grace(),
+            shutdown_grace_secs: default_shutdown_grace(),
             reconnect_grace_secs: default_reconnect_grace(),
             duplicate_user: crate::center::DuplicatePolicy::default(),
             state_dir: default_state_dir(),
-            fsync: crate::file_store::Fsync::default(),
+            fsync: crate::store::file::Fsync::default(),
             snapshot_every: default_state_snapshot_every(),
         }
     }
@@ -590,7 +590,7 @@ fn default_invite_timeout() -> u64 {
 fn default_feed_capacity() -> usize {
     4096
 }
-fn default_grace() -> u64 {
+fn default_shutdown_grace() -> u64 {
     10
 }
 fn default_admin_port() -> u16 {

@@ -21,10 +21,11 @@
 //!   [`metrics`]: the Prometheus registry.
 //! - [`operator`]: the operator CLI, a gRPC client; [`view`]: listings and
 //!   events as tables and JSON, for the CLI and the admin page.
-//! - [`file_store`]: the state directory, where a single center keeps its
-//!   log and snapshots (the default; `center.state_dir`).
-//! - [`cluster`]: several centers sharing one state through a log in Redis
-//!   (docs/CLUSTER.md); off by default.
+//! - [`store`]: what keeps the log of changes, three stores side by side:
+//!   memory, the state directory where a single center keeps its log and
+//!   snapshots (the default; `center.state_dir`), and Redis, where several
+//!   centers share one log (docs/CLUSTER.md; off by default).
+//! - [`ids`]: session ids and the epochs that keep them from repeating.
 //! - [`config`]: `center.yaml`. [`tls`]: certificates. [`server`]: wiring of
 //!   listeners and graceful shutdown. [`telemetry`]: logging.
 //! - `main.rs`: the command line, nothing else.
@@ -34,17 +35,17 @@ pub mod admission;
 pub mod auth;
 pub mod center;
 pub mod clock;
-pub mod cluster;
 pub mod config;
 pub mod error;
-pub mod file_store;
 pub mod grpc;
+pub mod ids;
 pub mod limits;
 pub mod metrics;
 pub mod operator;
 pub mod outbox;
 pub mod protoo;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod translate;

@@ -206,7 +206,7 @@ struct Remote {
 /// Runs a subcommand.
 fn subcommand(command: Command) -> anyhow::Result<()> {
     if let Command::RepairState { dir } = &command {
-        let moved = pilot_center::file_store::repair(dir)
+        let moved = pilot_center::store::file::repair(dir)
             .with_context(|| format!("cannot repair {}", dir.display()))?;
         if moved.is_empty() {
             println!("{}: nothing damaged", dir.display());

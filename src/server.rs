@@ -55,10 +55,10 @@ pub enum StartError {
     Auth(#[from] AuthError),
     /// The cluster could not be joined.
     #[error(transparent)]
-    Cluster(#[from] crate::cluster::ClusterError),
+    Cluster(#[from] crate::store::redis::ClusterError),
     /// The state directory could not be used.
     #[error(transparent)]
-    State(#[from] crate::file_store::FileStoreError),
+    State(#[from] crate::store::file::FileStoreError),
 }
 
 /// A running center: both listeners and the room service.
@@ -264,27 +264,27 @@ impl Server {
         let cluster_stop = CancellationToken::new();
         let cluster_tracker = TaskTracker::new();
         let center = if config.cluster.enabled() {
-            crate::cluster::join(
+            crate::store::redis::join(
                 &config.cluster,
-                center_config,
+                |store| Center::with_store(center_config, store),
                 &cluster_stop,
                 &cluster_tracker,
             )
             .await?
-            .center
+            .replica
         } else if config.center.state_dir.as_os_str().is_empty() {
             tracing::info!(
                 "state in memory only (center.state_dir is empty): a restart forgets every room"
             );
             Center::new(center_config)
         } else {
-            let store = crate::file_store::FileStoreConfig {
+            let store = crate::store::file::FileStoreConfig {
                 dir: config.center.state_dir.clone(),
                 fsync: config.center.fsync,
                 snapshot_every: config.center.snapshot_every,
             };
             // Blocking file work, once, before anything is served.
-            crate::file_store::open(&store, center_config)?.0
+            crate::store::file::open(&store, |store| Center::with_store(center_config, store))?.0
         };
         cluster_tracker.close();
         let shutdown = CancellationToken::new();

@@ -14,11 +14,24 @@
 use pilot_center::auth::Grant;
 use pilot_center::center::{Center, CenterConfig, Outbound, PeerInfo, SessionHandle};
 use pilot_center::clock::Clock;
+use pilot_center::error::CenterError;
 use pilot_center::proto::{self, Command, Transport, command, peer_event};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// Runs a command on a center in memory, which answers in the same step.
+trait RunNow {
+    fn run(&self, command: Command) -> Result<proto::Reply, CenterError>;
+}
+
+impl RunNow for SessionHandle {
+    fn run(&self, command: Command) -> Result<proto::Reply, CenterError> {
+        futures_util::FutureExt::now_or_never(self.execute(command))
+            .expect("a center in memory answers in the same step")
+    }
+}
 
 const SLOTS: usize = 4;
 const ROOMS: u8 = 3;
@@ -336,7 +349,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .handle
                     .as_ref()
                     .unwrap()
-                    .execute(cmd(command::Kind::Join(proto::JoinRequest {
+                    .run(cmd(command::Kind::Join(proto::JoinRequest {
                         room_id: room.clone(),
                         user_id: user.clone(),
                         user_name: "n".into(),
@@ -376,7 +389,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .handle
                     .as_ref()
                     .unwrap()
-                    .execute(cmd(command::Kind::Push(proto::PushRequest {
+                    .run(cmd(command::Kind::Push(proto::PushRequest {
                         room_id: room.clone(),
                         user_id: user.clone(),
                         user_name: "n".into(),
@@ -401,14 +414,19 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Pull { s, r, u } => {
                 let (room, user) = (format!("r{r}"), format!("u{u}"));
-                let result = slots[s].handle.as_ref().unwrap().execute(cmd(
-                    command::Kind::PullRemoteStream(proto::PullRemoteStreamRequest {
-                        room_id: room.clone(),
-                        pusher_user_id: user.clone(),
-                        payload_json: "{}".into(),
-                        ..Default::default()
-                    }),
-                ));
+                let result =
+                    slots[s]
+                        .handle
+                        .as_ref()
+                        .unwrap()
+                        .run(cmd(command::Kind::PullRemoteStream(
+                            proto::PullRemoteStreamRequest {
+                                room_id: room.clone(),
+                                pusher_user_id: user.clone(),
+                                payload_json: "{}".into(),
+                                ..Default::default()
+                            },
+                        )));
                 match model
                     .rooms
                     .get(&room)
@@ -440,7 +458,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         extra: Default::default(),
                     })
                 };
-                let result = slots[s].handle.as_ref().unwrap().execute(cmd(kind));
+                let result = slots[s].handle.as_ref().unwrap().run(cmd(kind));
                 // Only the session holding the user may report on it; reports
                 // about anyone else change nothing and reach no one.
                 let held = model
@@ -476,7 +494,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .handle
                     .as_ref()
                     .unwrap()
-                    .execute(cmd(command::Kind::UserReconnect(
+                    .run(cmd(command::Kind::UserReconnect(
                         proto::UserReConnectRequest {
                             room_id: room.clone(),
                             user_id: user.clone(),
@@ -495,7 +513,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         .handle
                         .as_ref()
                         .unwrap()
-                        .execute(cmd(command::Kind::TextMessage(proto::TextMessageRequest {
+                        .run(cmd(command::Kind::TextMessage(proto::TextMessageRequest {
                             room_id: room.clone(),
                             user_id: user.clone(),
                             user_name: "n".into(),

@@ -77,7 +77,7 @@ pub struct AdminOptions {
 
 /// [`AdminState`] plus the stop signal that ends event streams.
 #[derive(Clone)]
-struct Shared {
+struct AdminContext {
     state: AdminState,
     stop: CancellationToken,
     /// Places for event streams; `None`: no bound.
@@ -180,7 +180,7 @@ fn accept_admitted(
     Ok(AdminListener { rx, local })
 }
 
-async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
+async fn metrics(State(s): State<AdminContext>) -> impl IntoResponse {
     let center = &s.state.center;
     let body = center.metrics().render(&center.state_gauges());
     (
@@ -196,7 +196,7 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
+async fn readyz(State(s): State<AdminContext>) -> impl IntoResponse {
     if !s.state.center.store_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "state store unavailable\n")
     } else if s.state.ready.load(Ordering::Relaxed) {
@@ -213,7 +213,7 @@ fn nonce() -> String {
     // The system's random source; should it ever fail, the time still
     // differs per response (the nonce only has to be unguessable ahead).
     if default_provider().secure_random.fill(&mut bytes).is_err() {
-        bytes = crate::center::unix_ms(std::time::SystemTime::now())
+        bytes = crate::clock::unix_ms(std::time::SystemTime::now())
             .to_le_bytes()
             .repeat(2)[..16]
             .try_into()
@@ -227,7 +227,7 @@ fn nonce() -> String {
 /// sessions with 503 but keeps its links: taking every node out of a load
 /// balancer at once would cut every SFU's link); 503 while it drains, lost
 /// its lease, rejoins after a gap, or cannot read the log.
-async fn serving(State(s): State<Shared>) -> impl IntoResponse {
+async fn serving(State(s): State<AdminContext>) -> impl IntoResponse {
     if s.state.ready.load(Ordering::Relaxed) && s.state.center.serving() {
         (StatusCode::OK, "serving\n")
     } else {
@@ -236,7 +236,7 @@ async fn serving(State(s): State<Shared>) -> impl IntoResponse {
 }
 
 async fn page(
-    State(s): State<Shared>,
+    State(s): State<AdminContext>,
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
 ) -> Result<impl IntoResponse, ApiError> {
     loopback_unless_auth(&s, peer)?;
@@ -261,7 +261,7 @@ async fn page(
 
 /// With auth off, only loopback peers may see the page or use the API:
 /// anyone else who reaches the listener would be an admin.
-fn loopback_unless_auth(s: &Shared, peer: PeerAddr) -> Result<(), ApiError> {
+fn loopback_unless_auth(s: &AdminContext, peer: PeerAddr) -> Result<(), ApiError> {
     if s.state.auth.is_none() && !peer.0.ip().to_canonical().is_loopback() {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
@@ -318,7 +318,7 @@ fn host_is_direct(host: &str) -> bool {
 /// Lets the call through with an admin token, or when auth is off, the peer
 /// is on loopback and the page was reached by address (see
 /// [`host_is_direct`]).
-fn require_admin(s: &Shared, headers: &HeaderMap, peer: PeerAddr) -> Result<(), ApiError> {
+fn require_admin(s: &AdminContext, headers: &HeaderMap, peer: PeerAddr) -> Result<(), ApiError> {
     loopback_unless_auth(s, peer)?;
     let Some(auth) = &s.state.auth else {
         let host = headers
@@ -372,7 +372,7 @@ fn overview_json(o: &Overview) -> Value {
 }
 
 async fn overview(
-    State(s): State<Shared>,
+    State(s): State<AdminContext>,
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
@@ -385,7 +385,7 @@ async fn overview(
 /// (`id` is its `seq`), from just after the cursor. An `after` older than the
 /// kept window gets 400 `out_of_range`: reload the overview and follow on.
 async fn events(
-    State(s): State<Shared>,
+    State(s): State<AdminContext>,
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
@@ -483,7 +483,7 @@ struct SayBody {
 }
 
 async fn kick(
-    State(s): State<Shared>,
+    State(s): State<AdminContext>,
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
     Json(b): Json<KickBody>,
@@ -495,7 +495,7 @@ async fn kick(
 }
 
 async fn close(
-    State(s): State<Shared>,
+    State(s): State<AdminContext>,
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
     Json(b): Json<CloseBody>,
@@ -507,7 +507,7 @@ async fn close(
 }
 
 async fn record(
-    State(s): State<Shared>,
+    State(s): State<AdminContext>,
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
     Json(b): Json<RecordBody>,
@@ -519,7 +519,7 @@ async fn record(
 }
 
 async fn stop_recording(
-    State(s): State<Shared>,
+    State(s): State<AdminContext>,
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
     Json(b): Json<RecordBody>,
@@ -531,7 +531,7 @@ async fn stop_recording(
 }
 
 async fn say(
-    State(s): State<Shared>,
+    State(s): State<AdminContext>,
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
     Json(b): Json<SayBody>,
@@ -572,7 +572,7 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/serving", get(serving))
-        .with_state(Shared {
+        .with_state(AdminContext {
             state,
             stop: stop.clone(),
             event_streams,
@@ -592,7 +592,7 @@ mod tests {
 
     #[test]
     fn with_auth_off_only_loopback_peers_reach_the_page_and_api() {
-        let shared = Shared {
+        let shared = AdminContext {
             state: AdminState {
                 center: Center::default(),
                 ready: Arc::default(),

@@ -1,23 +1,18 @@
 //! Every change to the state as a value, an [`Entry`], applied by one
-//! function, [`Shared::apply`]. A local store (memory, the state directory)
+//! function, [`State::apply`]. A local store (memory, the state directory)
 //! applies an entry the moment it is made; a cluster node appends it to the
 //! shared log and every node applies it when the log hands it back, in the
 //! log's order (docs/CLUSTER.md). Either way the same rules run on the same
 //! values, and a replay of the entries gives the same state.
 
-use super::ids::node_of;
 use super::rules::Effects;
-use super::store::At;
-use super::{SessionId, Shared};
+use super::state::State;
 use crate::cluster_proto::{self as cp, entry::Kind};
 use crate::error::CenterError;
+use crate::ids::{SessionId, node_of};
 use crate::metrics::Metrics;
 use crate::proto::{self, EventKind, Reply, command, watch_events_response::Event};
-
-pub use cp::Entry;
-
-/// The entry format this build writes and reads ([`Entry::format`]).
-pub const FORMAT: u32 = 1;
+use crate::store::At;
 
 /// What applying an entry produced for whoever made it.
 #[derive(Debug)]
@@ -42,44 +37,19 @@ pub(super) enum Tense<'a> {
     Past,
 }
 
-/// The epoch (a cluster node's lease) of the session an entry of `kind`
-/// comes from; `None` for entries no session made (operator actions, the
-/// grace timer, barriers), which belong to the lease current when they are
-/// made. An entry is appended under this lease or not at all: nothing a
-/// session of a lost lease sends reaches the log.
-pub fn lease_of(kind: &Kind) -> Option<u32> {
-    match kind {
-        Kind::SessionOpen(o) => Some(node_of(o.session_id)),
-        Kind::SessionClose(c) => Some(node_of(c.session_id)),
-        Kind::PeerCommand(c) => Some(node_of(c.session_id)),
-        Kind::InviteFailed(f) => Some(node_of(f.session_id)),
-        Kind::NodeLost(_)
-        | Kind::Barrier(_)
-        | Kind::ExpireGrace(_)
-        | Kind::RemoveUser(_)
-        | Kind::CloseRoom(_)
-        | Kind::SendText(_)
-        | Kind::StartRecording(_)
-        | Kind::StopRecording(_)
-        | Kind::DeleteRecording(_)
-        | Kind::StartPlayback(_)
-        | Kind::StopPlayback(_) => None,
-    }
-}
-
-impl Shared {
+impl State {
     /// Applies one entry to the rules and carries its effects to the
     /// sessions this process holds and to the event feed.
     /// `origin`: the node that made it ("" when not a cluster).
     pub(super) fn apply(&mut self, origin: &str, kind: Kind, at: At, tense: Tense<'_>) -> Outcome {
         let mut fx = Effects::default();
-        self.rooms.replaying = matches!(tense, Tense::Past);
-        self.rooms.now = at.wall;
+        self.rules.replaying = matches!(tense, Tense::Past);
+        self.rules.now = at.wall;
         let outcome = match kind {
             Kind::SessionOpen(o) => {
                 self.registry.note_open(origin, &o, at.wall);
                 let opened =
-                    self.rooms
+                    self.rules
                         .open_session(o.session_id, &o.peer_id, &o.incarnation, &mut fx);
                 if let Tense::Now(metrics) = tense
                     && opened.reclaimed > 0
@@ -112,7 +82,7 @@ impl Shared {
             }
             Kind::NodeLost(n) => {
                 let mut lost: Vec<SessionId> = self
-                    .rooms
+                    .rules
                     .session_ids()
                     .into_iter()
                     .chain(self.registry.ids())
@@ -132,29 +102,29 @@ impl Shared {
             Kind::PeerCommand(c) => Outcome::Reply(self.command(c, at, &mut fx)),
             Kind::Barrier(_) => Outcome::Done,
             Kind::ExpireGrace(_) => {
-                self.rooms.expire(at.grace, &mut fx);
+                self.rules.expire(at.grace, &mut fx);
                 Outcome::Done
             }
             Kind::InviteFailed(f) => {
-                self.rooms.invite_failed(&f.room_id, f.session_id, &mut fx);
+                self.rules.invite_failed(&f.room_id, f.session_id, &mut fx);
                 Outcome::Done
             }
             Kind::RemoveUser(r) => {
-                Outcome::Count(self.rooms.remove_user(&r.room_id, &r.user_id, &mut fx))
+                Outcome::Count(self.rules.remove_user(&r.room_id, &r.user_id, &mut fx))
             }
-            Kind::CloseRoom(r) => Outcome::Count(self.rooms.close_room(&r.room_id, &mut fx)),
-            Kind::StartRecording(r) => Outcome::Count(self.rooms.start_recording(&r, &mut fx)),
+            Kind::CloseRoom(r) => Outcome::Count(self.rules.close_room(&r.room_id, &mut fx)),
+            Kind::StartRecording(r) => Outcome::Count(self.rules.start_recording(&r, &mut fx)),
             Kind::StopRecording(r) => {
-                Outcome::Count(self.rooms.stop_recording(&r.room_id, "stopped", &mut fx))
+                Outcome::Count(self.rules.stop_recording(&r.room_id, "stopped", &mut fx))
             }
             Kind::DeleteRecording(r) => {
-                Outcome::Count(self.rooms.delete_recording(&r.recording_id, &mut fx))
+                Outcome::Count(self.rules.delete_recording(&r.recording_id, &mut fx))
             }
-            Kind::StartPlayback(r) => Outcome::Count(self.rooms.start_playback(&r, &mut fx)),
+            Kind::StartPlayback(r) => Outcome::Count(self.rules.start_playback(&r, &mut fx)),
             Kind::StopPlayback(r) => {
-                Outcome::Count(self.rooms.stop_playback(&r.playback_id, &mut fx))
+                Outcome::Count(self.rules.stop_playback(&r.playback_id, &mut fx))
             }
-            Kind::SendText(r) => Outcome::Count(self.rooms.send_text(
+            Kind::SendText(r) => Outcome::Count(self.rules.send_text(
                 &r.room_id,
                 &r.user_id,
                 &r.user_name,
@@ -168,7 +138,7 @@ impl Shared {
 
     fn close_session(&mut self, sid: SessionId, reason: String, at: At, fx: &mut Effects) {
         self.registry.close(sid);
-        self.rooms.close_session(sid, at.grace, fx);
+        self.rules.close_session(sid, at.grace, fx);
         fx.events.push((
             String::new(),
             EventKind::SessionClosed,
@@ -186,7 +156,7 @@ impl Shared {
         fx: &mut Effects,
     ) -> Result<Reply, CenterError> {
         let sid = c.session_id;
-        let rooms = &mut self.rooms;
+        let rooms = &mut self.rules;
         let kind = c
             .command
             .and_then(|c| c.kind)

@@ -40,7 +40,7 @@ impl EventFilter {
 pub fn lagged(skipped: u64) -> WatchEventsResponse {
     WatchEventsResponse {
         seq: 0,
-        time: Some(super::timestamp(std::time::SystemTime::now())),
+        time: Some(crate::clock::timestamp(std::time::SystemTime::now())),
         room_id: String::new(),
         kind: EventKind::Unspecified.into(),
         event: Some(Event::Lagged(Lagged { skipped })),

@@ -4,12 +4,12 @@
 
 use super::entry::Tense;
 use super::feed::{EncodedEvents, EventLog};
+use super::outbound::{Delivery, Outbound, Outlet, OutletError, PeerInfo, SessionStats};
 use super::rules::{Effects, Notice};
-use super::{
-    Delivery, Outbound, Outlet, OutletError, PeerInfo, SessionId, SessionStats, shrink_after_crowd,
-    timestamp,
-};
+use super::shrink::shrink_after_crowd;
+use crate::clock::timestamp;
 use crate::error::CenterError;
+use crate::ids::SessionId;
 use crate::metrics::StateGauges;
 use crate::proto::{self, EventKind, watch_events_response::Event};
 use std::collections::HashMap;
@@ -30,7 +30,7 @@ pub struct SessionEntry {
     /// Cancelled when its queue is full: its task closes it.
     pub overflow: CancellationToken,
     /// Set when the center orders it closed for another reason.
-    pub eviction: Arc<super::Eviction>,
+    pub eviction: Arc<super::outbound::Eviction>,
     /// When it opened.
     pub connected_at: SystemTime,
 }

@@ -4,9 +4,9 @@
 //! local state directory (`center.state_dir`) start from a snapshot and
 //! replay the log entries after it.
 
-use super::SessionId;
 use super::rules::{Holder, Holdings, Msu, Room, Rules, RulesConfig, User, millis};
 use crate::cluster_proto as cp;
+use crate::ids::SessionId;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -95,7 +95,7 @@ impl FrozenRules {
                     msu_id,
                     session_id,
                     room_ids,
-                    registered_at_unix_ms: super::unix_ms(at),
+                    registered_at_unix_ms: crate::clock::unix_ms(at),
                     udp_ip,
                     udp_port,
                 }

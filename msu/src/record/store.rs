@@ -134,7 +134,7 @@ pub struct Store {
 /// Whether `id` can name a recording's directory: the center's rule for
 /// recording ids (letters, digits, `-` and `_`), held here again because
 /// it comes from the center.
-pub use pilot_center::center::ids::valid_recording_id as valid_id;
+pub use pilot_center::ids::valid_recording_id as valid_id;
 
 /// A user id as a file name: kept when plain, else hex-escaped byte by byte
 /// (`%xx`), so two ids never share a name.

@@ -2,7 +2,7 @@
 //! the feed, routing that reached nobody. Domain values only: the registry
 //! turns notices into wire messages.
 
-use super::SessionId;
+use crate::ids::SessionId;
 use crate::proto::{self, EventKind, peer_event, watch_events_response::Event};
 
 /// What sessions are told, as the rules decided it. The rules say what

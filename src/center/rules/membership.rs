@@ -1,6 +1,6 @@
 //! A room's members: its users, who holds each, and which sessions hear it.
 
-use super::SessionId;
+use crate::ids::SessionId;
 use crate::proto;
 use std::collections::HashMap;
 use std::sync::Arc;

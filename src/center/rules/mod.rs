@@ -46,8 +46,9 @@ pub(crate) use msu_pool::Msu;
 use msu_pool::MsuPool;
 use orphans::Orphans;
 
-use super::{SessionId, shrink_after_crowd};
+use super::shrink::shrink_after_crowd;
 use crate::error::CenterError;
+use crate::ids::SessionId;
 use crate::proto::{self, EventKind, peer_event, watch_events_response::Event};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -4,8 +4,8 @@
 //! most one MSU; a new room goes to the MSU serving the fewest rooms (ties
 //! by id, so every node of a cluster chooses alike).
 
-use super::SessionId;
 use crate::error::CenterError;
+use crate::ids::SessionId;
 use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 

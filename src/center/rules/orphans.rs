@@ -8,7 +8,7 @@
 //! longer an orphan with that deadline. That keeps taking a user back
 //! O(1) instead of a search of the deadline lists.
 
-use crate::center::shrink_after_crowd;
+use crate::center::shrink::shrink_after_crowd;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;

@@ -16,7 +16,7 @@ impl Rules {
         required(&r.recording_id, "recording_id", "recording_id is required")?;
         required(&r.room_id, "room_id", "room_id is required")?;
         required(&r.user_id, "user_id", "user_id is required")?;
-        if !crate::center::ids::valid_recording_id(&r.playback_id) {
+        if !crate::ids::valid_recording_id(&r.playback_id) {
             return Err(CenterError::invalid(
                 "playback_id",
                 "a playback id is 1 to 128 letters, digits, '-' or '_'",

@@ -12,7 +12,7 @@
 //! is deleted.
 
 use super::*;
-use crate::center::ids::valid_recording_id;
+use crate::ids::valid_recording_id;
 
 /// How many files one recording lists (an MSU restarting without end
 /// must not grow the state without bound); later ones are counted only.

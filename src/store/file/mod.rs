@@ -11,9 +11,9 @@
 //!   cluster's joining node loads);
 //! - `LOCK`: held while a center uses the directory;
 //! - `epoch`: the epoch the last start took, in decimal: each start takes a
-//!   higher one (and never one below [`crate::center::ids::epoch_floor`]),
+//!   higher one (and never one below [`crate::ids::epoch_floor`]),
 //!   written and synced before any session opens, so session ids never
-//!   repeat across restarts ([`crate::center::ids`]).
+//!   repeat across restarts ([`crate::ids`]).
 //!
 //! On start the snapshot is loaded and the segments from its `next` on are
 //! replayed, in order, with the time each entry was first applied at; then
@@ -30,29 +30,24 @@
 //! `batch`/`never`; a machine that loses power also what the OS had not
 //! written (`never`).
 
-use crate::center::ids::{MAX_EPOCH, epoch_floor};
-use crate::center::{At, Center, CenterConfig, Entry, FrozenState, Store};
-use crate::cluster_proto as cp;
+mod format;
+mod writer;
+
+use super::{At, Entry, Frozen, Replica, Store};
 use crate::error::CenterError;
+use crate::ids::{MAX_EPOCH, epoch_floor};
+use format::*;
 use parking_lot::{Condvar, Mutex};
-use prost::Message as _;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
+use writer::*;
 
 /// How often `batch` and `never` write what was gathered.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(10);
-const LOG_MAGIC: &[u8; 8] = b"PILOTLG1";
-const SNAPSHOT_MAGIC: &[u8; 8] = b"PILOTSN1";
-/// Record header: length and checksum.
-const HEADER: usize = 8;
-/// Payload before the entry: grace time and wall time.
-const TIMES: usize = 16;
-/// The largest record a reader accepts (an entry is a few KiB at most).
-const MAX_RECORD: usize = 64 << 20;
 
 /// When entries reach the disk (`center.fsync`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -141,161 +136,11 @@ pub enum FileStoreError {
     },
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FileStoreError + '_ {
+pub(super) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FileStoreError + '_ {
     move |error| FileStoreError::Io {
         path: path.to_owned(),
         error,
     }
-}
-
-fn segment_path(dir: &Path, generation: u64) -> PathBuf {
-    dir.join(format!("log.{generation}"))
-}
-
-/// The segments in `dir`, by generation, ascending.
-fn segments(dir: &Path) -> Result<Vec<u64>, FileStoreError> {
-    let mut found = Vec::new();
-    for item in std::fs::read_dir(dir).map_err(io(dir))? {
-        let item = item.map_err(io(dir))?;
-        let name = item.file_name();
-        if let Some(n) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("log."))
-            .and_then(|n| n.parse::<u64>().ok())
-        {
-            found.push(n);
-        }
-    }
-    found.sort_unstable();
-    Ok(found)
-}
-
-/// One record of a segment.
-fn record(entry: &Entry, at: At) -> Vec<u8> {
-    let grace = u64::try_from(at.grace.as_nanos()).unwrap_or(u64::MAX);
-    let wall = crate::center::unix_ms(at.wall);
-    let len = TIMES + entry.encoded_len();
-    let mut out = Vec::with_capacity(HEADER + len);
-    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&grace.to_le_bytes());
-    out.extend_from_slice(&wall.to_le_bytes());
-    // Encoding into a Vec cannot fail: it grows as needed.
-    let _ = entry.encode(&mut out);
-    let crc = crc32fast::hash(&out[HEADER..]);
-    out[4..8].copy_from_slice(&crc.to_le_bytes());
-    out
-}
-
-/// What reading a segment found.
-struct Read {
-    /// The entries, with their times.
-    entries: Vec<(Entry, At)>,
-    /// Where the valid prefix ends.
-    valid_len: u64,
-    /// What is wrong after it, if anything, and whether it is only a torn
-    /// last record (the process died while writing it).
-    damage: Option<(String, bool)>,
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut x = [0; 4];
-    x.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(x)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut x = [0; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
-}
-
-/// Reads a segment's records up to its end or the first damaged one.
-fn read_segment(bytes: &[u8]) -> Read {
-    let mut out = Read {
-        entries: Vec::new(),
-        valid_len: 0,
-        damage: None,
-    };
-    if bytes.len() < LOG_MAGIC.len() {
-        // Created, header not (fully) written: nothing in it.
-        out.damage = (!bytes.is_empty()).then(|| ("torn header".into(), true));
-        return out;
-    }
-    if &bytes[..LOG_MAGIC.len()] != LOG_MAGIC {
-        out.damage = Some(("not a Pilot Center log segment".into(), false));
-        return out;
-    }
-    let mut at = LOG_MAGIC.len();
-    out.valid_len = at as u64;
-    while at < bytes.len() {
-        let rest = bytes.len() - at;
-        if rest < HEADER {
-            out.damage = Some(("torn record header".into(), true));
-            return out;
-        }
-        let len = u32_at(bytes, at) as usize;
-        let crc = u32_at(bytes, at + 4);
-        if !(TIMES..=MAX_RECORD).contains(&len) {
-            out.damage = Some((format!("impossible record length {len}"), false));
-            return out;
-        }
-        if rest - HEADER < len {
-            out.damage = Some(("torn last record".into(), true));
-            return out;
-        }
-        let payload = &bytes[at + HEADER..at + HEADER + len];
-        if crc32fast::hash(payload) != crc {
-            // A bad checksum on the very last record is a torn write too.
-            let last = at + HEADER + len == bytes.len();
-            out.damage = Some(("checksum mismatch".into(), last));
-            return out;
-        }
-        let entry = match Entry::decode(&payload[TIMES..]) {
-            Ok(e) => e,
-            Err(e) => {
-                out.damage = Some((format!("undecodable entry: {e}"), false));
-                return out;
-            }
-        };
-        let at_time = At {
-            grace: Duration::from_nanos(u64_at(payload, 0)),
-            wall: SystemTime::UNIX_EPOCH + Duration::from_millis(u64_at(payload, 8)),
-        };
-        out.entries.push((entry, at_time));
-        at += HEADER + len;
-        out.valid_len = at as u64;
-    }
-    out
-}
-
-/// Reads the snapshot: the segment after it and the state.
-fn read_snapshot(path: &Path) -> Result<Option<(u64, cp::Snapshot)>, FileStoreError> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(path)(e)),
-    };
-    let bad = |reason: &str| FileStoreError::BadSnapshot {
-        path: path.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let head = SNAPSHOT_MAGIC.len() + 20;
-    if bytes.len() < head || &bytes[..SNAPSHOT_MAGIC.len()] != SNAPSHOT_MAGIC {
-        return Err(bad("not a Pilot Center snapshot"));
-    }
-    let next = u64_at(&bytes, 8);
-    let len = usize::try_from(u64_at(&bytes, 16)).unwrap_or(usize::MAX);
-    let crc = u32_at(&bytes, 24);
-    if bytes.len() - head != len {
-        return Err(bad("truncated"));
-    }
-    let body = &bytes[head..];
-    if crc32fast::hash(body) != crc {
-        return Err(bad("checksum mismatch"));
-    }
-    let snap = cp::Snapshot::decode(body).map_err(|e| bad(&e.to_string()))?;
-    Ok(Some((next, snap)))
 }
 
 /// Takes this start's epoch: above the last one the directory kept and not
@@ -315,7 +160,7 @@ fn take_epoch(dir: &Path) -> Result<u32, FileStoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
         Err(e) => return Err(bad(e.to_string())),
     };
-    let now_ms = crate::center::unix_ms(SystemTime::now());
+    let now_ms = crate::clock::unix_ms(SystemTime::now());
     let epoch = last.saturating_add(1).max(epoch_floor(now_ms));
     if epoch > MAX_EPOCH {
         return Err(bad(format!("{epoch} is past the last epoch, {MAX_EPOCH}")));
@@ -327,146 +172,9 @@ fn take_epoch(dir: &Path) -> Result<u32, FileStoreError> {
     Ok(epoch)
 }
 
-/// Replaces `dir/name` as a whole or not at all: `write` fills
-/// `name.tmp`, which is synced and renamed over it, then the directory is
-/// synced.
-fn replace_synced(
-    dir: &Path,
-    name: &str,
-    write: impl FnOnce(&mut File) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = File::create(&tmp)?;
-    write(&mut f)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, dir.join(name))?;
-    File::open(dir)?.sync_all()
-}
-
-/// Writes the snapshot of `state` as the one before segment `next`:
-/// a new file, synced, renamed over the old one; then the segments below
-/// `next` go.
-fn write_snapshot(dir: &Path, next: u64, state: FrozenState) -> std::io::Result<usize> {
-    let body = state.into_snapshot().encode_to_vec();
-    let mut head = Vec::with_capacity(28);
-    head.extend_from_slice(SNAPSHOT_MAGIC);
-    head.extend_from_slice(&next.to_le_bytes());
-    head.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    head.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    replace_synced(dir, "snapshot", |f| {
-        f.write_all(&head)?;
-        f.write_all(&body)
-    })?;
-    for generation in segments(dir).map_err(|e| std::io::Error::other(e.to_string()))? {
-        if generation < next {
-            std::fs::remove_file(segment_path(dir, generation))?;
-        }
-    }
-    Ok(body.len())
-}
-
-/// Appends records to segment files, opening the next one when the
-/// generation moves on.
-struct SegmentWriter {
-    dir: PathBuf,
-    current: Option<Segment>,
-}
-
-/// The segment being written.
-struct Segment {
-    generation: u64,
-    file: File,
-    /// Its length: where a failed write is cut back to.
-    len: u64,
-}
-
-impl SegmentWriter {
-    fn write(&mut self, generation: u64, bytes: &[u8], sync: bool) -> std::io::Result<()> {
-        if self
-            .current
-            .as_ref()
-            .is_none_or(|s| s.generation != generation)
-        {
-            if let Some(old) = self.current.take()
-                && sync
-            {
-                old.file.sync_data()?;
-            }
-            let path = segment_path(&self.dir, generation);
-            let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
-            let mut len = file.metadata()?.len();
-            if len == 0 {
-                file.write_all(LOG_MAGIC)?;
-                len = LOG_MAGIC.len() as u64;
-            }
-            self.current = Some(Segment {
-                generation,
-                file,
-                len,
-            });
-        }
-        let Some(segment) = self.current.as_mut() else {
-            return Ok(());
-        };
-        let written = segment.file.write_all(bytes).and_then(|()| {
-            if sync {
-                segment.file.sync_data()
-            } else {
-                Ok(())
-            }
-        });
-        match written {
-            Ok(()) => segment.len += bytes.len() as u64,
-            // Never leave half a record before the next one.
-            Err(_) => {
-                let _ = segment.file.set_len(segment.len);
-            }
-        }
-        written
-    }
-
-    fn sync(&mut self) -> std::io::Result<()> {
-        match &self.current {
-            Some(s) => s.file.sync_data(),
-            None => Ok(()),
-        }
-    }
-}
-
-/// Cuts `path` back to its first `len` bytes, durably.
-fn cut_back(path: &Path, len: u64) -> Result<(), FileStoreError> {
-    let f = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(io(path))?;
-    f.set_len(len).map_err(io(path))?;
-    f.sync_all().map_err(io(path))
-}
-
-/// What appends and the flusher share.
-struct Pending {
-    /// The generation new records go to.
-    generation: u64,
-    /// Records of `generation` not yet written (`batch`, `never`).
-    bytes: Vec<u8>,
-    /// Records of earlier generations not yet written, in order.
-    sealed: Vec<(u64, Vec<u8>)>,
-    /// Writes each record itself (`always`, and after the flusher stopped).
-    direct: Option<SegmentWriter>,
-}
-
-struct Shared {
-    dir: PathBuf,
-    pending: Mutex<Pending>,
-    wake: Condvar,
-    stop: AtomicBool,
-    healthy: AtomicBool,
-}
-
 /// The state directory as the center's store (see the module docs).
 pub struct FileStore {
-    shared: Arc<Shared>,
+    shared: Arc<FlushQueue>,
     /// This start's epoch: the high bits of its session ids.
     epoch: u32,
     fsync: Fsync,
@@ -511,7 +219,7 @@ impl Store for FileStore {
             && !self.compacting.load(Ordering::Relaxed)
     }
 
-    fn compact(&self, state: FrozenState) {
+    fn compact(&self, state: Box<dyn Frozen>) {
         if self.compacting.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -539,7 +247,7 @@ impl Store for FileStore {
         }
     }
 
-    fn close(&self, state: FrozenState) -> Result<(), CenterError> {
+    fn close(&self, state: Box<dyn Frozen>) -> Result<(), CenterError> {
         self.stop_flusher();
         let next = self.seal();
         // What is sealed was written by the flusher as it stopped; anything
@@ -592,77 +300,6 @@ impl Drop for FileStore {
     }
 }
 
-/// Writes what appends gathered, every [`FLUSH_EVERY`], until stopped (then
-/// once more).
-fn flush_loop(shared: Arc<Shared>, sync: bool) {
-    let mut writer = SegmentWriter {
-        dir: shared.dir.clone(),
-        current: None,
-    };
-    loop {
-        let stopping = shared.stop.load(Ordering::Acquire);
-        let chunks = {
-            let mut p = shared.pending.lock();
-            if !stopping && p.bytes.is_empty() && p.sealed.is_empty() {
-                shared.wake.wait_for(&mut p, FLUSH_EVERY);
-            }
-            let mut chunks = std::mem::take(&mut p.sealed);
-            if !p.bytes.is_empty() {
-                let bytes = std::mem::take(&mut p.bytes);
-                chunks.push((p.generation, bytes));
-            }
-            chunks
-        };
-        let mut failed = None;
-        for (i, (generation, bytes)) in chunks.iter().enumerate() {
-            if let Err(e) = writer.write(*generation, bytes, false) {
-                failed = Some((i, e));
-                break;
-            }
-        }
-        if failed.is_none()
-            && sync
-            && let Err(e) = writer.sync()
-        {
-            failed = Some((chunks.len(), e));
-        }
-        match failed {
-            None => {
-                if !shared.healthy.swap(true, Ordering::Relaxed) {
-                    tracing::info!("state directory writable again");
-                }
-            }
-            Some((i, e)) => {
-                if shared.healthy.swap(false, Ordering::Relaxed) {
-                    tracing::error!(dir = %shared.dir.display(), error = %e, "state directory: cannot write; retrying");
-                }
-                // Kept, in order, ahead of what came meanwhile.
-                let mut p = shared.pending.lock();
-                let mut again: Vec<(u64, Vec<u8>)> = chunks.into_iter().skip(i).collect();
-                if let Some((g, _)) = again.last()
-                    && *g == p.generation
-                    && let Some((_, mut bytes)) = again.pop()
-                {
-                    bytes.extend_from_slice(&p.bytes);
-                    p.bytes = bytes;
-                }
-                again.append(&mut p.sealed);
-                p.sealed = again;
-                drop(p);
-                if stopping {
-                    tracing::error!("state directory: stopping with entries not written");
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        }
-        if stopping {
-            return;
-        }
-    }
-}
-
 /// What opening the state directory found.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Recovered {
@@ -674,13 +311,14 @@ pub struct Recovered {
     pub users: usize,
 }
 
-/// Opens (or creates) the state directory, builds the center from what it
-/// keeps, and returns it ready to serve: the former process's sessions are
-/// closed, so their users wait out the reconnect grace.
-pub fn open(
+/// Opens (or creates) the state directory, builds the state `build` makes
+/// on this store from what it keeps, and returns it ready to serve: the
+/// former process's sessions are closed, so their users wait out the
+/// reconnect grace.
+pub fn open<R: Replica>(
     config: &FileStoreConfig,
-    center_config: CenterConfig,
-) -> Result<(Center, Recovered), FileStoreError> {
+    build: impl FnOnce(Arc<dyn Store>) -> R,
+) -> Result<(R, Recovered), FileStoreError> {
     let dir = &config.dir;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let lock_path = dir.join("LOCK");
@@ -707,7 +345,7 @@ pub fn open(
     let to_replay: Vec<u64> = found.into_iter().filter(|g| *g >= first).collect();
     let last_generation = to_replay.last().copied().unwrap_or(first);
 
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(FlushQueue {
         dir: dir.clone(),
         pending: Mutex::new(Pending {
             // A new segment per start: what was read is never appended to.
@@ -745,7 +383,7 @@ pub fn open(
         flusher: Mutex::new(flusher),
         _lock: lock,
     });
-    let center = Center::with_store(center_config, store.clone());
+    let center = build(store.clone());
     if let Some((_, snap)) = &snapshot {
         center.load_snapshot(snap);
     }
@@ -773,14 +411,14 @@ pub fn open(
             recovered.entries += 1;
         }
     }
-    recovered.sessions = center.end_former_sessions();
-    recovered.users = center.counts().2;
+    recovered.sessions = center.end_sessions_held_elsewhere(&|_| true, "center restarted");
+    recovered.users = center.state_counts().users;
     // The one line about the past: the entries replayed logged nothing of
     // their own (they were logged when they happened).
     tracing::info!(dir = %dir.display(), epoch, snapshot = snapshot.is_some(), entries = recovered.entries, sessions = recovered.sessions, users = recovered.users, took = ?started.elapsed(), "state loaded: the former sessions' users wait for their peers");
     if recovered.entries > 0 {
         // The next start reads one snapshot instead of this log.
-        center.compact_store();
+        store.compact(center.freeze(""));
     }
     Ok((center, recovered))
 }
@@ -817,6 +455,7 @@ pub fn repair(dir: &Path) -> Result<Vec<PathBuf>, FileStoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster_proto as cp;
 
     fn entry(n: u64) -> Entry {
         Entry {

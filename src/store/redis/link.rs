@@ -180,16 +180,12 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    /// After `error`: with Sentinel, moves to the master the sentinels name
+    /// After an error: with Sentinel, moves to the master the sentinels name
     /// if it is another one than this link talks to.
-    async fn follow_master(&mut self, error: &RedisError) {
+    async fn follow_master(&mut self) {
         let Some(sentinels) = self.sentinels.clone() else {
             return;
         };
-        // A script's own refusal says nothing about which server is master.
-        if error.code().is_some_and(|c| c == "FENCED") {
-            return;
-        }
         let named = sentinels.refresh().await;
         self.move_to(named, sentinels.timeout).await;
     }
@@ -223,8 +219,8 @@ impl ConnectionLike for Link {
         Box::pin(async move {
             self.catch_up().await;
             let reply = self.conn.req_packed_command(cmd).await;
-            if let Err(e) = &reply {
-                self.follow_master(e).await;
+            if reply.is_err() {
+                self.follow_master().await;
             }
             reply
         })
@@ -239,8 +235,8 @@ impl ConnectionLike for Link {
         Box::pin(async move {
             self.catch_up().await;
             let reply = self.conn.req_packed_commands(pipeline, offset, count).await;
-            if let Err(e) = &reply {
-                self.follow_master(e).await;
+            if reply.is_err() {
+                self.follow_master().await;
             }
             reply
         })
