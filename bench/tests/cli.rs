@@ -4,9 +4,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
-mod common;
-
+use pilot_center::config::Config;
 use pilot_center::server::Server;
+use std::time::Duration;
+
+/// Runs a test body under a bound: a hang fails the test instead.
+async fn bounded<F: std::future::Future>(body: F) -> F::Output {
+    const LIMIT: Duration = Duration::from_secs(120);
+    match tokio::time::timeout(LIMIT, body).await {
+        Ok(out) => out,
+        Err(_) => panic!("the test did not finish within {LIMIT:?}"),
+    }
+}
 
 /// Runs `pilot-bench sfu` over `urls`, giving up on missing notifications
 /// after `phase_timeout` seconds; returns (success, stdout).
@@ -36,13 +45,21 @@ async fn bench_sfu(urls: &[String], phase_timeout: &str) -> (bool, String) {
 }
 
 async fn start_unlimited() -> Server {
-    let config = common::config_full(false, "", "", "", "  messages_per_sec: 0\n", "");
+    // In memory, on loopback ports of its own, with no rate limit.
+    let config = Config::parse(
+        "websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n\
+         grpc:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n\
+         admin:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n\
+         center:\n  state_dir: \"\"\n  reconnect_grace_secs: 0\n\
+         limits:\n  messages_per_sec: 0\n",
+    )
+    .expect("test config");
     Server::start(&config).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_spread_over_several_urls_and_every_delivery_is_checked() {
-    common::bounded(async move {
+    bounded(async move {
         // One center under two URLs: the state is shared, so all is delivered.
         let server = start_unlimited().await;
         let url = server.ws_url();
