@@ -22,6 +22,17 @@ fn strict_json(text: &str) -> bool {
     serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() && pilot_center::protoo::check_strict(text).is_ok()
 }
 
+/// The result of a command on a center in memory, which answers in the
+/// same step: the future is ready when returned.
+fn now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, rest)) = data.split_first() else { return };
     let Ok(text) = std::str::from_utf8(rest) else { return };
@@ -50,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
     for room in ["r", "", "room"] {
         let join = format!(r#"{{"roomId":"{room}","userId":"b","userName":"B"}}"#);
         if let Ok(cmd) = translate::request_command("join", &serde_json::from_str::<&RawValue>(&join).unwrap_or(raw)) {
-            let _ = b.execute(cmd);
+            let _ = now(b.execute(cmd));
         }
     }
     let command = if matches!(method, "echo" | "register" | "join") {
@@ -59,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
         translate::notification_command(method, raw)
     };
     if let Ok(cmd) = command
-        && let Ok(reply) = a.execute(cmd)
+        && let Some(Ok(reply)) = now(a.execute(cmd))
     {
         let body = translate::reply_data(&reply);
         assert!(strict_json(std::str::from_utf8(&body).unwrap_or("")), "invalid JSON written");
