@@ -531,18 +531,17 @@ pub fn event_data(event: &proto::PeerEvent) -> Vec<u8> {
 }
 
 /// The protoo notification text of a delivery, made once and shared by
-/// every WebSocket session it goes to.
+/// every WebSocket session it goes to (a clone shares the bytes).
 pub fn delivery_text(delivery: &Delivery) -> Utf8Bytes {
-    let bytes = delivery
-        .encoded
-        .get_or_init(|| {
-            let data = event_data(&delivery.event);
-            bytes::Bytes::from(protoo::notification(event_method(&delivery.event), &data))
-        })
-        .clone();
-    // Made from a `String` above, so always valid: a failure cannot happen,
-    // and would send an empty notification rather than panic.
-    Utf8Bytes::try_from(bytes).unwrap_or_else(|_| Utf8Bytes::from_static("{}"))
+    let make = || {
+        let data = event_data(&delivery.event);
+        Utf8Bytes::from(protoo::notification(event_method(&delivery.event), &data))
+    };
+    let cached = delivery.encoded.get_or_init(|| Box::new(make()));
+    // Only this function fills the slot, so the cached value is this type.
+    cached
+        .downcast_ref::<Utf8Bytes>()
+        .map_or_else(make, Utf8Bytes::clone)
 }
 
 /// The `invite` request for an MSU.

@@ -17,8 +17,10 @@ use tokio_util::sync::CancellationToken;
 pub struct Delivery {
     /// The event.
     pub event: proto::PeerEvent,
-    /// The event as text on the wire (protoo JSON), filled on first use.
-    pub encoded: OnceLock<bytes::Bytes>,
+    /// The event as a front end puts it on the wire (the WebSocket front
+    /// end's protoo text), filled by the first session that sends it. Typed
+    /// by that front end, so the core names no transport's types.
+    pub encoded: OnceLock<Box<dyn std::any::Any + Send + Sync>>,
     /// About its size on the wire (its protobuf size), for byte-bounded
     /// queues that take it before its text is made.
     pub size: usize,
