@@ -67,21 +67,22 @@ pub enum WsOut {
     /// From the center: an event or an `invite`.
     Center(Outbound),
     /// The result of a request, to answer as a protoo response.
-    Reply(Box<Pending>),
+    Reply(Box<QueuedReply>),
     /// A response made by this session's reader.
     Text(Utf8Bytes),
 }
 
 /// A request's result waiting for the writer to encode it.
 #[derive(Debug)]
-pub struct Pending {
+pub struct QueuedReply {
     /// The request's id, raw JSON as the peer sent it.
     id: Box<serde_json::value::RawValue>,
     result: Result<crate::proto::Reply, CenterError>,
     /// The method, for the latency histogram.
     label: crate::metrics::MethodLabel,
-    /// When the request was read, for the latency histogram.
-    started: std::time::Instant,
+    /// How long the center took to handle it (read to queued), for the
+    /// latency histogram, which the writer records.
+    took: Duration,
 }
 
 impl WireSize for WsOut {
@@ -269,7 +270,7 @@ fn encode_simple(item: WsOut, metrics: &crate::metrics::Metrics) -> Option<Messa
             metrics
                 .request_seconds
                 .get_or_create(&p.label)
-                .observe(p.started.elapsed().as_secs_f64());
+                .observe(p.took.as_secs_f64());
             Some(Message::Text(Utf8Bytes::from(text)))
         }
         WsOut::Center(Outbound::Event(d)) => Some(Message::Text(translate::delivery_text(&d))),
@@ -369,11 +370,11 @@ fn on_text(ctx: &Ctx, text: &str, delayed: bool) {
             let (tx, tally, id) = (ctx.tx.clone(), ctx.handle.tally(), id.to_owned());
             let label = method_label(&method);
             let respond = move |result: Result<_, CenterError>| {
-                tally.queued(tx.push(WsOut::Reply(Box::new(Pending {
+                tally.queued(tx.push(WsOut::Reply(Box::new(QueuedReply {
                     id,
                     result,
                     label,
-                    started,
+                    took: started.elapsed(),
                 }))));
             };
             match translate::request_command(&method, data) {
