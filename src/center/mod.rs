@@ -47,7 +47,7 @@ pub use session::{ReplyTally, SessionHandle};
 pub use state::FrozenState;
 
 use crate::auth::Grant;
-use crate::clock::{Clock, unix_ms};
+use crate::clock::unix_ms;
 use crate::cluster_proto::{self as cp, entry::Kind};
 use crate::error::CenterError;
 use crate::metrics::{Metrics, StateGauges};
@@ -84,7 +84,6 @@ struct Inner {
     /// Recordings and playbacks started here, for their ids.
     next_recording: AtomicU64,
     metrics: Arc<Metrics>,
-    clock: Clock,
 }
 
 impl Default for Center {
@@ -100,9 +99,9 @@ impl Center {
     }
 
     /// An empty center whose entries `store` keeps. A shared store's node
-    /// applies what the log hands back ([`Center::apply_logged`]); a durable
-    /// local one loads what it kept first ([`Center::load_snapshot`],
-    /// [`Center::replay`]).
+    /// applies what the log hands back ([`Replica::apply_logged`]); a
+    /// durable local one loads what it kept first ([`Replica::load_snapshot`],
+    /// [`Replica::replay`]).
     pub fn with_store(config: CenterConfig, store: Arc<dyn Store>) -> Self {
         let (feed, _) = broadcast::channel(config.feed_capacity.max(16));
         let metrics = Arc::new(Metrics::new());
@@ -122,17 +121,11 @@ impl Center {
         };
         Self {
             inner: Arc::new(Inner {
-                seq: Arc::new(Sequencer::new(
-                    state,
-                    store,
-                    metrics.clone(),
-                    config.clock.clone(),
-                )),
+                seq: Arc::new(Sequencer::new(state, store, metrics.clone(), config.clock)),
                 feed,
                 next_session: AtomicU64::new(1),
                 next_recording: AtomicU64::new(1),
                 metrics,
-                clock: config.clock,
             }),
         }
     }
@@ -180,20 +173,6 @@ impl Center {
         self.store().serving()
     }
 
-    /// Every session id known here (this node's and, in a cluster, the
-    /// others'), for lease checks.
-    pub fn session_ids(&self) -> Vec<SessionId> {
-        let state = self.state();
-        let mut ids: Vec<SessionId> = state
-            .registry
-            .ids()
-            .chain(state.rules.session_ids())
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
-    }
-
     /// Waits until this node has applied every change made anywhere in the
     /// cluster before the call (at once for a single center), so that a
     /// listing taken next is not older than what a peer of another node was
@@ -208,11 +187,6 @@ impl Center {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) | Err(_) => Err(CenterError::StoreUnavailable),
         }
-    }
-
-    /// Makes a change nobody waits for (a cluster's "node lost").
-    pub fn append_entry(&self, kind: Kind) {
-        self.submit(kind, Waiter::None);
     }
 
     /// After a restart: every session the loaded state lists belonged to
@@ -323,7 +297,7 @@ impl Center {
     /// Ends reconnect graces on time until `shutdown`: wakes at the next
     /// deadline, and at least once a second of the center's clock.
     pub async fn run_grace_timer(self, shutdown: CancellationToken) {
-        let clock = self.inner.clock.clone();
+        let clock = self.inner.seq.clock().clone();
         loop {
             self.retry_closings();
             let now = self.inner.seq.grace_now();

@@ -136,6 +136,11 @@ impl Sequencer {
         self.state.lock()
     }
 
+    /// The clock graces are counted in (see [`Sequencer::grace_now`]).
+    pub(super) fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     /// The store.
     pub(super) fn store(&self) -> &dyn Store {
         &*self.store

@@ -36,7 +36,10 @@ mod writer;
 use super::{At, Entry, Frozen, Replica, Store};
 use crate::error::CenterError;
 use crate::ids::{MAX_EPOCH, epoch_floor};
-use format::*;
+use format::{
+    cut_back, read_segment, read_snapshot, record, replace_synced, segment_path, segments,
+    write_snapshot,
+};
 use parking_lot::{Condvar, Mutex};
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
@@ -44,7 +47,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
-use writer::*;
+use writer::{FlushQueue, Pending, SegmentWriter, flush_loop};
 
 /// How often `batch` and `never` write what was gathered.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(10);
@@ -454,6 +457,7 @@ pub fn repair(dir: &Path) -> Result<Vec<PathBuf>, FileStoreError> {
 
 #[cfg(test)]
 mod tests {
+    use super::format::{HEADER, LOG_MAGIC};
     use super::*;
     use crate::cluster_proto as cp;
 
