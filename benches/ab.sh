@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Side by side in one run: this checkout against an older commit, one center
-# each in memory, the same `pilot-bench sfu` flat out against each in turn.
-# Prints each round and the medians. Loopback only; bounded by the rounds.
-# Usage: benches/ab.sh REV [rounds]      (e.g. benches/ab.sh f9e8667 5)
+# each in memory, the same load tool against each in turn, in rounds whose
+# order alternates (a machine warming or cooling favours neither).
+# - sfu (default): `pilot-bench sfu` flat out; prints each round and the medians.
+# - relay: `pilot-bench compare` of each center with the bare relay (room of
+#   8, echo over 16 sessions); prints each comparison.
+# Loopback only; bounded by the rounds.
+# Usage: benches/ab.sh REV [rounds] [sfu|relay]   (e.g. benches/ab.sh f9e8667 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rev=${1:?usage: benches/ab.sh REV [rounds]}
+rev=${1:?usage: benches/ab.sh REV [rounds] [sfu|relay]}
 rounds=${2:-5}
+what=${3:-sfu}
 T=${CARGO_TARGET_DIR:-target}
 dir=$(mktemp -d /tmp/pilot-ab.XXXXXX)
 pids=()
@@ -16,11 +21,25 @@ cargo build --release --quiet --bins
 git worktree add --detach --quiet "$dir/old" "$rev"
 (cd "$dir/old" && CARGO_TARGET_DIR="$dir/target" cargo build --release --quiet --bin pilot-center)
 for p in 19700 19701; do
-  printf 'websocket:\n  listen_ip: 127.0.0.1\n  listen_port: %s\ngrpc:\n  enabled: false\nadmin:\n  enabled: false\nlimits:\n  messages_per_sec: 0\ncenter:\n  reconnect_grace_secs: 30\n' $p >"$dir/c$p.yaml"
+  printf 'websocket:\n  listen_ip: 127.0.0.1\n  listen_port: %s\ngrpc:\n  enabled: false\nadmin:\n  enabled: false\nlimits:\n  messages_per_sec: 0\ncenter:\n  reconnect_grace_secs: 30\n  state_dir: ""\n' $p >"$dir/c$p.yaml"
 done
 "$T/release/pilot-center" "$dir/c19700.yaml" --log-level warn >"$dir/new.log" 2>&1 & pids+=($!)
 "$dir/target/release/pilot-center" "$dir/c19701.yaml" --log-level warn >"$dir/old.log" 2>&1 & pids+=($!)
 sleep 1
+if [ "$what" = relay ]; then
+  for r in $(seq "$rounds"); do
+    for s in "fanout 8" "rtt 16"; do
+      set -- $s
+      order="19700 19701"; (( r % 2 )) || order="19701 19700"
+      for port in $order; do
+        name=$([ "$port" = 19700 ] && echo "this checkout" || echo "$rev")
+        printf 'round %s, %s: ' "$r" "$name"
+        "$T/release/pilot-bench" --url "ws://127.0.0.1:$port/pilot/center" compare --scenario "$1" --sessions "$2" --seconds 5 --runs 3 | tail -n 1
+      done
+    done
+  done
+  exit 0
+fi
 figure() { sed -n -E 's/.*protoo messages \(in \+ out\) *([0-9]+).*/\1/p'; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 new=(); old=()
