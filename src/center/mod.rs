@@ -330,7 +330,7 @@ impl Center {
         }
     }
 
-    /// Subscribes to the event feed from now on (see [`feed`]).
+    /// Subscribes to the event feed from now on (see `feed.rs`).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<proto::WatchEventsResponse>> {
         self.inner.feed.subscribe()
     }

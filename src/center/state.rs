@@ -27,7 +27,7 @@ impl State {
     }
 }
 
-/// The state at one moment ([`State::freeze`]), not yet a snapshot.
+/// The state at one moment (frozen under the lock), not yet a snapshot.
 pub struct FrozenState {
     after: String,
     rules: FrozenRules,

@@ -3,7 +3,7 @@
 //! One trait, three stores side by side:
 //! - [`memory::MemoryStore`]: nothing kept; the state lives and dies with
 //!   the process;
-//! - [`file`], the state directory: entries appended to a local file, with
+//! - [`mod@file`], the state directory: entries appended to a local file, with
 //!   snapshots, so a restarted center loads what it had;
 //! - [`redis`]: one log several centers share, each node applying every
 //!   entry when the log hands it back.

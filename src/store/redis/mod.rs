@@ -2,7 +2,7 @@
 //! (docs/CLUSTER.md).
 //!
 //! Redis is the sequencer of one log: every change a node makes is an
-//! [`Entry`] appended to one stream (`XADD`, pipelined, one writer task per
+//! [`Entry`](crate::store::Entry) appended to one stream (`XADD`, pipelined, one writer task per
 //! node so a node's entries keep their order); every node tails the stream
 //! (`XREAD BLOCK`) and applies every entry, in stream order, with the same
 //! rules a single center runs ([`Replica::apply_logged`]). A node answers its
