@@ -449,3 +449,142 @@ async fn session_ids_never_repeat_across_restarts_and_replay_is_quiet() {
     })
     .await;
 }
+
+/// A center on `state` with gRPC (for the event feed), `fsync: always`.
+async fn center_with_grpc(name: &str, state: &TempDir) -> (Binary, std::net::SocketAddr, String) {
+    let yaml = format!(
+        "websocket:\n  listen_ip: 127.0.0.1\n  listen_port: 0\n  self_signed: true\n\
+         grpc:\n  listen_ip: 127.0.0.1\n  listen_port: 0\nadmin:\n  enabled: false\n\
+         center:\n  state_dir: {:?}\n  fsync: always\n  reconnect_grace_secs: 30\n",
+        state.0.display().to_string()
+    );
+    let mut center = Binary::start(name, &yaml, &[]).await;
+    let ws = center.addr("websocket").await.parse().unwrap();
+    let grpc = format!("http://{}", center.addr("grpc").await);
+    (center, ws, grpc)
+}
+
+type Feed = tonic::Streaming<pilot_center::proto::WatchEventsResponse>;
+
+/// The center's event feed, after `after` (from now on when `None`).
+async fn watch(grpc: &str, after: Option<u64>) -> Feed {
+    let connect =
+        pilot_center::proto::room_service_client::RoomServiceClient::connect(grpc.to_owned());
+    let mut client = tokio::time::timeout(common::WAIT, connect)
+        .await
+        .expect("grpc connect in time")
+        .expect("grpc connect");
+    client
+        .watch_events(pilot_center::proto::WatchEventsRequest {
+            after,
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
+/// Reads the feed until `n` events of `kind` arrived; returns the numbers
+/// of every event read.
+async fn read_feed(feed: &mut Feed, kind: pilot_center::proto::EventKind, n: usize) -> Vec<u64> {
+    let (mut seqs, mut found) = (Vec::new(), 0);
+    while found < n {
+        let e = tokio::time::timeout(common::WAIT, feed.message())
+            .await
+            .expect("an event in time")
+            .expect("the feed")
+            .expect("an event");
+        seqs.push(e.seq);
+        found += usize::from(e.kind == i32::from(kind));
+    }
+    seqs
+}
+
+/// The bytes of the state directory's log segments.
+fn log_bytes(state: &TempDir) -> u64 {
+    std::fs::read_dir(&state.0)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("log."))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+/// Issue 28: a text message changes no state, so the state directory does
+/// not keep it; and still the event feed never gives a number twice, through
+/// a `kill -9` (the numbers its texts took are reserved ahead of use) and a
+/// SIGTERM, and a watcher resumes across both from its last number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn texts_stay_out_of_the_log_and_feed_numbers_never_repeat() {
+    use pilot_center::proto::EventKind;
+    const TEXTS: usize = 40;
+    common::bounded(async move {
+        let state = TempDir::new("feed");
+        let mut seen: Vec<u64> = Vec::new();
+
+        let (first, ws, grpc) = center_with_grpc("feed-1", &state).await;
+        let mut feed = watch(&grpc, None).await;
+        let (mut a, mut b) = two_sfus(ws).await;
+        seen.extend(read_feed(&mut feed, EventKind::PusherAdded, 1).await);
+        let kept = log_bytes(&state);
+        for i in 0..TEXTS {
+            let text = json!({"roomId": "r", "userId": "u1", "message": format!("m{i}")});
+            a.notify("textMessage", text).await;
+        }
+        for _ in 0..TEXTS {
+            b.expect("textMessage").await;
+        }
+        seen.extend(read_feed(&mut feed, EventKind::TextMessage, TEXTS).await);
+        assert_eq!(log_bytes(&state), kept, "the texts were kept in the log");
+        first.kill9();
+        drop((a, b, feed));
+
+        // After kill -9: the watcher resumes from its last number; the
+        // first new event is numbered past every number given before.
+        let (mut second, ws, grpc) = center_with_grpc("feed-2", &state).await;
+        let last = *seen.last().unwrap();
+        let mut feed = watch(&grpc, Some(last)).await;
+        let mut a = Sfu::connect_to(ws, true, "/pilot/center?peer=sfu-a").await;
+        let mut b = Sfu::connect_to(ws, true, "/pilot/center?peer=sfu-b").await;
+        assert_eq!(a.expect("userReConnect").await["userId"], json!("u2"));
+        a.notify(
+            "textMessage",
+            json!({"roomId": "r", "userId": "u1", "message": "after"}),
+        )
+        .await;
+        b.expect("textMessage").await;
+        let after_kill = read_feed(&mut feed, EventKind::TextMessage, 1).await;
+        assert!(after_kill[0] > last, "{after_kill:?} after {seen:?}");
+        seen.extend(after_kill);
+        second.sigterm();
+        second.read_to_end().await;
+        drop((a, b, feed));
+
+        // After SIGTERM: the same, and the final snapshot kept the texts'
+        // events for a watcher resuming from before them.
+        let (third, ws, grpc) = center_with_grpc("feed-3", &state).await;
+        let last = *seen.last().unwrap();
+        let mut feed = watch(&grpc, Some(last)).await;
+        let a = Sfu::connect_to(ws, true, "/pilot/center?peer=sfu-a").await;
+        let after_stop = read_feed(&mut feed, EventKind::SessionOpened, 1).await;
+        let mut before = watch(&grpc, Some(last - 1)).await;
+        let resumed = tokio::time::timeout(common::WAIT, before.message())
+            .await
+            .expect("an event in time")
+            .expect("the feed")
+            .expect("an event");
+        assert_eq!(
+            (resumed.seq, resumed.kind),
+            (last, i32::from(EventKind::TextMessage)),
+            "the kept events after a clean stop"
+        );
+        seen.extend(after_stop);
+        drop((a, feed, before, third));
+
+        let mut sorted = seen.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted, seen, "a feed number twice or out of order");
+    })
+    .await;
+}

@@ -25,6 +25,23 @@ pub enum Outcome {
     Done,
 }
 
+/// Whether applying `kind` can change the state. A local store keeps only
+/// the entries that can: a text message (a peer's or an operator's) is
+/// delivered and shown on the feed, and a replay would do neither (so the
+/// feed reserves the numbers its events take: see
+/// [`super::registry::Registry::reservation_due`]). The shared log keeps
+/// every entry: that is how a text reaches the other nodes.
+pub(super) fn changes_state(kind: &Kind) -> bool {
+    match kind {
+        Kind::SendText(_) => false,
+        Kind::PeerCommand(c) => !matches!(
+            c.command.as_ref().and_then(|c| c.kind.as_ref()),
+            Some(command::Kind::TextMessage(_) | command::Kind::Echo(_))
+        ),
+        _ => true,
+    }
+}
+
 /// Whether an entry is applied as it happens or replayed from the log.
 #[derive(Clone, Copy)]
 pub(super) enum Tense<'a> {
@@ -101,6 +118,10 @@ impl State {
             }
             Kind::PeerCommand(c) => Outcome::Reply(self.command(c, at, &mut fx)),
             Kind::Barrier(_) => Outcome::Done,
+            Kind::FeedReserved(r) => {
+                self.registry.reserved(r.through);
+                Outcome::Done
+            }
             Kind::ExpireGrace(_) => {
                 self.rules.expire(at.grace, &mut fx);
                 Outcome::Done

@@ -62,6 +62,9 @@ pub struct EventLog {
     bytes: VecDeque<u8>,
     /// The length of each event in `bytes`, oldest first.
     lens: VecDeque<u32>,
+    /// The sequence number of each event, oldest first: increasing, with
+    /// gaps after a restart (see [`EventLog::after`]).
+    seqs: VecDeque<u64>,
     /// At most this many events are kept; 0 keeps none.
     capacity: usize,
     /// Encoding buffer, reused so an append allocates nothing once warm.
@@ -103,6 +106,12 @@ impl EventLog {
         self.reserve(self.scratch.len());
         self.bytes.extend(self.scratch.iter());
         self.lens.push_back(len);
+        self.seqs.push_back(event.seq);
+    }
+
+    /// The sequence number of the oldest event kept.
+    pub fn oldest(&self) -> Option<u64> {
+        self.seqs.front().copied()
     }
 
     /// Makes room for `n` more bytes, growing by an eighth rather than
@@ -121,6 +130,7 @@ impl EventLog {
     fn pop(&mut self) {
         if let Some(len) = self.lens.pop_front() {
             self.bytes.drain(..len as usize);
+            self.seqs.pop_front();
         }
     }
 
@@ -129,15 +139,32 @@ impl EventLog {
     pub fn load(&mut self, events: &[Vec<u8>]) {
         self.bytes.clear();
         self.lens.clear();
+        self.seqs.clear();
         let skip = events.len().saturating_sub(self.capacity);
         for event in &events[skip..] {
-            let Ok(len) = u32::try_from(event.len()) else {
+            // Each was encoded from a valid message; one that is not would
+            // be left out (a gap in `seq` a resuming watcher can see).
+            let (Ok(len), Ok(decoded)) = (
+                u32::try_from(event.len()),
+                WatchEventsResponse::decode(event.as_slice()),
+            ) else {
                 continue;
             };
             self.reserve(event.len());
             self.bytes.extend(event.iter());
             self.lens.push_back(len);
+            self.seqs.push_back(decoded.seq);
         }
+    }
+
+    /// Copies the events numbered after `seq`, oldest first. The numbers
+    /// are increasing but may have gaps: a center on a state directory
+    /// does not keep text messages, so after a crash their events are not
+    /// among the kept ones, and the feed continues past every number the
+    /// former process may have given.
+    pub fn after(&self, seq: u64) -> EncodedEvents {
+        let older = self.seqs.partition_point(|&s| s <= seq);
+        self.newest(self.seqs.len() - older)
     }
 
     /// Copies the newest `n` events (all kept if fewer), oldest first, to
@@ -244,6 +271,25 @@ mod tests {
         let mut same = EventLog::new(3);
         same.load(&all);
         assert_eq!(same.newest(3).split(), all);
+        assert_eq!(same.oldest(), Some(2));
+        assert_eq!(seqs(&same.after(2)), [3, 4]);
+    }
+
+    /// After a restart the kept numbers have gaps (texts the state
+    /// directory did not keep): a cursor is found by number, not position.
+    #[test]
+    fn events_after_a_cursor_are_found_across_gaps() {
+        let mut log = EventLog::new(10);
+        for seq in [4, 5, 9, 20, 21] {
+            log.push(&event(seq, "r"));
+        }
+        assert_eq!(log.oldest(), Some(4));
+        assert_eq!(seqs(&log.after(3)), [4, 5, 9, 20, 21]);
+        assert_eq!(seqs(&log.after(5)), [9, 20, 21]);
+        assert_eq!(seqs(&log.after(7)), [9, 20, 21]);
+        assert_eq!(seqs(&log.after(20)), [21]);
+        assert_eq!(seqs(&log.after(21)), Vec::<u64>::new());
+        assert_eq!(seqs(&log.after(99)), Vec::<u64>::new());
     }
 
     #[test]

@@ -209,7 +209,11 @@ impl Center {
     /// The process is stopping: the store makes everything durable (a
     /// state directory writes a snapshot of the final state).
     pub fn close_store(&self) -> Result<(), CenterError> {
-        let frozen = self.state().freeze("");
+        let frozen = {
+            let mut state = self.state();
+            state.registry.settle_reservation();
+            state.freeze("")
+        };
         self.store().close(Box::new(frozen))
     }
 
@@ -564,6 +568,10 @@ impl Replica for Center {
         self.inner.seq.replay(entry, at);
     }
 
+    fn replay_finished(&self) {
+        self.state().registry.continue_past_reserved();
+    }
+
     fn apply_logged(&self, entry: Entry, unix_ms: u64) -> Result<(), UnknownEntry> {
         self.inner.seq.apply_from_log(entry, unix_ms, false)
     }
@@ -650,6 +658,7 @@ mod tests {
                 incarnation: String::new(),
             })),
             format: FORMAT,
+            feed_seq: 0,
         };
         center.replay(open(1), at);
         center.replay(

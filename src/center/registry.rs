@@ -19,6 +19,11 @@ use std::time::SystemTime;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+/// How many feed numbers a local store reserves at a time
+/// ([`Registry::reservation_due`]): one kept entry per 32,768 events, and at
+/// most this many numbers skipped after a crash.
+const FEED_BLOCK: u64 = 65_536;
+
 /// A connected peer, as the registry sees it.
 pub struct SessionEntry {
     /// Who it is.
@@ -64,6 +69,7 @@ pub struct SessionRow<'a> {
 pub struct FrozenRegistry {
     sessions: HashMap<SessionId, (PeerInfo, String, u64)>,
     seq: u64,
+    reserved: u64,
     events: EncodedEvents,
 }
 
@@ -80,6 +86,7 @@ impl FrozenRegistry {
             }
         }
         snap.feed_seq = self.seq;
+        snap.feed_reserved = self.reserved;
         snap.feed_events = self.events.split();
     }
 }
@@ -96,6 +103,10 @@ pub struct Registry {
     feed: broadcast::Sender<Arc<proto::WatchEventsResponse>>,
     /// Sequence number of the last feed event.
     seq: u64,
+    /// The highest sequence number a local store has reserved for the
+    /// feed (see [`Registry::reservation_due`]); 0 in a cluster, whose log
+    /// keeps every entry.
+    reserved: u64,
     /// The last events, for watchers that resume from a cursor.
     log: EventLog,
     /// INFO lines about pulls and texts that reached nobody, rate-limited.
@@ -156,6 +167,7 @@ impl Registry {
             remote: HashMap::new(),
             feed,
             seq: 0,
+            reserved: 0,
             log: EventLog::new(log_capacity),
             drop_log: DropLog::default(),
         }
@@ -184,18 +196,53 @@ impl Registry {
                 self.seq
             )));
         }
-        let oldest_kept = self.seq + 1 - self.log.len() as u64;
+        let oldest_kept = self.log.oldest().unwrap_or(self.seq + 1);
         if after + 1 < oldest_kept {
             return Err(CenterError::OutOfRange(format!(
                 "cursor {after} is older than the kept events ({oldest_kept}..={})",
                 self.seq
             )));
         }
-        let newer = usize::try_from(self.seq - after).unwrap_or(usize::MAX);
         Ok(Resumed {
-            encoded: self.log.newest(newer),
+            encoded: self.log.after(after),
             live,
         })
+    }
+
+    /// A local store keeps no text messages, yet their feed events take
+    /// numbers; so the feed reserves numbers ahead of use, in blocks, each
+    /// reservation an entry the store keeps, and a start continues past the
+    /// last one ([`Registry::continue_past_reserved`]): after a crash no
+    /// number is given twice. Returns the next reservation when half the
+    /// current one is used: a batch store writes it within 10 ms, far
+    /// sooner than half a block of events can follow.
+    pub fn reservation_due(&self) -> Option<u64> {
+        (self.seq + FEED_BLOCK / 2 > self.reserved).then_some(self.seq + FEED_BLOCK)
+    }
+
+    /// The store kept a reservation of the feed's numbers up to `through`.
+    pub fn reserved(&mut self, through: u64) {
+        self.reserved = self.reserved.max(through);
+    }
+
+    /// A replayed entry was applied when the feed's last number was `seq`:
+    /// its events take the numbers they took then (the text messages
+    /// between were not kept).
+    pub fn replaying_from(&mut self, seq: u64) {
+        self.seq = self.seq.max(seq);
+    }
+
+    /// The replay is over: the feed continues past every number the former
+    /// process reserved, whether or not it gave them.
+    pub fn continue_past_reserved(&mut self) {
+        self.seq = self.seq.max(self.reserved);
+    }
+
+    /// The final state, written at a clean stop, accounts for every number
+    /// given: the reservation shrinks to them (a later event reserves
+    /// again, through the store).
+    pub fn settle_reservation(&mut self) {
+        self.reserved = self.seq;
     }
 
     /// Adds a session.
@@ -243,6 +290,7 @@ impl Registry {
                 })
                 .collect(),
             seq: self.seq,
+            reserved: self.reserved,
             events: self.log.newest(self.log.len()),
         }
     }
@@ -272,6 +320,7 @@ impl Registry {
             })
             .collect();
         self.seq = snap.feed_seq;
+        self.reserved = snap.feed_reserved;
         self.log.load(&snap.feed_events);
     }
 
@@ -414,7 +463,8 @@ impl Registry {
     }
 
     /// Puts one event on the feed and in the log. The sequence number
-    /// advances with every event, so watchers see no gaps.
+    /// advances with every event, so watchers see no gaps (but see
+    /// [`Registry::reservation_due`] for a start after a crash).
     pub fn emit(&mut self, room_id: String, kind: EventKind, event: Event, at: SystemTime) {
         self.seq += 1;
         let event = proto::WatchEventsResponse {

@@ -13,7 +13,7 @@
 //! take yet live here, not in the store: the store only takes appends and
 //! hands entries back.
 
-use super::entry::{Outcome, Tense};
+use super::entry::{Outcome, Tense, changes_state};
 use super::state::State;
 use crate::clock::Clock;
 use crate::cluster_proto::entry::Kind;
@@ -167,20 +167,28 @@ impl Sequencer {
 
     /// Applies `kind` now, with the state lock held: the store takes it
     /// first (a durable one records it; if it cannot, nothing changes and
-    /// the maker hears why), then the rules apply it.
+    /// the maker hears why), then the rules apply it. What changes no state
+    /// (a text message) is not kept: only the feed numbers its events take
+    /// are, reserved ahead of use.
     pub(super) fn apply_local(&self, state: &mut State, kind: Kind) -> Outcome {
         let at = At {
             grace: self.clock.since_epoch(),
             wall: SystemTime::now(),
         };
+        // Numbers are reserved before the events that take them.
+        if let Some(through) = state.registry.reservation_due() {
+            self.reserve_feed(state, through, at);
+        }
+        let keep = changes_state(&kind);
         let entry = Entry {
             node_id: String::new(),
             origin_seq: 0,
             node_number: lease_of(&kind).unwrap_or_else(|| self.store.node_number()),
             kind: Some(kind),
             format: FORMAT,
+            feed_seq: state.registry.cursor(),
         };
-        if let Err(e) = self.store.append(&entry, at) {
+        if keep && let Err(e) = self.store.append(&entry, at) {
             return match entry.kind {
                 Some(Kind::PeerCommand(_)) => Outcome::Reply(Err(e)),
                 _ => Outcome::Count(Err(e)),
@@ -194,6 +202,26 @@ impl Sequencer {
             self.store.compact(Box::new(state.freeze("")));
         }
         outcome
+    }
+
+    /// Has the store keep a reservation of the feed's numbers up to
+    /// `through`. If it cannot now, the next step tries again (half a block
+    /// is still reserved, and the store is reported unready meanwhile).
+    fn reserve_feed(&self, state: &mut State, through: u64, at: At) {
+        let entry = Entry {
+            node_id: String::new(),
+            origin_seq: 0,
+            node_number: self.store.node_number(),
+            kind: Some(Kind::FeedReserved(crate::cluster_proto::FeedReserved {
+                through,
+            })),
+            format: FORMAT,
+            feed_seq: state.registry.cursor(),
+        };
+        match self.store.append(&entry, at) {
+            Ok(()) => state.registry.reserved(through),
+            Err(e) => tracing::debug!(error = %e, "cannot reserve feed numbers yet"),
+        }
     }
 
     /// Makes a change: applied at once by the local form (with `waiter`
@@ -218,6 +246,7 @@ impl Sequencer {
             node_number: lease_of(&kind).unwrap_or_else(|| self.store.node_number()),
             kind: Some(kind),
             format: FORMAT,
+            feed_seq: 0,
         };
         let at = At {
             grace: self.grace_now(),
@@ -285,7 +314,11 @@ impl Sequencer {
     /// before (at `at`). Nothing is recorded again.
     pub(super) fn replay(&self, entry: Entry, at: At) {
         if let Some(kind) = entry.kind {
-            self.state.lock().apply("", kind, at, Tense::Past);
+            let mut state = self.state.lock();
+            // Its events take the numbers they took when it was applied
+            // (the texts between them were not kept).
+            state.registry.replaying_from(entry.feed_seq);
+            state.apply("", kind, at, Tense::Past);
         }
     }
 

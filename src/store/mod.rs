@@ -55,6 +55,7 @@ pub fn lease_of(kind: &Kind) -> Option<u32> {
         Kind::InviteFailed(f) => Some(node_of(f.session_id)),
         Kind::NodeLost(_)
         | Kind::Barrier(_)
+        | Kind::FeedReserved(_)
         | Kind::ExpireGrace(_)
         | Kind::RemoveUser(_)
         | Kind::CloseRoom(_)
@@ -98,6 +99,9 @@ pub trait Replica: Send + Sync + 'static {
     fn load_snapshot(&self, snap: &cp::Snapshot);
     /// Applies an entry a durable local store kept, as it was applied then.
     fn replay(&self, entry: Entry, at: At);
+    /// The replay of a durable local store is over: what is applied from
+    /// now on happens now.
+    fn replay_finished(&self);
     /// Applies an entry the shared log handed back, at `unix_ms` (the log's
     /// time for it); the node that made it answers its maker in this step.
     fn apply_logged(&self, entry: Entry, unix_ms: u64) -> Result<(), UnknownEntry>;

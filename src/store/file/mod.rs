@@ -414,6 +414,7 @@ pub fn open<R: Replica>(
             recovered.entries += 1;
         }
     }
+    center.replay_finished();
     recovered.sessions = center.end_sessions_held_elsewhere(&|_| true, "center restarted");
     recovered.users = center.state_counts().users;
     // The one line about the past: the entries replayed logged nothing of

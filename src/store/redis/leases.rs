@@ -240,6 +240,7 @@ pub(super) async fn declare_lapsed(
             })),
             node_number: number,
             format: FORMAT,
+            feed_seq: 0,
         }
         .encode_to_vec();
         let declared: i64 = eval(
