@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The three stores side by side on this machine (issue 20): one center in
 # memory, on a state directory (fsync batch, always, never) and on one Redis
-# node; `pilot-bench sfu` against each in alternating rounds, medians and
-# ratios to memory. Loopback only; every run is bounded.
+# node; `pilot-bench sfu` (joins, pushes, pulls: every message a change)
+# and `pilot-bench fanout` (a room of 8 chatting: texts change no state)
+# against each in alternating rounds, medians and ratios to memory, and
+# what each state directory holds at the end. Loopback only; every run is
+# bounded.
 # Usage: benches/store.sh [rounds]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -41,19 +44,24 @@ pids+=("$(node redis 19804 '' "cluster:
 sleep 1
 declare -A port=([memory]=19800 [batch]=19801 [always]=19802 [never]=19803 [redis]=19804)
 targets=(memory batch never always redis)
-declare -A sfu
+fanfig() { sed -n -E 's/.*notifications delivered *([0-9]+).*/\1/p'; }
+declare -A sfu fan
 for r in $(seq "$rounds"); do
   for t in "${targets[@]}"; do
     s=$("$bench" --url "ws://127.0.0.1:${port[$t]}/pilot/center" sfu --sessions 16 --rooms 10000 --users-per-room 4 | tee -a "$dir/sfu-$t.txt" | figure)
+    f=$("$bench" --url "ws://127.0.0.1:${port[$t]}/pilot/center" fanout --sessions 8 --seconds 5 | tee -a "$dir/fan-$t.txt" | fanfig)
     sfu[$t]+="$s "
-    echo "round $r $t: sfu $s msgs/s"
+    fan[$t]+="$f "
+    echo "round $r $t: sfu $s msgs/s, fanout $f notifications/s"
   done
 done
 echo
-echo "### medians of $rounds rounds (protoo messages in + out per second)"
+echo "### medians of $rounds rounds (sfu: protoo messages in + out per second; fanout: notifications delivered per second)"
 m=$(echo ${sfu[memory]} | tr ' ' '\n' | median)
+mf=$(echo ${fan[memory]} | tr ' ' '\n' | median)
 for t in "${targets[@]}"; do
   s=$(echo ${sfu[$t]} | tr ' ' '\n' | median)
-  printf '%-7s sfu %8s  (%.0f %% of memory)\n' "$t" "$s" "$(echo "100 * $s / $m" | bc -l)"
+  f=$(echo ${fan[$t]} | tr ' ' '\n' | median)
+  printf '%-7s sfu %8s  (%.0f %% of memory)   fanout %8s  (%.0f %% of memory)\n' "$t" "$s" "$(echo "100 * $s / $m" | bc -l)" "$f" "$(echo "100 * $f / $mf" | bc -l)"
 done
 du -sh "$dir/batch" "$dir/always" "$dir/never" 2>/dev/null
