@@ -266,12 +266,16 @@ impl Server {
         let center = if config.cluster.enabled() {
             crate::store::redis::join(
                 &config.cluster,
-                |store| Center::with_store(center_config, store),
+                |store, from_log| {
+                    let center = Center::with_store(center_config, store);
+                    center.follow(from_log);
+                    center
+                },
                 &cluster_stop,
                 &cluster_tracker,
             )
             .await?
-            .replica
+            .built
         } else if config.center.state_dir.as_os_str().is_empty() {
             tracing::info!(
                 "state in memory only (center.state_dir is empty): a restart forgets every room"

@@ -52,7 +52,8 @@ use crate::cluster_proto::{self as cp, entry::Kind};
 use crate::error::CenterError;
 use crate::metrics::{Metrics, StateGauges};
 use crate::proto;
-use crate::store::{At, Entry, Frozen, MemoryStore, Replica, StateCounts, Store, UnknownEntry};
+use crate::store::redis::FromLog;
+use crate::store::{At, Entry, Frozen, MemoryStore, Replica, StateCounts, Store};
 use invites::PendingInvites;
 use listings::{msus_of, sessions_of};
 use parking_lot::MutexGuard;
@@ -63,6 +64,7 @@ use state::State;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
 use tokio::sync::{broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -99,7 +101,7 @@ impl Center {
     }
 
     /// An empty center whose entries `store` keeps. A shared store's node
-    /// applies what the log hands back ([`Replica::apply_logged`]); a
+    /// applies what the log hands it ([`Center::follow`]); a
     /// durable local one loads what it kept first ([`Replica::load_snapshot`],
     /// [`Replica::replay`]).
     pub fn with_store(config: CenterConfig, store: Arc<dyn Store>) -> Self {
@@ -556,44 +558,60 @@ impl Center {
     }
 }
 
-/// What the stores load, replay and hand entries back into.
-impl Replica for Center {
-    fn load_snapshot(&self, snap: &cp::Snapshot) {
-        let mut state = self.state();
-        state.rules.load(snap);
-        state.registry.load(snap);
+impl Center {
+    /// Applies what the shared log hands this node ([`FromLog`]), in the
+    /// log's order, on a task of its own, until the log's tasks stop: the
+    /// Redis side produces entries and never calls the center.
+    pub fn follow(&self, mut from_log: mpsc::Receiver<FromLog>) {
+        let center = self.clone();
+        tokio::spawn(async move {
+            while let Some(item) = from_log.recv().await {
+                center.take(item);
+            }
+        });
     }
 
-    fn replay(&self, entry: Entry, at: At) {
-        self.inner.seq.replay(entry, at);
+    fn take(&self, item: FromLog) {
+        let seq = &self.inner.seq;
+        match item {
+            FromLog::Snapshot(snap) => self.load_snapshot(&snap),
+            FromLog::Entries { entries, past } => {
+                for (entry, unix_ms) in entries {
+                    seq.apply_from_log(entry, unix_ms, past);
+                }
+            }
+            FromLog::Refused { origin_seqs, error } => {
+                for origin_seq in origin_seqs {
+                    seq.abandon(origin_seq, error.clone());
+                }
+            }
+            // A dropped answer: the asker stopped waiting (shutdown).
+            FromLog::Evict { reason, done } => {
+                let _ = done.send(self.state().registry.evict_all(reason));
+            }
+            FromLog::EndFormer {
+                lease,
+                reason,
+                done,
+            } => {
+                let _ =
+                    done.send(self.end_sessions_held_elsewhere(
+                        &|sid| crate::ids::node_of(sid) == lease,
+                        reason,
+                    ));
+            }
+            FromLog::Freeze { after, done } => {
+                let _ = done.send(Box::new(self.state().freeze(&after)));
+            }
+            FromLog::Counts { done } => {
+                let _ = done.send(self.state_counts());
+            }
+        }
     }
 
-    fn replay_finished(&self) {
-        self.state().registry.continue_past_reserved();
-    }
-
-    fn apply_logged(&self, entry: Entry, unix_ms: u64) -> Result<(), UnknownEntry> {
-        self.inner.seq.apply_from_log(entry, unix_ms, false)
-    }
-
-    fn catch_up_logged(&self, entry: Entry, unix_ms: u64) -> Result<(), UnknownEntry> {
-        self.inner.seq.apply_from_log(entry, unix_ms, true)
-    }
-
-    fn abandon(&self, origin_seq: u64, e: CenterError) {
-        self.inner.seq.abandon(origin_seq, e);
-    }
-
-    /// Holds the state lock only to share the rooms and copy the sessions
-    /// and feed; [`FrozenState::into_snapshot`] does the rest without it.
-    fn freeze(&self, after: &str) -> Box<dyn Frozen> {
-        Box::new(self.state().freeze(after))
-    }
-
-    fn evict_local_sessions(&self, reason: &'static str) -> usize {
-        self.state().registry.evict_all(reason)
-    }
-
+    /// Ends every session the state lists that this process does not hold
+    /// and `whose` accepts (the former process's after a restart, a
+    /// rejoined node's own former ones); how many.
     fn end_sessions_held_elsewhere(
         &self,
         whose: &dyn Fn(SessionId) -> bool,
@@ -616,6 +634,33 @@ impl Replica for Center {
             self.inner.seq.close_recorded(*sid, reason.to_owned());
         }
         former.len()
+    }
+}
+
+/// What a state directory loads and replays into.
+impl Replica for Center {
+    fn load_snapshot(&self, snap: &cp::Snapshot) {
+        let mut state = self.state();
+        state.rules.load(snap);
+        state.registry.load(snap);
+    }
+
+    fn replay(&self, entry: Entry, at: At) {
+        self.inner.seq.replay(entry, at);
+    }
+
+    fn replay_finished(&self) {
+        self.state().registry.continue_past_reserved();
+    }
+
+    /// Holds the state lock only to share the rooms and copy the sessions
+    /// and feed; [`FrozenState::into_snapshot`] does the rest without it.
+    fn freeze(&self) -> Box<dyn Frozen> {
+        Box::new(self.state().freeze(""))
+    }
+
+    fn end_former_sessions(&self) -> usize {
+        Center::end_former_sessions(self)
     }
 
     fn state_counts(&self) -> StateCounts {

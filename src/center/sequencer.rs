@@ -21,7 +21,7 @@ use crate::error::CenterError;
 use crate::ids::SessionId;
 use crate::metrics::Metrics;
 use crate::proto::Reply;
-use crate::store::{At, Entry, FORMAT, Store, UnknownEntry, lease_of};
+use crate::store::{At, Entry, FORMAT, Store, lease_of};
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -268,24 +268,11 @@ impl Sequencer {
 
     /// Applies an entry the shared log handed back, at `unix_ms` (the log's
     /// time for it). Every node applies every entry in the log's order; the
-    /// node that made it answers its maker in the same step. An entry this
-    /// build cannot read (a newer format, a kind it does not know) is
-    /// refused, never skipped: skipping it would leave this node's state
-    /// apart from the others'.
-    pub(super) fn apply_from_log(
-        &self,
-        entry: Entry,
-        unix_ms: u64,
-        past: bool,
-    ) -> Result<(), UnknownEntry> {
-        if entry.format > FORMAT {
-            return Err(UnknownEntry(format!(
-                "format {} (this build reads {FORMAT})",
-                entry.format
-            )));
-        }
+    /// node that made it answers its maker in the same step. (The log hands
+    /// over only entries this build can read: [`crate::store::readable`].)
+    pub(super) fn apply_from_log(&self, entry: Entry, unix_ms: u64, past: bool) {
         let Some(kind) = entry.kind else {
-            return Err(UnknownEntry("a kind this build does not know".into()));
+            return;
         };
         let at = At {
             grace: Duration::from_millis(unix_ms),
@@ -307,7 +294,6 @@ impl Sequencer {
                 w.complete(outcome);
             }
         }
-        Ok(())
     }
 
     /// Applies an entry a durable local store kept, as it was applied

@@ -12,8 +12,11 @@
 //! applies each in the step that makes it. Redis is *shared*: the log orders
 //! them, and a node applies its own entries only when it reads them back.
 //!
-//! This layer sits below the room service: a store knows entries, snapshots
-//! and the [`Replica`] it loads them into, never the center's types.
+//! This layer sits below the room service: a store knows entries and
+//! snapshots, never the center's types. Data goes one way: a state
+//! directory loads what it kept into a [`Replica`] once, at start; the
+//! shared log hands the room service what it reads over one channel
+//! ([`redis::FromLog`]), which the room service applies in order.
 
 pub mod file;
 pub mod memory;
@@ -21,7 +24,7 @@ pub mod redis;
 
 use crate::cluster_proto::{self as cp, entry::Kind};
 use crate::error::CenterError;
-use crate::ids::{SessionId, node_of};
+use crate::ids::node_of;
 use std::time::{Duration, SystemTime};
 
 pub use cp::Entry;
@@ -73,6 +76,22 @@ pub fn lease_of(kind: &Kind) -> Option<u32> {
 #[error("unreadable log entry: {0}")]
 pub struct UnknownEntry(pub String);
 
+/// Whether this build can apply `entry`: one of a newer format or of a kind
+/// it does not know is refused, never skipped (skipping it would leave this
+/// node's state apart from the others').
+pub fn readable(entry: &Entry) -> Result<(), UnknownEntry> {
+    if entry.format > FORMAT {
+        return Err(UnknownEntry(format!(
+            "format {} (this build reads {FORMAT})",
+            entry.format
+        )));
+    }
+    if entry.kind.is_none() {
+        return Err(UnknownEntry("a kind this build does not know".into()));
+    }
+    Ok(())
+}
+
 /// The state at one moment, frozen under the room service's lock; made into
 /// a snapshot later, off the lock (the costly part: every user copied out).
 pub trait Frozen: Send {
@@ -91,36 +110,21 @@ pub struct StateCounts {
     pub users: usize,
 }
 
-/// The state the log's entries build (the room service): what a store
-/// loads snapshots and replays entries into and, for the shared log, hands
-/// each entry back to in the log's order.
+/// The state a state directory's entries build (the room service), loaded
+/// once at start: the snapshot, then the entries after it. (The shared log
+/// hands its entries over a channel instead: [`redis::FromLog`].)
 pub trait Replica: Send + Sync + 'static {
     /// Replaces the state by a snapshot's.
     fn load_snapshot(&self, snap: &cp::Snapshot);
     /// Applies an entry a durable local store kept, as it was applied then.
     fn replay(&self, entry: Entry, at: At);
-    /// The replay of a durable local store is over: what is applied from
-    /// now on happens now.
+    /// The replay is over: what is applied from now on happens now.
     fn replay_finished(&self);
-    /// Applies an entry the shared log handed back, at `unix_ms` (the log's
-    /// time for it); the node that made it answers its maker in this step.
-    fn apply_logged(&self, entry: Entry, unix_ms: u64) -> Result<(), UnknownEntry>;
-    /// As [`Replica::apply_logged`], quietly: an entry of the past (a node
-    /// catching up), logged and counted when it happened.
-    fn catch_up_logged(&self, entry: Entry, unix_ms: u64) -> Result<(), UnknownEntry>;
-    /// The log could not take entry `origin_seq` of this process: whoever
-    /// waits for it gets `e` (it will not be applied).
-    fn abandon(&self, origin_seq: u64, e: CenterError);
-    /// The state as applied so far, for a snapshot taken after log entry
-    /// `after` ("" for a local store).
-    fn freeze(&self, after: &str) -> Box<dyn Frozen>;
-    /// Closes every session this process holds, for `reason`; how many.
-    fn evict_local_sessions(&self, reason: &'static str) -> usize;
+    /// The state as applied so far, for a snapshot.
+    fn freeze(&self) -> Box<dyn Frozen>;
     /// Ends every session the state lists that this process does not hold
-    /// and `whose` accepts (the former process's after a restart, a
-    /// rejoined node's own former ones); how many.
-    fn end_sessions_held_elsewhere(&self, whose: &dyn Fn(SessionId) -> bool, reason: &str)
-    -> usize;
+    /// (the former process's); how many.
+    fn end_former_sessions(&self) -> usize;
     /// Sizes of the state.
     fn state_counts(&self) -> StateCounts;
 }
@@ -150,7 +154,7 @@ pub trait Store: Send + Sync + 'static {
     /// Takes `entry`, made at `at`. A local store is called under the
     /// center's lock, in the order entries are applied, right before this
     /// one is; a shared one queues it for the log, which hands it back
-    /// through [`Replica::apply_logged`]. An error means it will not be
+    /// ([`redis::FromLog::Entries`]). An error means it will not be
     /// applied.
     fn append(&self, entry: &Entry, at: At) -> Result<(), CenterError>;
 

@@ -415,14 +415,14 @@ pub fn open<R: Replica>(
         }
     }
     center.replay_finished();
-    recovered.sessions = center.end_sessions_held_elsewhere(&|_| true, "center restarted");
+    recovered.sessions = center.end_former_sessions();
     recovered.users = center.state_counts().users;
     // The one line about the past: the entries replayed logged nothing of
     // their own (they were logged when they happened).
     tracing::info!(dir = %dir.display(), epoch, snapshot = snapshot.is_some(), entries = recovered.entries, sessions = recovered.sessions, users = recovered.users, took = ?started.elapsed(), "state loaded: the former sessions' users wait for their peers");
     if recovered.entries > 0 {
         // The next start reads one snapshot instead of this log.
-        store.compact(center.freeze(""));
+        store.compact(center.freeze());
     }
     Ok((center, recovered))
 }

@@ -6,10 +6,11 @@ use super::keys::Keys;
 use super::leases::set_position;
 use super::link::Link;
 use super::standing::Standing;
+use super::to_state::ToState;
 use crate::cluster_proto as cp;
 use crate::ids::node_of;
 use crate::store::StateCounts;
-use crate::store::{Entry, Replica};
+use crate::store::{Entry, readable};
 use prost::Message as _;
 use redis::streams::{StreamRangeReply, StreamReadReply};
 use std::sync::atomic::Ordering;
@@ -46,13 +47,19 @@ pub(super) struct CaughtUp {
 
 impl CaughtUp {
     /// The one line about it (the entries replayed are the past: they log
-    /// nothing of their own, see `Replica::catch_up_logged`).
-    pub(super) fn log(&self, center: &dyn Replica, node_id: &str, number: u32, what: &'static str) {
+    /// nothing of their own: they are handed as the past).
+    pub(super) async fn log(
+        &self,
+        to_state: &ToState,
+        node_id: &str,
+        number: u32,
+        what: &'static str,
+    ) {
         let StateCounts {
             sessions,
             rooms,
             users,
-        } = center.state_counts();
+        } = to_state.counts().await;
         let (after, bytes) = self
             .snapshot
             .as_ref()
@@ -82,7 +89,7 @@ pub(super) async fn catch_up(
     writer: &mut Link,
     keys: &Keys,
     standing: &Standing,
-    center: &dyn Replica,
+    to_state: &ToState,
 ) -> Result<CaughtUp, CatchUpError> {
     let started = std::time::Instant::now();
     let number = standing.number.load(Ordering::Acquire);
@@ -103,14 +110,14 @@ pub(super) async fn catch_up(
                     id: format!("snapshot after {after}"),
                     reason: e.to_string(),
                 })?;
-            center.load_snapshot(&snap);
             for s in &snap.sessions {
                 standing.saw(node_of(s.session_id));
             }
+            to_state.snapshot(snap).await;
             snapshot = Some((after.clone(), data.len()));
             last = after;
         }
-        None => center.load_snapshot(&cp::Snapshot::default()),
+        None => to_state.snapshot(cp::Snapshot::default()).await,
     }
     set_position(writer, keys, number, &last).await?;
     let mut applied = 0u64;
@@ -125,6 +132,7 @@ pub(super) async fn catch_up(
             if batch.is_empty() {
                 break;
             }
+            let mut handed = Vec::with_capacity(batch.len());
             for (entry_id, bytes) in batch {
                 let unreadable = |reason: String| CatchUpError::Unreadable {
                     id: entry_id.clone(),
@@ -133,12 +141,12 @@ pub(super) async fn catch_up(
                 let entry =
                     Entry::decode(bytes.as_slice()).map_err(|e| unreadable(e.to_string()))?;
                 standing.saw(entry.node_number);
-                center
-                    .catch_up_logged(entry, stream_ms(&entry_id))
-                    .map_err(|e| unreadable(e.to_string()))?;
+                readable(&entry).map_err(|e| unreadable(e.to_string()))?;
+                handed.push((entry, stream_ms(&entry_id)));
                 last = entry_id;
                 applied += 1;
             }
+            to_state.entries(handed, true).await;
         }
     }
     Ok(CaughtUp {

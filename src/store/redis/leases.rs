@@ -6,10 +6,11 @@ use super::keys::Keys;
 use super::link::Link;
 use super::scripts::{DECLARE_LOST, JOIN, RENEW, eval};
 use super::standing::Standing;
+use super::to_state::ToState;
 use crate::cluster_proto::{self as cp, entry::Kind};
 use crate::ids::{EPOCH_BASE_UNIX_MS, EPOCH_UNIT_MS, MAX_EPOCH};
+use crate::store::Entry;
 use crate::store::FORMAT;
-use crate::store::{Entry, Replica};
 use prost::Message as _;
 use redis::streams::StreamRangeReply;
 use std::sync::Arc;
@@ -83,7 +84,7 @@ pub(super) struct Leaseholder {
     /// The last entry this node applied.
     pub(super) position: Arc<parking_lot::Mutex<String>>,
     pub(super) standing: Arc<Standing>,
-    pub(super) center: Arc<dyn Replica>,
+    pub(super) to_state: ToState,
 }
 
 /// Renews this node's lease every third of its time and declares lost the
@@ -110,7 +111,7 @@ pub(super) async fn leases(mut l: Leaseholder, shutdown: CancellationToken) {
         .await;
         let now = match renewed {
             Ok(0) => {
-                l.standing.fence(&*l.center, number);
+                l.standing.fence(&l.to_state, number).await;
                 None
             }
             Ok(now) => Some(now),
@@ -192,14 +193,17 @@ pub(super) async fn check_position(l: &mut Leaseholder) -> redis::RedisResult<()
         && !passed(&applied, &trimmed)
     {
         l.standing
-            .go_stale(&*l.center, "the log was trimmed past this node's position");
+            .go_stale(&l.to_state, "the log was trimmed past this node's position")
+            .await;
     }
     let end = end.ids.first().map_or("0-0", |e| e.id.as_str());
     if applied != "0-0" && !passed(end, &applied) {
-        l.standing.go_stale(
-            &*l.center,
-            "the log ends before this node's position (it went back)",
-        );
+        l.standing
+            .go_stale(
+                &l.to_state,
+                "the log ends before this node's position (it went back)",
+            )
+            .await;
     }
     Ok(())
 }
@@ -265,7 +269,7 @@ pub(super) async fn declare_lapsed(
                 tracing::warn!(node.id = %node_id, node.number = n, "node lease lapsed: declared it lost")
             }
             -1 => {
-                l.standing.fence(&*l.center, number);
+                l.standing.fence(&l.to_state, number).await;
                 return Ok(());
             }
             _ => {}

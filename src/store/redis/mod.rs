@@ -4,8 +4,9 @@
 //! Redis is the sequencer of one log: every change a node makes is an
 //! [`Entry`](crate::store::Entry) appended to one stream (`XADD`, pipelined, one writer task per
 //! node so a node's entries keep their order); every node tails the stream
-//! (`XREAD BLOCK`) and applies every entry, in stream order, with the same
-//! rules a single center runs ([`Replica::apply_logged`]). A node answers its
+//! (`XREAD BLOCK`) and hands every entry, in stream order, to the center,
+//! which applies it with the same rules a single center runs: over one
+//! channel ([`FromLog`]), never by calling the center. A node answers its
 //! own peers' commands when it applies their entries, so the reply comes in
 //! the same step as the notifications the command caused, on every node.
 //!
@@ -14,7 +15,7 @@
 //! sessions is declared lost by an entry ("node lost"), which every node
 //! applies: the lost node's users follow the reconnect grace.
 
-use super::{Replica, Store};
+use super::Store;
 use crate::config::ClusterConfig;
 use catch_up::{CatchUpError, catch_up};
 use keys::Keys;
@@ -40,7 +41,11 @@ mod scripts;
 mod snapshots;
 mod standing;
 mod tailer;
+mod to_state;
 mod writer;
+
+pub use to_state::FromLog;
+use to_state::ToState;
 
 /// Entries a node may have queued for Redis and not yet written; more are
 /// refused with 503 "state store unavailable" (the store is too far behind).
@@ -85,8 +90,9 @@ pub enum ClusterError {
 
 /// A joined node: its state, caught up with the log, and its tasks.
 pub struct Node<R> {
-    /// The state the node keeps (the room service), applying the shared log.
-    pub replica: R,
+    /// What `build` made on the node's store (the room service), fed by
+    /// the shared log.
+    pub built: R,
     /// The node's id.
     pub id: String,
     /// The node's number in the cluster.
@@ -113,13 +119,15 @@ pub fn default_node_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Joins the cluster: takes a node number, builds the center, replays the
-/// log up to its end (so the node starts with the cluster's state) and
-/// starts the writer, the tailer and the lease tasks on `tracker`; they
-/// stop on `shutdown`. Only then may the node accept peers.
-pub async fn join<R: Replica + Clone>(
+/// Joins the cluster: takes a node number, builds the center on this
+/// store and the receiving end of what the log hands it ([`FromLog`],
+/// which the center applies in order), hands it the log up to its end (so
+/// the node starts with the cluster's state) and starts the writer, the
+/// tailer and the lease tasks on `tracker`; they stop on `shutdown`. Only
+/// then may the node accept peers.
+pub async fn join<R>(
     config: &ClusterConfig,
-    build: impl FnOnce(Arc<dyn Store>) -> R,
+    build: impl FnOnce(Arc<dyn Store>, mpsc::Receiver<FromLog>) -> R,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<Node<R>, ClusterError> {
@@ -196,14 +204,17 @@ pub async fn join<R: Replica + Clone>(
     });
     standing.hold(number);
     let (tx, rx) = mpsc::channel(APPEND_QUEUE);
-    let built = build(Arc::new(RedisStore {
-        id: id.clone(),
-        tx,
-        standing: standing.clone(),
-    }));
-    let center: Arc<dyn Replica> = Arc::new(built.clone());
+    let (to_state, from_log) = ToState::channel();
+    let built = build(
+        Arc::new(RedisStore {
+            id: id.clone(),
+            tx,
+            standing: standing.clone(),
+        }),
+        from_log,
+    );
     // Replay the log up to where it ends now, before serving anyone.
-    let caught_up = catch_up(&mut reader, &mut writer, &keys, &standing, &*center)
+    let caught_up = catch_up(&mut reader, &mut writer, &keys, &standing, &to_state)
         .await
         .map_err(|e| match e {
             CatchUpError::Redis(error) => redis_err(error),
@@ -214,7 +225,9 @@ pub async fn join<R: Replica + Clone>(
             },
         })?;
     tracing::info!(node.id = %id, node.number = number, redis = %url, "joined the cluster");
-    caught_up.log(&*center, &id, number, "joined the cluster");
+    caught_up
+        .log(&to_state, &id, number, "joined the cluster")
+        .await;
     let last = caught_up.last;
     // Reported before the replay; the tailer reports it again as it goes.
     let position = Arc::new(parking_lot::Mutex::new(last.clone()));
@@ -223,7 +236,7 @@ pub async fn join<R: Replica + Clone>(
         rx,
         writer.clone(),
         keys.clone(),
-        center.clone(),
+        to_state.clone(),
         standing.clone(),
         timeout,
         shutdown.clone(),
@@ -234,7 +247,7 @@ pub async fn join<R: Replica + Clone>(
             node_id: id.clone(),
             writer: writer.clone(),
             keys: keys.clone(),
-            center: center.clone(),
+            to_state: to_state.clone(),
             standing: standing.clone(),
         },
         last,
@@ -256,15 +269,11 @@ pub async fn join<R: Replica + Clone>(
             ttl,
             position,
             standing,
-            center: center.clone(),
+            to_state,
         },
         shutdown.clone(),
     ));
-    Ok(Node {
-        replica: built,
-        id,
-        number,
-    })
+    Ok(Node { built, id, number })
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use super::keys::Keys;
 use super::link::Link;
-use crate::store::Replica;
+use super::to_state::ToState;
 use prost::Message as _;
 use std::sync::Arc;
 
@@ -73,7 +73,7 @@ return 1
 pub(super) async fn snapshot_if_due(
     conn: &mut Link,
     keys: &Keys,
-    center: &dyn Replica,
+    to_state: &ToState,
     last: &str,
     number: u32,
     snapshots: &mut Snapshots,
@@ -115,7 +115,9 @@ pub(super) async fn snapshot_if_due(
     // copied); the tailer goes on applying while a task copies, encodes and
     // stores the snapshot on a connection of its own.
     let started = std::time::Instant::now();
-    let frozen = center.freeze(last);
+    let Some(frozen) = to_state.freeze(last).await else {
+        return Ok(());
+    };
     let frozen_in = started.elapsed();
     let mut store = snapshots.store.clone();
     let (keys, last) = (keys.clone(), last.to_owned());

@@ -2,8 +2,9 @@
 //! the node's center appends through: it queues entries for the writer and
 //! refuses those of a lease the node lost.
 
+use super::to_state::ToState;
 use crate::error::CenterError;
-use crate::store::{At, Entry, Replica, Store};
+use crate::store::{At, Entry, Store};
 use prost::Message as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -64,13 +65,13 @@ impl Standing {
     /// reconnect to another node); the lease task takes a new lease, then
     /// asks the tailer to rejoin. The refusal of an older lease (a batch
     /// sent before the node took its new one) changes nothing.
-    pub(super) fn fence(&self, center: &dyn Replica, lease: u32) {
+    pub(super) async fn fence(&self, to_state: &ToState, lease: u32) {
         if lease != self.number.load(Ordering::Acquire) {
             return;
         }
         self.lost.store(lease, Ordering::Release);
         if !self.fenced.swap(true, Ordering::AcqRel) {
-            let n = center.evict_local_sessions("node lost");
+            let n = to_state.evict("node lost").await;
             tracing::error!(
                 node.number = self.number.load(Ordering::Relaxed),
                 sessions = n,
@@ -81,9 +82,9 @@ impl Standing {
 
     /// This node's state has a gap: it stops serving and rejoins from the
     /// snapshot.
-    pub(super) fn go_stale(&self, center: &dyn Replica, why: &str) {
+    pub(super) async fn go_stale(&self, to_state: &ToState, why: &str) {
         if !self.stale.swap(true, Ordering::AcqRel) {
-            let n = center.evict_local_sessions("node stale");
+            let n = to_state.evict("node stale").await;
             tracing::error!(
                 why,
                 sessions = n,

@@ -7,8 +7,8 @@ use super::keys::Keys;
 use super::link::Link;
 use super::snapshots::{Snapshots, snapshot_if_due};
 use super::standing::Standing;
-use crate::ids::node_of;
-use crate::store::{Entry, Replica};
+use super::to_state::ToState;
+use crate::store::{Entry, readable};
 use prost::Message as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,7 +22,7 @@ pub(super) struct Tailer {
     /// For reporting its position when it rejoins.
     pub(super) writer: Link,
     pub(super) keys: Keys,
-    pub(super) center: Arc<dyn Replica>,
+    pub(super) to_state: ToState,
     pub(super) standing: Arc<Standing>,
 }
 
@@ -63,7 +63,8 @@ pub(super) async fn tail(
         let batch = match batch {
             Ok(LogRead::TrimmedPast) => {
                 t.standing
-                    .go_stale(&*t.center, "the log was trimmed past this node's position");
+                    .go_stale(&t.to_state, "the log was trimmed past this node's position")
+                    .await;
                 continue;
             }
             Ok(LogRead::Entries(entries)) => Ok(entries),
@@ -74,25 +75,31 @@ pub(super) async fn tail(
                 backoff = Duration::from_millis(50);
                 since_check += entries.len() as u64;
                 snapshots.applied_since += entries.len() as u64;
+                let mut handed = Vec::with_capacity(entries.len());
                 for (id, bytes) in entries {
-                    let applied = Entry::decode(bytes.as_slice())
+                    let entry = Entry::decode(bytes.as_slice())
                         .map_err(|e| e.to_string())
                         .and_then(|entry| {
                             t.standing.saw(entry.node_number);
-                            t.center
-                                .apply_logged(entry, stream_ms(&id))
-                                .map_err(|e| e.to_string())
+                            readable(&entry).map_err(|e| e.to_string())?;
+                            Ok(entry)
                         });
-                    if let Err(reason) = applied {
-                        // Skipping it would leave this node's state apart
-                        // from the others'; applying the rest without it too.
-                        t.standing.broken.store(true, Ordering::Release);
-                        let n = t.center.evict_local_sessions("node cannot read the log");
-                        tracing::error!(id = %id, reason, sessions = n, "a log entry this build cannot read: this node stops serving; upgrade it and restart");
-                        return;
+                    match entry {
+                        Ok(entry) => handed.push((entry, stream_ms(&id))),
+                        Err(reason) => {
+                            // Skipping it would leave this node's state
+                            // apart from the others'; applying the rest
+                            // without it too. What came before it is applied.
+                            t.to_state.entries(handed, false).await;
+                            t.standing.broken.store(true, Ordering::Release);
+                            let n = t.to_state.evict("node cannot read the log").await;
+                            tracing::error!(id = %id, reason, sessions = n, "a log entry this build cannot read: this node stops serving; upgrade it and restart");
+                            return;
+                        }
                     }
                     last = id;
                 }
+                t.to_state.entries(handed, false).await;
                 if !t.standing.healthy.swap(true, Ordering::Relaxed) {
                     tracing::info!("state store reachable again");
                 }
@@ -103,7 +110,7 @@ pub(super) async fn tail(
                     if let Err(e) = snapshot_if_due(
                         &mut t.conn,
                         &t.keys,
-                        &*t.center,
+                        &t.to_state,
                         &last,
                         number,
                         &mut snapshots,
@@ -139,17 +146,25 @@ pub(super) async fn rejoin(t: &mut Tailer) -> Option<String> {
         // Read through the writer's connection: the tailer's own may still
         // carry the blocking read the rejoin interrupted (up to a second).
         let mut reader = t.writer.clone();
-        match catch_up(&mut reader, &mut t.writer, &t.keys, &t.standing, &*t.center).await {
+        match catch_up(
+            &mut reader,
+            &mut t.writer,
+            &t.keys,
+            &t.standing,
+            &t.to_state,
+        )
+        .await
+        {
             Ok(caught_up) => {
                 t.standing.stale.store(false, Ordering::Release);
                 t.standing.fenced.store(false, Ordering::Release);
                 // Its sessions from before, whose closings it could not
                 // record while it was out, end now (their users get the
                 // grace); a fenced node's were ended by "node lost".
-                let ended = t
-                    .center
-                    .end_sessions_held_elsewhere(&|sid| node_of(sid) == number, "node rejoined");
-                caught_up.log(&*t.center, &t.node_id, number, "rejoined the cluster");
+                let ended = t.to_state.end_former(number, "node rejoined").await;
+                caught_up
+                    .log(&t.to_state, &t.node_id, number, "rejoined the cluster")
+                    .await;
                 tracing::info!(
                     node.number = number,
                     former_sessions = ended,

@@ -7,8 +7,8 @@ use super::link::Link;
 use super::scripts::{APPEND, Appended, eval};
 use super::standing::Queued;
 use super::standing::Standing;
+use super::to_state::ToState;
 use crate::error::CenterError;
-use crate::store::Replica;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -24,7 +24,7 @@ pub(super) async fn write_entries(
     mut rx: mpsc::Receiver<Queued>,
     mut conn: Link,
     keys: Keys,
-    center: Arc<dyn Replica>,
+    to_state: ToState,
     standing: Arc<Standing>,
     timeout: Duration,
     shutdown: CancellationToken,
@@ -55,19 +55,16 @@ pub(super) async fn write_entries(
         // before the node found it was fenced) never go out.
         let lease = standing.number.load(Ordering::Acquire);
         let fenced = standing.fenced.load(Ordering::Acquire);
-        let before = batch.len();
-        batch.retain(|q| {
-            let current = !fenced && q.lease == lease;
-            if !current {
-                center.abandon(q.origin_seq, CenterError::LeaseLost);
-            }
-            current
-        });
-        if batch.len() < before {
+        let (current, stale): (Vec<Queued>, Vec<Queued>) =
+            batch.drain(..).partition(|q| !fenced && q.lease == lease);
+        batch = current;
+        if !stale.is_empty() {
             tracing::info!(
-                entries = before - batch.len(),
+                entries = stale.len(),
                 "discarded what sessions of a lost lease sent"
             );
+            let refused = stale.iter().map(|q| q.origin_seq).collect();
+            to_state.refused(refused, CenterError::LeaseLost).await;
         }
         if batch.is_empty() {
             continue;
@@ -89,10 +86,9 @@ pub(super) async fn write_entries(
             }
             Ok(Ok(Appended::Fenced)) => {
                 // The log refused the lease: this node was declared lost.
-                standing.fence(&*center, lease);
-                for q in &batch {
-                    center.abandon(q.origin_seq, CenterError::LeaseLost);
-                }
+                standing.fence(&to_state, lease).await;
+                let refused = batch.iter().map(|q| q.origin_seq).collect();
+                to_state.refused(refused, CenterError::LeaseLost).await;
             }
             outcome => {
                 // A batch Redis refused, or could not be sent, was not
@@ -112,9 +108,8 @@ pub(super) async fn write_entries(
                 if standing.healthy.swap(false, Ordering::Relaxed) {
                     tracing::error!(error = %why, entries = batch.len(), "state store unavailable: changes refused");
                 }
-                for q in &batch {
-                    center.abandon(q.origin_seq, error.clone());
-                }
+                let refused = batch.iter().map(|q| q.origin_seq).collect();
+                to_state.refused(refused, error).await;
             }
         }
         batch.clear();
