@@ -4,7 +4,8 @@
 # order alternates (a machine warming or cooling favours neither).
 # - sfu (default): `pilot-bench sfu` flat out; prints each round and the medians.
 # - relay: `pilot-bench compare` of each center with the bare relay (room of
-#   8, echo over 16 sessions); prints each comparison.
+#   8, echo over 16 sessions); prints each comparison, with how many cores
+#   the relay, the center and the load tool kept busy.
 # Loopback only; bounded by the rounds.
 # Usage: benches/ab.sh REV [rounds] [sfu|relay]   (e.g. benches/ab.sh f9e8667 5)
 set -euo pipefail
@@ -33,8 +34,9 @@ if [ "$what" = relay ]; then
       order="19700 19701"; (( r % 2 )) || order="19701 19700"
       for port in $order; do
         name=$([ "$port" = 19700 ] && echo "this checkout" || echo "$rev")
+        pid=$([ "$port" = 19700 ] && echo "${pids[0]}" || echo "${pids[1]}")
         printf 'round %s, %s: ' "$r" "$name"
-        "$T/release/pilot-bench" --url "ws://127.0.0.1:$port/pilot/center" compare --scenario "$1" --sessions "$2" --seconds 5 --runs 3 | tail -n 1
+        "$T/release/pilot-bench" --url "ws://127.0.0.1:$port/pilot/center" --server-pid "$pid" compare --scenario "$1" --sessions "$2" --seconds 5 --runs 3 | tail -n 2
       done
     done
   done

@@ -201,13 +201,13 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn ctx(cli: &Cli, urls: &[String]) -> Ctx {
+fn ctx(cli: &Cli, urls: &[String], server_pid: Option<u32>) -> Ctx {
     Ctx {
         target: conn::Target {
             urls: urls.to_vec(),
             insecure: cli.insecure,
         },
-        server_pid: cli.server_pid,
+        server_pid,
         progress: !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
     }
 }
@@ -222,7 +222,18 @@ fn emit(cli: &Cli, reports: &[Report]) -> anyhow::Result<()> {
 }
 
 async fn one(cli: &Cli, scenario: &Scenario, urls: &[String]) -> anyhow::Result<Report> {
-    let c = ctx(cli, urls);
+    one_on(cli, scenario, urls, cli.server_pid).await
+}
+
+/// One run of `scenario` against the server at `urls` (process
+/// `server_pid`, when known, for its memory and CPU).
+async fn one_on(
+    cli: &Cli,
+    scenario: &Scenario,
+    urls: &[String],
+    server_pid: Option<u32>,
+) -> anyhow::Result<Report> {
+    let c = ctx(cli, urls, server_pid);
     match scenario.clone() {
         Scenario::Rtt { sessions, seconds } => scenarios::rtt(&c, sessions, seconds).await,
         Scenario::Fanout {
@@ -333,18 +344,38 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 },
                 other => anyhow::bail!("compare runs fanout or rtt, not {other}"),
             };
+            let relay_pid = child.as_ref().and_then(tokio::process::Child::id);
             let mut relay_figs = Vec::new();
             let mut center_figs = Vec::new();
+            let mut cores: [Vec<(Option<f64>, Option<f64>)>; 2] = Default::default();
             let mut reports = Vec::new();
             let mut clean = true;
             for _ in 0..*runs {
                 let relay = std::slice::from_ref(&relay_url);
-                for (urls, figs) in [(relay, &mut relay_figs), (&cli.urls[..], &mut center_figs)] {
-                    let mut rep = one(&cli, &inner, urls).await?;
-                    if urls == relay {
-                        // The relay echoes requests and forwards frames unparsed; its CPU is not the center's.
-                        rep.server_before = None;
-                        rep.server_after = None;
+                let targets = [
+                    (relay, relay_pid, &mut relay_figs, 0),
+                    (&cli.urls[..], cli.server_pid, &mut center_figs, 1),
+                ];
+                for (urls, pid, figs, which) in targets {
+                    // Both processes' CPU, and the tool's own: a ratio is
+                    // honest only when the servers, not the tool, saturate.
+                    let tool_before = report::usage(std::process::id());
+                    let started = std::time::Instant::now();
+                    let mut rep = one_on(&cli, &inner, urls, pid).await?;
+                    let wall = started.elapsed().as_secs_f64();
+                    let busy = |b: Option<report::Usage>, a: Option<report::Usage>| {
+                        Some((a?.cpu_seconds - b?.cpu_seconds) / wall)
+                    };
+                    let tool = busy(tool_before, report::usage(std::process::id()));
+                    let server = busy(rep.server_before, rep.server_after);
+                    if let Some(t) = tool {
+                        rep.figures.push(("load tool CPU (cores busy)".into(), t));
+                    }
+                    if let Some(s) = server {
+                        rep.figures.push(("server CPU (cores busy)".into(), s));
+                    }
+                    cores[which].push((server, tool));
+                    if which == 0 {
                         rep.scenario = format!("{} (bare relay)", rep.scenario);
                     }
                     clean &= rep.errors.is_empty();
@@ -365,6 +396,28 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             println!(
                 "\n{scenario} ({what}/s), median of {runs}: relay {r:.0} {relay_figs:.0?}, center {c:.0} {center_figs:.0?}; center/relay = {:.1}%",
                 ratio * 100.0
+            );
+            let median_of =
+                |v: &[(Option<f64>, Option<f64>)],
+                 pick: fn(&(Option<f64>, Option<f64>)) -> Option<f64>| {
+                    let got: Vec<f64> = v.iter().filter_map(pick).collect();
+                    if got.is_empty() {
+                        "?".to_owned()
+                    } else {
+                        format!("{:.2}", median(got))
+                    }
+                };
+            println!(
+                "cores busy (median): relay {} with the tool at {}; center {} with the tool at {}{}",
+                median_of(&cores[0], |c| c.0),
+                median_of(&cores[0], |c| c.1),
+                median_of(&cores[1], |c| c.0),
+                median_of(&cores[1], |c| c.1),
+                if cli.server_pid.is_none() {
+                    " (pass --server-pid for the center's)"
+                } else {
+                    ""
+                },
             );
             Ok(clean && cli.min.is_none_or(|m| ratio >= m))
         }
