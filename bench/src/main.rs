@@ -290,6 +290,13 @@ async fn one_on(
     }
 }
 
+/// How many cores a server and the load tool kept busy over one run
+/// (`None` when unknown).
+struct Busy {
+    server: Option<f64>,
+    tool: Option<f64>,
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -347,7 +354,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             let relay_pid = child.as_ref().and_then(tokio::process::Child::id);
             let mut relay_figs = Vec::new();
             let mut center_figs = Vec::new();
-            let mut cores: [Vec<(Option<f64>, Option<f64>)>; 2] = Default::default();
+            let mut cores: [Vec<Busy>; 2] = Default::default();
             let mut reports = Vec::new();
             let mut clean = true;
             for _ in 0..*runs {
@@ -374,7 +381,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     if let Some(s) = server {
                         rep.figures.push(("server CPU (cores busy)".into(), s));
                     }
-                    cores[which].push((server, tool));
+                    cores[which].push(Busy { server, tool });
                     if which == 0 {
                         rep.scenario = format!("{} (bare relay)", rep.scenario);
                     }
@@ -397,22 +404,20 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 "\n{scenario} ({what}/s), median of {runs}: relay {r:.0} {relay_figs:.0?}, center {c:.0} {center_figs:.0?}; center/relay = {:.1}%",
                 ratio * 100.0
             );
-            let median_of =
-                |v: &[(Option<f64>, Option<f64>)],
-                 pick: fn(&(Option<f64>, Option<f64>)) -> Option<f64>| {
-                    let got: Vec<f64> = v.iter().filter_map(pick).collect();
-                    if got.is_empty() {
-                        "?".to_owned()
-                    } else {
-                        format!("{:.2}", median(got))
-                    }
-                };
+            let median_of = |v: &[Busy], pick: fn(&Busy) -> Option<f64>| {
+                let got: Vec<f64> = v.iter().filter_map(pick).collect();
+                if got.is_empty() {
+                    "?".to_owned()
+                } else {
+                    format!("{:.2}", median(got))
+                }
+            };
             println!(
                 "cores busy (median): relay {} with the tool at {}; center {} with the tool at {}{}",
-                median_of(&cores[0], |c| c.0),
-                median_of(&cores[0], |c| c.1),
-                median_of(&cores[1], |c| c.0),
-                median_of(&cores[1], |c| c.1),
+                median_of(&cores[0], |c| c.server),
+                median_of(&cores[0], |c| c.tool),
+                median_of(&cores[1], |c| c.server),
+                median_of(&cores[1], |c| c.tool),
                 if cli.server_pid.is_none() {
                     " (pass --server-pid for the center's)"
                 } else {
