@@ -16,7 +16,7 @@
 //! snapshots, never the center's types. Data goes one way: a state
 //! directory loads what it kept into a [`Replica`] once, at start; the
 //! shared log hands the room service what it reads over one channel
-//! ([`redis::FromLog`]), which the room service applies in order.
+//! ([`FromLog`]), which the room service applies in order.
 
 pub mod file;
 pub mod memory;
@@ -29,6 +29,7 @@ use std::time::{Duration, SystemTime};
 
 pub use cp::Entry;
 pub use memory::MemoryStore;
+pub use redis::FromLog;
 
 /// The entry format this build writes and reads ([`Entry::format`]).
 pub const FORMAT: u32 = 1;
@@ -112,7 +113,7 @@ pub struct StateCounts {
 
 /// The state a state directory's entries build (the room service), loaded
 /// once at start: the snapshot, then the entries after it. (The shared log
-/// hands its entries over a channel instead: [`redis::FromLog`].)
+/// hands its entries over a channel instead: [`FromLog`].)
 pub trait Replica: Send + Sync + 'static {
     /// Replaces the state by a snapshot's.
     fn load_snapshot(&self, snap: &cp::Snapshot);
@@ -154,7 +155,7 @@ pub trait Store: Send + Sync + 'static {
     /// Takes `entry`, made at `at`. A local store is called under the
     /// center's lock, in the order entries are applied, right before this
     /// one is; a shared one queues it for the log, which hands it back
-    /// ([`redis::FromLog::Entries`]). An error means it will not be
+    /// ([`FromLog::Entries`]). An error means it will not be
     /// applied.
     fn append(&self, entry: &Entry, at: At) -> Result<(), CenterError>;
 
