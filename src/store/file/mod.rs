@@ -184,6 +184,10 @@ pub struct FileStore {
     snapshot_every: u64,
     since_snapshot: AtomicU64,
     compacting: Arc<AtomicBool>,
+    /// The thread writing the last periodic snapshot: the final one waits
+    /// for it, or an older snapshot could land over the final one after it
+    /// removed the segments the older one needs.
+    compactor: Mutex<Option<std::thread::JoinHandle<()>>>,
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Held for the store's life: one center per directory.
     _lock: File,
@@ -244,13 +248,20 @@ impl Store for FileStore {
                 }
                 compacting.store(false, Ordering::Release);
             });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot start the snapshot thread");
-            self.compacting.store(false, Ordering::Release);
+        match spawned {
+            // The one before it has finished (only one runs at a time).
+            Ok(thread) => drop(self.compactor.lock().replace(thread)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the snapshot thread");
+                self.compacting.store(false, Ordering::Release);
+            }
         }
     }
 
     fn close(&self, state: Box<dyn Frozen>) -> Result<(), CenterError> {
+        if let Some(thread) = self.compactor.lock().take() {
+            let _ = thread.join();
+        }
         self.stop_flusher();
         let next = self.seal();
         // What is sealed was written by the flusher as it stopped; anything
@@ -383,6 +394,7 @@ pub fn open<R: Replica>(
         snapshot_every: config.snapshot_every.max(1),
         since_snapshot: AtomicU64::new(0),
         compacting: Arc::new(AtomicBool::new(false)),
+        compactor: Mutex::new(None),
         flusher: Mutex::new(flusher),
         _lock: lock,
     });
@@ -515,5 +527,79 @@ mod tests {
         let read = read_segment(&b);
         assert_eq!(read.entries.len(), 1);
         assert!(matches!(read.damage, Some((ref r, false)) if r == "checksum mismatch"));
+    }
+
+    /// A replica that is only its store, for the store's own tests.
+    struct Bare(Arc<dyn Store>);
+
+    impl Replica for Bare {
+        fn load_snapshot(&self, _: &cp::Snapshot) {}
+        fn replay(&self, _: Entry, _: At) {}
+        fn replay_finished(&self) {}
+        fn freeze(&self) -> Box<dyn Frozen> {
+            Box::new(Marked(0, None))
+        }
+        fn end_former_sessions(&self) -> usize {
+            0
+        }
+        fn state_counts(&self) -> crate::store::StateCounts {
+            crate::store::StateCounts::default()
+        }
+    }
+
+    /// A state marked by its feed number, whose snapshot is made only once
+    /// its gate opens.
+    struct Marked(u64, Option<std::sync::mpsc::Receiver<()>>);
+
+    impl Frozen for Marked {
+        fn into_snapshot(self: Box<Self>) -> cp::Snapshot {
+            if let Some(gate) = &self.1 {
+                let _ = gate.recv();
+            }
+            cp::Snapshot {
+                feed_seq: self.0,
+                ..Default::default()
+            }
+        }
+    }
+
+    /// A clean stop while a periodic snapshot is still being written: the
+    /// final snapshot waits for it, so the older one can never land over
+    /// the final one (after which the segments it needs would be gone).
+    #[test]
+    fn the_final_snapshot_waits_for_a_periodic_one_being_written() {
+        let dir = std::env::temp_dir().join(format!("pilot-compact-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = FileStoreConfig {
+            dir: dir.clone(),
+            fsync: Fsync::Never,
+            snapshot_every: 1,
+        };
+        let (bare, _) = open(&config, Bare).unwrap();
+        let (open_gate, gate) = std::sync::mpsc::channel();
+        bare.0.compact(Box::new(Marked(1, Some(gate))));
+        let store = bare.0.clone();
+        let closing = std::thread::spawn(move || store.close(Box::new(Marked(2, None))));
+        // A close that did not wait would finish meanwhile.
+        let until = std::time::Instant::now() + Duration::from_millis(300);
+        while !closing.is_finished() && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        open_gate.send(()).unwrap();
+        closing.join().unwrap().unwrap();
+        // Had the periodic snapshot not been waited for, it would land now.
+        let until = std::time::Instant::now() + Duration::from_millis(300);
+        loop {
+            let (_, snap) = format::read_snapshot(&dir.join("snapshot"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(snap.feed_seq, 2, "an older snapshot replaced the final one");
+            if std::time::Instant::now() >= until {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(bare);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

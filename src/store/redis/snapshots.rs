@@ -132,11 +132,18 @@ pub(super) async fn snapshot_if_due(
                 lower_this_threads_priority();
                 let _ = tx.send(frozen.into_snapshot().encode_to_vec());
             });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot start the snapshot thread");
-            return;
-        }
-        let Ok(data) = rx.await else {
+        let thread = match spawned {
+            Ok(thread) => thread,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the snapshot thread");
+                return;
+            }
+        };
+        let data = rx.await;
+        // It ends right after it sent (or panicked): wait for it off the
+        // runtime's workers, so no snapshot thread outlives its task.
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        let Ok(data) = data else {
             return;
         };
         let built = started.elapsed();
@@ -174,15 +181,14 @@ pub(super) async fn snapshot_if_due(
     Ok(())
 }
 
-/// Gives the calling thread the lowest CPU priority (nice 19), on Linux.
+/// Gives the calling thread the lowest CPU priority (nice 19), on Linux
+/// (where a thread id names one thread to `setpriority`). If it cannot,
+/// the snapshot is built at normal priority: slower sessions, no harm.
 #[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
 pub(super) fn lower_this_threads_priority() {
-    // SAFETY: gettid and setpriority only read and set the scheduling
-    // priority of the calling thread; no memory is shared.
-    unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), 19) {
+        tracing::debug!(error = %e, "cannot lower the snapshot thread's priority");
     }
 }
 
