@@ -33,51 +33,16 @@ const AUDIO: u32 = 0x2222_0001;
 async fn capture() -> (Vec<(Duration, Vec<u8>)>, Duration) {
     let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let port = s.local_addr().unwrap().port();
-    let ffmpeg = tokio::process::Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-re",
-            "-t",
-            "4",
-            "-f",
-            "lavfi",
-        ])
-        .args([
-            "-i",
-            "testsrc=size=640x360:rate=25",
-            "-re",
-            "-t",
-            "4",
-            "-f",
-            "lavfi",
-        ])
-        .args(["-i", "sine=frequency=440:sample_rate=48000", "-map", "0:v"])
-        .args([
-            "-c:v",
-            "libx264",
-            "-profile:v",
-            "baseline",
-            "-tune",
-            "zerolatency",
-        ])
-        .args([
-            "-b:v",
-            "800k",
-            "-pix_fmt",
-            "yuv420p",
-            "-g",
-            "50",
-            "-payload_type",
-            "108",
-        ])
-        .args(["-ssrc", &VIDEO.to_string(), "-f", "rtp"])
-        .arg(format!("rtp://127.0.0.1:{port}?pkt_size=1200"))
-        .args(["-map", "1:a", "-c:a", "libopus", "-payload_type", "111"])
-        .args(["-ssrc", &AUDIO.to_string(), "-f", "rtp"])
-        .arg(format!("rtp://127.0.0.1:{port}"))
-        .kill_on_drop(true)
+    let publisher = common::publisher::Publisher {
+        secs: 4,
+        size: "640x360",
+        gop: 50,
+        bitrate: Some("800k"),
+        video: VIDEO,
+        audio: AUDIO,
+    };
+    let ffmpeg = publisher
+        .command(port)
         .spawn()
         .expect("ffmpeg (Debian's ffmpeg package)");
     let mut packets = Vec::new();

@@ -1,4 +1,9 @@
-//! What the MSU's benchmarks share: the process's own CPU time and memory.
+//! What the MSU's benchmarks share: the process's own CPU time and memory,
+//! and (with the tests) real ffmpeg as a publisher.
+
+#[allow(dead_code)] // one benchmark publishes
+#[path = "../../tests/common/publisher.rs"]
+pub mod publisher;
 
 /// CPU time (user + system) this process used so far, in seconds.
 #[allow(dead_code)] // not every benchmark reads CPU

@@ -15,6 +15,8 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio_tungstenite::tungstenite::Message;
 
+pub mod publisher;
+
 pub const WAIT: Duration = Duration::from_secs(20);
 pub const LIMIT: Duration = Duration::from_secs(120);
 pub const VIDEO: u32 = 0x1111_0001;
@@ -307,32 +309,15 @@ pub fn ffmpeg_available() -> bool {
 /// Real ffmpeg plays the publisher's SFU for `secs` seconds: H264 and Opus
 /// RTP to `to`.
 pub async fn ffmpeg_publishes(to: u16, secs: u32) {
-    let out = tokio::process::Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error"])
-        .args(["-re", "-t", &secs.to_string(), "-f", "lavfi"])
-        .args(["-i", "testsrc=size=320x240:rate=25"])
-        .args(["-re", "-t", &secs.to_string(), "-f", "lavfi"])
-        .args(["-i", "sine=frequency=440:sample_rate=48000"])
-        .args([
-            "-map",
-            "0:v",
-            "-c:v",
-            "libx264",
-            "-profile:v",
-            "baseline",
-            "-tune",
-            "zerolatency",
-        ])
-        .args(["-pix_fmt", "yuv420p", "-g", "25", "-payload_type", "108"])
-        .args(["-ssrc", &VIDEO.to_string(), "-f", "rtp"])
-        .arg(format!("rtp://127.0.0.1:{to}?pkt_size=1200"))
-        .args(["-map", "1:a", "-c:a", "libopus", "-payload_type", "111"])
-        .args(["-ssrc", &AUDIO.to_string(), "-f", "rtp"])
-        .arg(format!("rtp://127.0.0.1:{to}"))
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
+    let publisher = publisher::Publisher {
+        secs,
+        size: "320x240",
+        gop: 25,
+        bitrate: None,
+        video: VIDEO,
+        audio: AUDIO,
+    };
+    let out = publisher.command(to).output().await.unwrap();
     assert!(
         out.status.success(),
         "ffmpeg: {}",
