@@ -44,8 +44,14 @@ pub async fn fanout(
             })
             .collect(),
     );
+    // The sender waits for the slowest receiver without spinning: a
+    // receiver wakes it every `step` notifications (a spinning sender took
+    // a core from the server it measures).
+    let progress = Arc::new(tokio::sync::Notify::new());
+    let step = window.clamp(1, 16);
     let on_text: OnText = {
         let receivers = receivers.clone();
+        let progress = progress.clone();
         Arc::new(move |i, text| {
             let Ok(m) = serde_json::from_str::<Incoming<'_>>(text) else {
                 return;
@@ -74,6 +80,9 @@ pub async fn fanout(
                 ));
             }
             r.next.store(seq + 1, Ordering::Relaxed);
+            if (seq + 1) % step == 0 {
+                progress.notify_one();
+            }
             let now = micros(epoch.elapsed());
             let _ = r.hist.lock().record(now.saturating_sub(t).max(1));
         })
@@ -107,9 +116,13 @@ pub async fn fanout(
             tick.tick().await;
         }
         for _ in 0..if rate > 0 { per_tick } else { 32 } {
+            let give_up = tokio::time::Instant::from_std(deadline + Duration::from_secs(10));
             while seq >= min_progress() + window {
-                tokio::task::yield_now().await;
-                if Instant::now() >= deadline + Duration::from_secs(10) {
+                let woken = progress.notified();
+                if seq < min_progress() + window {
+                    break;
+                }
+                if tokio::time::timeout_at(give_up, woken).await.is_err() {
                     break;
                 }
             }
