@@ -29,7 +29,7 @@ fn pull_frame() -> String {
 
 fn data_of(frame: &str) -> (String, Box<serde_json::value::RawValue>) {
     match protoo::parse(frame).unwrap() {
-        protoo::Message::Notification { method, data } => (method, data.to_owned()),
+        protoo::Message::Notification { method, data } => (method.into_owned(), data.to_owned()),
         _ => unreachable!(),
     }
 }

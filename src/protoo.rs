@@ -8,6 +8,7 @@
 use serde::Deserialize;
 use serde::de::{MapAccess, Visitor};
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::fmt;
 
 /// A parsed protoo frame, borrowing from the frame text.
@@ -18,7 +19,7 @@ pub enum Message<'a> {
         /// The request id, an integer or a string, echoed verbatim.
         id: &'a RawValue,
         /// Method name.
-        method: String,
+        method: Cow<'a, str>,
         /// Request data (`{}` when absent).
         data: &'a RawValue,
     },
@@ -36,7 +37,7 @@ pub enum Message<'a> {
     /// A one-way notification.
     Notification {
         /// Method name.
-        method: String,
+        method: Cow<'a, str>,
         /// Notification data (`{}` when absent).
         data: &'a RawValue,
     },
@@ -109,6 +110,12 @@ fn empty_object() -> &'static RawValue {
 
 fn string_of(raw: Option<&RawValue>) -> Option<String> {
     raw.and_then(|r| serde_json::from_str::<String>(r.get()).ok())
+}
+
+/// A JSON string borrowed from the frame text when it holds no escape.
+fn str_of(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
+    raw.and_then(|r| serde_json::from_str::<Key<'_>>(r.get()).ok())
+        .map(|Key(k)| k)
 }
 
 /// Deepest nesting of arrays and objects accepted in a frame. Raw values
@@ -218,7 +225,7 @@ pub fn parse(text: &str) -> Result<Message<'_>, FrameError> {
                 });
             }
         };
-        let Some(method) = string_of(env.method) else {
+        let Some(method) = str_of(env.method) else {
             return Err(FrameError::BadRequest {
                 id: Some(id.to_owned()),
                 reason: "Invalid method",
@@ -236,7 +243,7 @@ pub fn parse(text: &str) -> Result<Message<'_>, FrameError> {
             error_reason: string_of(env.error_reason),
         })
     } else if is_true(env.notification) {
-        let method = string_of(env.method).ok_or(FrameError::NotProtoo)?;
+        let method = str_of(env.method).ok_or(FrameError::NotProtoo)?;
         Ok(Message::Notification { method, data })
     } else {
         Err(FrameError::NotProtoo)
@@ -248,7 +255,34 @@ pub fn parse(text: &str) -> Result<Message<'_>, FrameError> {
 /// The translation layer takes the fields it knows and keeps the rest as raw
 /// JSON text, which is how unknown fields survive the trip through protobuf.
 #[derive(Debug, Default)]
-pub struct RawObject<'a>(pub Vec<(String, &'a RawValue)>);
+pub struct RawObject<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);
+
+/// A key of a JSON object: borrowed from the frame text unless it holds an
+/// escape (a frame's fields are parsed on every message: no allocation for
+/// the usual plain keys).
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Key<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
 
 impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -260,7 +294,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
                 let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some((k, v)) = map.next_entry::<String, &'de RawValue>()? {
+                while let Some((Key(k), v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
                     fields.push((k, v));
                 }
                 Ok(RawObject(fields))
@@ -303,7 +337,7 @@ impl<'a> RawObject<'a> {
     pub fn into_extra(self) -> std::collections::HashMap<String, String> {
         self.0
             .into_iter()
-            .map(|(k, v)| (k, v.get().to_owned()))
+            .map(|(k, v)| (k.into_owned(), v.get().to_owned()))
             .collect()
     }
 }
@@ -459,7 +493,7 @@ mod tests {
             panic!("not a request")
         };
         assert_eq!(
-            (id.get(), method.as_str(), data.get()),
+            (id.get(), &*method, data.get()),
             ("12", "echo", r#"{"a":1}"#)
         );
         let Message::Request { id, .. } =
@@ -637,5 +671,26 @@ mod tests {
         let extra = o.into_extra();
         assert_eq!(extra["userName"], "5");
         assert_eq!(extra["x"], r#"{"y":[1,"2"]}"#);
+    }
+
+    #[test]
+    fn keys_and_methods_are_borrowed_unless_escaped() {
+        let raw = RawValue::from_string(r#"{"roomId":"r","user\u0049d":"u"}"#.into()).unwrap();
+        let mut o = RawObject::parse(&raw).unwrap();
+        assert!(matches!(o.0[0].0, Cow::Borrowed("roomId")));
+        assert!(matches!(&o.0[1].0, Cow::Owned(k) if k == "userId"));
+        assert_eq!(o.take_str("userId").as_deref(), Some("u"));
+        let Message::Notification { method, .. } =
+            parse(r#"{"notification":true,"method":"text\u004dessage"}"#).unwrap()
+        else {
+            panic!("not a notification")
+        };
+        assert_eq!(method, "textMessage");
+        let Message::Notification { method, .. } =
+            parse(r#"{"notification":true,"method":"textMessage"}"#).unwrap()
+        else {
+            panic!("not a notification")
+        };
+        assert!(matches!(method, Cow::Borrowed("textMessage")));
     }
 }

@@ -270,7 +270,7 @@ async fn session(
                     tracing::warn!(method, reason = %error_reason.unwrap_or_default(), "the center refused a playback's request");
                 }
             }
-            Message::Notification { method, data } => match method.as_str() {
+            Message::Notification { method, data } => match &*method {
                 "relay" => match relay_spec(data.get()) {
                     Ok(spec) => {
                         tracing::info!(room.id = %spec.key.0, pusher.user = %spec.key.1, destinations = spec.destinations.len(), tracks = spec.tracks.len(), "relay");

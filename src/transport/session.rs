@@ -397,6 +397,12 @@ fn on_text(ctx: &Ctx, text: &str, delayed: bool) {
             // A refused notification has no answer in protoo: it is counted
             // (`pilot_errors{code}`), and one refused for trust is logged.
             let tally = ctx.handle.tally();
+            // The log line may outlive the frame (a cluster node answers
+            // later): a known method's static name, a copy of any other.
+            let method: std::borrow::Cow<'static, str> = match method_label(&method).method {
+                "other" => method.into_owned().into(),
+                known => known.into(),
+            };
             let log_refusal = move |e: CenterError| {
                 tally.metrics().error(e.protoo_code());
                 if matches!(e, crate::error::CenterError::Forbidden(_)) {
