@@ -60,11 +60,14 @@ enum Scenario {
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
     },
-    /// One room, N sessions, one sender.
+    /// Rooms of N sessions, one sender in each.
     Fanout {
-        /// Sessions in the room (one sends, the others receive).
+        /// Sessions in each room (one sends, the others receive).
         #[arg(long, default_value_t = 64)]
         sessions: usize,
+        /// Rooms, each with a sender of its own.
+        #[arg(long, default_value_t = 1)]
+        rooms: usize,
         /// Messages per second; 0 sends as fast as the slowest receiver allows.
         #[arg(long, default_value_t = 0)]
         rate: u64,
@@ -167,9 +170,12 @@ enum Scenario {
         /// `fanout` or `rtt`.
         #[arg(long, default_value = "fanout")]
         scenario: String,
-        /// Sessions.
+        /// Sessions (per room for `fanout`).
         #[arg(long, default_value_t = 64)]
         sessions: usize,
+        /// Rooms (`fanout`), each with a sender of its own.
+        #[arg(long, default_value_t = 1)]
+        rooms: usize,
         /// Seconds per run.
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
@@ -238,10 +244,20 @@ async fn one_on(
         Scenario::Rtt { sessions, seconds } => scenarios::rtt(&c, sessions, seconds).await,
         Scenario::Fanout {
             sessions,
+            rooms,
             rate,
             seconds,
             window,
-        } => scenarios::fanout(&c, sessions, rate, seconds, window).await,
+        } => {
+            let settings = scenarios::FanoutSettings {
+                sessions,
+                rooms,
+                rate,
+                seconds,
+                window,
+            };
+            scenarios::fanout(&c, settings).await
+        }
         Scenario::Sfu {
             sessions,
             rooms,
@@ -318,6 +334,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Scenario::Compare {
             scenario,
             sessions,
+            rooms,
             seconds,
             runs,
             relay_url,
@@ -341,6 +358,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             let inner = match scenario.as_str() {
                 "fanout" => Scenario::Fanout {
                     sessions: *sessions,
+                    rooms: *rooms,
                     rate: 0,
                     seconds: *seconds,
                     window: 512,

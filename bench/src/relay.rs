@@ -1,8 +1,10 @@
 //! The bare relay: the practical ceiling for this machine. It does the
 //! upgrade (with the center's own handshake code), then fans every text
-//! frame out, unchanged and unparsed, to the other connections; a frame that
-//! is a protoo request goes back to its sender, so `rtt` can run against it.
-//! No JSON parsing, no state beyond the connection list.
+//! frame out, unchanged and unparsed, to the other connections of its room;
+//! a frame that is a protoo request goes back to its sender, so `rtt` can
+//! run against it. A connection's room is the `roomId` of the first request
+//! that names one (the `join`), found by a substring search. No JSON
+//! parsing, no state beyond the rooms' connection lists.
 
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
@@ -17,7 +19,16 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-type Peers = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Utf8Bytes>>>>;
+/// Room → its connections.
+type Peers = Arc<Mutex<HashMap<String, HashMap<u64, mpsc::UnboundedSender<Utf8Bytes>>>>>;
+
+/// The value of the first `"roomId":"…"` in `text`.
+fn room_named(text: &str) -> Option<&str> {
+    const KEY: &str = r#""roomId":""#;
+    let start = text.find(KEY)? + KEY.len();
+    let len = text[start..].find('"')?;
+    Some(&text[start..start + len])
+}
 
 /// Serves the relay on `listener` forever.
 pub async fn run(listener: TcpListener) {
@@ -62,7 +73,7 @@ async fn serve(mut tcp: TcpStream, id: u64, peers: Peers) -> std::io::Result<()>
     .await;
     let (mut sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Utf8Bytes>();
-    peers.lock().insert(id, tx.clone());
+    let mut room: Option<String> = None;
     let writer = tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             if sink.feed(Message::Text(first)).await.is_err() {
@@ -81,16 +92,37 @@ async fn serve(mut tcp: TcpStream, id: u64, peers: Peers) -> std::io::Result<()>
     while let Some(Ok(msg)) = stream.next().await {
         let Message::Text(text) = msg else { continue };
         if text.as_str().contains("\"request\":true") {
+            if room.is_none()
+                && let Some(name) = room_named(text.as_str())
+            {
+                let name = name.to_owned();
+                peers
+                    .lock()
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(id, tx.clone());
+                room = Some(name);
+            }
             let _ = tx.send(text);
-        } else {
-            for (other, peer) in peers.lock().iter() {
+        } else if let Some(name) = &room
+            && let Some(members) = peers.lock().get(name)
+        {
+            for (other, peer) in members {
                 if *other != id {
                     let _ = peer.send(text.clone());
                 }
             }
         }
     }
-    peers.lock().remove(&id);
+    if let Some(name) = room {
+        let mut peers = peers.lock();
+        if let Some(members) = peers.get_mut(&name) {
+            members.remove(&id);
+            if members.is_empty() {
+                peers.remove(&name);
+            }
+        }
+    }
     writer.abort();
     Ok(())
 }

@@ -84,3 +84,68 @@ async fn sessions_spread_over_several_urls_and_every_delivery_is_checked() {
     })
     .await;
 }
+
+/// Runs `pilot-bench` with `args`; returns (success, stdout and stderr).
+async fn bench(args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pilot-bench"))
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("pilot-bench runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_of_a_fanout_are_checked_apart_against_the_relay_and_the_center() {
+    bounded(async move {
+        // Each room's receivers must get their own sender's sequence, once,
+        // in order: a relay or center that mixed rooms fails the check.
+        let server = start_unlimited().await;
+        let url = server.ws_url();
+        let (ok, out) = bench(&[
+            "--url",
+            &url,
+            "compare",
+            "--scenario",
+            "fanout",
+            "--sessions",
+            "3",
+            "--rooms",
+            "4",
+            "--seconds",
+            "1",
+            "--runs",
+            "1",
+        ])
+        .await;
+        assert!(ok, "{out}");
+        assert!(out.contains("center/relay"), "{out}");
+
+        // Rooms spread over two centers that share nothing: half of each
+        // room is missing, and the check says so.
+        let other = start_unlimited().await;
+        let (ok, out) = bench(&[
+            "--url",
+            &url,
+            "--url",
+            &other.ws_url(),
+            "fanout",
+            "--sessions",
+            "3",
+            "--rooms",
+            "2",
+            "--seconds",
+            "1",
+        ])
+        .await;
+        assert!(!ok, "rooms split over unshared centers must fail: {out}");
+        assert!(out.contains("received"), "{out}");
+    })
+    .await;
+}

@@ -19,7 +19,7 @@ mod rtt;
 mod sfu;
 
 pub use churn::churn;
-pub use fanout::fanout;
+pub use fanout::{FanoutSettings, fanout};
 pub use idle::idle;
 pub use rtt::rtt;
 pub use sfu::{SfuSettings, sfu};
