@@ -4,7 +4,7 @@
 # order alternates (a machine warming or cooling favours neither).
 # - sfu (default): `pilot-bench sfu` flat out; prints each round and the medians.
 # - relay: `pilot-bench compare` of each center with the bare relay (room of
-#   8, echo over 16 sessions); prints each comparison, with how many cores
+#   8, echo over 16 sessions, 50 rooms of 8); prints each comparison, with how many cores
 #   the relay, the center and the load tool kept busy.
 # Loopback only; bounded by the rounds.
 # Usage: benches/ab.sh REV [rounds] [sfu|relay]   (e.g. benches/ab.sh f9e8667 5)
@@ -29,14 +29,14 @@ done
 sleep 1
 if [ "$what" = relay ]; then
   for r in $(seq "$rounds"); do
-    for s in "fanout 8" "rtt 16"; do
+    for s in "fanout 8 1" "rtt 16 1" "fanout 8 50"; do
       set -- $s
       order="19700 19701"; (( r % 2 )) || order="19701 19700"
       for port in $order; do
         name=$([ "$port" = 19700 ] && echo "this checkout" || echo "$rev")
         pid=$([ "$port" = 19700 ] && echo "${pids[0]}" || echo "${pids[1]}")
-        printf 'round %s, %s: ' "$r" "$name"
-        "$T/release/pilot-bench" --url "ws://127.0.0.1:$port/pilot/center" --server-pid "$pid" compare --scenario "$1" --sessions "$2" --seconds 5 --runs 3 | tail -n 2
+        printf 'round %s, %s, %s %s x %s: ' "$r" "$name" "$1" "$2" "$3"
+        "$T/release/pilot-bench" --url "ws://127.0.0.1:$port/pilot/center" --server-pid "$pid" compare --scenario "$1" --sessions "$2" --rooms "$3" --seconds 5 --runs 3 | tail -n 2
       done
     done
   done
