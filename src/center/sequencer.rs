@@ -180,14 +180,7 @@ impl Sequencer {
             self.reserve_feed(state, through, at);
         }
         let keep = changes_state(&kind);
-        let entry = Entry {
-            node_id: String::new(),
-            origin_seq: 0,
-            node_number: lease_of(&kind).unwrap_or_else(|| self.store.node_number()),
-            kind: Some(kind),
-            format: FORMAT,
-            feed_seq: state.registry.cursor(),
-        };
+        let entry = self.local_entry(kind, state);
         if keep && let Err(e) = self.store.append(&entry, at) {
             return match entry.kind {
                 Some(Kind::PeerCommand(_)) => Outcome::Reply(Err(e)),
@@ -204,20 +197,25 @@ impl Sequencer {
         outcome
     }
 
+    /// An entry of the local form: made and applied in one step, so no
+    /// node id or origin number; it carries the feed's number before it.
+    fn local_entry(&self, kind: Kind, state: &State) -> Entry {
+        Entry {
+            node_id: String::new(),
+            origin_seq: 0,
+            node_number: lease_of(&kind).unwrap_or_else(|| self.store.node_number()),
+            kind: Some(kind),
+            format: FORMAT,
+            feed_seq: state.registry.cursor(),
+        }
+    }
+
     /// Has the store keep a reservation of the feed's numbers up to
     /// `through`. If it cannot now, the next step tries again (half a block
     /// is still reserved, and the store is reported unready meanwhile).
     fn reserve_feed(&self, state: &mut State, through: u64, at: At) {
-        let entry = Entry {
-            node_id: String::new(),
-            origin_seq: 0,
-            node_number: self.store.node_number(),
-            kind: Some(Kind::FeedReserved(crate::cluster_proto::FeedReserved {
-                through,
-            })),
-            format: FORMAT,
-            feed_seq: state.registry.cursor(),
-        };
+        let reservation = Kind::FeedReserved(crate::cluster_proto::FeedReserved { through });
+        let entry = self.local_entry(reservation, state);
         match self.store.append(&entry, at) {
             Ok(()) => state.registry.reserved(through),
             Err(e) => tracing::debug!(error = %e, "cannot reserve feed numbers yet"),
