@@ -5,22 +5,19 @@
 //! a peer that does not read is found by what it leaves unsent. (The age
 //! bound is the writer's: a write that cannot finish within
 //! `outbound_max_delay_secs` ends the session.)
+//!
+//! One lock around a `VecDeque`, not a channel: a room broadcast pushes one
+//! item to each member's outbox (one short lock, no atomics per item beyond
+//! it), and the writer takes everything queued in one step, then works
+//! through it without touching shared memory. A per-item channel cost more
+//! in its atomics than the rest of a delivery.
 
 use crate::center::{Outbound, Outlet, OutletError};
+use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use tokio::sync::mpsc;
-
-/// What the sending and receiving halves share.
-#[derive(Debug)]
-struct Meter {
-    /// Bytes queued and unsent before the session is a slow consumer.
-    max_bytes: usize,
-    /// Bytes queued and not yet taken by the writer.
-    bytes: AtomicUsize,
-    /// Items queued and not yet taken.
-    len: AtomicUsize,
-}
+use std::task::Poll;
 
 /// What an item costs on the wire, roughly: what the byte bound counts.
 pub trait WireSize {
@@ -28,20 +25,56 @@ pub trait WireSize {
     fn wire_size(&self) -> usize;
 }
 
+/// What the sending and receiving halves share.
+#[derive(Debug)]
+struct Shared<T> {
+    queue: Mutex<Queue<T>>,
+    /// The receiver, when it waits for an item.
+    waker: AtomicWaker,
+    /// Bytes queued and unsent before the session is a slow consumer.
+    max_bytes: usize,
+}
+
+#[derive(Debug)]
+struct Queue<T> {
+    /// Queued and not yet taken, with their sizes.
+    items: VecDeque<(T, usize)>,
+    /// Bytes of `items` and of what the receiver took and has not yet
+    /// handed on (it reports that when it next takes).
+    bytes: usize,
+    /// Items the receiver holds, as of its last take (for the gauge).
+    held: usize,
+    /// Live senders; none left ends the receiver.
+    senders: usize,
+    /// The receiver is gone.
+    closed: bool,
+}
+
 /// The sending half: the center and the session's reader queue into it.
 #[derive(Debug)]
 pub struct Outbox<T> {
-    /// Unbounded by items on purpose: [`Meter`] bounds it by bytes.
-    tx: mpsc::UnboundedSender<(T, usize)>,
-    meter: Arc<Meter>,
+    shared: Arc<Shared<T>>,
 }
 
-// Not derived: a derive would ask `T: Clone`, which items need not be.
 impl<T> Clone for Outbox<T> {
+    // Not derived: a derive would ask `T: Clone`, which items need not be.
     fn clone(&self) -> Self {
+        self.shared.queue.lock().senders += 1;
         Self {
-            tx: self.tx.clone(),
-            meter: self.meter.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T> Drop for Outbox<T> {
+    fn drop(&mut self) {
+        let last = {
+            let mut q = self.shared.queue.lock();
+            q.senders -= 1;
+            q.senders == 0
+        };
+        if last {
+            self.shared.waker.wake();
         }
     }
 }
@@ -49,24 +82,43 @@ impl<T> Clone for Outbox<T> {
 /// The receiving half: the session's writer takes from it.
 #[derive(Debug)]
 pub struct OutboxReceiver<T> {
-    rx: mpsc::UnboundedReceiver<(T, usize)>,
-    meter: Arc<Meter>,
+    shared: Arc<Shared<T>>,
+    /// Taken from the queue in one step, handed out one by one.
+    local: VecDeque<(T, usize)>,
+    /// Bytes handed out since the last take, not yet subtracted.
+    handed: usize,
+}
+
+impl<T> Drop for OutboxReceiver<T> {
+    fn drop(&mut self) {
+        let mut q = self.shared.queue.lock();
+        q.closed = true;
+        q.items.clear();
+    }
 }
 
 /// A new, empty outbox holding at most `max_bytes` (but always one item).
 pub fn outbox<T>(max_bytes: usize) -> (Outbox<T>, OutboxReceiver<T>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let meter = Arc::new(Meter {
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Queue {
+            items: VecDeque::new(),
+            bytes: 0,
+            held: 0,
+            senders: 1,
+            closed: false,
+        }),
+        waker: AtomicWaker::new(),
         max_bytes,
-        bytes: AtomicUsize::new(0),
-        len: AtomicUsize::new(0),
     });
     (
         Outbox {
-            tx,
-            meter: meter.clone(),
+            shared: shared.clone(),
         },
-        OutboxReceiver { rx, meter },
+        OutboxReceiver {
+            shared,
+            local: VecDeque::new(),
+            handed: 0,
+        },
     )
 }
 
@@ -75,18 +127,24 @@ impl<T: WireSize> Outbox<T> {
     /// outbox always takes it, however large).
     pub fn push(&self, item: T) -> Result<(), OutletError> {
         let size = item.wire_size();
-        let m = &self.meter;
-        let queued = m.bytes.load(Ordering::Relaxed);
-        if queued > 0 && queued.saturating_add(size) > m.max_bytes {
-            return Err(OutletError::Full);
+        let was_empty = {
+            let mut q = self.shared.queue.lock();
+            if q.closed {
+                return Err(OutletError::Closed);
+            }
+            if q.bytes > 0 && q.bytes.saturating_add(size) > self.shared.max_bytes {
+                return Err(OutletError::Full);
+            }
+            q.bytes = q.bytes.saturating_add(size);
+            q.items.push_back((item, size));
+            q.items.len() == 1
+        };
+        // Only the first item can find the receiver waiting: it waits only
+        // after it found the queue empty.
+        if was_empty {
+            self.shared.waker.wake();
         }
-        m.len.fetch_add(1, Ordering::Relaxed);
-        m.bytes.fetch_add(size, Ordering::Relaxed);
-        self.tx.send((item, size)).map_err(|_| {
-            m.len.fetch_sub(1, Ordering::Relaxed);
-            m.bytes.fetch_sub(size, Ordering::Relaxed);
-            OutletError::Closed
-        })
+        Ok(())
     }
 }
 
@@ -96,28 +154,67 @@ impl<T: From<Outbound> + WireSize + Send + 'static> Outlet for Outbox<T> {
     }
 
     fn depth(&self) -> usize {
-        self.meter.len.load(Ordering::Relaxed)
+        let q = self.shared.queue.lock();
+        q.items.len() + q.held
     }
 }
 
+/// Takes everything queued into `local` and reports what was handed on
+/// since the last take; false when nothing was queued.
+fn take<T>(q: &mut Queue<T>, local: &mut VecDeque<(T, usize)>, handed: &mut usize) -> bool {
+    q.bytes = q.bytes.saturating_sub(std::mem::take(handed));
+    std::mem::swap(&mut q.items, local);
+    q.held = local.len();
+    !local.is_empty()
+}
+
 impl<T> OutboxReceiver<T> {
-    fn took(&self, size: usize) {
-        self.meter.bytes.fetch_sub(size, Ordering::Relaxed);
-        self.meter.len.fetch_sub(1, Ordering::Relaxed);
+    fn next_local(&mut self) -> Option<T> {
+        let (item, size) = self.local.pop_front()?;
+        self.handed += size;
+        Some(item)
+    }
+
+    /// Takes everything queued; false when nothing was.
+    fn take_queued(&mut self) -> bool {
+        take(
+            &mut self.shared.queue.lock(),
+            &mut self.local,
+            &mut self.handed,
+        )
     }
 
     /// The next item; `None` when every sender is gone.
+    ///
+    /// What it hands out counts against the byte bound until the next
+    /// call: the writer is still writing it.
     pub async fn recv(&mut self) -> Option<T> {
-        let (item, size) = self.rx.recv().await?;
-        self.took(size);
-        Some(item)
+        std::future::poll_fn(|cx| {
+            if !self.local.is_empty() || self.take_queued() {
+                return Poll::Ready(self.next_local());
+            }
+            self.shared.waker.register(cx.waker());
+            // Checked again after registering: a push in between found no
+            // waker to wake.
+            let mut q = self.shared.queue.lock();
+            if take(&mut q, &mut self.local, &mut self.handed) {
+                drop(q);
+                return Poll::Ready(self.next_local());
+            }
+            if q.senders == 0 {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// The next item if one is queued.
     pub fn try_recv(&mut self) -> Option<T> {
-        let (item, size) = self.rx.try_recv().ok()?;
-        self.took(size);
-        Some(item)
+        if self.local.is_empty() {
+            self.take_queued();
+        }
+        self.next_local()
     }
 }
 
@@ -125,6 +222,7 @@ impl<T> OutboxReceiver<T> {
 mod tests {
     use super::*;
 
+    #[derive(Debug)]
     struct Text(usize);
 
     impl WireSize for Text {
@@ -149,10 +247,90 @@ mod tests {
         assert!(tx.push(text(5000)).is_ok(), "one large item always goes");
         assert_eq!(tx.push(text(1)).err(), Some(OutletError::Full));
         assert!(rx.try_recv().is_some());
+        assert_eq!(
+            tx.push(text(1)).err(),
+            Some(OutletError::Full),
+            "counted while being written"
+        );
+        assert!(
+            rx.try_recv().is_none(),
+            "the writer comes back: it was written"
+        );
         for _ in 0..100 {
             tx.push(text(10)).unwrap();
         }
         assert_eq!(tx.depth(), 100);
         assert_eq!(tx.push(text(1)).err(), Some(OutletError::Full));
+    }
+
+    /// A waker that records that it was woken.
+    struct Flag(std::sync::atomic::AtomicBool);
+
+    impl futures_util::task::ArcWake for Flag {
+        fn wake_by_ref(flag: &Arc<Self>) {
+            flag.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_waiting_writer_is_woken_by_a_push_and_by_its_last_sender_leaving() {
+        use std::future::Future;
+        use std::sync::atomic::Ordering::SeqCst;
+        let (tx, mut rx) = outbox(1000);
+        let flag = Arc::new(Flag(false.into()));
+        let waker = futures_util::task::waker(flag.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        {
+            let mut recv = Box::pin(rx.recv());
+            assert!(recv.as_mut().poll(&mut cx).is_pending());
+            tx.push(text(7)).unwrap();
+            assert!(flag.0.load(SeqCst), "the push woke the writer");
+            assert!(matches!(
+                recv.as_mut().poll(&mut cx),
+                Poll::Ready(Some(Text(7)))
+            ));
+        }
+        flag.0.store(false, SeqCst);
+        let mut recv = Box::pin(rx.recv());
+        assert!(recv.as_mut().poll(&mut cx).is_pending());
+        let other = tx.clone();
+        drop(tx);
+        assert!(!flag.0.load(SeqCst), "a sender is left");
+        drop(other);
+        assert!(flag.0.load(SeqCst), "the last sender woke the writer");
+        assert!(matches!(recv.as_mut().poll(&mut cx), Poll::Ready(None)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bursts_from_another_thread_arrive_in_order_and_none_is_lost() {
+        let (tx, mut rx) = outbox(1 << 20);
+        // One deadline for the whole run: a lost wake-up leaves `recv`
+        // waiting until the timer wakes the task, and after the deadline
+        // that is a failure, not a slow pass.
+        let run = async {
+            for burst in 0..500usize {
+                let sender = tx.clone();
+                let pushing = std::thread::spawn(move || {
+                    for _ in 0..=burst % 7 {
+                        sender.push(text(burst)).unwrap();
+                    }
+                });
+                for _ in 0..=burst % 7 {
+                    assert_eq!(rx.recv().await.map(|t| t.0), Some(burst), "in order");
+                }
+                pushing.join().unwrap();
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), run)
+            .await
+            .unwrap();
+        assert!(rx.try_recv().is_none(), "nothing more than was sent");
+    }
+
+    #[test]
+    fn nothing_is_queued_for_a_writer_that_is_gone() {
+        let (tx, rx) = outbox::<Text>(1000);
+        drop(rx);
+        assert_eq!(tx.push(text(1)).err(), Some(OutletError::Closed));
     }
 }

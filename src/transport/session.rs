@@ -12,7 +12,7 @@ use crate::center::{Center, Outbound, OutletError, PeerInfo, SessionHandle};
 use crate::clock::Clock;
 use crate::error::CenterError;
 use crate::limits::{Inbox, Next, RateSettings};
-use crate::metrics::method_label;
+use crate::metrics::{OutboundTally, method_label};
 use crate::outbox::{Outbox, OutboxReceiver, WireSize, outbox};
 use crate::proto::Transport;
 use crate::protoo::{self, Message as Protoo};
@@ -479,16 +479,13 @@ where
         other => encode_simple(other, metrics)
             .unwrap_or_else(|| Message::Text(Utf8Bytes::from_static("{}"))),
     };
-    let encode = |item: WsOut| {
-        let method = match &item {
-            WsOut::Text(_) | WsOut::Reply(_) => "response",
-            WsOut::Center(Outbound::Event(d)) => translate::event_method(&d.event),
-            WsOut::Center(Outbound::Invite { .. }) => "invite",
-        };
-        metrics.outbound(method);
-        tracing::debug!(session.id = ctx.handle.id(), method, "out");
-        encode_item(item)
+    let method_of = |item: &WsOut| match item {
+        WsOut::Text(_) | WsOut::Reply(_) => "response",
+        WsOut::Center(Outbound::Event(d)) => translate::event_method(&d.event),
+        WsOut::Center(Outbound::Invite { .. }) => "invite",
     };
+    let mut batch: Vec<WsOut> = Vec::with_capacity(BATCH);
+    let mut tally = OutboundTally::default();
     loop {
         tokio::select! {
             item = rx.recv() => {
@@ -496,13 +493,22 @@ where
                 // A write that cannot finish in time means the peer does not
                 // read: what waits behind it is too old (the age bound).
                 let deadline = settings.clock.elapsed() + settings.outbound_max_delay;
+                batch.push(item);
+                while batch.len() < BATCH {
+                    let Some(item) = rx.try_recv() else { break };
+                    batch.push(item);
+                }
+                // Counted before anything is written: whoever reads a
+                // message can find it in the metrics.
+                for item in &batch {
+                    let method = method_of(item);
+                    tally.count(method);
+                    tracing::debug!(session.id = ctx.handle.id(), method, "out");
+                }
+                metrics.outbound_tally(&mut tally);
                 let write = async {
-                    sink.feed(encode(item)).await?;
-                    for _ in 1..BATCH {
-                        match rx.try_recv() {
-                            Some(item) => sink.feed(encode(item)).await?,
-                            None => break,
-                        }
+                    for item in batch.drain(..) {
+                        sink.feed(encode_item(item)).await?;
                     }
                     sink.flush().await
                 };
