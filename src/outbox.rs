@@ -17,6 +17,7 @@ use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 
 /// What an item costs on the wire, roughly: what the byte bound counts.
@@ -33,6 +34,9 @@ struct Shared<T> {
     waker: AtomicWaker,
     /// Bytes queued and unsent before the session is a slow consumer.
     max_bytes: usize,
+    /// Live senders; none left ends the receiver. Outside the lock: a
+    /// reply takes a sender, and the lock is the center's to take.
+    senders: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -44,8 +48,6 @@ struct Queue<T> {
     bytes: usize,
     /// Items the receiver holds, as of its last take (for the gauge).
     held: usize,
-    /// Live senders; none left ends the receiver.
-    senders: usize,
     /// The receiver is gone.
     closed: bool,
 }
@@ -59,7 +61,7 @@ pub struct Outbox<T> {
 impl<T> Clone for Outbox<T> {
     // Not derived: a derive would ask `T: Clone`, which items need not be.
     fn clone(&self) -> Self {
-        self.shared.queue.lock().senders += 1;
+        self.shared.senders.fetch_add(1, Ordering::Relaxed);
         Self {
             shared: self.shared.clone(),
         }
@@ -68,12 +70,8 @@ impl<T> Clone for Outbox<T> {
 
 impl<T> Drop for Outbox<T> {
     fn drop(&mut self) {
-        let last = {
-            let mut q = self.shared.queue.lock();
-            q.senders -= 1;
-            q.senders == 0
-        };
-        if last {
+        // AcqRel: the receiver that sees no sender left sees all they queued.
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.shared.waker.wake();
         }
     }
@@ -104,11 +102,11 @@ pub fn outbox<T>(max_bytes: usize) -> (Outbox<T>, OutboxReceiver<T>) {
             items: VecDeque::new(),
             bytes: 0,
             held: 0,
-            senders: 1,
             closed: false,
         }),
         waker: AtomicWaker::new(),
         max_bytes,
+        senders: AtomicUsize::new(1),
     });
     (
         Outbox {
@@ -196,12 +194,15 @@ impl<T> OutboxReceiver<T> {
             self.shared.waker.register(cx.waker());
             // Checked again after registering: a push in between found no
             // waker to wake.
+            // Read before taking: whatever the last sender queued before it
+            // left is then in the queue taken.
+            let none_left = self.shared.senders.load(Ordering::Acquire) == 0;
             let mut q = self.shared.queue.lock();
             if take(&mut q, &mut self.local, &mut self.handed) {
                 drop(q);
                 return Poll::Ready(self.next_local());
             }
-            if q.senders == 0 {
+            if none_left {
                 return Poll::Ready(None);
             }
             Poll::Pending

@@ -270,6 +270,7 @@ impl Center {
             metrics: self.inner.metrics.clone(),
             invites: PendingInvites::default(),
             id,
+            tally: ReplyTally::new(stats.clone(), overflow.clone(), self.inner.metrics.clone()),
             stats,
             overflow,
             eviction,

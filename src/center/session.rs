@@ -19,12 +19,31 @@ use tokio_util::sync::CancellationToken;
 
 /// What queuing a reply to a session's peer needs, detached from the
 /// session's handle: a cluster node queues a reply when the shared log
-/// hands the command back, after the front end moved on.
+/// hands the command back, after the front end moved on. One `Arc`: every
+/// message takes a copy (a cancellation token's copy takes a lock).
 #[derive(Clone)]
-pub struct ReplyTally {
-    pub(super) stats: Arc<SessionStats>,
-    pub(super) overflow: CancellationToken,
-    pub(super) metrics: Arc<Metrics>,
+pub struct ReplyTally(Arc<TallyParts>);
+
+struct TallyParts {
+    stats: Arc<SessionStats>,
+    overflow: CancellationToken,
+    metrics: Arc<Metrics>,
+}
+
+impl ReplyTally {
+    /// The tally of the session with these counters, slow-consumer token
+    /// and metrics.
+    pub(super) fn new(
+        stats: Arc<SessionStats>,
+        overflow: CancellationToken,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self(Arc::new(TallyParts {
+            stats,
+            overflow,
+            metrics,
+        }))
+    }
 }
 
 impl ReplyTally {
@@ -33,16 +52,16 @@ impl ReplyTally {
     pub fn queued(&self, result: Result<(), OutletError>) {
         match result {
             Ok(()) => {
-                self.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+                self.0.stats.messages_out.fetch_add(1, Ordering::Relaxed);
             }
-            Err(OutletError::Full) => self.overflow.cancel(),
+            Err(OutletError::Full) => self.0.overflow.cancel(),
             Err(OutletError::Closed) => {}
         }
     }
 
     /// The process's metrics.
     pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+        &self.0.metrics
     }
 }
 
@@ -59,6 +78,8 @@ pub struct SessionHandle {
     pub(super) eviction: Arc<Eviction>,
     pub(super) grant: Grant,
     pub(super) close_reason: Option<String>,
+    /// Handed to each reply and notification (see [`ReplyTally`]).
+    pub(super) tally: ReplyTally,
 }
 
 impl SessionHandle {
@@ -79,11 +100,7 @@ impl SessionHandle {
 
     /// What a reply queued later (see [`SessionHandle::execute_then`]) needs.
     pub fn tally(&self) -> ReplyTally {
-        ReplyTally {
-            stats: self.stats.clone(),
-            overflow: self.overflow.clone(),
-            metrics: self.metrics.clone(),
-        }
+        self.tally.clone()
     }
 
     /// This session's counters.
