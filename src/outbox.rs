@@ -44,7 +44,7 @@ struct Queue<T> {
     /// Queued and not yet taken, with their sizes.
     items: VecDeque<(T, usize)>,
     /// Bytes of `items` and of what the receiver took and has not yet
-    /// handed on (it reports that when it next takes).
+    /// handed on (it reports that when it comes back for more: written).
     bytes: usize,
     /// Items the receiver holds, as of its last take (for the gauge).
     held: usize,
@@ -184,11 +184,20 @@ impl<T> OutboxReceiver<T> {
 
     /// The next item; `None` when every sender is gone.
     ///
-    /// What it hands out counts against the byte bound until the next
-    /// call: the writer is still writing it.
+    /// What `recv` and `try_recv` hand out counts against the byte bound
+    /// until the next `recv`: the writer calls it when it has written
+    /// what it took (a write batch), and not before.
     pub async fn recv(&mut self) -> Option<T> {
         std::future::poll_fn(|cx| {
-            if !self.local.is_empty() || self.take_queued() {
+            if !self.local.is_empty() {
+                if self.handed > 0 {
+                    let mut q = self.shared.queue.lock();
+                    q.bytes = q.bytes.saturating_sub(std::mem::take(&mut self.handed));
+                    q.held = self.local.len();
+                }
+                return Poll::Ready(self.next_local());
+            }
+            if self.take_queued() {
                 return Poll::Ready(self.next_local());
             }
             self.shared.waker.register(cx.waker());
@@ -210,7 +219,7 @@ impl<T> OutboxReceiver<T> {
         .await
     }
 
-    /// The next item if one is queued.
+    /// The next item if one is queued (within a write batch).
     pub fn try_recv(&mut self) -> Option<T> {
         if self.local.is_empty() {
             self.take_queued();
@@ -326,6 +335,30 @@ mod tests {
             .await
             .unwrap();
         assert!(rx.try_recv().is_none(), "nothing more than was sent");
+    }
+
+    #[tokio::test]
+    async fn what_was_written_frees_room_while_the_rest_of_a_burst_waits() {
+        let (tx, mut rx) = outbox(1000);
+        for _ in 0..10 {
+            tx.push(text(100)).unwrap();
+        }
+        // A write batch of five, taken from the burst of ten.
+        assert!(rx.recv().await.is_some());
+        for _ in 0..4 {
+            assert!(rx.try_recv().is_some());
+        }
+        assert_eq!(
+            tx.push(text(100)).err(),
+            Some(OutletError::Full),
+            "none written yet"
+        );
+        // The writer comes back for the next batch: the first five are out.
+        assert!(rx.recv().await.is_some());
+        for _ in 0..5 {
+            tx.push(text(100)).unwrap();
+        }
+        assert_eq!(tx.push(text(100)).err(), Some(OutletError::Full));
     }
 
     #[test]
