@@ -157,13 +157,11 @@ impl<T: From<Outbound> + WireSize + Send + 'static> Outlet for Outbox<T> {
     }
 }
 
-/// Takes everything queued into `local` and reports what was handed on
-/// since the last take; false when nothing was queued.
-fn take<T>(q: &mut Queue<T>, local: &mut VecDeque<(T, usize)>, handed: &mut usize) -> bool {
+/// The receiver reports what it handed on since it last did (written by
+/// now) and how many items it still holds.
+fn settle<T>(q: &mut Queue<T>, local: &VecDeque<(T, usize)>, handed: &mut usize) {
     q.bytes = q.bytes.saturating_sub(std::mem::take(handed));
-    std::mem::swap(&mut q.items, local);
     q.held = local.len();
-    !local.is_empty()
 }
 
 impl<T> OutboxReceiver<T> {
@@ -173,13 +171,12 @@ impl<T> OutboxReceiver<T> {
         Some(item)
     }
 
-    /// Takes everything queued; false when nothing was.
+    /// Takes everything queued (and settles); false when nothing was.
     fn take_queued(&mut self) -> bool {
-        take(
-            &mut self.shared.queue.lock(),
-            &mut self.local,
-            &mut self.handed,
-        )
+        let mut q = self.shared.queue.lock();
+        std::mem::swap(&mut q.items, &mut self.local);
+        settle(&mut q, &self.local, &mut self.handed);
+        !self.local.is_empty()
     }
 
     /// The next item; `None` when every sender is gone.
@@ -191,30 +188,24 @@ impl<T> OutboxReceiver<T> {
         std::future::poll_fn(|cx| {
             if !self.local.is_empty() {
                 if self.handed > 0 {
-                    let mut q = self.shared.queue.lock();
-                    q.bytes = q.bytes.saturating_sub(std::mem::take(&mut self.handed));
-                    q.held = self.local.len();
+                    settle(&mut self.shared.queue.lock(), &self.local, &mut self.handed);
                 }
-                return Poll::Ready(self.next_local());
+            } else if !self.take_queued() {
+                self.shared.waker.register(cx.waker());
+                // Read before taking again: whatever the last sender queued
+                // before it left is then in the queue taken.
+                let none_left = self.shared.senders.load(Ordering::Acquire) == 0;
+                // Taken again after registering: a push in between found no
+                // waker to wake.
+                if !self.take_queued() {
+                    return if none_left {
+                        Poll::Ready(None)
+                    } else {
+                        Poll::Pending
+                    };
+                }
             }
-            if self.take_queued() {
-                return Poll::Ready(self.next_local());
-            }
-            self.shared.waker.register(cx.waker());
-            // Checked again after registering: a push in between found no
-            // waker to wake.
-            // Read before taking: whatever the last sender queued before it
-            // left is then in the queue taken.
-            let none_left = self.shared.senders.load(Ordering::Acquire) == 0;
-            let mut q = self.shared.queue.lock();
-            if take(&mut q, &mut self.local, &mut self.handed) {
-                drop(q);
-                return Poll::Ready(self.next_local());
-            }
-            if none_left {
-                return Poll::Ready(None);
-            }
-            Poll::Pending
+            Poll::Ready(self.next_local())
         })
         .await
     }

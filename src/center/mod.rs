@@ -267,12 +267,9 @@ impl Center {
         self.submit(Kind::SessionOpen(opened), Waiter::Opened(eviction.clone()));
         SessionHandle {
             seq: self.inner.seq.clone(),
-            metrics: self.inner.metrics.clone(),
             invites: PendingInvites::default(),
             id,
-            tally: ReplyTally::new(stats.clone(), overflow.clone(), self.inner.metrics.clone()),
-            stats,
-            overflow,
+            tally: ReplyTally::new(stats, overflow, self.inner.metrics.clone()),
             eviction,
             grant,
             close_reason: None,

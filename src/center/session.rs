@@ -69,16 +69,14 @@ impl ReplyTally {
 pub struct SessionHandle {
     /// Where its commands go.
     pub(super) seq: Arc<Sequencer>,
-    pub(super) metrics: Arc<Metrics>,
     /// `invite`s sent to this session's MSU and not answered yet.
     pub(super) invites: PendingInvites,
     pub(super) id: SessionId,
-    pub(super) stats: Arc<SessionStats>,
-    pub(super) overflow: CancellationToken,
     pub(super) eviction: Arc<Eviction>,
     pub(super) grant: Grant,
     pub(super) close_reason: Option<String>,
-    /// Handed to each reply and notification (see [`ReplyTally`]).
+    /// Its counters, slow-consumer token and the process's metrics, handed
+    /// to each reply and notification (see [`ReplyTally`]).
     pub(super) tally: ReplyTally,
 }
 
@@ -95,7 +93,7 @@ impl SessionHandle {
 
     /// The process's metrics.
     pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+        &self.tally.0.metrics
     }
 
     /// What a reply queued later (see [`SessionHandle::execute_then`]) needs.
@@ -105,13 +103,13 @@ impl SessionHandle {
 
     /// This session's counters.
     pub fn stats(&self) -> &SessionStats {
-        &self.stats
+        &self.tally.0.stats
     }
 
     /// Cancelled when the center could not queue an item for this session
     /// (its queue was full): the session must close as a slow consumer.
     pub fn overflow(&self) -> &CancellationToken {
-        &self.overflow
+        &self.tally.0.overflow
     }
 
     /// Resolves when the center orders this session closed (see
@@ -122,15 +120,16 @@ impl SessionHandle {
 
     /// Counts one message received from the peer.
     pub fn note_inbound(&self) {
-        self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
-        self.stats
+        let stats = self.stats();
+        stats.messages_in.fetch_add(1, Ordering::Relaxed);
+        stats
             .last_seen_ms
             .store(unix_ms(SystemTime::now()), Ordering::Relaxed);
     }
 
     /// Counts one message queued to the peer by the front end itself.
     pub fn note_outbound(&self) {
-        self.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+        self.stats().messages_out.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Runs one command from this session's peer and hands its result to
