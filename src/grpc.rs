@@ -863,8 +863,7 @@ impl PeerStream {
     fn encode(&mut self, item: GrpcOut) -> PeerSessionResponse {
         let method = match &item {
             GrpcOut::Result(_) => "response",
-            GrpcOut::Center(Outbound::Event(d)) => translate::event_method(&d.event),
-            GrpcOut::Center(Outbound::Invite { .. }) => "invite",
+            GrpcOut::Center(o) => translate::outbound_method(o),
         };
         self.handle.metrics().outbound(method);
         tracing::debug!(session.id = self.handle.id(), method, "out");

@@ -7,7 +7,7 @@
 //! its way through the center, while the fields the real SFU parses strictly
 //! (`roomId`, `userId`, `userName`, `pusherId`) always leave as strings.
 
-use crate::center::Delivery;
+use crate::center::{Delivery, Outbound};
 use crate::error::CenterError;
 use crate::proto::{self, Command, command, peer_event, reply};
 use crate::protoo::{self, ObjectWriter, RawObject};
@@ -417,6 +417,15 @@ pub fn command_ids(cmd: &Command) -> (&str, &str) {
             command::Kind::Echo(_) | command::Kind::RegisterMsu(_) | command::Kind::RelayStats(_),
         )
         | None => ("", ""),
+    }
+}
+
+/// The protoo method of what the center queues for a session (the label
+/// its outbound count goes under).
+pub fn outbound_method(item: &Outbound) -> &'static str {
+    match item {
+        Outbound::Event(d) => event_method(&d.event),
+        Outbound::Invite { .. } => "invite",
     }
 }
 

@@ -481,8 +481,7 @@ where
     };
     let method_of = |item: &WsOut| match item {
         WsOut::Text(_) | WsOut::Reply(_) => "response",
-        WsOut::Center(Outbound::Event(d)) => translate::event_method(&d.event),
-        WsOut::Center(Outbound::Invite { .. }) => "invite",
+        WsOut::Center(o) => translate::outbound_method(o),
     };
     let mut batch: Vec<WsOut> = Vec::with_capacity(BATCH);
     let mut tally = OutboundTally::default();
