@@ -382,11 +382,11 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 ///   so what a crowd freed goes back while the center idles, with no call
 ///   from the center;
 /// - per-thread caches only on the runtime's workers, which empty theirs
-///   each time they run out of work ([`worker_parks`]): without a cache
-///   every allocation takes an arena's lock (a fifth of the center's CPU
-///   in a busy room); with caches everywhere, idle threads would keep the
-///   crowd's last blocks, each pinning a page (24 MB resident after a crowd
-///   against 16 MB);
+///   when they run out of work, at most every 20 ms ([`worker_parks`]):
+///   without a cache every allocation takes an arena's lock (a fifth of
+///   the center's CPU in a busy room); with caches everywhere, idle threads
+///   would keep the crowd's last blocks, each pinning a page (24 MB
+///   resident after a crowd against 16 MB);
 /// - a setting jemalloc does not know stops the start (`abort_conf`).
 #[cfg(feature = "jemalloc")]
 #[allow(unsafe_code)] // jemalloc finds its settings by this symbol's name
@@ -395,8 +395,9 @@ pub static JEMALLOC_CONF: &[u8; 89] =
     b"background_thread:true,tcache:false,dirty_decay_ms:1000,muzzy_decay_ms:0,abort_conf:true\0";
 
 /// Called by a runtime worker that runs out of work: it gives its cached
-/// blocks back to jemalloc's arenas, and has a cache from its first idle
-/// moment on (the settings give other threads none).
+/// blocks back to jemalloc's arenas (unless it did less than 20 ms ago),
+/// and has a cache from its first idle moment on (the settings give other
+/// threads none).
 #[cfg(feature = "jemalloc")]
 #[allow(unsafe_code)] // mallctl calls: jemalloc's control interface is C only
 fn worker_parks() {
@@ -418,6 +419,21 @@ fn worker_parks() {
             );
         }
     }
+    // A worker on a busy loopback parks thousands of times a second; a
+    // flush on each took 3-4 % of the center's CPU (the flush, then the
+    // refill after it). Idle moments closer than this keep the cache.
+    const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+    thread_local! {
+        static LAST_FLUSH: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+    }
+    let now = std::time::Instant::now();
+    if LAST_FLUSH
+        .get()
+        .is_some_and(|at| now.duration_since(at) < FLUSH_EVERY)
+    {
+        return;
+    }
+    LAST_FLUSH.set(Some(now));
     // SAFETY: `thread.tcache.flush` reads and writes nothing: every pointer
     // is null and the length 0, as it requires. It fails (EFAULT)
     // harmlessly for a thread without a cache.
