@@ -109,13 +109,25 @@ fn empty_object() -> &'static RawValue {
 }
 
 fn string_of(raw: Option<&RawValue>) -> Option<String> {
-    raw.and_then(|r| serde_json::from_str::<String>(r.get()).ok())
+    raw.and_then(|r| str_value(r).map(Cow::into_owned))
 }
 
 /// A JSON string borrowed from the frame text when it holds no escape.
 fn str_of(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
-    raw.and_then(|r| serde_json::from_str::<Key<'_>>(r.get()).ok())
-        .map(|Key(k)| k)
+    raw.and_then(str_value)
+}
+
+/// The string `raw` holds, `None` when it is no JSON string. One without
+/// a backslash is its text between the quotes (the parser that made `raw`
+/// checked its grammar): no second parse for the usual plain value.
+pub fn str_value(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<Key<'_>>(text).ok().map(|Key(k)| k)
+    } else {
+        Some(Cow::Borrowed(inner))
+    }
 }
 
 /// Deepest nesting of arrays and objects accepted in a frame. Raw values
@@ -320,7 +332,7 @@ impl<'a> RawObject<'a> {
     /// another type is left in place (so it travels on as an unknown field).
     pub fn take_str(&mut self, key: &str) -> Option<String> {
         let pos = self.0.iter().position(|(k, _)| k == key)?;
-        let s = serde_json::from_str::<String>(self.0[pos].1.get()).ok()?;
+        let s = str_value(self.0[pos].1)?.into_owned();
         self.0.swap_remove(pos);
         Some(s)
     }
@@ -354,7 +366,12 @@ pub struct ObjectWriter {
 impl ObjectWriter {
     /// Starts an object with room for `capacity` bytes.
     pub fn with_capacity(capacity: usize) -> Self {
-        let mut buf = Vec::with_capacity(capacity);
+        Self::continuing(Vec::with_capacity(capacity))
+    }
+
+    /// Starts an object at the end of `buf` (a value inside an enclosing
+    /// object written around it): one buffer for both.
+    pub fn continuing(mut buf: Vec<u8>) -> Self {
         buf.push(b'{');
         Self { buf, first: true }
     }
@@ -464,10 +481,26 @@ pub fn error_response(id: Option<&RawValue>, code: u16, reason: &str) -> String 
 
 /// `{"notification":true,"method":METHOD,"data":DATA}`; `data` is raw JSON.
 pub fn notification(method: &str, data: &[u8]) -> String {
-    let mut w = ObjectWriter::with_capacity(40 + data.len());
+    notification_with(method, data.len(), |mut b| {
+        b.extend_from_slice(data);
+        b
+    })
+}
+
+/// A notification whose `data` `write_data` appends to the buffer it is
+/// given (and returns): the data is written in place, not copied in.
+/// `data_len` is about its length, to size the buffer once.
+pub fn notification_with(
+    method: &str,
+    data_len: usize,
+    write_data: impl FnOnce(Vec<u8>) -> Vec<u8>,
+) -> String {
+    let mut w = ObjectWriter::with_capacity(40 + method.len() + data_len);
     w.bool("notification", true).str("method", method);
-    w.with("data", |b| b.extend_from_slice(data));
-    into_string(w.finish())
+    w.key("data");
+    let mut buf = write_data(w.buf);
+    buf.push(b'}');
+    into_string(buf)
 }
 
 /// `{"request":true,"id":ID,"method":METHOD,"data":DATA}`; `data` is raw JSON.
@@ -671,6 +704,29 @@ mod tests {
         let extra = o.into_extra();
         assert_eq!(extra["userName"], "5");
         assert_eq!(extra["x"], r#"{"y":[1,"2"]}"#);
+    }
+
+    proptest::proptest! {
+        /// The plain-text shortcut reads every string as the parser does.
+        #[test]
+        fn str_value_reads_what_serde_json_reads(s in "\\PC*|[\"\\\\/a\u{0}-\u{1f}\u{e9}\u{1F600}]{0,8}") {
+            let raw = RawValue::from_string(serde_json::to_string(&s).unwrap()).unwrap();
+            let plain = str_value(&raw);
+            proptest::prop_assert_eq!(plain.as_deref(), Some(s.as_str()));
+            // Every character as a \u escape (surrogate pairs included).
+            let units: String = s.encode_utf16().map(|u| format!("\\u{u:04x}")).collect();
+            let escaped = RawValue::from_string(format!("\"{units}\"")).unwrap();
+            let decoded = str_value(&escaped);
+            proptest::prop_assert_eq!(decoded.as_deref(), Some(s.as_str()));
+        }
+    }
+
+    #[test]
+    fn str_value_refuses_what_is_no_string() {
+        for text in ["1", "null", "{}", "[\"a\"]", "true"] {
+            let raw = RawValue::from_string(text.to_owned()).unwrap();
+            assert_eq!(str_value(&raw), None, "{text}");
+        }
     }
 
     #[test]

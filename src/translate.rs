@@ -450,7 +450,19 @@ pub fn event_method(event: &proto::PeerEvent) -> &'static str {
 
 /// The protoo `data` of a room event.
 pub fn event_data(event: &proto::PeerEvent) -> Vec<u8> {
-    let mut w = ObjectWriter::with_capacity(128);
+    write_event_data(event, Vec::with_capacity(128))
+}
+
+/// Appends the protoo `data` of a room event to `buf`.
+fn write_event_data(event: &proto::PeerEvent, mut buf: Vec<u8>) -> Vec<u8> {
+    if let Some(peer_event::Kind::PullRemoteStream(e)) = &event.kind
+        && !e.payload_json.is_empty()
+    {
+        // Forwarded verbatim: the pusher's SFU gets exactly what was sent.
+        buf.extend_from_slice(e.payload_json.as_bytes());
+        return buf;
+    }
+    let mut w = ObjectWriter::continuing(buf);
     match &event.kind {
         Some(peer_event::Kind::NewUser(e)) => {
             w.str("roomId", &e.room_id)
@@ -466,9 +478,6 @@ pub fn event_data(event: &proto::PeerEvent) -> Vec<u8> {
             write_extra(&mut w, &e.extra);
         }
         Some(peer_event::Kind::PullRemoteStream(e)) => {
-            if !e.payload_json.is_empty() {
-                return e.payload_json.as_bytes().to_vec();
-            }
             w.str("roomId", &e.room_id)
                 .str("pusher_user_id", &e.pusher_user_id)
                 .str("udp_ip", &e.udp_ip)
@@ -543,8 +552,12 @@ pub fn event_data(event: &proto::PeerEvent) -> Vec<u8> {
 /// every WebSocket session it goes to (a clone shares the bytes).
 pub fn delivery_text(delivery: &Delivery) -> Utf8Bytes {
     let make = || {
-        let data = event_data(&delivery.event);
-        Utf8Bytes::from(protoo::notification(event_method(&delivery.event), &data))
+        // The protobuf size is about the JSON's: the buffer is sized once.
+        Utf8Bytes::from(protoo::notification_with(
+            event_method(&delivery.event),
+            delivery.size + 64,
+            |buf| write_event_data(&delivery.event, buf),
+        ))
     };
     let cached = delivery.encoded.get_or_init(|| Box::new(make()));
     // Only this function fills the slot, so the cached value is this type.
@@ -738,6 +751,29 @@ mod tests {
             kind: Some(peer_event::Kind::PullRemoteStream(p)),
         };
         assert_eq!(event_data(&event), text.as_bytes());
+        let sent = delivery_text(&Delivery::new(event));
+        assert_eq!(
+            sent.as_str(),
+            format!(r#"{{"notification":true,"method":"pullRemoteStream","data":{text}}}"#)
+        );
+    }
+
+    #[test]
+    fn a_delivery_is_the_notification_of_its_data() {
+        let event = proto::PeerEvent {
+            kind: Some(peer_event::Kind::TextMessage(proto::TextMessage {
+                room_id: "r\"1".into(),
+                user_id: "u".into(),
+                user_name: "n".into(),
+                message: "é \u{1}".repeat(100),
+                extra: [("x".to_owned(), "[1,{}]".to_owned())].into(),
+            })),
+        };
+        let expected = protoo::notification("textMessage", &event_data(&event));
+        let delivery = Delivery::new(event);
+        assert_eq!(delivery_text(&delivery).as_str(), expected);
+        // The second session shares the first one's encoding.
+        assert_eq!(delivery_text(&delivery).as_str(), expected);
     }
 
     #[test]
