@@ -3,7 +3,9 @@
 //! live here.
 
 use crate::auth::{Authenticator, Grant, Role, bearer};
-use crate::center::{Center, EventFilter, Outbound, PeerInfo, Resumed, SessionHandle, lagged};
+use crate::center::{
+    Center, EventFilter, Outbound, PeerInfo, Resumed, SLOW_CONSUMER, SessionHandle, lagged,
+};
 use crate::clock::Clock;
 use crate::error::CenterError;
 use crate::limits::{Inbox, Next, RateSettings};
@@ -685,8 +687,17 @@ impl PeerStream {
     /// Ends a peer that does not keep up; returns the reason to close with.
     fn slow_consumer(&self) -> &'static str {
         self.handle.metrics().slow_consumers.inc();
-        self.cut_off(Status::resource_exhausted("slow consumer"));
-        "slow consumer"
+        self.cut_off(Status::resource_exhausted(SLOW_CONSUMER));
+        SLOW_CONSUMER
+    }
+
+    /// Ends a session the center ordered closed; returns the reason.
+    fn evicted(&self, reason: &'static str) -> &'static str {
+        if reason == SLOW_CONSUMER {
+            return self.slow_consumer();
+        }
+        self.cut_off(Status::unavailable(reason));
+        reason
     }
 
     /// At shutdown, as a WebSocket session: hands on `first` and what is
@@ -759,7 +770,7 @@ impl PeerStream {
                                 () = self.settings.clock.sleep_until(self.settings.clock.elapsed() + self.settings.max_delay) => {
                                     break self.slow_consumer();
                                 }
-                                () = self.handle.overflow().cancelled() => break self.slow_consumer(),
+                                reason = self.handle.evicted() => break self.evicted(reason),
                                 () = shutdown.cancelled() => {
                                     self.drain(Some(message), &mut center_rx, &out).await;
                                     break "going away";
@@ -770,15 +781,11 @@ impl PeerStream {
                         Err(mpsc::error::TrySendError::Closed(_)) => break "peer gone",
                     }
                 }
-                () = self.handle.overflow().cancelled() => break self.slow_consumer(),
                 () = shutdown.cancelled() => {
                     self.drain(None, &mut center_rx, &out).await;
                     break "going away";
                 }
-                reason = self.handle.evicted() => {
-                    self.cut_off(Status::unavailable(reason));
-                    break reason;
-                }
+                reason = self.handle.evicted() => break self.evicted(reason),
                 () = out.closed() => break "peer gone",
                 _ = tick.tick() => {
                     if let Some(reason) = self.handle.tick(Instant::now()) {

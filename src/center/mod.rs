@@ -40,7 +40,9 @@ pub use config::CenterConfig;
 pub use entry::Outcome;
 pub use feed::{EventFilter, lagged};
 pub use listings::Overview;
-pub use outbound::{Delivery, Eviction, Outbound, Outlet, OutletError, PeerInfo, SessionStats};
+pub use outbound::{
+    Delivery, Eviction, Outbound, Outlet, OutletError, PeerInfo, SLOW_CONSUMER, SessionStats,
+};
 pub use registry::Resumed;
 pub use rules::DuplicatePolicy;
 pub use session::{ReplyTally, SessionHandle};
@@ -242,7 +244,6 @@ impl Center {
             self.inner.next_session.fetch_add(1, Ordering::Relaxed),
         );
         let stats = Arc::new(SessionStats::default());
-        let overflow = CancellationToken::new();
         let eviction = Arc::new(Eviction::default());
         let opened = cp::SessionOpen {
             session_id: id,
@@ -259,7 +260,6 @@ impl Center {
                 peer,
                 outlet: Box::new(outlet),
                 stats: stats.clone(),
-                overflow: overflow.clone(),
                 eviction: eviction.clone(),
                 connected_at: SystemTime::now(),
             },
@@ -269,8 +269,7 @@ impl Center {
             seq: self.inner.seq.clone(),
             invites: PendingInvites::default(),
             id,
-            tally: ReplyTally::new(stats, overflow, self.inner.metrics.clone()),
-            eviction,
+            tally: ReplyTally::new(stats, eviction, self.inner.metrics.clone()),
             grant,
             close_reason: None,
         }

@@ -94,9 +94,13 @@ impl<T: From<Outbound> + Send + 'static> Outlet for tokio::sync::mpsc::Sender<T>
     }
 }
 
-/// The center's order to a session's task to close, with why: its node
-/// lost its place in the cluster, its state went stale. Told once; the
-/// first reason stays.
+/// Why a session is closed when its queue is full: it does not keep up.
+pub const SLOW_CONSUMER: &str = "slow consumer";
+
+/// The center's order to a session's task to close, with why: it does not
+/// keep up ([`SLOW_CONSUMER`]), its node lost its place in the cluster, its
+/// state went stale. Told once; the first reason stays. One order for every
+/// reason, so a session's task waits on one future for all of them.
 #[derive(Debug, Default)]
 pub struct Eviction {
     token: CancellationToken,
@@ -108,6 +112,11 @@ impl Eviction {
     pub fn evict(&self, reason: &'static str) {
         let _ = self.reason.set(reason);
         self.token.cancel();
+    }
+
+    /// Whether the session was ordered closed.
+    pub fn is_ordered(&self) -> bool {
+        self.token.is_cancelled()
     }
 
     /// Resolves when the session must close, with why.

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
 
 /// How many feed numbers a local store reserves at a time
 /// ([`Registry::reservation_due`]): one kept entry per 32,768 events, and at
@@ -32,9 +31,8 @@ pub struct SessionEntry {
     pub outlet: Box<dyn Outlet>,
     /// Its counters.
     pub stats: Arc<SessionStats>,
-    /// Cancelled when its queue is full: its task closes it.
-    pub overflow: CancellationToken,
-    /// Set when the center orders it closed for another reason.
+    /// Set when the center orders it closed: its queue is full, or another
+    /// reason.
     pub eviction: Arc<super::outbound::Eviction>,
     /// When it opened.
     pub connected_at: SystemTime,
@@ -450,12 +448,12 @@ impl Registry {
                 entry.stats.messages_out.fetch_add(1, Ordering::Relaxed);
             }
             Err(OutletError::Full) => {
-                if !entry.overflow.is_cancelled() {
+                if !entry.eviction.is_ordered() {
                     tracing::warn!(
                         session.id = sid,
                         "outbound queue full: closing slow consumer"
                     );
-                    entry.overflow.cancel();
+                    entry.eviction.evict(super::outbound::SLOW_CONSUMER);
                 }
             }
             Err(OutletError::Closed) => {}

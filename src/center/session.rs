@@ -2,7 +2,7 @@
 
 use super::entry::Outcome;
 use super::invites::PendingInvites;
-use super::outbound::{Eviction, OutletError, SessionStats};
+use super::outbound::{Eviction, OutletError, SLOW_CONSUMER, SessionStats};
 use super::sequencer::{Sequencer, Waiter};
 use crate::auth::Grant;
 use crate::clock::unix_ms;
@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
 
 /// What queuing a reply to a session's peer needs, detached from the
 /// session's handle: a cluster node queues a reply when the shared log
@@ -26,21 +25,21 @@ pub struct ReplyTally(Arc<TallyParts>);
 
 struct TallyParts {
     stats: Arc<SessionStats>,
-    overflow: CancellationToken,
+    eviction: Arc<Eviction>,
     metrics: Arc<Metrics>,
 }
 
 impl ReplyTally {
-    /// The tally of the session with these counters, slow-consumer token
-    /// and metrics.
+    /// The tally of the session with these counters, order to close and
+    /// metrics.
     pub(super) fn new(
         stats: Arc<SessionStats>,
-        overflow: CancellationToken,
+        eviction: Arc<Eviction>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self(Arc::new(TallyParts {
             stats,
-            overflow,
+            eviction,
             metrics,
         }))
     }
@@ -54,7 +53,7 @@ impl ReplyTally {
             Ok(()) => {
                 self.0.stats.messages_out.fetch_add(1, Ordering::Relaxed);
             }
-            Err(OutletError::Full) => self.0.overflow.cancel(),
+            Err(OutletError::Full) => self.0.eviction.evict(SLOW_CONSUMER),
             Err(OutletError::Closed) => {}
         }
     }
@@ -72,10 +71,9 @@ pub struct SessionHandle {
     /// `invite`s sent to this session's MSU and not answered yet.
     pub(super) invites: PendingInvites,
     pub(super) id: SessionId,
-    pub(super) eviction: Arc<Eviction>,
     pub(super) grant: Grant,
     pub(super) close_reason: Option<String>,
-    /// Its counters, slow-consumer token and the process's metrics, handed
+    /// Its counters, its order to close and the process's metrics, handed
     /// to each reply and notification (see [`ReplyTally`]).
     pub(super) tally: ReplyTally,
 }
@@ -106,16 +104,17 @@ impl SessionHandle {
         &self.tally.0.stats
     }
 
-    /// Cancelled when the center could not queue an item for this session
-    /// (its queue was full): the session must close as a slow consumer.
-    pub fn overflow(&self) -> &CancellationToken {
-        &self.tally.0.overflow
+    /// Orders this session closed as a slow consumer ([`SLOW_CONSUMER`]):
+    /// an item for its peer found its queue full.
+    pub fn fell_behind(&self) {
+        self.tally.0.eviction.evict(SLOW_CONSUMER);
     }
 
     /// Resolves when the center orders this session closed (see
-    /// [`Eviction`]), with the reason to close it with.
+    /// [`Eviction`]), with the reason to close it with: [`SLOW_CONSUMER`]
+    /// when an item for it found its queue full.
     pub async fn evicted(&self) -> &'static str {
-        self.eviction.evicted().await
+        self.tally.0.eviction.evicted().await
     }
 
     /// Counts one message received from the peer.

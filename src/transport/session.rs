@@ -8,7 +8,7 @@
 //! is queued, pings, and expires unanswered `invite`s.
 
 use crate::auth::Grant;
-use crate::center::{Center, Outbound, OutletError, PeerInfo, SessionHandle};
+use crate::center::{Center, Outbound, OutletError, PeerInfo, SLOW_CONSUMER, SessionHandle};
 use crate::clock::Clock;
 use crate::error::CenterError;
 use crate::limits::{Inbox, Next, RateSettings};
@@ -107,7 +107,6 @@ impl From<Outbound> for WsOut {
     }
 }
 
-const SLOW_CONSUMER: &str = "slow consumer";
 const RATE_LIMITED: &str = "rate limit exceeded";
 
 /// How a session ended.
@@ -147,7 +146,7 @@ impl Ctx {
     fn send_text(&self, text: String) {
         match self.tx.push(WsOut::Text(Utf8Bytes::from(text))) {
             Ok(()) => self.handle.note_outbound(),
-            Err(OutletError::Full) => self.handle.overflow().cancel(),
+            Err(OutletError::Full) => self.handle.fell_behind(),
             Err(OutletError::Closed) => {}
         }
     }
@@ -186,9 +185,11 @@ where
         tokio::select! {
             end = &mut reader => end,
             end = &mut writer => end,
-            () = ctx.handle.overflow().cancelled() => End::Close(CloseCode::Policy, SLOW_CONSUMER),
-            // 1013 "try again later": the peer reconnects (to another node).
-            reason = ctx.handle.evicted() => End::Close(CloseCode::Again, reason),
+            reason = ctx.handle.evicted() => match reason {
+                SLOW_CONSUMER => End::Close(CloseCode::Policy, SLOW_CONSUMER),
+                // 1013 "try again later": the peer reconnects (to another node).
+                reason => End::Close(CloseCode::Again, reason),
+            },
             () = shutdown.cancelled() => End::Shutdown,
         }
     };
