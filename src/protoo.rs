@@ -5,6 +5,7 @@
 //! that the center passes on (`data`, ids) is kept as [`RawValue`] slices of
 //! the frame text, so values keep their exact bytes and JSON types.
 
+use memchr::memchr2;
 use serde::Deserialize;
 use serde::de::{MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -152,28 +153,35 @@ fn check_strictness(text: &str, max_depth: usize) -> Result<(), &'static str> {
         match bytes[i] {
             b'"' => {
                 i += 1;
-                while i < bytes.len() && bytes[i] != b'"' {
-                    if bytes[i] == b'\\' {
-                        if bytes.get(i + 1) == Some(&b'u') {
-                            let unit = hex(i + 2).unwrap_or(0);
-                            if (0xDC00..0xE000).contains(&unit) {
-                                return Err("lone low surrogate in a \\u escape");
-                            }
-                            if (0xD800..0xDC00).contains(&unit) {
-                                let low = (bytes.get(i + 6..i + 8) == Some(b"\\u"))
-                                    .then(|| hex(i + 8))
-                                    .flatten();
-                                if !low.is_some_and(|l| (0xDC00..0xE000).contains(&l)) {
-                                    return Err("lone high surrogate in a \\u escape");
-                                }
-                                i += 6;
+                // Only quotes and escapes matter inside a string: jump
+                // between them (most of a message's bytes are its text).
+                while let Some(at) = bytes.get(i..).and_then(|rest| memchr2(b'"', b'\\', rest)) {
+                    i += at;
+                    if bytes[i] == b'"' {
+                        break;
+                    }
+                    if bytes.get(i + 1) == Some(&b'u') {
+                        let unit = hex(i + 2).unwrap_or(0);
+                        if (0xDC00..0xE000).contains(&unit) {
+                            return Err("lone low surrogate in a \\u escape");
+                        }
+                        if (0xD800..0xDC00).contains(&unit) {
+                            let low = (bytes.get(i + 6..i + 8) == Some(b"\\u"))
+                                .then(|| hex(i + 8))
+                                .flatten();
+                            if !low.is_some_and(|l| (0xDC00..0xE000).contains(&l)) {
+                                return Err("lone high surrogate in a \\u escape");
                             }
                             i += 6;
-                            continue;
                         }
-                        i += 1;
+                        i += 6;
+                    } else {
+                        i += 2;
                     }
-                    i += 1;
+                }
+                if i >= bytes.len() {
+                    // An unterminated string: the parser says so.
+                    return Ok(());
                 }
             }
             b'[' | b'{' => {
@@ -516,6 +524,7 @@ pub fn request(id: u64, method: &str, data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy;
     use serde_json::Value;
 
     #[test]
@@ -718,6 +727,32 @@ mod tests {
             let escaped = RawValue::from_string(format!("\"{units}\"")).unwrap();
             let decoded = str_value(&escaped);
             proptest::prop_assert_eq!(decoded.as_deref(), Some(s.as_str()));
+        }
+    }
+
+    proptest::proptest! {
+        /// Inside strings the check jumps from quote to escape: whatever
+        /// the escapes, it refuses exactly what serde_json's `Value` does.
+        #[test]
+        fn strict_check_agrees_with_serde_json_on_escapes(
+            pieces in proptest::collection::vec(
+                proptest::prop_oneof![
+                    "[a-z \u{e9}\u{1F600}\\[\\]{}]{0,6}",
+                    proptest::strategy::Just("\\\"".to_owned()),
+                    proptest::strategy::Just("\\\\".to_owned()),
+                    proptest::strategy::Just("\\n".to_owned()),
+                    (0u32..0x1_0000).prop_map(|u| format!("\\u{u:04X}")),
+                    (0xD800u32..0xE000).prop_map(|u| format!("\\u{u:04x}")),
+                ],
+                0..12,
+            )
+        ) {
+            let text = format!("{{\"a\":[\"{}\",1],\"b\":\"{}\"}}", pieces.concat(), pieces.concat());
+            proptest::prop_assert_eq!(
+                check_strict(&text).is_ok(),
+                serde_json::from_str::<Value>(&text).is_ok(),
+                "{}", text
+            );
         }
     }
 

@@ -490,9 +490,6 @@ where
         tokio::select! {
             item = rx.recv() => {
                 let Some(item) = item else { return End::Gone("queue closed") };
-                // A write that cannot finish in time means the peer does not
-                // read: what waits behind it is too old (the age bound).
-                let deadline = settings.clock.elapsed() + settings.outbound_max_delay;
                 batch.push(item);
                 while batch.len() < BATCH {
                     let Some(item) = rx.try_recv() else { break };
@@ -512,11 +509,22 @@ where
                     }
                     sink.flush().await
                 };
-                let result = tokio::select! {
-                    result = write => result,
-                    () = settings.clock.sleep_until(deadline) => {
-                        tracing::warn!("a write waited too long for the peer to read: closing slow consumer");
-                        return End::Close(CloseCode::Policy, SLOW_CONSUMER);
+                tokio::pin!(write);
+                // Most writes finish at once; one that waits on the peer
+                // gets a deadline: a write that cannot finish in time means
+                // the peer does not read, and what waits behind it is too
+                // old (the age bound). No clock read or timer otherwise.
+                let result = match futures_util::poll!(&mut write) {
+                    std::task::Poll::Ready(result) => result,
+                    std::task::Poll::Pending => {
+                        let deadline = settings.clock.elapsed() + settings.outbound_max_delay;
+                        tokio::select! {
+                            result = &mut write => result,
+                            () = settings.clock.sleep_until(deadline) => {
+                                tracing::warn!("a write waited too long for the peer to read: closing slow consumer");
+                                return End::Close(CloseCode::Policy, SLOW_CONSUMER);
+                            }
+                        }
                     }
                 };
                 if let Err(e) = result {
