@@ -713,21 +713,29 @@ mod tests {
         );
     }
 
-    #[test]
-    fn strict_fields_win_and_odd_messages_travel_as_sent() {
-        let event = proto::PeerEvent {
+    /// A `textMessage` from user `u` named `n`.
+    fn text_event(room_id: &str, message: String, extra: &[(&str, &str)]) -> proto::PeerEvent {
+        proto::PeerEvent {
             kind: Some(peer_event::Kind::TextMessage(proto::TextMessage {
-                room_id: "r".into(),
+                room_id: room_id.into(),
                 user_id: "u".into(),
                 user_name: "n".into(),
-                message: String::new(),
-                extra: [
-                    ("message".to_owned(), "{\"rich\":true}".to_owned()),
-                    ("userId".to_owned(), "42".to_owned()),
-                ]
-                .into(),
+                message,
+                extra: extra
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
             })),
-        };
+        }
+    }
+
+    #[test]
+    fn strict_fields_win_and_odd_messages_travel_as_sent() {
+        let event = text_event(
+            "r",
+            String::new(),
+            &[("message", "{\"rich\":true}"), ("userId", "42")],
+        );
         let v: Value = serde_json::from_slice(&event_data(&event)).unwrap();
         assert_eq!(
             v,
@@ -760,15 +768,7 @@ mod tests {
 
     #[test]
     fn a_delivery_is_the_notification_of_its_data() {
-        let event = proto::PeerEvent {
-            kind: Some(peer_event::Kind::TextMessage(proto::TextMessage {
-                room_id: "r\"1".into(),
-                user_id: "u".into(),
-                user_name: "n".into(),
-                message: "é \u{1}".repeat(100),
-                extra: [("x".to_owned(), "[1,{}]".to_owned())].into(),
-            })),
-        };
+        let event = text_event("r\"1", "é \u{1}".repeat(100), &[("x", "[1,{}]")]);
         let expected = protoo::notification("textMessage", &event_data(&event));
         let delivery = Delivery::new(event);
         assert_eq!(delivery_text(&delivery).as_str(), expected);
