@@ -44,7 +44,8 @@ struct Queue<T> {
     /// Queued and not yet taken, with their sizes.
     items: VecDeque<(T, usize)>,
     /// Bytes of `items` and of what the receiver took and has not yet
-    /// handed on (it reports that when it comes back for more: written).
+    /// handed on (it reports that when it next takes from the queue; see
+    /// [`OutboxReceiver::recv`]).
     bytes: usize,
     /// Items the receiver holds, as of its last take (for the gauge).
     held: usize,
@@ -182,8 +183,11 @@ impl<T> OutboxReceiver<T> {
     /// The next item; `None` when every sender is gone.
     ///
     /// What `recv` and `try_recv` hand out counts against the byte bound
-    /// until the next `recv`: the writer calls it when it has written
-    /// what it took (a write batch), and not before.
+    /// until the receiver next goes back to the shared queue: at the next
+    /// `recv`, or at a `try_recv` that has used up what it took. (A write
+    /// batch ends with a `try_recv` that finds nothing, so a batch counts
+    /// until it is gathered, not until it is written; only one cut at the
+    /// batch's item limit counts until the next `recv`.)
     pub async fn recv(&mut self) -> Option<T> {
         std::future::poll_fn(|cx| {
             if !self.local.is_empty() {
