@@ -109,19 +109,11 @@ fn empty_object() -> &'static RawValue {
     EMPTY.get_or_init(|| RawValue::from_string(EMPTY_OBJECT.to_owned()).unwrap_or_default())
 }
 
-fn string_of(raw: Option<&RawValue>) -> Option<String> {
-    raw.and_then(|r| str_value(r).map(Cow::into_owned))
-}
-
-/// A JSON string borrowed from the frame text when it holds no escape.
-fn str_of(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
-    raw.and_then(str_value)
-}
-
 /// The string `raw` holds, `None` when it is no JSON string. One without
-/// a backslash is its text between the quotes (the parser that made `raw`
-/// checked its grammar): no second parse for the usual plain value.
-pub fn str_value(raw: &RawValue) -> Option<Cow<'_, str>> {
+/// a backslash is its text between the quotes, borrowed (the parser that
+/// made `raw` checked its grammar): no second parse for the usual plain
+/// value.
+fn str_value(raw: &RawValue) -> Option<Cow<'_, str>> {
     let text = raw.get();
     let inner = text.strip_prefix('"')?.strip_suffix('"')?;
     if inner.contains('\\') {
@@ -245,7 +237,7 @@ pub fn parse(text: &str) -> Result<Message<'_>, FrameError> {
                 });
             }
         };
-        let Some(method) = str_of(env.method) else {
+        let Some(method) = env.method.and_then(str_value) else {
             return Err(FrameError::BadRequest {
                 id: Some(id.to_owned()),
                 reason: "Invalid method",
@@ -260,10 +252,13 @@ pub fn parse(text: &str) -> Result<Message<'_>, FrameError> {
             error_code: env
                 .error_code
                 .and_then(|r| serde_json::from_str::<i64>(r.get()).ok()),
-            error_reason: string_of(env.error_reason),
+            error_reason: env.error_reason.and_then(str_value).map(Cow::into_owned),
         })
     } else if is_true(env.notification) {
-        let method = str_of(env.method).ok_or(FrameError::NotProtoo)?;
+        let method = env
+            .method
+            .and_then(str_value)
+            .ok_or(FrameError::NotProtoo)?;
         Ok(Message::Notification { method, data })
     } else {
         Err(FrameError::NotProtoo)

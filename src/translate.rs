@@ -448,11 +448,6 @@ pub fn event_method(event: &proto::PeerEvent) -> &'static str {
     }
 }
 
-/// The protoo `data` of a room event.
-pub fn event_data(event: &proto::PeerEvent) -> Vec<u8> {
-    write_event_data(event, Vec::with_capacity(128))
-}
-
 /// Appends the protoo `data` of a room event to `buf`.
 fn write_event_data(event: &proto::PeerEvent, mut buf: Vec<u8>) -> Vec<u8> {
     if let Some(peer_event::Kind::PullRemoteStream(e)) = &event.kind
@@ -711,6 +706,11 @@ mod tests {
             v,
             json!({"roomId": "r", "userId": "u", "userName": "Held", "pushers": [{"pusherId": "p", "rtpParam": serde_json::from_str::<Value>(rtp).unwrap(), "layer": 3}], "t": 1})
         );
+    }
+
+    /// The protoo `data` of a room event, alone.
+    fn event_data(event: &proto::PeerEvent) -> Vec<u8> {
+        write_event_data(event, Vec::new())
     }
 
     /// A `textMessage` from user `u` named `n`.
