@@ -85,26 +85,29 @@ async fn relay(client: TcpStream, server: TcpStream, mut mode: watch::Receiver<M
                 }
             }
             Mode::Pass | Mode::Delay(_) => {
-                let delay = match current {
-                    Mode::Delay(d) => d,
-                    _ => std::time::Duration::ZERO,
+                let (read, upward) = tokio::select! {
+                    r = cr.read(&mut up) => (r, true),
+                    r = sr.read(&mut down) => (r, false),
+                    changed = mode.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                 };
-                tokio::select! {
-                    r = cr.read(&mut up) => match r {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            tokio::time::sleep(delay).await;
-                            if sw.write_all(&up[..n]).await.is_err() { return }
-                        }
-                    },
-                    r = sr.read(&mut down) => match r {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            tokio::time::sleep(delay).await;
-                            if cw.write_all(&down[..n]).await.is_err() { return }
-                        }
-                    },
-                    changed = mode.changed() => if changed.is_err() { return },
+                let Ok(n @ 1..) = read else { return };
+                // The injected fault itself (a slow link), not a wait for
+                // anything: each chunk is held this long before it goes on.
+                if let Mode::Delay(delay) = current {
+                    tokio::time::sleep(delay).await;
+                }
+                let written = if upward {
+                    sw.write_all(&up[..n]).await
+                } else {
+                    cw.write_all(&down[..n]).await
+                };
+                if written.is_err() {
+                    return;
                 }
             }
         }
