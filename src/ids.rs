@@ -18,6 +18,11 @@
 /// Identifies a peer session for the life of a deployment (never reused).
 pub type SessionId = u64;
 
+/// A map keyed by session id. The center makes these ids (a peer never
+/// chooses one), so a fast hasher is safe where a peer's strings keep
+/// std's: a delivery looks its session up once per recipient.
+pub type SessionMap<V> = std::collections::HashMap<SessionId, V, foldhash::fast::RandomState>;
+
 /// 2026-01-01T00:00:00Z in Unix milliseconds: epochs count from here.
 pub const EPOCH_BASE_UNIX_MS: u64 = 1_767_225_600_000;
 /// The wall clock raises the floor of epochs by one every 10 minutes.

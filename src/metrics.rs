@@ -78,6 +78,9 @@ pub struct Metrics {
     in_by_method: Vec<Counter>,
     /// `messages_out` per method, likewise.
     out_by_method: Vec<Counter>,
+    /// `request_seconds` per method, likewise, each taken from the family
+    /// when first used (so a method never requested shows no histogram).
+    request_by_method: Vec<std::sync::OnceLock<Histogram>>,
     sessions: Family<KindLabel, Gauge>,
     rooms: Gauge,
     users: Gauge,
@@ -286,6 +289,7 @@ impl Metrics {
             registry,
             in_by_method,
             out_by_method,
+            request_by_method: METHODS.iter().map(|_| std::sync::OnceLock::new()).collect(),
             messages_in,
             messages_out,
             errors,
@@ -320,6 +324,19 @@ impl Metrics {
     /// Counts one message received, by method.
     pub fn inbound(&self, method: &str) {
         self.in_by_method[method_index(method)].inc();
+    }
+
+    /// Records how long a request took the center, by method.
+    pub fn request_took(&self, label: &MethodLabel, took: std::time::Duration) {
+        // A label comes from `method_label`, which hands out METHODS' own
+        // strings: their address finds the slot without comparing text.
+        let i = METHODS
+            .iter()
+            .position(|m| std::ptr::eq(*m, label.method))
+            .unwrap_or_else(|| method_index(label.method));
+        self.request_by_method[i]
+            .get_or_init(|| self.request_seconds.get_or_create(label).clone())
+            .observe(took.as_secs_f64());
     }
 
     /// Counts one message queued to a peer, by method.

@@ -253,6 +253,34 @@ async fn push_pull_and_late_join_keep_every_field() {
     .await;
 }
 
+/// Frames that reach the center together are taken from the socket and
+/// applied together (their recipients woken once): every one of them, in
+/// order, even with the peer's close frame in the same read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_that_arrive_together_are_all_applied_in_order_before_a_close() {
+    common::bounded(async move {
+        let server = common::start().await;
+        let (mut a, mut b) = (Peer::connect(&server).await, Peer::connect(&server).await);
+        a.join("r", "a1", "A").await;
+        b.join("r", "b1", "B").await;
+        a.expect("newUser").await;
+        const N: usize = 300;
+        for i in 0..N {
+            let msg = json!({"notification": true, "method": "textMessage", "data": {"roomId": "r", "userId": "a1", "message": i.to_string()}});
+            a.ws.feed(Message::Text(msg.to_string().into())).await.unwrap();
+        }
+        // One flush: the frames and the close leave in as few segments as
+        // the kernel makes, so the center reads many of them at once.
+        a.ws.feed(Message::Close(None)).await.unwrap();
+        a.ws.flush().await.unwrap();
+        for i in 0..N {
+            let got = b.expect("textMessage").await;
+            assert_eq!(got["message"], json!(i.to_string()), "{got}");
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_leave_and_text_message() {
     common::bounded(async move {

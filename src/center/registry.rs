@@ -9,7 +9,7 @@ use super::rules::{Effects, Notice};
 use super::shrink::shrink_after_crowd;
 use crate::clock::timestamp;
 use crate::error::CenterError;
-use crate::ids::SessionId;
+use crate::ids::{SessionId, SessionMap};
 use crate::metrics::StateGauges;
 use crate::proto::{self, EventKind, watch_events_response::Event};
 use std::collections::HashMap;
@@ -93,9 +93,9 @@ impl FrozenRegistry {
 pub struct Registry {
     /// This process's id as a cluster node ("" when it is not one).
     node_id: String,
-    sessions: HashMap<SessionId, SessionEntry>,
+    sessions: SessionMap<SessionEntry>,
     /// Sessions other cluster nodes hold.
-    remote: HashMap<SessionId, RemoteSession>,
+    remote: SessionMap<RemoteSession>,
     /// Event feed. A receiver that falls further behind than its capacity
     /// gets `Lagged(n)`. Senders never wait.
     feed: broadcast::Sender<Arc<proto::WatchEventsResponse>>,
@@ -161,8 +161,8 @@ impl Registry {
     ) -> Self {
         Self {
             node_id,
-            sessions: HashMap::new(),
-            remote: HashMap::new(),
+            sessions: SessionMap::default(),
+            remote: SessionMap::default(),
             feed,
             seq: 0,
             reserved: 0,

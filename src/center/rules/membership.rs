@@ -2,7 +2,7 @@
 
 use crate::ids::SessionId;
 use crate::proto;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,7 +57,9 @@ impl User {
 pub(crate) struct Room {
     pub(crate) users: HashMap<String, User>,
     /// Session -> users of this room it holds: the sessions that hear it.
-    pub(crate) listeners: HashMap<SessionId, u32>,
+    /// Ordered, so who hears a broadcast comes out in a stable order (tests,
+    /// a shared store) without a sort per message.
+    pub(crate) listeners: BTreeMap<SessionId, u32>,
     /// The MSU serving this room.
     pub(crate) msu: Option<String>,
     /// Publisher user id -> where its media goes between SFUs.
@@ -69,15 +71,11 @@ pub(crate) struct Room {
 impl Room {
     /// Every session hearing the room but `exclude`.
     pub(super) fn audience_but(&self, exclude: &[Option<SessionId>]) -> Vec<SessionId> {
-        let mut to: Vec<SessionId> = self
-            .listeners
+        self.listeners
             .keys()
             .filter(|s| !exclude.contains(&Some(**s)))
             .copied()
-            .collect();
-        // A stable order makes effects reproducible (tests, a shared store).
-        to.sort_unstable();
-        to
+            .collect()
     }
 
     pub(super) fn stop_hearing(&mut self, sid: SessionId) {

@@ -48,7 +48,7 @@ use orphans::Orphans;
 
 use super::shrink::shrink_after_crowd;
 use crate::error::CenterError;
-use crate::ids::SessionId;
+use crate::ids::{SessionId, SessionMap};
 use crate::proto::{self, EventKind, peer_event, watch_events_response::Event};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -81,7 +81,7 @@ pub struct RulesConfig {
 /// Rooms, users, pushers, MSUs and who holds what. See the module docs.
 pub struct Rules {
     pub(super) config: RulesConfig,
-    pub(super) sessions: HashMap<SessionId, Holdings>,
+    pub(super) sessions: SessionMap<Holdings>,
     pub(super) rooms: HashMap<String, Arc<Room>>,
     pub(super) msus: MsuPool,
     /// Users waiting out the grace, by identity and by deadline.
@@ -156,7 +156,7 @@ impl Rules {
     pub fn new(config: RulesConfig) -> Self {
         Self {
             config,
-            sessions: HashMap::new(),
+            sessions: SessionMap::default(),
             rooms: HashMap::new(),
             msus: MsuPool::default(),
             orphans: Orphans::default(),

@@ -100,7 +100,7 @@ fn check_indexes(r: &Rules) -> Result<(), String> {
         if room.users.is_empty() {
             return Err(format!("empty room {room_id} kept"));
         }
-        let mut listeners: HashMap<SessionId, u32> = HashMap::new();
+        let mut listeners: std::collections::BTreeMap<SessionId, u32> = Default::default();
         for (user_id, user) in &room.users {
             let key = (room_id.clone(), user_id.clone());
             match &user.holder {
