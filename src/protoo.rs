@@ -7,7 +7,7 @@
 
 use memchr::memchr2;
 use serde::Deserialize;
-use serde::de::{MapAccess, Visitor};
+use serde::de::Visitor;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
@@ -114,12 +114,78 @@ fn empty_object() -> &'static RawValue {
 /// made `raw` checked its grammar): no second parse for the usual plain
 /// value.
 fn str_value(raw: &RawValue) -> Option<Cow<'_, str>> {
-    let text = raw.get();
+    str_text(raw.get())
+}
+
+/// [`str_value`] of JSON text known to be valid.
+fn str_text(text: &str) -> Option<Cow<'_, str>> {
     let inner = text.strip_prefix('"')?.strip_suffix('"')?;
     if inner.contains('\\') {
         serde_json::from_str::<Key<'_>>(text).ok().map(|Key(k)| k)
     } else {
         Some(Cow::Borrowed(inner))
+    }
+}
+
+/// The first byte at or after `i` that is not JSON whitespace.
+fn skip_space(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// Where the JSON string that starts at `b[i]` ends (just past its closing
+/// quote), in valid JSON.
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let mut j = i + 1;
+    loop {
+        let k = j + memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
+        if b[k] == b'\\' {
+            // An escape: the next byte is never the string's end.
+            j = k + 2;
+        } else {
+            return Some(k + 1);
+        }
+    }
+}
+
+/// Where the JSON value that starts at `b[i]` ends, in valid JSON.
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => string_end(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                match *b.get(j)? {
+                    b'"' => {
+                        j = string_end(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        // A number, true, false or null: up to the next delimiter.
+        _ => {
+            let len = b[i..]
+                .iter()
+                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .unwrap_or(b.len() - i);
+            Some(i + len)
+        }
     }
 }
 
@@ -265,12 +331,13 @@ pub fn parse(text: &str) -> Result<Message<'_>, FrameError> {
     }
 }
 
-/// A JSON object as its `(key, raw value)` pairs, in the order sent.
+/// A JSON object as its `(key, raw value)` pairs, in the order sent; each
+/// value is the JSON text of that member, exactly as sent.
 ///
 /// The translation layer takes the fields it knows and keeps the rest as raw
 /// JSON text, which is how unknown fields survive the trip through protobuf.
 #[derive(Debug, Default)]
-pub struct RawObject<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);
+pub struct RawObject<'a>(pub Vec<(Cow<'a, str>, &'a str)>);
 
 /// A key of a JSON object: borrowed from the frame text unless it holds an
 /// escape (a frame's fields are parsed on every message: no allocation for
@@ -299,34 +366,50 @@ impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
     }
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = RawObject<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
+impl<'a> RawObject<'a> {
+    /// Splits `raw` into its members; `None` when it is not an object.
+    ///
+    /// `raw` is valid JSON (serde_json checked it when it made the
+    /// `RawValue`), so all that is left is to find where each member ends:
+    /// one pass over the bytes. (Parsing every frame's data a second time
+    /// with serde cost about as much as parsing the frame.)
+    pub fn parse(raw: &'a RawValue) -> Option<Self> {
+        let text = raw.get();
+        let b = text.as_bytes();
+        let mut i = skip_space(b, 0);
+        if b.get(i) != Some(&b'{') {
+            return None;
+        }
+        let mut fields = Vec::with_capacity(8);
+        i = skip_space(b, i + 1);
+        if b.get(i) == Some(&b'}') {
+            return Some(RawObject(fields));
+        }
+        loop {
+            let key_end = string_end(b, i)?;
+            let key = &text[i..key_end];
+            let key = match key.strip_prefix('"').and_then(|k| k.strip_suffix('"')) {
+                Some(plain) if !plain.contains('\\') => Cow::Borrowed(plain),
+                _ => Cow::Owned(serde_json::from_str::<String>(key).ok()?),
+            };
+            i = skip_space(b, key_end);
+            if b.get(i) != Some(&b':') {
+                return None;
             }
-            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some((Key(k), v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
-                    fields.push((k, v));
-                }
-                Ok(RawObject(fields))
+            i = skip_space(b, i + 1);
+            let end = value_end(b, i)?;
+            fields.push((key, text.get(i..end)?));
+            i = skip_space(b, end);
+            match b.get(i) {
+                Some(b',') => i = skip_space(b, i + 1),
+                Some(b'}') => return Some(RawObject(fields)),
+                _ => return None,
             }
         }
-        d.deserialize_map(V(std::marker::PhantomData))
-    }
-}
-
-impl<'a> RawObject<'a> {
-    /// Parses `raw` as an object; `None` when it is not one.
-    pub fn parse(raw: &'a RawValue) -> Option<Self> {
-        serde_json::from_str(raw.get()).ok()
     }
 
-    /// Removes and returns the field `key`.
-    pub fn take(&mut self, key: &str) -> Option<&'a RawValue> {
+    /// Removes and returns the field `key` (its JSON text).
+    pub fn take(&mut self, key: &str) -> Option<&'a str> {
         let pos = self.0.iter().position(|(k, _)| k == key)?;
         Some(self.0.swap_remove(pos).1)
     }
@@ -335,7 +418,7 @@ impl<'a> RawObject<'a> {
     /// another type is left in place (so it travels on as an unknown field).
     pub fn take_str(&mut self, key: &str) -> Option<String> {
         let pos = self.0.iter().position(|(k, _)| k == key)?;
-        let s = str_value(self.0[pos].1)?.into_owned();
+        let s = str_text(self.0[pos].1)?.into_owned();
         self.0.swap_remove(pos);
         Some(s)
     }
@@ -343,7 +426,7 @@ impl<'a> RawObject<'a> {
     /// Removes `key` when it is a JSON integer and returns it.
     pub fn take_i64(&mut self, key: &str) -> Option<i64> {
         let pos = self.0.iter().position(|(k, _)| k == key)?;
-        let n = serde_json::from_str::<i64>(self.0[pos].1.get()).ok()?;
+        let n = serde_json::from_str::<i64>(self.0[pos].1).ok()?;
         self.0.swap_remove(pos);
         Some(n)
     }
@@ -352,7 +435,7 @@ impl<'a> RawObject<'a> {
     pub fn into_extra(self) -> std::collections::HashMap<String, String> {
         self.0
             .into_iter()
-            .map(|(k, v)| (k.into_owned(), v.get().to_owned()))
+            .map(|(k, v)| (k.into_owned(), v.to_owned()))
             .collect()
     }
 }
@@ -708,6 +791,61 @@ mod tests {
         let extra = o.into_extra();
         assert_eq!(extra["userName"], "5");
         assert_eq!(extra["x"], r#"{"y":[1,"2"]}"#);
+    }
+
+    /// Any JSON value, nested a few levels, with strings that need escapes.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = proptest::prop_oneof![
+            proptest::strategy::Just(Value::Null),
+            proptest::bool::ANY.prop_map(Value::Bool),
+            proptest::num::i64::ANY.prop_map(Value::from),
+            (-1e9f64..1e9).prop_map(Value::from),
+            r#"[a-z"\\{}\[\],: \x01\u{e9}\u{1F600}]{0,8}"#.prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            proptest::prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec((r#"[a-z"\\]{0,4}"#, inner), 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// The one-pass split finds every member, key and value, as
+        /// serde_json reads them, in order, whatever the spacing; a value
+        /// that is not an object is not split.
+        #[test]
+        fn an_object_splits_into_the_members_serde_json_reads(
+            members in proptest::collection::vec((r#"[a-z"\\\u{e9}]{0,5}"#, any_json()), 0..6),
+            space in proptest::sample::select(vec!["", " ", "\n\t ", "\r\n"]),
+            other in any_json(),
+        ) {
+            let mut text = format!("{space}{{{space}");
+            for (n, (k, v)) in members.iter().enumerate() {
+                if n > 0 {
+                    text.push_str(&format!("{space},{space}"));
+                }
+                let k = serde_json::to_string(k).unwrap();
+                let v = if n % 2 == 0 { v.to_string() } else { serde_json::to_string_pretty(v).unwrap() };
+                text.push_str(&format!("{k}{space}:{space}{v}"));
+            }
+            text.push_str(&format!("{space}}}{space}"));
+            let raw = RawValue::from_string(text.clone()).unwrap();
+            let split = RawObject::parse(&raw).expect("an object");
+            proptest::prop_assert_eq!(split.0.len(), members.len(), "{}", text);
+            for ((k, v), (key, value)) in members.iter().zip(&split.0) {
+                proptest::prop_assert_eq!(key.as_ref(), k.as_str());
+                // Both sides read from text: a float reads back the same
+                // from the same digits.
+                let want: Value = serde_json::from_str(&v.to_string()).unwrap();
+                proptest::prop_assert_eq!(serde_json::from_str::<Value>(value).unwrap(), want);
+            }
+            if !other.is_object() {
+                let raw = RawValue::from_string(other.to_string()).unwrap();
+                proptest::prop_assert!(RawObject::parse(&raw).is_none());
+            }
+        }
     }
 
     proptest::proptest! {

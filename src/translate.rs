@@ -52,7 +52,7 @@ pub fn request_command(method: &str, data: &RawValue) -> Result<Command, CenterE
                 .ok_or_else(|| CenterError::invalid("user_id", REASON))?;
             let user_name = user_name(&mut o);
             // `audience` defaults to false when it is not a boolean.
-            let audience = o.take("audience").is_some_and(|v| v.get() == "true");
+            let audience = o.take("audience") == Some("true");
             command::Kind::Join(proto::JoinRequest {
                 room_id,
                 user_id,
@@ -86,7 +86,10 @@ pub fn notification_command(method: &str, data: &RawValue) -> Result<Command, Ce
         }
         "pullRemoteStream" => {
             let (room_id, pusher_user_id, mut o) = room_and_user(data, "pusher_user_id")?;
-            let push_info = o.take("pushInfo").and_then(|raw| publisher(raw).ok());
+            let push_info = o
+                .take("pushInfo")
+                .and_then(|text| serde_json::from_str::<&RawValue>(text).ok())
+                .and_then(|raw| publisher(raw).ok());
             command::Kind::PullRemoteStream(proto::PullRemoteStreamRequest {
                 room_id,
                 pusher_user_id,
@@ -194,8 +197,8 @@ fn user_name(o: &mut RawObject<'_>) -> String {
     name.unwrap_or_default()
 }
 
-fn publishers(raw: &RawValue) -> Result<Vec<proto::Publisher>, CenterError> {
-    let entries: Vec<&RawValue> = serde_json::from_str(raw.get())
+fn publishers(text: &str) -> Result<Vec<proto::Publisher>, CenterError> {
+    let entries: Vec<&RawValue> = serde_json::from_str(text)
         .map_err(|_| CenterError::invalid("publishers", "publishers must be an array"))?;
     let mut out = Vec::with_capacity(entries.len());
     for entry in entries {
@@ -213,10 +216,7 @@ fn publisher(raw: &RawValue) -> Result<proto::Publisher, CenterError> {
     let pusher_id = o
         .take_str("pusherId")
         .ok_or_else(|| CenterError::invalid("pusher_id", REASON))?;
-    let rtp_param_json = o
-        .take("rtpParam")
-        .map(|r| r.get().to_owned())
-        .unwrap_or_default();
+    let rtp_param_json = o.take("rtpParam").map(str::to_owned).unwrap_or_default();
     Ok(proto::Publisher {
         pusher_id,
         rtp_param_json,
