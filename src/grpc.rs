@@ -742,7 +742,7 @@ impl PeerStream {
                 // A full inbox stops reading: HTTP/2 flow control slows the peer down.
                 msg = inbound.next(), if !self.inbox.is_full() => match msg {
                     Some(Ok(msg)) => {
-                        self.handle.note_inbound(1);
+                        self.handle.note_inbound();
                         let len = prost::Message::encoded_len(&msg);
                         self.inbox.push(msg, len);
                     }

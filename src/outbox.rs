@@ -11,85 +11,14 @@
 //! it), and the writer takes everything queued in one step, then works
 //! through it without touching shared memory. A per-item channel cost more
 //! in its atomics than the rest of a delivery.
-//!
-//! A reader that applies several frames in one go holds a [`WakeBatch`]:
-//! the writers those frames reach are woken once, when it ends, so each
-//! writes everything the frames caused in one write, instead of waking
-//! (and writing) once for the first frame and again for the rest.
 
 use crate::center::{Outbound, Outlet, OutletError};
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Poll, Waker};
-
-thread_local! {
-    /// Whether a [`WakeBatch`] is open on this thread.
-    static BATCHING: Cell<bool> = const { Cell::new(false) };
-    /// The receivers to wake when it ends (kept allocated between batches).
-    static DEFERRED: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
-}
-
-/// While it lives, pushes on this thread leave the receivers they would
-/// wake to be woken when it is dropped (each at most once: only a push
-/// that finds a waiting receiver takes its waker). Held around a burst of
-/// work that does not wait (it is not `Send`, so it cannot be held across
-/// an `.await` in a spawned task); a batch opened inside another adds to
-/// the outer one.
-#[must_use = "the wakes happen when the batch is dropped"]
-pub struct WakeBatch {
-    /// Whether this one opened the batch (an inner one leaves it open).
-    outer: bool,
-    _not_send: PhantomData<*const ()>,
-}
-
-impl WakeBatch {
-    /// Opens a batch on this thread.
-    pub fn open() -> Self {
-        let outer = !BATCHING.replace(true);
-        Self {
-            outer,
-            _not_send: PhantomData,
-        }
-    }
-}
-
-impl Drop for WakeBatch {
-    fn drop(&mut self) {
-        if !self.outer {
-            return;
-        }
-        BATCHING.set(false);
-        let wakers = DEFERRED.with(|d| std::mem::take(&mut *d.borrow_mut()));
-        let mut wakers = wakers;
-        for waker in wakers.drain(..) {
-            waker.wake();
-        }
-        // Hand the emptied vector back, so its allocation is reused.
-        DEFERRED.with(|d| {
-            let mut d = d.borrow_mut();
-            if d.capacity() < wakers.capacity() {
-                *d = wakers;
-            }
-        });
-    }
-}
-
-/// Wakes the receiver waiting on `waker`, now or (inside a [`WakeBatch`])
-/// when the batch ends.
-fn wake(waker: &AtomicWaker) {
-    if BATCHING.get() {
-        if let Some(w) = waker.take() {
-            DEFERRED.with(|d| d.borrow_mut().push(w));
-        }
-    } else {
-        waker.wake();
-    }
-}
+use std::task::Poll;
 
 /// What an item costs on the wire, roughly: what the byte bound counts.
 pub trait WireSize {
@@ -212,7 +141,7 @@ impl<T: WireSize> Outbox<T> {
         // Only the first item can find the receiver waiting: it waits only
         // after it found the queue empty.
         if was_empty {
-            wake(&self.shared.waker);
+            self.shared.waker.wake();
         }
         Ok(())
     }
@@ -297,7 +226,6 @@ impl<T> OutboxReceiver<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::future::Future;
 
     #[derive(Debug)]
     struct Text(usize);
@@ -316,53 +244,6 @@ mod tests {
 
     fn text(n: usize) -> Text {
         Text(n)
-    }
-
-    /// Counts its wakes.
-    #[derive(Default)]
-    struct Wakes(AtomicUsize);
-
-    impl std::task::Wake for Wakes {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    #[test]
-    fn a_wake_batch_wakes_a_waiting_receiver_once_when_it_ends() {
-        let (tx, mut rx) = outbox(1000);
-        let wakes = Arc::new(Wakes::default());
-        let waker = Waker::from(wakes.clone());
-        let mut cx = std::task::Context::from_waker(&waker);
-        {
-            let mut recv = std::pin::pin!(rx.recv());
-            assert!(
-                recv.as_mut().poll(&mut cx).is_pending(),
-                "nothing queued yet"
-            );
-        }
-        {
-            let _batch = WakeBatch::open();
-            assert!(tx.push(text(1)).is_ok());
-            {
-                let _inner = WakeBatch::open();
-                assert!(tx.push(text(2)).is_ok());
-            }
-            assert_eq!(
-                wakes.0.load(Ordering::SeqCst),
-                0,
-                "not while the batch is open"
-            );
-        }
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "once, when it ends");
-        assert!(rx.try_recv().is_some() && rx.try_recv().is_some());
-        // Without a batch, a push wakes at once.
-        {
-            let mut recv = std::pin::pin!(rx.recv());
-            assert!(recv.as_mut().poll(&mut cx).is_pending());
-        }
-        assert!(tx.push(text(3)).is_ok());
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
     }
 
     #[test]

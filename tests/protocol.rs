@@ -253,9 +253,8 @@ async fn push_pull_and_late_join_keep_every_field() {
     .await;
 }
 
-/// Frames that reach the center together are taken from the socket and
-/// applied together (their recipients woken once): every one of them, in
-/// order, even with the peer's close frame in the same read.
+/// Frames that reach the center in one read are all applied, in order,
+/// even with the peer's close frame among them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_that_arrive_together_are_all_applied_in_order_before_a_close() {
     common::bounded(async move {

@@ -117,11 +117,10 @@ impl SessionHandle {
         self.tally.0.eviction.evicted().await
     }
 
-    /// Counts `messages` received from the peer just now (one clock read
-    /// for all the frames a reader took in one go).
-    pub fn note_inbound(&self, messages: u64) {
+    /// Counts one message received from the peer.
+    pub fn note_inbound(&self) {
         let stats = self.stats();
-        stats.messages_in.fetch_add(messages, Ordering::Relaxed);
+        stats.messages_in.fetch_add(1, Ordering::Relaxed);
         stats
             .last_seen_ms
             .store(unix_ms(SystemTime::now()), Ordering::Relaxed);

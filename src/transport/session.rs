@@ -13,7 +13,7 @@ use crate::clock::Clock;
 use crate::error::CenterError;
 use crate::limits::{Inbox, Next, RateSettings};
 use crate::metrics::{OutboundTally, method_label};
-use crate::outbox::{Outbox, OutboxReceiver, WakeBatch, WireSize, outbox};
+use crate::outbox::{Outbox, OutboxReceiver, WireSize, outbox};
 use crate::proto::Transport;
 use crate::protoo::{self, Message as Protoo};
 use crate::{telemetry, translate};
@@ -276,9 +276,6 @@ fn encode_simple(item: WsOut, metrics: &crate::metrics::Metrics) -> Option<Messa
     }
 }
 
-/// Frames taken from the socket's buffer in one go before they are applied.
-const READ_BATCH: usize = 64;
-
 async fn read_loop<S>(
     stream: &mut SplitStream<WebSocketStream<S>>,
     ctx: &Ctx,
@@ -288,36 +285,29 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     loop {
-        let mut ended = None;
         tokio::select! {
             // A full inbox stops reading: TCP slows the peer down, nothing is dropped.
             frame = stream.next(), if !inbox.is_full() => {
-                let mut texts = 0;
-                ended = take_frame(ctx, &mut inbox, frame, &mut texts);
-                // Frames already read from the socket come along now: what
-                // they cause then reaches each recipient in one wake-up and
-                // one write (see `WakeBatch`), not one per frame.
-                let mut taken = 1;
-                while ended.is_none() && taken < READ_BATCH && !inbox.is_full() {
-                    match futures_util::poll!(stream.next()) {
-                        std::task::Poll::Ready(frame) => {
-                            ended = take_frame(ctx, &mut inbox, frame, &mut texts);
-                        }
-                        std::task::Poll::Pending => break,
-                    }
-                    taken += 1;
-                }
-                // One clock read for the frames taken together.
+                let Some(frame) = frame else { return End::PeerClosed };
                 ctx.touch();
-                if texts > 0 {
-                    ctx.handle.note_inbound(texts);
+                match frame {
+                    Ok(Message::Text(text)) => {
+                        ctx.handle.note_inbound();
+                        let len = text.len();
+                        inbox.push(text, len);
+                    }
+                    Ok(Message::Binary(b)) => {
+                        ctx.handle.metrics().bad_frames.inc();
+                        tracing::debug!(len = b.len(), "binary frame ignored");
+                    }
+                    Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                    Ok(Message::Close(_)) => return End::PeerClosed,
+                    Err(e) => return read_error(e),
                 }
             }
             () = inbox.ready(), if inbox.is_waiting() => {}
         }
-        // Apply, in order, what the rate allows now (what came before an
-        // end of the stream included).
-        let batch = WakeBatch::open();
+        // Apply, in order, what the rate allows now.
         loop {
             match inbox.take() {
                 Next::Ready(text, delayed) => on_text(ctx, &text, delayed),
@@ -331,39 +321,7 @@ where
                 }
             }
         }
-        drop(batch);
-        if let Some(end) = ended {
-            return end;
-        }
     }
-}
-
-/// Takes one frame from the stream into `inbox` (counting text frames in
-/// `texts`); `Some` when the stream ends.
-fn take_frame(
-    ctx: &Ctx,
-    inbox: &mut Inbox<Utf8Bytes>,
-    frame: Option<Result<Message, WsError>>,
-    texts: &mut u64,
-) -> Option<End> {
-    let Some(frame) = frame else {
-        return Some(End::PeerClosed);
-    };
-    match frame {
-        Ok(Message::Text(text)) => {
-            *texts += 1;
-            let len = text.len();
-            inbox.push(text, len);
-        }
-        Ok(Message::Binary(b)) => {
-            ctx.handle.metrics().bad_frames.inc();
-            tracing::debug!(len = b.len(), "binary frame ignored");
-        }
-        Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
-        Ok(Message::Close(_)) => return Some(End::PeerClosed),
-        Err(e) => return Some(read_error(e)),
-    }
-    None
 }
 
 fn read_error(e: WsError) -> End {
