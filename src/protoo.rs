@@ -387,11 +387,7 @@ impl<'a> RawObject<'a> {
         }
         loop {
             let key_end = string_end(b, i)?;
-            let key = &text[i..key_end];
-            let key = match key.strip_prefix('"').and_then(|k| k.strip_suffix('"')) {
-                Some(plain) if !plain.contains('\\') => Cow::Borrowed(plain),
-                _ => Cow::Owned(serde_json::from_str::<String>(key).ok()?),
-            };
+            let key = str_text(text.get(i..key_end)?)?;
             i = skip_space(b, key_end);
             if b.get(i) != Some(&b':') {
                 return None;
