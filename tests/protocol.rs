@@ -177,10 +177,7 @@ async fn user_name_is_always_a_string() {
 async fn push_pull_and_late_join_keep_every_field() {
     common::bounded(async move {
         let server = common::start().await;
-        let (mut a, mut b) = (Peer::connect(&server).await, Peer::connect(&server).await);
-        a.join("r", "a1", "Alice").await;
-        b.join("r", "b1", "Bob").await;
-        a.expect("newUser").await;
+        let (mut a, mut b) = Peer::pair_in_room(&server, "Alice", "Bob").await;
 
         let publishers = json!([
             {"pusherId": "v1", "rtpParam": rtp_param(11111), "x_layer": {"k": [1, 2.5, "s"]}},
@@ -259,10 +256,7 @@ async fn push_pull_and_late_join_keep_every_field() {
 async fn frames_that_arrive_together_are_all_applied_in_order_before_a_close() {
     common::bounded(async move {
         let server = common::start().await;
-        let (mut a, mut b) = (Peer::connect(&server).await, Peer::connect(&server).await);
-        a.join("r", "a1", "A").await;
-        b.join("r", "b1", "B").await;
-        a.expect("newUser").await;
+        let (mut a, mut b) = Peer::pair_in_room(&server, "A", "B").await;
         const N: usize = 300;
         for i in 0..N {
             let msg = json!({"notification": true, "method": "textMessage", "data": {"roomId": "r", "userId": "a1", "message": i.to_string()}});

@@ -204,10 +204,7 @@ async fn a_duplicate_join_moves_the_user_or_is_refused() {
 async fn reports_about_users_the_session_does_not_hold_are_ignored() {
     common::bounded(async move {
         let server = common::start().await;
-        let (mut a, mut b) = (Peer::connect(&server).await, Peer::connect(&server).await);
-        a.join("r", "a1", "A").await;
-        b.join("r", "b1", "B").await;
-        a.expect("newUser").await;
+        let (mut a, mut b) = Peer::pair_in_room(&server, "A", "B").await;
         // What an SFU sends after a center restart, or about someone else's user.
         for (method, user) in [
             ("userDisconnect", "a1"),

@@ -590,6 +590,16 @@ impl Peer {
         }
     }
 
+    /// Two peers in room "r": users "a1" (named `a_name`) and "b1"
+    /// (`b_name`), the first having heard the second join.
+    pub async fn pair_in_room(server: &impl Target, a_name: &str, b_name: &str) -> (Peer, Peer) {
+        let (mut a, mut b) = (Peer::connect(server).await, Peer::connect(server).await);
+        a.join("r", "a1", a_name).await;
+        b.join("r", "b1", b_name).await;
+        a.expect("newUser").await;
+        (a, b)
+    }
+
     /// Joins a user; returns the response data.
     pub async fn join(&mut self, room: &str, user: &str, name: &str) -> Value {
         let r = self
