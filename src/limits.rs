@@ -114,10 +114,11 @@ impl<T> Inbox<T> {
             self.wait_until = None;
             return Next::Empty;
         }
-        let now = self.clock.elapsed();
         if let Some(limiter) = &self.limiter
             && let Err(not_until) = limiter.check()
         {
+            // The clock is read only when the rate holds a message back.
+            let now = self.clock.elapsed();
             let since = *self.behind_since.get_or_insert(now);
             if now.saturating_sub(since) >= self.close_after {
                 return Next::Close;

@@ -5,7 +5,6 @@ use super::invites::PendingInvites;
 use super::outbound::{Eviction, OutletError, SLOW_CONSUMER, SessionStats};
 use super::sequencer::{Sequencer, Waiter};
 use crate::auth::Grant;
-use crate::clock::unix_ms;
 use crate::cluster_proto::{self as cp, entry::Kind};
 use crate::error::CenterError;
 use crate::ids::SessionId;
@@ -123,7 +122,7 @@ impl SessionHandle {
         stats.messages_in.fetch_add(1, Ordering::Relaxed);
         stats
             .last_seen_ms
-            .store(unix_ms(SystemTime::now()), Ordering::Relaxed);
+            .store(crate::clock::coarse_unix_ms(), Ordering::Relaxed);
     }
 
     /// Counts one message queued to the peer by the front end itself.

@@ -126,20 +126,18 @@ enum End {
 struct Ctx {
     handle: SessionHandle,
     tx: Outbox<WsOut>,
-    started: Instant,
-    /// Milliseconds since `started` of the last frame from the peer.
-    last_in_ms: AtomicU64,
+    /// Frames of any kind read from the peer: the writer's keepalive asks
+    /// whether it moved since a ping (a counter, not a clock read per frame).
+    frames_in: AtomicU64,
 }
 
 impl Ctx {
     fn touch(&self) {
-        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_in_ms.store(ms, Ordering::Relaxed);
+        self.frames_in.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn heard_since(&self, t: Instant) -> bool {
-        let since = u64::try_from(t.duration_since(self.started).as_millis()).unwrap_or(0);
-        self.last_in_ms.load(Ordering::Relaxed) >= since
+    fn frames_in(&self) -> u64 {
+        self.frames_in.load(Ordering::Relaxed)
     }
 
     /// Queues a response; a full queue makes this a slow consumer.
@@ -173,8 +171,7 @@ where
     let ctx = Ctx {
         handle,
         tx,
-        started: Instant::now(),
-        last_in_ms: AtomicU64::new(0),
+        frames_in: AtomicU64::new(0),
     };
     let (mut sink, mut stream) = ws.split();
 
@@ -464,7 +461,8 @@ where
     let mut tick = tokio::time::interval_at(Instant::now() + second, second);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_ping = Instant::now() + settings.ping_interval;
-    let mut awaiting_since: Option<Instant> = None;
+    // The first unanswered ping: when it went, and the frames read by then.
+    let mut awaiting: Option<(Instant, u64)> = None;
     let metrics = ctx.handle.metrics();
     let encode_item = |item: WsOut| match item {
         WsOut::Center(Outbound::Invite { room_id }) => {
@@ -531,9 +529,9 @@ where
             }
             _ = tick.tick() => {
                 let now = Instant::now();
-                if let Some(since) = awaiting_since {
-                    if ctx.heard_since(since) {
-                        awaiting_since = None;
+                if let Some((since, frames)) = awaiting {
+                    if ctx.frames_in() != frames {
+                        awaiting = None;
                     } else if now.duration_since(since) >= settings.pong_timeout {
                         tracing::info!("peer silent after ping: dropped");
                         return End::Gone("ping timeout");
@@ -541,7 +539,7 @@ where
                 }
                 if now >= next_ping {
                     next_ping = now + settings.ping_interval;
-                    awaiting_since.get_or_insert(now);
+                    awaiting.get_or_insert((now, ctx.frames_in()));
                     if sink.send(Message::Ping(Default::default())).await.is_err() {
                         return End::Gone("write failed");
                     }
