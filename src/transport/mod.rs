@@ -170,7 +170,9 @@ pub async fn serve(
                     }
                 };
                 let gateway = gateway.clone();
-                let shutdown = shutdown.clone();
+                // A child token: a session polls its own, not the lock of one
+                // token every session on every core polls at each wake-up.
+                let shutdown = shutdown.child_token();
                 tracker
                     .spawn(async move { gateway.connection(tcp, peer, pending, shutdown).await });
             }
