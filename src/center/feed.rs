@@ -9,6 +9,69 @@ use crate::proto::watch_events_response::Event;
 use crate::proto::{EventKind, Lagged, WatchEventsRequest, WatchEventsResponse};
 use prost::Message;
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::broadcast;
+
+/// The live feed: a broadcast channel, and how many follow it. The count
+/// is kept beside the channel because the channel's own count takes its
+/// lock, and the center asks once per event (every text message), mostly
+/// when nobody follows.
+#[derive(Debug, Clone)]
+pub struct Feed {
+    tx: broadcast::Sender<Arc<WatchEventsResponse>>,
+    followers: Arc<AtomicUsize>,
+}
+
+impl Feed {
+    /// A feed whose followers may fall `capacity` events behind.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            tx: broadcast::channel(capacity).0,
+            followers: Arc::default(),
+        }
+    }
+
+    /// Follows the feed from now on.
+    pub fn subscribe(&self) -> FeedReceiver {
+        // Counted before subscribing: an event sent in between finds a
+        // follower count but no receiver yet, which costs nothing.
+        self.followers.fetch_add(1, Ordering::SeqCst);
+        FeedReceiver {
+            rx: self.tx.subscribe(),
+            followers: self.followers.clone(),
+        }
+    }
+
+    /// Sends `event` to the followers, if any.
+    pub fn send(&self, event: WatchEventsResponse) {
+        if self.followers.load(Ordering::SeqCst) > 0 {
+            // Err only means every receiver went away meanwhile.
+            let _ = self.tx.send(Arc::new(event));
+        }
+    }
+}
+
+/// One follower of the live feed (see [`Feed::subscribe`]).
+#[derive(Debug)]
+pub struct FeedReceiver {
+    rx: broadcast::Receiver<Arc<WatchEventsResponse>>,
+    followers: Arc<AtomicUsize>,
+}
+
+impl FeedReceiver {
+    /// The next event; `Lagged(n)` when this follower fell behind the
+    /// feed's capacity and lost the `n` oldest.
+    pub async fn recv(&mut self) -> Result<Arc<WatchEventsResponse>, broadcast::error::RecvError> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for FeedReceiver {
+    fn drop(&mut self) {
+        self.followers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// Which events a watcher wants. Empty sets match everything.
 #[derive(Debug, Default, Clone)]
@@ -236,6 +299,31 @@ mod tests {
             room_id: room.to_owned(),
             ..Default::default()
         }
+    }
+
+    /// The next event's number, waiting at most 5 s.
+    async fn next(rx: &mut FeedReceiver) -> Option<u64> {
+        let wait = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv());
+        wait.await.ok().and_then(Result::ok).map(|e| e.seq)
+    }
+
+    #[tokio::test]
+    async fn a_follower_gets_what_is_sent_while_it_follows_and_only_that() {
+        let feed = Feed::new(16);
+        feed.send(event(1, "before anyone follows"));
+        let mut first = feed.subscribe();
+        let second = feed.subscribe();
+        drop(second);
+        assert_eq!(feed.followers.load(Ordering::SeqCst), 1);
+        feed.send(event(2, "r"));
+        assert_eq!(next(&mut first).await, Some(2));
+        drop(first);
+        // Nobody follows: the channel is not even asked.
+        assert_eq!(feed.followers.load(Ordering::SeqCst), 0);
+        feed.send(event(3, "after everyone left"));
+        let mut again = feed.subscribe();
+        feed.send(event(4, "r"));
+        assert_eq!(next(&mut again).await, Some(4));
     }
 
     fn seqs(events: &EncodedEvents) -> Vec<u64> {

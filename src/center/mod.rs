@@ -38,7 +38,8 @@ mod state;
 pub use crate::ids::{self, SessionId, node_of};
 pub use config::CenterConfig;
 pub use entry::Outcome;
-pub use feed::{EventFilter, lagged};
+use feed::Feed;
+pub use feed::{EventFilter, FeedReceiver, lagged};
 pub use listings::Overview;
 pub use outbound::{
     Delivery, Eviction, Outbound, Outlet, OutletError, PeerInfo, SLOW_CONSUMER, SessionStats,
@@ -66,7 +67,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// How long an operator action waits for the shared log to apply it.
@@ -82,7 +83,7 @@ struct Inner {
     /// The state and the one way changes go into it.
     seq: Arc<Sequencer>,
     /// Event feed (see [`Registry`]); kept here to subscribe without the lock.
-    feed: broadcast::Sender<Arc<proto::WatchEventsResponse>>,
+    feed: Feed,
     next_session: AtomicU64,
     /// Recordings and playbacks started here, for their ids.
     next_recording: AtomicU64,
@@ -106,7 +107,7 @@ impl Center {
     /// durable local one loads what it kept first ([`Replica::load_snapshot`],
     /// [`Replica::replay`]).
     pub fn with_store(config: CenterConfig, store: Arc<dyn Store>) -> Self {
-        let (feed, _) = broadcast::channel(config.feed_capacity.max(16));
+        let feed = Feed::new(config.feed_capacity.max(16));
         let metrics = Arc::new(Metrics::new());
         let rules = RulesConfig {
             max_rooms_per_session: config.max_rooms_per_session,
@@ -333,7 +334,7 @@ impl Center {
     }
 
     /// Subscribes to the event feed from now on (see `feed.rs`).
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<proto::WatchEventsResponse>> {
+    pub fn subscribe(&self) -> FeedReceiver {
         self.inner.feed.subscribe()
     }
 

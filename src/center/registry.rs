@@ -3,7 +3,7 @@
 //! of the rules to sessions and watchers, in the order they were made.
 
 use super::entry::Tense;
-use super::feed::{EncodedEvents, EventLog};
+use super::feed::{EncodedEvents, EventLog, Feed, FeedReceiver};
 use super::outbound::{Delivery, Outbound, Outlet, OutletError, PeerInfo, SessionStats};
 use super::rules::{Effects, Notice};
 use super::shrink::shrink_after_crowd;
@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
-use tokio::sync::broadcast;
 
 /// How many feed numbers a local store reserves at a time
 /// ([`Registry::reservation_due`]): one kept entry per 32,768 events, and at
@@ -98,7 +97,7 @@ pub struct Registry {
     remote: SessionMap<RemoteSession>,
     /// Event feed. A receiver that falls further behind than its capacity
     /// gets `Lagged(n)`. Senders never wait.
-    feed: broadcast::Sender<Arc<proto::WatchEventsResponse>>,
+    feed: Feed,
     /// Sequence number of the last feed event.
     seq: u64,
     /// The highest sequence number a local store has reserved for the
@@ -142,7 +141,7 @@ pub struct Resumed {
     /// decoded by [`Resumed::backlog`] outside the center's lock.
     encoded: EncodedEvents,
     /// Everything from the first event after `backlog`.
-    pub live: broadcast::Receiver<Arc<proto::WatchEventsResponse>>,
+    pub live: FeedReceiver,
 }
 
 impl Resumed {
@@ -154,11 +153,7 @@ impl Resumed {
 
 impl Registry {
     /// No sessions; events go to `feed`, and the last `log_capacity` are kept.
-    pub fn new(
-        node_id: String,
-        feed: broadcast::Sender<Arc<proto::WatchEventsResponse>>,
-        log_capacity: usize,
-    ) -> Self {
+    pub fn new(node_id: String, feed: Feed, log_capacity: usize) -> Self {
         Self {
             node_id,
             sessions: SessionMap::default(),
@@ -473,10 +468,7 @@ impl Registry {
             event: Some(event),
         };
         self.log.push(&event);
-        if self.feed.receiver_count() > 0 {
-            // Err only means every receiver went away meanwhile.
-            let _ = self.feed.send(Arc::new(event));
-        }
+        self.feed.send(event);
     }
 
     /// Sessions by transport and queue depths, for `/metrics`.
