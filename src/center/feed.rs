@@ -52,7 +52,8 @@ impl Feed {
     }
 }
 
-/// One follower of the live feed (see [`Feed::subscribe`]).
+/// One follower of the live feed ([`crate::center::Center::subscribe`],
+/// [`crate::center::Center::resume`]).
 #[derive(Debug)]
 pub struct FeedReceiver {
     rx: broadcast::Receiver<Arc<WatchEventsResponse>>,
