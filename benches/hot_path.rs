@@ -1,5 +1,5 @@
 //! Microbenchmarks of the hot path with realistic `push` and
-//! `pullRemoteStream` payloads: protoo parsing, JSON -> protobuf
+//! `pullRemoteStream` payloads and the load tool's `textMessage`: protoo parsing, JSON -> protobuf
 //! translation, event serialization, and a whole push through the room
 //! service to three other sessions.
 
@@ -27,34 +27,54 @@ fn pull_frame() -> String {
     )
 }
 
-fn data_of(frame: &str) -> (String, Box<serde_json::value::RawValue>) {
+/// What the load tool's room of 8 sends, as the real SFU relays chat.
+fn text_frame() -> String {
+    r#"{"notification":true,"method":"textMessage","data":{"roomId":"fanout-0-0","userId":"f0","userName":"f0","message":"123456 987654321"}}"#.to_owned()
+}
+
+fn data_of(frame: &str) -> (String, protoo::Data<'_>) {
     match protoo::parse(frame).unwrap() {
-        protoo::Message::Notification { method, data } => (method.into_owned(), data.to_owned()),
+        protoo::Message::Notification { method, data } => (method.into_owned(), data),
         _ => unreachable!(),
     }
 }
 
 fn bench(c: &mut Criterion) {
-    let (push, pull) = (push_frame(), pull_frame());
+    let (push, pull, text) = (push_frame(), pull_frame(), text_frame());
     c.bench_function("protoo::parse push", |b| {
         b.iter(|| protoo::parse(black_box(&push)).is_ok())
+    });
+    c.bench_function("protoo::parse textMessage", |b| {
+        b.iter(|| protoo::parse(black_box(&text)).is_ok())
+    });
+    c.bench_function("parse and translate textMessage", |b| {
+        b.iter(|| match protoo::parse(black_box(&text)).unwrap() {
+            protoo::Message::Notification { method, data } => {
+                translate::notification_command(&method, data).unwrap()
+            }
+            _ => unreachable!(),
+        })
     });
     c.bench_function("protoo::parse pullRemoteStream", |b| {
         b.iter(|| protoo::parse(black_box(&pull)).is_ok())
     });
 
     let (method, data) = data_of(&push);
+    // The data is split with the frame; each round takes a copy of the split.
     c.bench_function("translate push -> protobuf", |b| {
-        b.iter(|| translate::notification_command(black_box(&method), black_box(&data)).unwrap())
+        b.iter(|| {
+            translate::notification_command(black_box(&method), black_box(data.clone())).unwrap()
+        })
     });
     let (pmethod, pdata) = data_of(&pull);
     c.bench_function("translate pullRemoteStream -> protobuf", |b| {
-        b.iter(|| translate::notification_command(black_box(&pmethod), black_box(&pdata)).unwrap())
+        b.iter(|| {
+            translate::notification_command(black_box(&pmethod), black_box(pdata.clone())).unwrap()
+        })
     });
 
-    let Some(proto::command::Kind::Push(p)) = translate::notification_command(&method, &data)
-        .unwrap()
-        .kind
+    let Some(proto::command::Kind::Push(p)) =
+        translate::notification_command(&method, data).unwrap().kind
     else {
         unreachable!()
     };
@@ -90,8 +110,8 @@ fn bench(c: &mut Criterion) {
         .collect();
     for (i, s) in others.iter().enumerate() {
         let join = format!(r#"{{"roomId":"room-42","userId":"other-{i}","userName":"O"}}"#);
-        let raw: Box<serde_json::value::RawValue> = serde_json::from_str(&join).unwrap();
-        s.execute(translate::request_command("join", &raw).unwrap())
+        let data = protoo::Data::parse(&join).unwrap();
+        s.execute(translate::request_command("join", data).unwrap())
             .now_or_never()
             .unwrap()
             .unwrap();

@@ -10,7 +10,7 @@
 use crate::center::{Delivery, Outbound};
 use crate::error::CenterError;
 use crate::proto::{self, Command, command, peer_event, reply};
-use crate::protoo::{self, ObjectWriter, RawObject};
+use crate::protoo::{self, Data, ObjectWriter, RawObject};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -22,7 +22,7 @@ const STRICT: &[&str] = &[
 ];
 
 /// The command for a protoo request (`echo`, `register`, `join`).
-pub fn request_command(method: &str, data: &RawValue) -> Result<Command, CenterError> {
+pub fn request_command(method: &str, data: Data<'_>) -> Result<Command, CenterError> {
     let kind = match method {
         "echo" => command::Kind::Echo(proto::EchoRequest {
             data_json: data.get().to_owned(),
@@ -68,7 +68,9 @@ pub fn request_command(method: &str, data: &RawValue) -> Result<Command, CenterE
 
 /// The command for a protoo notification. Errors mean "ignore it" (PROTOCOL.md
 /// §4: a notification without a string `roomId` is ignored).
-pub fn notification_command(method: &str, data: &RawValue) -> Result<Command, CenterError> {
+pub fn notification_command(method: &str, data: Data<'_>) -> Result<Command, CenterError> {
+    // The text as sent, for what is forwarded verbatim.
+    let text = data.get();
     let kind = match method {
         "push" => {
             let (room_id, user_id, mut o) = room_and_user(data, "userId")?;
@@ -98,7 +100,7 @@ pub fn notification_command(method: &str, data: &RawValue) -> Result<Command, Ce
                 media_type: o.take_str("mediaType").unwrap_or_default(),
                 push_info,
                 // Forwarded verbatim: the pusher's SFU gets exactly what was sent.
-                payload_json: data.get().to_owned(),
+                payload_json: text.to_owned(),
             })
         }
         "userDisconnect" => {
@@ -119,13 +121,34 @@ pub fn notification_command(method: &str, data: &RawValue) -> Result<Command, Ce
         }
         "textMessage" => {
             let (room_id, mut o) = room(data)?;
+            let user_id = o.take_str("userId");
+            let name = o.take_str("userName");
+            // A non-string message stays in `extra` and travels as sent.
+            let message = o.take_str("message");
+            // What the others get is what was sent, unless re-encoding
+            // would change it: a field missing or not a string (written
+            // as "" or left out), or a typed field sent twice.
+            let verbatim = user_id.is_some()
+                && name.is_some()
+                && message.is_some()
+                && !o
+                    .0
+                    .iter()
+                    .any(|(k, _)| k == "message" || STRICT.contains(&k.as_ref()));
+            if name.is_none() {
+                o.take("userName");
+            }
             command::Kind::TextMessage(proto::TextMessageRequest {
                 room_id,
-                user_id: o.take_str("userId").unwrap_or_default(),
-                user_name: user_name(&mut o),
-                // A non-string message stays in `extra` and travels as sent.
-                message: o.take_str("message").unwrap_or_default(),
+                user_id: user_id.unwrap_or_default(),
+                user_name: name.unwrap_or_default(),
+                message: message.unwrap_or_default(),
                 extra: o.into_extra(),
+                payload_json: if verbatim {
+                    text.to_owned()
+                } else {
+                    String::new()
+                },
             })
         }
         "userReConnect" => {
@@ -137,8 +160,8 @@ pub fn notification_command(method: &str, data: &RawValue) -> Result<Command, Ce
                 extra: o.into_extra(),
             })
         }
-        "relayStats" => command::Kind::RelayStats(relay_stats(data)?),
-        "recordingStatus" => command::Kind::RecordingStatus(recording_status(data)?),
+        "relayStats" => command::Kind::RelayStats(relay_stats(text)?),
+        "recordingStatus" => command::Kind::RecordingStatus(recording_status(text)?),
         "playbackEnded" => {
             #[derive(serde::Deserialize)]
             #[serde(rename_all = "camelCase")]
@@ -147,7 +170,7 @@ pub fn notification_command(method: &str, data: &RawValue) -> Result<Command, Ce
                 #[serde(default)]
                 reason: String,
             }
-            let w: Wire = serde_json::from_str(data.get()).map_err(|e| {
+            let w: Wire = serde_json::from_str(text).map_err(|e| {
                 CenterError::invalid("playback_id", format!("Invalid playbackEnded: {e}"))
             })?;
             command::Kind::PlaybackEnded(proto::PlaybackEndedRequest {
@@ -161,14 +184,15 @@ pub fn notification_command(method: &str, data: &RawValue) -> Result<Command, Ce
 }
 
 fn object<'a>(
-    data: &'a RawValue,
+    data: Data<'a>,
     field: &'static str,
     reason: &str,
 ) -> Result<RawObject<'a>, CenterError> {
-    RawObject::parse(data).ok_or_else(|| CenterError::invalid(field, reason))
+    data.into_object()
+        .ok_or_else(|| CenterError::invalid(field, reason))
 }
 
-fn room(data: &RawValue) -> Result<(String, RawObject<'_>), CenterError> {
+fn room(data: Data<'_>) -> Result<(String, RawObject<'_>), CenterError> {
     let mut o = object(data, "room_id", "Invalid roomId")?;
     let room_id = o
         .take_str("roomId")
@@ -177,7 +201,7 @@ fn room(data: &RawValue) -> Result<(String, RawObject<'_>), CenterError> {
 }
 
 fn room_and_user<'a>(
-    data: &'a RawValue,
+    data: Data<'a>,
     user_key: &'static str,
 ) -> Result<(String, String, RawObject<'a>), CenterError> {
     let (room_id, mut o) = room(data)?;
@@ -212,7 +236,7 @@ fn publishers(text: &str) -> Result<Vec<proto::Publisher>, CenterError> {
 
 fn publisher(raw: &RawValue) -> Result<proto::Publisher, CenterError> {
     const REASON: &str = "publisher needs a string pusherId";
-    let mut o = object(raw, "pusher_id", REASON)?;
+    let mut o = RawObject::parse(raw).ok_or_else(|| CenterError::invalid("pusher_id", REASON))?;
     let pusher_id = o
         .take_str("pusherId")
         .ok_or_else(|| CenterError::invalid("pusher_id", REASON))?;
@@ -304,7 +328,7 @@ pub fn reply_data(reply: &proto::Reply) -> Vec<u8> {
 
 /// `relayStats` data: `{"relays": [{"roomId", "pusher_user_id",
 /// "packetsIn", "packetsOut", "worstFractionLost"}]}`.
-fn relay_stats(data: &RawValue) -> Result<proto::RelayStatsRequest, CenterError> {
+fn relay_stats(data: &str) -> Result<proto::RelayStatsRequest, CenterError> {
     #[derive(serde::Deserialize)]
     struct Wire {
         relays: Vec<Counters>,
@@ -322,7 +346,7 @@ fn relay_stats(data: &RawValue) -> Result<proto::RelayStatsRequest, CenterError>
         #[serde(default)]
         worst_fraction_lost: u32,
     }
-    let w: Wire = serde_json::from_str(data.get())
+    let w: Wire = serde_json::from_str(data)
         .map_err(|e| CenterError::invalid("relays", format!("Invalid relayStats: {e}")))?;
     Ok(proto::RelayStatsRequest {
         relays: w
@@ -341,7 +365,7 @@ fn relay_stats(data: &RawValue) -> Result<proto::RelayStatsRequest, CenterError>
 
 /// `recordingStatus` data: `{"recordingId", "roomId", "userId", "state":
 /// "fileStarted" | "fileEnded" | "failed", "file", "bytes", "reason"}`.
-fn recording_status(data: &RawValue) -> Result<proto::RecordingStatusRequest, CenterError> {
+fn recording_status(data: &str) -> Result<proto::RecordingStatusRequest, CenterError> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Wire {
@@ -358,7 +382,7 @@ fn recording_status(data: &RawValue) -> Result<proto::RecordingStatusRequest, Ce
         #[serde(default)]
         reason: String,
     }
-    let w: Wire = serde_json::from_str(data.get()).map_err(|e| {
+    let w: Wire = serde_json::from_str(data).map_err(|e| {
         CenterError::invalid("recording_id", format!("Invalid recordingStatus: {e}"))
     })?;
     let state = match w.state.as_str() {
@@ -450,11 +474,15 @@ pub fn event_method(event: &proto::PeerEvent) -> &'static str {
 
 /// Appends the protoo `data` of a room event to `buf`.
 fn write_event_data(event: &proto::PeerEvent, mut buf: Vec<u8>) -> Vec<u8> {
-    if let Some(peer_event::Kind::PullRemoteStream(e)) = &event.kind
-        && !e.payload_json.is_empty()
-    {
-        // Forwarded verbatim: the pusher's SFU gets exactly what was sent.
-        buf.extend_from_slice(e.payload_json.as_bytes());
+    // Forwarded verbatim: the pusher's SFU gets exactly what was sent, and
+    // a text message is what its sender wrote (no second encoding).
+    let verbatim = match &event.kind {
+        Some(peer_event::Kind::PullRemoteStream(e)) => &e.payload_json,
+        Some(peer_event::Kind::TextMessage(e)) => &e.payload_json,
+        _ => "",
+    };
+    if !verbatim.is_empty() {
+        buf.extend_from_slice(verbatim.as_bytes());
         return buf;
     }
     let mut w = ObjectWriter::continuing(buf);
@@ -610,19 +638,30 @@ pub fn check_command(cmd: &Command) -> Result<(), CenterError> {
             if let Some(info) = &p.push_info {
                 check_publisher(info)?;
             }
-            if !p.payload_json.is_empty() && RawObject::parse(&raw(&p.payload_json)?).is_none() {
-                return Err(CenterError::invalid(
-                    "payload_json",
-                    "payload_json must be a JSON object",
-                ));
-            }
-            Ok(())
+            check_payload(&p.payload_json)
         }
         Some(command::Kind::UserDisconnect(u)) => check_extra("extra", &u.extra),
         Some(command::Kind::UserLeave(u)) => check_extra("extra", &u.extra),
-        Some(command::Kind::TextMessage(t)) => check_extra("extra", &t.extra),
+        Some(command::Kind::TextMessage(t)) => {
+            check_extra("extra", &t.extra)?;
+            check_payload(&t.payload_json)
+        }
         Some(command::Kind::UserReconnect(u)) => check_extra("extra", &u.extra),
     }
+}
+
+/// A payload forwarded verbatim must be a JSON object a strict peer reads.
+fn check_payload(payload_json: &str) -> Result<(), CenterError> {
+    if !payload_json.is_empty() {
+        check_json("payload_json", payload_json, false)?;
+        if RawObject::parse(&raw(payload_json)?).is_none() {
+            return Err(CenterError::invalid(
+                "payload_json",
+                "payload_json must be a JSON object",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn raw(text: &str) -> Result<Box<RawValue>, CenterError> {
@@ -648,7 +687,11 @@ mod tests {
         let data = raw(
             &json!({"roomId": "r", "userId": "u", "userName": 7, "audience": "yes", "x": {"deep": [1, 2.5]}}),
         );
-        let Some(command::Kind::Join(j)) = request_command("join", &data).unwrap().kind else {
+        let Some(command::Kind::Join(j)) =
+            request_command("join", Data::parse(data.get()).unwrap())
+                .unwrap()
+                .kind
+        else {
             panic!()
         };
         assert_eq!(
@@ -665,11 +708,15 @@ mod tests {
         assert_eq!(j.extra["x"], r#"{"deep":[1,2.5]}"#);
         let bad = raw(&json!({"roomId": 1, "userId": "u"}));
         assert_eq!(
-            request_command("join", &bad).unwrap_err().to_string(),
+            request_command("join", Data::parse(bad.get()).unwrap())
+                .unwrap_err()
+                .to_string(),
             "Invalid roomId or userId"
         );
         assert_eq!(
-            request_command("nope", &bad).unwrap_err().protoo_code(),
+            request_command("nope", Data::parse(bad.get()).unwrap())
+                .unwrap_err()
+                .protoo_code(),
             404
         );
     }
@@ -681,7 +728,11 @@ mod tests {
             r#"{{"roomId":"r","userId":"u","publishers":[{{"pusherId":"p","rtpParam":{rtp},"layer":3}},{{"pusherId":5}}],"t":1}}"#
         );
         let data = RawValue::from_string(text).unwrap();
-        let Some(command::Kind::Push(p)) = notification_command("push", &data).unwrap().kind else {
+        let Some(command::Kind::Push(p)) =
+            notification_command("push", Data::parse(data.get()).unwrap())
+                .unwrap()
+                .kind
+        else {
             panic!()
         };
         assert_eq!(
@@ -725,6 +776,7 @@ mod tests {
                     .iter()
                     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                     .collect(),
+                payload_json: String::new(),
             })),
         }
     }
@@ -748,7 +800,7 @@ mod tests {
         let text = r#"{"roomId":"r","pusher_user_id":"a","udp_ip":"1.2.3.4","udp_port":10001,"mediaType":"video","odd":1.50}"#;
         let data = RawValue::from_string(text.to_owned()).unwrap();
         let Some(command::Kind::PullRemoteStream(p)) =
-            notification_command("pullRemoteStream", &data)
+            notification_command("pullRemoteStream", Data::parse(data.get()).unwrap())
                 .unwrap()
                 .kind
         else {
@@ -795,6 +847,70 @@ mod tests {
         for bad in ["{oops", r#"{"a":"\uDEEE"}"#, "[1e999]"] {
             let e = check_command(&push(bad)).unwrap_err();
             assert_eq!(e.protoo_code(), 400, "{bad}");
+        }
+    }
+    /// A `textMessage` frame's `data` as its members, in order.
+    fn text_data() -> impl proptest::strategy::Strategy<Value = Vec<(String, Value)>> {
+        use proptest::strategy::Strategy;
+        let key = proptest::prop_oneof![
+            proptest::sample::select(vec![
+                "roomId", "userId", "userName", "message", "pushers", "x"
+            ])
+            .prop_map(str::to_owned),
+            r#"[a-z"\\]{0,3}"#,
+        ];
+        let value = proptest::prop_oneof![
+            3 => r#"[a-z"\\\u{e9}]{0,6}"#.prop_map(Value::String),
+            1 => crate::protoo::tests::any_json(),
+        ];
+        proptest::collection::vec((key, value), 0..7).prop_map(|mut members| {
+            // Always a room: a text message without one is refused first.
+            members.insert(0, ("roomId".to_owned(), Value::String("r".to_owned())));
+            members
+        })
+    }
+
+    proptest::proptest! {
+        /// A text message goes out verbatim only when that is exactly what
+        /// encoding its typed fields and `extra` would write: the two read
+        /// back as the same JSON, whatever the members, their types and
+        /// repeats, and the usual message (four strings) goes verbatim.
+        #[test]
+        fn a_verbatim_text_message_says_what_its_fields_say(members in text_data()) {
+            let mut text = String::from("{");
+            for (n, (k, v)) in members.iter().enumerate() {
+                if n > 0 {
+                    text.push(',');
+                }
+                text.push_str(&format!("{}:{v}", serde_json::to_string(k).unwrap()));
+            }
+            text.push('}');
+            let data = RawValue::from_string(text.clone()).unwrap();
+            let Ok(Command { kind: Some(command::Kind::TextMessage(mut r)) }) =
+                notification_command("textMessage", Data::parse(data.get()).unwrap())
+            else {
+                // A repeated roomId may be refused; nothing goes out then.
+                return Ok(());
+            };
+            let count = |key: &str| members.iter().filter(|(k, _)| k == key).count();
+            let usual = ["userId", "userName", "message"].iter().all(|key| {
+                count(key) == 1 && members.iter().any(|(k, v)| k == key && v.is_string())
+            }) && count("roomId") == 1 && count("pushers") == 0;
+            proptest::prop_assert_eq!(!r.payload_json.is_empty(), usual, "{}", text);
+            let event = |r: &proto::TextMessageRequest| proto::PeerEvent {
+                kind: Some(peer_event::Kind::TextMessage(proto::TextMessage {
+                    room_id: r.room_id.clone(),
+                    user_id: r.user_id.clone(),
+                    user_name: r.user_name.clone(),
+                    message: r.message.clone(),
+                    extra: r.extra.clone(),
+                    payload_json: r.payload_json.clone(),
+                })),
+            };
+            let sent: Value = serde_json::from_slice(&event_data(&event(&r))).unwrap();
+            r.payload_json.clear();
+            let encoded: Value = serde_json::from_slice(&event_data(&event(&r))).unwrap();
+            proptest::prop_assert_eq!(sent, encoded, "{}", text);
         }
     }
 }

@@ -192,6 +192,7 @@ async fn a_grpc_peer_and_a_websocket_sfu_share_a_room() {
             user_name: "Grace".into(),
             message: "from grpc".into(),
             extra: Default::default(),
+            payload_json: String::new(),
         });
         g.run(text).await;
         assert_eq!(

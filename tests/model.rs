@@ -519,6 +519,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                             user_name: "n".into(),
                             message: "m".into(),
                             extra: Default::default(),
+                            payload_json: String::new(),
                         })));
                 let bound = model
                     .rooms

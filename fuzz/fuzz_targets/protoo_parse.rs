@@ -1,5 +1,6 @@
-//! Any bytes as a protoo text frame: parsing never panics, and every
-//! response the center would write for it is valid JSON.
+//! Any bytes as a protoo text frame: parsing never panics, refuses as
+//! invalid exactly what serde_json and the strictness check refuse, and
+//! every response the center would write for it is valid JSON.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -16,6 +17,10 @@ fn strict_json(text: &str) -> bool {
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
+    // The one-pass scanner refuses exactly what serde_json's grammar and
+    // the strictness check refuse together.
+    let refused = matches!(protoo::parse(text), Err(FrameError::InvalidJson(_)));
+    assert_eq!(refused, !strict_json(text), "scanner and serde_json disagree on {text:?}");
     let out = match protoo::parse(text) {
         Ok(Message::Request { id, method, data }) => match translate::request_command(&method, data) {
             Ok(cmd) => {

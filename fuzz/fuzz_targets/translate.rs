@@ -8,7 +8,6 @@ use pilot_center::auth::Grant;
 use pilot_center::center::{Center, CenterConfig, Outbound, PeerInfo};
 use pilot_center::proto::Transport;
 use pilot_center::translate;
-use serde_json::value::RawValue;
 
 const METHODS: &[&str] = &[
     "echo", "register", "join", "push", "pullRemoteStream", "userDisconnect", "userLeave", "textMessage", "userReConnect",
@@ -37,10 +36,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&pick, rest)) = data.split_first() else { return };
     let Ok(text) = std::str::from_utf8(rest) else { return };
     // The WebSocket edge refuses what strict parsers reject before translating.
-    if pilot_center::protoo::check_strict(text).is_err() {
-        return;
-    }
-    let Ok(raw) = serde_json::from_str::<&RawValue>(text) else { return };
+    let Ok(data) = pilot_center::protoo::Data::parse(text) else { return };
     let method = METHODS[usize::from(pick) % METHODS.len()];
     // No reconnect grace: when both sessions end, nothing may be left.
     let center = Center::new(CenterConfig {
@@ -60,14 +56,14 @@ fuzz_target!(|data: &[u8]| {
     // Session b hosts a user in every room the input may name.
     for room in ["r", "", "room"] {
         let join = format!(r#"{{"roomId":"{room}","userId":"b","userName":"B"}}"#);
-        if let Ok(cmd) = translate::request_command("join", &serde_json::from_str::<&RawValue>(&join).unwrap_or(raw)) {
+        if let Ok(cmd) = translate::request_command("join", pilot_center::protoo::Data::parse(&join).unwrap_or(data.clone())) {
             let _ = now(b.execute(cmd));
         }
     }
     let command = if matches!(method, "echo" | "register" | "join") {
-        translate::request_command(method, raw)
+        translate::request_command(method, data)
     } else {
-        translate::notification_command(method, raw)
+        translate::notification_command(method, data)
     };
     if let Ok(cmd) = command
         && let Some(Ok(reply)) = now(a.execute(cmd))

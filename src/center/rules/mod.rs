@@ -748,6 +748,7 @@ impl Rules {
                 user_name: r.user_name,
                 message: r.message,
                 extra: r.extra,
+                payload_json: r.payload_json,
             }),
         );
         Ok(())

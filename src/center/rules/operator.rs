@@ -88,6 +88,7 @@ impl Rules {
                 user_name: name,
                 message: message.to_owned(),
                 extra: HashMap::new(),
+                payload_json: String::new(),
             }),
         );
         fx.event(

@@ -2,10 +2,13 @@
 //!
 //! A frame is one JSON object; its kind is chosen by which of `request`,
 //! `response` or `notification` is literally `true`. Everything a peer sent
-//! that the center passes on (`data`, ids) is kept as [`RawValue`] slices of
-//! the frame text, so values keep their exact bytes and JSON types.
+//! that the center passes on (`data`, ids) is kept as slices of the frame
+//! text, so values keep their exact bytes and JSON types. One pass
+//! ([`scan`]) checks a frame and splits it and its `data`.
 
 use memchr::memchr2;
+
+mod scan;
 use serde::Deserialize;
 use serde::de::Visitor;
 use serde_json::value::RawValue;
@@ -22,7 +25,7 @@ pub enum Message<'a> {
         /// Method name.
         method: Cow<'a, str>,
         /// Request data (`{}` when absent).
-        data: &'a RawValue,
+        data: Data<'a>,
     },
     /// A response to a request the center sent (e.g. `invite`).
     Response {
@@ -40,7 +43,7 @@ pub enum Message<'a> {
         /// Method name.
         method: Cow<'a, str>,
         /// Notification data (`{}` when absent).
-        data: &'a RawValue,
+        data: Data<'a>,
     },
 }
 
@@ -67,30 +70,95 @@ pub enum FrameError {
 
 const EMPTY_OBJECT: &str = "{}";
 
-#[derive(Deserialize)]
+/// The members of a frame the center reads, each the JSON text sent
+/// (`null` counts as absent); a member named twice makes the frame no
+/// protoo frame.
+#[derive(Default)]
 struct Envelope<'a> {
-    #[serde(borrow, default)]
-    request: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    response: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    notification: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    method: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    ok: Option<&'a RawValue>,
-    #[serde(borrow, default, rename = "errorCode")]
-    error_code: Option<&'a RawValue>,
-    #[serde(borrow, default, rename = "errorReason")]
-    error_reason: Option<&'a RawValue>,
+    request: Option<&'a str>,
+    response: Option<&'a str>,
+    notification: Option<&'a str>,
+    id: Option<&'a str>,
+    method: Option<&'a str>,
+    data: Option<&'a str>,
+    ok: Option<&'a str>,
+    error_code: Option<&'a str>,
+    error_reason: Option<&'a str>,
 }
 
-fn is_true(v: Option<&RawValue>) -> bool {
-    v.is_some_and(|v| v.get() == "true")
+impl<'a> Envelope<'a> {
+    fn read(members: Vec<scan::Member<'a>>) -> Result<Self, FrameError> {
+        let mut env = Self::default();
+        let mut seen = 0u16;
+        for (key, value) in members {
+            let (bit, slot) = match key.as_ref() {
+                "request" => (0, &mut env.request),
+                "response" => (1, &mut env.response),
+                "notification" => (2, &mut env.notification),
+                "id" => (3, &mut env.id),
+                "method" => (4, &mut env.method),
+                "data" => (5, &mut env.data),
+                "ok" => (6, &mut env.ok),
+                "errorCode" => (7, &mut env.error_code),
+                "errorReason" => (8, &mut env.error_reason),
+                _ => continue,
+            };
+            if seen & (1 << bit) != 0 {
+                return Err(FrameError::NotProtoo);
+            }
+            seen |= 1 << bit;
+            *slot = (value != "null").then_some(value);
+        }
+        Ok(env)
+    }
+}
+
+fn is_true(v: Option<&str>) -> bool {
+    v == Some("true")
+}
+
+/// JSON text the scanner checked, as serde_json's borrowed raw value.
+fn raw_value(text: &str) -> Result<&RawValue, FrameError> {
+    serde_json::from_str(text).map_err(|_| FrameError::NotProtoo)
+}
+
+/// The `data` of a request or notification: its JSON text as sent (checked
+/// like the whole frame), and its members when it is an object, split in
+/// the same pass that read the frame.
+#[derive(Debug, Clone)]
+pub struct Data<'a> {
+    text: &'a str,
+    members: Option<Vec<scan::Member<'a>>>,
+}
+
+impl<'a> Data<'a> {
+    /// Checks `text` as a frame's `data` is checked (the JSON grammar, what
+    /// strict peers reject) and splits it.
+    pub fn parse(text: &'a str) -> Result<Self, FrameError> {
+        let members = scan::members(text).map_err(|why| FrameError::InvalidJson(why.to_owned()))?;
+        Ok(Self {
+            text: text.trim_matches([' ', '\t', '\n', '\r']),
+            members,
+        })
+    }
+
+    /// `{}`, what a frame without `data` carries.
+    fn empty() -> Self {
+        Self {
+            text: EMPTY_OBJECT,
+            members: Some(Vec::new()),
+        }
+    }
+
+    /// The JSON text, exactly as sent.
+    pub fn get(&self) -> &'a str {
+        self.text
+    }
+
+    /// The members, when `data` is an object.
+    pub fn into_object(self) -> Option<RawObject<'a>> {
+        self.members.map(RawObject)
+    }
 }
 
 /// True when `raw` is a JSON string or an integer (no fraction, no exponent).
@@ -103,89 +171,16 @@ pub fn is_valid_id(raw: &RawValue) -> bool {
     }
 }
 
-fn empty_object() -> &'static RawValue {
-    // A constant that is valid JSON; parsing it cannot fail.
-    static EMPTY: std::sync::OnceLock<Box<RawValue>> = std::sync::OnceLock::new();
-    EMPTY.get_or_init(|| RawValue::from_string(EMPTY_OBJECT.to_owned()).unwrap_or_default())
-}
-
-/// The string `raw` holds, `None` when it is no JSON string. One without
-/// a backslash is its text between the quotes, borrowed (the parser that
-/// made `raw` checked its grammar): no second parse for the usual plain
-/// value.
-fn str_value(raw: &RawValue) -> Option<Cow<'_, str>> {
-    str_text(raw.get())
-}
-
-/// [`str_value`] of JSON text known to be valid.
+/// The string JSON text `text` holds, `None` when it is no JSON string.
+/// One without a backslash is its text between the quotes, borrowed (the
+/// scanner that found `text` checked its grammar): no second parse for the
+/// usual plain value.
 fn str_text(text: &str) -> Option<Cow<'_, str>> {
     let inner = text.strip_prefix('"')?.strip_suffix('"')?;
     if inner.contains('\\') {
         serde_json::from_str::<Key<'_>>(text).ok().map(|Key(k)| k)
     } else {
         Some(Cow::Borrowed(inner))
-    }
-}
-
-/// The first byte at or after `i` that is not JSON whitespace.
-fn skip_space(b: &[u8], mut i: usize) -> usize {
-    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-        i += 1;
-    }
-    i
-}
-
-/// Where the JSON string that starts at `b[i]` ends (just past its closing
-/// quote), in valid JSON.
-fn string_end(b: &[u8], i: usize) -> Option<usize> {
-    if b.get(i) != Some(&b'"') {
-        return None;
-    }
-    let mut j = i + 1;
-    loop {
-        let k = j + memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
-        if b[k] == b'\\' {
-            // An escape: the next byte is never the string's end.
-            j = k + 2;
-        } else {
-            return Some(k + 1);
-        }
-    }
-}
-
-/// Where the JSON value that starts at `b[i]` ends, in valid JSON.
-fn value_end(b: &[u8], i: usize) -> Option<usize> {
-    match *b.get(i)? {
-        b'"' => string_end(b, i),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut j = i;
-            loop {
-                match *b.get(j)? {
-                    b'"' => {
-                        j = string_end(b, j)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(j + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                j += 1;
-            }
-        }
-        // A number, true, false or null: up to the next delimiter.
-        _ => {
-            let len = b[i..]
-                .iter()
-                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
-                .unwrap_or(b.len() - i);
-            Some(i + len)
-        }
     }
 }
 
@@ -277,24 +272,19 @@ pub fn check_strict(text: &str) -> Result<(), &'static str> {
     check_strictness(text, MAX_DEPTH)
 }
 
-/// Parses one text frame.
+/// Parses one text frame: one pass checks it and splits the envelope and
+/// its `data` (see [`scan`]).
 pub fn parse(text: &str) -> Result<Message<'_>, FrameError> {
-    check_strict(text).map_err(|why| FrameError::InvalidJson(why.to_owned()))?;
-    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
-        if e.is_data() {
-            // Valid JSON of the wrong shape (array, number, ...), or fields of
-            // an unexpected shape: not a protoo frame.
-            FrameError::NotProtoo
-        } else {
-            FrameError::InvalidJson(e.to_string())
-        }
-    })?;
-    let data: &RawValue = match env.data {
-        Some(d) => d,
-        None => empty_object(),
+    let scanned =
+        scan::scan(text, "data").map_err(|why| FrameError::InvalidJson(why.to_owned()))?;
+    // Valid JSON but not an object: not a protoo frame.
+    let env = Envelope::read(scanned.top.ok_or(FrameError::NotProtoo)?)?;
+    let data = match (env.data, scanned.inner) {
+        (None, _) => Data::empty(),
+        (Some(text), members) => Data { text, members },
     };
     if is_true(env.request) {
-        let id = match env.id {
+        let id = match env.id.map(raw_value).transpose()? {
             Some(id) if is_valid_id(id) => id,
             other => {
                 return Err(FrameError::BadRequest {
@@ -303,7 +293,7 @@ pub fn parse(text: &str) -> Result<Message<'_>, FrameError> {
                 });
             }
         };
-        let Some(method) = env.method.and_then(str_value) else {
+        let Some(method) = env.method.and_then(str_text) else {
             return Err(FrameError::BadRequest {
                 id: Some(id.to_owned()),
                 reason: "Invalid method",
@@ -311,20 +301,17 @@ pub fn parse(text: &str) -> Result<Message<'_>, FrameError> {
         };
         Ok(Message::Request { id, method, data })
     } else if is_true(env.response) {
-        let id = env.id.ok_or(FrameError::NotProtoo)?;
+        let id = raw_value(env.id.ok_or(FrameError::NotProtoo)?)?;
         Ok(Message::Response {
             id,
             ok: is_true(env.ok),
             error_code: env
                 .error_code
-                .and_then(|r| serde_json::from_str::<i64>(r.get()).ok()),
-            error_reason: env.error_reason.and_then(str_value).map(Cow::into_owned),
+                .and_then(|r| serde_json::from_str::<i64>(r).ok()),
+            error_reason: env.error_reason.and_then(str_text).map(Cow::into_owned),
         })
     } else if is_true(env.notification) {
-        let method = env
-            .method
-            .and_then(str_value)
-            .ok_or(FrameError::NotProtoo)?;
+        let method = env.method.and_then(str_text).ok_or(FrameError::NotProtoo)?;
         Ok(Message::Notification { method, data })
     } else {
         Err(FrameError::NotProtoo)
@@ -367,41 +354,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
 }
 
 impl<'a> RawObject<'a> {
-    /// Splits `raw` into its members; `None` when it is not an object.
-    ///
-    /// `raw` is valid JSON (serde_json checked it when it made the
-    /// `RawValue`), so all that is left is to find where each member ends:
-    /// one pass over the bytes. (Parsing every frame's data a second time
-    /// with serde cost about as much as parsing the frame.)
+    /// Splits `raw` into its members; `None` when it is not an object (or
+    /// holds what strict peers reject: see [`MAX_DEPTH`]).
     pub fn parse(raw: &'a RawValue) -> Option<Self> {
-        let text = raw.get();
-        let b = text.as_bytes();
-        let mut i = skip_space(b, 0);
-        if b.get(i) != Some(&b'{') {
-            return None;
-        }
-        let mut fields = Vec::with_capacity(8);
-        i = skip_space(b, i + 1);
-        if b.get(i) == Some(&b'}') {
-            return Some(RawObject(fields));
-        }
-        loop {
-            let key_end = string_end(b, i)?;
-            let key = str_text(text.get(i..key_end)?)?;
-            i = skip_space(b, key_end);
-            if b.get(i) != Some(&b':') {
-                return None;
-            }
-            i = skip_space(b, i + 1);
-            let end = value_end(b, i)?;
-            fields.push((key, text.get(i..end)?));
-            i = skip_space(b, end);
-            match b.get(i) {
-                Some(b',') => i = skip_space(b, i + 1),
-                Some(b'}') => return Some(RawObject(fields)),
-                _ => return None,
-            }
-        }
+        scan::members(raw.get()).ok().flatten().map(RawObject)
     }
 
     /// Removes and returns the field `key` (its JSON text).
@@ -596,7 +552,7 @@ pub fn request(id: u64, method: &str, data: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::strategy::Strategy;
     use serde_json::Value;
@@ -703,6 +659,9 @@ mod tests {
         assert!(check_strictness(escaped, 2).is_ok());
         let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
         assert!(check_strictness(&deep, MAX_DEPTH).is_err());
+        assert!(scan::members(&deep).is_err());
+        let deepest = format!("{}{}", "[".repeat(64), "]".repeat(64));
+        assert!(scan::members(&deepest).is_ok());
     }
 
     #[test]
@@ -719,6 +678,7 @@ mod tests {
             long.as_str(),
         ] {
             assert!(check_strictness(bad, MAX_DEPTH).is_err(), "{bad}");
+            assert!(scan::members(bad).is_err(), "the scanner agrees: {bad}");
             assert!(
                 serde_json::from_str::<Value>(bad).is_err(),
                 "serde_json agrees: {bad}"
@@ -729,6 +689,7 @@ mod tests {
             "[1e308, -1.5E-400, 123456789012345678901234567890, 0.25]",
         ] {
             assert!(check_strictness(good, MAX_DEPTH).is_ok(), "{good}");
+            assert!(scan::members(good).is_ok(), "{good}");
             assert!(serde_json::from_str::<Value>(good).is_ok(), "{good}");
         }
     }
@@ -790,7 +751,7 @@ mod tests {
     }
 
     /// Any JSON value, nested a few levels, with strings that need escapes.
-    fn any_json() -> impl Strategy<Value = Value> {
+    pub(crate) fn any_json() -> impl Strategy<Value = Value> {
         let leaf = proptest::prop_oneof![
             proptest::strategy::Just(Value::Null),
             proptest::bool::ANY.prop_map(Value::Bool),
@@ -844,17 +805,73 @@ mod tests {
         }
     }
 
+    /// JSON by serde_json's grammar and the strictness check: what the
+    /// one-pass scanner must take, and nothing else.
+    fn serde_takes(text: &str) -> bool {
+        serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() && check_strict(text).is_ok()
+    }
+
+    proptest::proptest! {
+        // Near misses are rare among random edits: many cases, each cheap.
+        #![proptest_config(proptest::test_runner::Config::with_cases(8192))]
+        /// The scanner takes and refuses what serde_json and the
+        /// strictness check do, for JSON and for JSON with one byte
+        /// changed, dropped or added (the near misses a grammar gets
+        /// wrong), and a frame's `data` splits into the members serde_json
+        /// reads.
+        #[test]
+        fn the_scanner_agrees_with_serde_json(
+            value in any_json(),
+            pretty in proptest::bool::ANY,
+            at in proptest::num::usize::ANY,
+            edit in 0..4u8,
+            byte in proptest::sample::select(br#"{}[]:,"\ -+.eE0123456789tfnu"#.to_vec()),
+        ) {
+            let json = if pretty { serde_json::to_string_pretty(&value).unwrap() } else { value.to_string() };
+            let frame = format!(r#"{{"notification":true,"method":"m","data":{json}}}"#);
+            for text in [json.clone(), frame] {
+                let mut bytes = text.into_bytes();
+                let at = at % (bytes.len() + 1);
+                match edit {
+                    0 => {}
+                    1 if at < bytes.len() => { bytes.remove(at); }
+                    2 => bytes.insert(at, byte),
+                    _ if at < bytes.len() => bytes[at] = byte,
+                    _ => {}
+                }
+                let Ok(text) = String::from_utf8(bytes) else { continue };
+                proptest::prop_assert_eq!(scan::members(&text).is_ok(), serde_takes(&text), "{}", text);
+                if let Ok(Message::Notification { data, .. }) = parse(&text) {
+                    let want: Value = serde_json::from_str(data.get()).unwrap();
+                    match (data.into_object(), want) {
+                        (Some(o), Value::Object(m)) => {
+                            // serde_json keeps the last of a repeated key.
+                            for (k, v) in &o.0 {
+                                if o.0.iter().rev().find(|(k2, _)| k2 == k).map(|(_, v2)| v2) == Some(v) {
+                                    proptest::prop_assert_eq!(serde_json::from_str::<Value>(v).unwrap(), m[k.as_ref()].clone());
+                                }
+                            }
+                            proptest::prop_assert!(m.keys().all(|k| o.0.iter().any(|(k2, _)| k2 == k)));
+                        }
+                        (None, other) => proptest::prop_assert!(!other.is_object()),
+                        (Some(_), other) => proptest::prop_assert!(false, "split a non-object {}", other),
+                    }
+                }
+            }
+        }
+    }
+
     proptest::proptest! {
         /// The plain-text shortcut reads every string as the parser does.
         #[test]
-        fn str_value_reads_what_serde_json_reads(s in "\\PC*|[\"\\\\/a\u{0}-\u{1f}\u{e9}\u{1F600}]{0,8}") {
+        fn str_text_reads_what_serde_json_reads(s in "\\PC*|[\"\\\\/a\u{0}-\u{1f}\u{e9}\u{1F600}]{0,8}") {
             let raw = RawValue::from_string(serde_json::to_string(&s).unwrap()).unwrap();
-            let plain = str_value(&raw);
+            let plain = str_text(raw.get());
             proptest::prop_assert_eq!(plain.as_deref(), Some(s.as_str()));
             // Every character as a \u escape (surrogate pairs included).
             let units: String = s.encode_utf16().map(|u| format!("\\u{u:04x}")).collect();
             let escaped = RawValue::from_string(format!("\"{units}\"")).unwrap();
-            let decoded = str_value(&escaped);
+            let decoded = str_text(escaped.get());
             proptest::prop_assert_eq!(decoded.as_deref(), Some(s.as_str()));
         }
     }
@@ -882,14 +899,15 @@ mod tests {
                 serde_json::from_str::<Value>(&text).is_ok(),
                 "{}", text
             );
+            proptest::prop_assert_eq!(scan::members(&text).is_ok(), check_strict(&text).is_ok(), "{}", text);
         }
     }
 
     #[test]
-    fn str_value_refuses_what_is_no_string() {
+    fn str_text_refuses_what_is_no_string() {
         for text in ["1", "null", "{}", "[\"a\"]", "true"] {
             let raw = RawValue::from_string(text.to_owned()).unwrap();
-            assert_eq!(str_value(&raw), None, "{text}");
+            assert_eq!(str_text(raw.get()), None, "{text}");
         }
     }
 
