@@ -11,6 +11,8 @@ use tokio::sync::watch;
 #[derive(Debug, Clone)]
 pub struct Clock {
     origin: Instant,
+    /// The kernel's coarse monotonic clock at `origin` (within a tick).
+    coarse_origin: Duration,
     /// Unix time at `origin`: [`Clock::since_epoch`] counts from it.
     epoch_at_origin: Duration,
     /// Time since the start, set by hand; `None` follows the system. A watch
@@ -23,6 +25,7 @@ impl Clock {
     pub fn system() -> Self {
         Self {
             origin: Instant::now(),
+            coarse_origin: coarse_monotonic(),
             epoch_at_origin: unix_now(),
             manual: None,
         }
@@ -32,6 +35,7 @@ impl Clock {
     pub fn manual() -> Self {
         Self {
             origin: Instant::now(),
+            coarse_origin: coarse_monotonic(),
             epoch_at_origin: unix_now(),
             manual: Some(Arc::new(watch::Sender::new(Duration::ZERO))),
         }
@@ -59,6 +63,16 @@ impl Clock {
     /// restarts, so a deadline kept on disk means the same after one.
     pub fn since_epoch(&self) -> Duration {
         self.epoch_at_origin + self.elapsed()
+    }
+
+    /// [`Clock::since_epoch`] to within a tick of the kernel's coarse
+    /// clock (a few ms), without a precise clock read: for the time of every
+    /// step the center applies, where graces count in seconds.
+    pub fn since_epoch_coarse(&self) -> Duration {
+        match &self.manual {
+            Some(_) => self.since_epoch(),
+            None => self.epoch_at_origin + coarse_monotonic().saturating_sub(self.coarse_origin),
+        }
     }
 
     /// Waits until the clock has moved on by `by`.
@@ -109,9 +123,30 @@ pub fn unix_ms(t: std::time::SystemTime) -> u64 {
 /// resolution, a few ms): for "last seen" marks taken on every message,
 /// where a full clock read per message showed in profiles.
 pub fn coarse_unix_ms() -> u64 {
+    let t = coarse_system_time()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(t.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The wall time from the kernel's coarse clock (a tick's resolution):
+/// for stamps taken on every step of the center, such as an event's time.
+pub fn coarse_system_time() -> std::time::SystemTime {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
-    let ms = u64::try_from(t.tv_sec).unwrap_or(0).saturating_mul(1000);
-    ms.saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0) / 1_000_000)
+    std::time::SystemTime::UNIX_EPOCH + timespec(t)
+}
+
+fn coarse_monotonic() -> Duration {
+    timespec(rustix::time::clock_gettime(
+        rustix::time::ClockId::MonotonicCoarse,
+    ))
+}
+
+fn timespec(t: rustix::time::Timespec) -> Duration {
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// A protobuf timestamp for `t`.

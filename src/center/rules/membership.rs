@@ -71,11 +71,15 @@ pub(crate) struct Room {
 impl Room {
     /// Every session hearing the room but `exclude`.
     pub(super) fn audience_but(&self, exclude: &[Option<SessionId>]) -> Vec<SessionId> {
-        self.listeners
-            .keys()
-            .filter(|s| !exclude.contains(&Some(**s)))
-            .copied()
-            .collect()
+        // Sized once: a room broadcast makes one of these per message.
+        let mut to = Vec::with_capacity(self.listeners.len());
+        to.extend(
+            self.listeners
+                .keys()
+                .filter(|s| !exclude.contains(&Some(**s)))
+                .copied(),
+        );
+        to
     }
 
     pub(super) fn stop_hearing(&mut self, sid: SessionId) {
