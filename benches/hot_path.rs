@@ -47,6 +47,12 @@ fn bench(c: &mut Criterion) {
     c.bench_function("protoo::parse textMessage", |b| {
         b.iter(|| protoo::parse(black_box(&text)).is_ok())
     });
+    // The real SFU's heartbeat, every 5 s per SFU; the load tool's echo.
+    let echo =
+        r#"{"request":true,"id":123456,"method":"echo","data":{"ts":1733616000000,"index":42}}"#;
+    c.bench_function("protoo::parse echo", |b| {
+        b.iter(|| protoo::parse(black_box(echo)).is_ok())
+    });
     c.bench_function("parse and translate textMessage", |b| {
         b.iter(|| match protoo::parse(black_box(&text)).unwrap() {
             protoo::Message::Notification { method, data } => {

@@ -4,7 +4,7 @@
 //! `response` or `notification` is literally `true`. Everything a peer sent
 //! that the center passes on (`data`, ids) is kept as slices of the frame
 //! text, so values keep their exact bytes and JSON types. One pass
-//! ([`scan`]) checks a frame and splits it and its `data`.
+//! (the `scan` module) checks a frame and splits it and its `data`.
 
 use memchr::memchr2;
 
@@ -273,7 +273,7 @@ pub fn check_strict(text: &str) -> Result<(), &'static str> {
 }
 
 /// Parses one text frame: one pass checks it and splits the envelope and
-/// its `data` (see [`scan`]).
+/// its `data` (the `scan` module).
 pub fn parse(text: &str) -> Result<Message<'_>, FrameError> {
     let scanned =
         scan::scan(text, "data").map_err(|why| FrameError::InvalidJson(why.to_owned()))?;
