@@ -644,10 +644,37 @@ pub fn check_command(cmd: &Command) -> Result<(), CenterError> {
         Some(command::Kind::UserLeave(u)) => check_extra("extra", &u.extra),
         Some(command::Kind::TextMessage(t)) => {
             check_extra("extra", &t.extra)?;
-            check_payload(&t.payload_json)
+            check_payload(&t.payload_json)?;
+            check_text_payload(t)
         }
         Some(command::Kind::UserReconnect(u)) => check_extra("extra", &u.extra),
     }
+}
+
+/// A text message's verbatim payload must say exactly what its typed fields
+/// say: the trust rules read the typed `userId`, the room's WebSocket peers
+/// the payload. So it is what a WebSocket peer's `data` would have made.
+fn check_text_payload(t: &proto::TextMessageRequest) -> Result<(), CenterError> {
+    if t.payload_json.is_empty() {
+        return Ok(());
+    }
+    let read = Data::parse(&t.payload_json)
+        .ok()
+        .and_then(|data| notification_command("textMessage", data).ok());
+    match read.and_then(|c| c.kind) {
+        Some(command::Kind::TextMessage(mut said)) if !said.payload_json.is_empty() => {
+            said.payload_json.clone_from(&t.payload_json);
+            if said == *t {
+                return Ok(());
+            }
+        }
+        _ => {}
+    }
+    Err(CenterError::invalid(
+        "payload_json",
+        "payload_json must be a textMessage's data saying what the typed fields say \
+         (string roomId, userId, userName and message, each once, and the same extra fields)",
+    ))
 }
 
 /// A payload forwarded verbatim must be a JSON object a strict peer reads.
@@ -849,6 +876,34 @@ mod tests {
             assert_eq!(e.protoo_code(), 400, "{bad}");
         }
     }
+    #[test]
+    fn a_grpc_text_payload_must_say_what_its_fields_say() {
+        let payload = r#"{"roomId":"r","userId":"u","userName":"n","message":"hi","x":[1]}"#;
+        let text = |payload: &str, user_id: &str| Command {
+            kind: Some(command::Kind::TextMessage(proto::TextMessageRequest {
+                room_id: "r".into(),
+                user_id: user_id.into(),
+                user_name: "n".into(),
+                message: "hi".into(),
+                extra: [("x".to_owned(), "[1]".to_owned())].into(),
+                payload_json: payload.into(),
+            })),
+        };
+        assert!(check_command(&text(payload, "u")).is_ok());
+        assert!(check_command(&text("", "u")).is_ok());
+        // Another speaker in the payload than the one the rules check.
+        let e = check_command(&text(payload, "someone-else")).unwrap_err();
+        assert_eq!(e.protoo_code(), 400, "{e}");
+        // A field missing from the payload, or one the fields do not have.
+        for bad in [
+            r#"{"roomId":"r","userId":"u","userName":"n","message":"hi"}"#,
+            r#"{"roomId":"r","userId":"u","userName":"n","message":"hi","x":[1],"y":2}"#,
+            r#"{"roomId":"r","userId":"u","userName":5,"message":"hi","x":[1]}"#,
+        ] {
+            assert!(check_command(&text(bad, "u")).is_err(), "{bad}");
+        }
+    }
+
     /// A `textMessage` frame's `data` as its members, in order.
     fn text_data() -> impl proptest::strategy::Strategy<Value = Vec<(String, Value)>> {
         use proptest::strategy::Strategy;

@@ -21,15 +21,25 @@ pub struct Delivery {
     /// end's protoo text), filled by the first session that sends it. Typed
     /// by that front end, so the core names no transport's types.
     pub encoded: OnceLock<Box<dyn std::any::Any + Send + Sync>>,
-    /// About its size on the wire (its protobuf size), for byte-bounded
-    /// queues that take it before its text is made.
+    /// About its size on the wire, for byte-bounded queues that take it
+    /// before its text is made: the payload forwarded verbatim when there
+    /// is one, else its protobuf size (about its JSON's).
     pub size: usize,
 }
 
 impl Delivery {
     /// A delivery of `event`.
     pub fn new(event: proto::PeerEvent) -> Self {
-        let size = prost::Message::encoded_len(&event);
+        use proto::peer_event::Kind;
+        // A verbatim payload travels beside the typed fields it repeats:
+        // counting both would count its bytes twice.
+        let size = match &event.kind {
+            Some(Kind::TextMessage(proto::TextMessage { payload_json, .. }))
+            | Some(Kind::PullRemoteStream(proto::PullRemoteStreamRequest {
+                payload_json, ..
+            })) if !payload_json.is_empty() => payload_json.len(),
+            _ => prost::Message::encoded_len(&event),
+        };
         Self {
             event,
             encoded: OnceLock::new(),
@@ -152,4 +162,33 @@ pub struct PeerInfo {
     /// Another incarnation under the same identity means the old process
     /// is gone, and its users with it.
     pub incarnation: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(payload_json: &str) -> proto::PeerEvent {
+        proto::PeerEvent {
+            kind: Some(proto::peer_event::Kind::TextMessage(proto::TextMessage {
+                room_id: "room".into(),
+                user_id: "user".into(),
+                user_name: "name".into(),
+                message: "a message of some length".into(),
+                extra: Default::default(),
+                payload_json: payload_json.into(),
+            })),
+        }
+    }
+
+    #[test]
+    fn a_verbatim_payload_is_counted_once() {
+        let payload = r#"{"roomId":"room","userId":"user","userName":"name","message":"a message of some length"}"#;
+        assert_eq!(Delivery::new(text(payload)).size, payload.len());
+        let typed = text("");
+        assert_eq!(
+            Delivery::new(typed.clone()).size,
+            prost::Message::encoded_len(&typed)
+        );
+    }
 }

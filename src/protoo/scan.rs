@@ -107,13 +107,7 @@ impl<'a> Scanner<'a> {
         mut out: Option<&mut Vec<Member<'a>>>,
         mut inner: InnerSlot<'_, 'a>,
     ) -> Result<(), Why> {
-        if depth > super::MAX_DEPTH {
-            return Err("nested too deeply");
-        }
-        self.i += 1;
-        self.space();
-        if self.peek() == Some(b'}') {
-            self.i += 1;
+        if self.enter(depth, b'}')? {
             return Ok(());
         }
         loop {
@@ -144,46 +138,55 @@ impl<'a> Scanner<'a> {
             if let Some(out) = out.as_mut() {
                 out.push((key_text(quoted, escaped)?, &text[at..self.i]));
             }
-            self.space();
-            match self.peek() {
-                Some(b',') => {
-                    self.i += 1;
-                    self.space();
-                }
-                Some(b'}') => {
-                    self.i += 1;
-                    return Ok(());
-                }
-                _ => return Err("expected ',' or '}' in an object"),
+            if self.after_item(b'}', "expected ',' or '}' in an object")? {
+                return Ok(());
             }
         }
     }
 
     fn array(&mut self, depth: usize) -> Result<(), Why> {
+        if self.enter(depth, b']')? {
+            return Ok(());
+        }
+        loop {
+            self.value(depth)?;
+            if self.after_item(b']', "expected ',' or ']' in an array")? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Enters the container whose opening bracket is at `i`, at nesting
+    /// `depth`; true when `close` ends it at once.
+    fn enter(&mut self, depth: usize, close: u8) -> Result<bool, Why> {
         if depth > super::MAX_DEPTH {
             return Err("nested too deeply");
         }
         self.i += 1;
         self.space();
-        if self.peek() == Some(b']') {
+        Ok(self.eat(close))
+    }
+
+    /// After an item of a container: true at its `close`, false past a
+    /// comma (and the space after it).
+    fn after_item(&mut self, close: u8, why: Why) -> Result<bool, Why> {
+        self.space();
+        if self.eat(close) {
+            return Ok(true);
+        }
+        if !self.eat(b',') {
+            return Err(why);
+        }
+        self.space();
+        Ok(false)
+    }
+
+    fn eat(&mut self, byte: u8) -> bool {
+        let found = self.peek() == Some(byte);
+        if found {
             self.i += 1;
-            return Ok(());
         }
-        loop {
-            self.value(depth)?;
-            self.space();
-            match self.peek() {
-                Some(b',') => {
-                    self.i += 1;
-                    self.space();
-                }
-                Some(b']') => {
-                    self.i += 1;
-                    return Ok(());
-                }
-                _ => return Err("expected ',' or ']' in an array"),
-            }
-        }
+        found
     }
 
     /// A string at `i` (its opening quote); true when it holds an escape.
