@@ -127,14 +127,16 @@ pub fn notification_command(method: &str, data: Data<'_>) -> Result<Command, Cen
             let message = o.take_str("message");
             // What the others get is what was sent, unless re-encoding
             // would change it: a field missing or not a string (written
-            // as "" or left out), or a typed field sent twice.
+            // as "" or left out), or any field sent twice (which one a
+            // reader keeps is then up to the reader).
             let verbatim = user_id.is_some()
                 && name.is_some()
                 && message.is_some()
-                && !o
-                    .0
-                    .iter()
-                    .any(|(k, _)| k == "message" || STRICT.contains(&k.as_ref()));
+                && o.0.iter().enumerate().all(|(i, (k, _))| {
+                    k != "message"
+                        && !STRICT.contains(&k.as_ref())
+                        && !o.0[..i].iter().any(|(seen, _)| seen == k)
+                });
             if name.is_none() {
                 o.take("userName");
             }
@@ -673,7 +675,7 @@ fn check_text_payload(t: &proto::TextMessageRequest) -> Result<(), CenterError> 
     Err(CenterError::invalid(
         "payload_json",
         "payload_json must be a textMessage's data saying what the typed fields say \
-         (string roomId, userId, userName and message, each once, and the same extra fields)",
+         (string roomId, userId, userName and message, no key twice, the same extra fields)",
     ))
 }
 
@@ -909,7 +911,7 @@ mod tests {
         use proptest::strategy::Strategy;
         let key = proptest::prop_oneof![
             proptest::sample::select(vec![
-                "roomId", "userId", "userName", "message", "pushers", "x"
+                "roomId", "userId", "userName", "message", "pushers", "x", ""
             ])
             .prop_map(str::to_owned),
             r#"[a-z"\\]{0,3}"#,
@@ -926,6 +928,9 @@ mod tests {
     }
 
     proptest::proptest! {
+        // Repeats of one key are what breaks verbatim forwarding: many
+        // cases, so that every kind of repeat turns up in each run.
+        #![proptest_config(proptest::test_runner::Config::with_cases(4096))]
         /// A text message goes out verbatim only when that is exactly what
         /// encoding its typed fields and `extra` would write: the two read
         /// back as the same JSON, whatever the members, their types and
@@ -950,7 +955,8 @@ mod tests {
             let count = |key: &str| members.iter().filter(|(k, _)| k == key).count();
             let usual = ["userId", "userName", "message"].iter().all(|key| {
                 count(key) == 1 && members.iter().any(|(k, v)| k == key && v.is_string())
-            }) && count("roomId") == 1 && count("pushers") == 0;
+            }) && count("pushers") == 0
+                && members.iter().all(|(k, _)| count(k) == 1);
             proptest::prop_assert_eq!(!r.payload_json.is_empty(), usual, "{}", text);
             let event = |r: &proto::TextMessageRequest| proto::PeerEvent {
                 kind: Some(peer_event::Kind::TextMessage(proto::TextMessage {
