@@ -155,6 +155,11 @@ impl<'a> Data<'a> {
         self.text
     }
 
+    /// Whether `data` is an object.
+    pub fn is_object(&self) -> bool {
+        self.members.is_some()
+    }
+
     /// The members, when `data` is an object.
     pub fn into_object(self) -> Option<RawObject<'a>> {
         self.members.map(RawObject)
@@ -267,7 +272,11 @@ fn check_strictness(text: &str, max_depth: usize) -> Result<(), &'static str> {
 }
 
 /// Refuses JSON text that strict peers reject (see [`MAX_DEPTH`]): lone
-/// surrogate escapes, numbers that overflow a double, deep nesting.
+/// surrogate escapes, numbers that overflow a double, deep nesting. The
+/// center itself applies these rules in the scanner's one pass ([`parse`],
+/// [`Data::parse`]); this separate scan of the rules alone is what the
+/// tests and the fuzz targets, beside serde_json's grammar, hold the
+/// scanner to.
 pub fn check_strict(text: &str) -> Result<(), &'static str> {
     check_strictness(text, MAX_DEPTH)
 }
